@@ -1,0 +1,134 @@
+//! Model directories in Hugging Face layout: `config.json`, `model.safetensors` and, for
+//! models with a Hugging Face tokenizer, `tokenizer.json`. Byte-level models have none.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, nn::VarStore};
+
+use super::model::{Model, ModelConfig};
+use super::tokenizer::{BYTE_VOCAB, Tokenizer};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: invalid model config: {message}")]
+    Config { path: String, message: String },
+    #[error("{path}: {message}")]
+    Weights { path: String, message: String },
+    #[error(transparent)]
+    Tokenizer(#[from] super::tokenizer::TokenizerError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.display().to_string(), source }
+}
+
+/// A model with its variables, on one device. `Tensor` is not `Sync`: a `LoadedModel` lives
+/// on the thread that uses it.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub vs: VarStore,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// Where `tokenizer.json` came from, copied into every directory this model is saved to.
+    pub tokenizer_file: Option<PathBuf>,
+}
+
+impl LoadedModel {
+    /// A randomly initialised byte-level model. Initial values are drawn on the CPU from
+    /// `seed`, so the same seed gives the same model on every device.
+    pub fn init(config: ModelConfig, seed: u64, device: Device) -> Result<Self, CheckpointError> {
+        config
+            .validate()
+            .map_err(|message| CheckpointError::Config { path: "preset".into(), message })?;
+        tch::manual_seed(seed as i64);
+        let cpu = VarStore::new(Device::Cpu);
+        let cpu_model = Model::new(&cpu.root(), &config);
+        let (vs, model) = if device == Device::Cpu {
+            (cpu, cpu_model)
+        } else {
+            let mut vs = VarStore::new(device);
+            let model = Model::new(&vs.root(), &config);
+            vs.copy(&cpu).map_err(|e| CheckpointError::Weights {
+                path: "init".into(),
+                message: e.to_string(),
+            })?;
+            (vs, model)
+        };
+        Ok(LoadedModel { config, vs, model, tokenizer: Tokenizer::Bytes, tokenizer_file: None })
+    }
+
+    /// Loads a model directory onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self, CheckpointError> {
+        let config = read_config(dir)?;
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let (tokenizer, tokenizer_file) = if tokenizer_path.exists() {
+            let eos = config.eos_token_id() as u32;
+            (Tokenizer::from_file(&tokenizer_path, eos)?, Some(tokenizer_path))
+        } else if config.vocab_size() == BYTE_VOCAB {
+            (Tokenizer::Bytes, None)
+        } else {
+            return Err(CheckpointError::Config {
+                path: dir.display().to_string(),
+                message: format!("no {TOKENIZER_FILE}, and the vocabulary is not bytes"),
+            });
+        };
+        let mut vs = VarStore::new(device);
+        let model = Model::new(&vs.root(), &config);
+        let weights = dir.join(WEIGHTS_FILE);
+        vs.load(&weights).map_err(|e| CheckpointError::Weights {
+            path: weights.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(LoadedModel { config, vs, model, tokenizer, tokenizer_file })
+    }
+
+    /// Writes the directory; the weights go to a temporary name first and are renamed into
+    /// place, so a crash never leaves a truncated `model.safetensors`.
+    pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        write_config(dir, &self.config)?;
+        if let Some(src) = &self.tokenizer_file {
+            let dst = dir.join(TOKENIZER_FILE);
+            if src != &dst {
+                std::fs::copy(src, &dst).map_err(io_error(&dst))?;
+            }
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        let partial = dir.join("model.partial.safetensors");
+        self.vs.save(&partial).map_err(|e| CheckpointError::Weights {
+            path: partial.display().to_string(),
+            message: e.to_string(),
+        })?;
+        std::fs::rename(&partial, &weights).map_err(io_error(&weights))
+    }
+
+    pub fn parameters(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+}
+
+pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+    let config: ModelConfig = serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    config.validate().map_err(|message| CheckpointError::Config {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(config)
+}
+
+pub fn write_config(dir: &Path, config: &ModelConfig) -> Result<(), CheckpointError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(config).expect("configs serialise");
+    std::fs::write(&path, text + "\n").map_err(io_error(&path))
+}

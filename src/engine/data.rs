@@ -1,0 +1,204 @@
+//! Training and evaluation text: readers for JSONL and plain text (optionally gzip or zstd),
+//! tokenisation into one stream with an end-of-document token between documents, and
+//! deterministic packing of that stream into shuffled training sequences.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::tokenizer::{Tokenizer, TokenizerError};
+
+/// One document: its text and, for evaluation sets, the domain it reports under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub text: String,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line with a `text` string and an optional `domain` string.
+    Jsonl,
+    /// The whole text is one document.
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("cannot decompress {codec} data: {message}")]
+    Decompress { codec: &'static str, message: String },
+    #[error("line {line}: not valid UTF-8")]
+    NotUtf8 { line: usize },
+    #[error("line {line}: not a JSON object: {message}")]
+    NotJson { line: usize, message: String },
+    #[error("line {line}: no \"text\" string field")]
+    NoText { line: usize },
+    #[error("line {line}: \"domain\" must be a string")]
+    BadDomain { line: usize },
+    #[error("no documents: the data is empty")]
+    Empty,
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// Reads a file: decompresses gzip or zstd (by magic bytes), picks the format from the name
+/// (`.jsonl`/`.json` before any compression suffix, else `.txt`), or from the content.
+pub fn read_documents(path: &Path) -> Result<Vec<Document>, DataError> {
+    let io = |source| DataError::Io { path: path.display().to_string(), source };
+    let raw = std::fs::read(path).map_err(io)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = name.trim_end_matches(".gz").trim_end_matches(".zst");
+    let format = if name.ends_with(".jsonl") || name.ends_with(".json") {
+        Some(Format::Jsonl)
+    } else if name.ends_with(".txt") {
+        Some(Format::Text)
+    } else {
+        None
+    };
+    parse_documents(&decompress(raw)?, format)
+}
+
+/// Undoes gzip or zstd compression, recognised by magic bytes; other data passes unchanged.
+pub fn decompress(raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Decompress { codec: "gzip", message: e.to_string() })?;
+    } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(raw.as_slice())
+            .and_then(|mut d| d.read_to_end(&mut out))
+            .map_err(|e| DataError::Decompress { codec: "zstd", message: e.to_string() })?;
+    } else {
+        return Ok(raw);
+    }
+    Ok(out)
+}
+
+/// Parses decompressed bytes. Without a format, data whose first non-blank byte is `{` is
+/// JSONL. Blank lines and empty texts are skipped; data without any text is an error.
+pub fn parse_documents(bytes: &[u8], format: Option<Format>) -> Result<Vec<Document>, DataError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+    })?;
+    let format = format.unwrap_or_else(|| match text.trim_start().starts_with('{') {
+        true => Format::Jsonl,
+        false => Format::Text,
+    });
+    let docs = match format {
+        Format::Text => vec![Document { text: text.to_string(), domain: None }],
+        Format::Jsonl => parse_jsonl(text)?,
+    };
+    let docs: Vec<Document> = docs.into_iter().filter(|d| !d.text.is_empty()).collect();
+    if docs.is_empty() {
+        return Err(DataError::Empty);
+    }
+    Ok(docs)
+}
+
+fn parse_jsonl(text: &str) -> Result<Vec<Document>, DataError> {
+    #[derive(Deserialize)]
+    struct Line {
+        text: Option<serde_json::Value>,
+        domain: Option<serde_json::Value>,
+    }
+    let mut docs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(line)
+            .map_err(|e| DataError::NotJson { line: line_no, message: e.to_string() })?;
+        let Some(serde_json::Value::String(text)) = parsed.text else {
+            return Err(DataError::NoText { line: line_no });
+        };
+        let domain = match parsed.domain {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(d)) => Some(d),
+            Some(_) => return Err(DataError::BadDomain { line: line_no }),
+        };
+        docs.push(Document { text, domain });
+    }
+    Ok(docs)
+}
+
+/// The documents' token ids as one stream, each document followed by the EOS token.
+pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>, DataError> {
+    let mut stream = Vec::new();
+    for doc in docs {
+        stream.extend(tokenizer.encode(&doc.text)?);
+        stream.push(tokenizer.eos());
+    }
+    Ok(stream)
+}
+
+/// Cuts a token stream into `chunks()` windows of `seq_len + 1` tokens (inputs and their
+/// next-token targets) and serves them in an order that is a fixed function of the seed:
+/// epoch `e` visits every window once, in a permutation drawn from `(seed, e)`. A budget
+/// larger than the stream therefore cycles over it, and sequence `i` is always the same
+/// window, which is what makes resumed training identical to uninterrupted training.
+pub struct Sequences<'a> {
+    tokens: &'a [u32],
+    seq_len: usize,
+    seed: u64,
+    epoch: Option<(u64, Vec<u32>)>,
+}
+
+impl<'a> Sequences<'a> {
+    /// Fails when the stream is shorter than one window.
+    pub fn new(tokens: &'a [u32], seq_len: usize, seed: u64) -> Result<Self, String> {
+        if seq_len == 0 || tokens.len() < seq_len + 1 {
+            return Err(format!(
+                "the data has {} tokens; training needs at least seq_len + 1 = {}",
+                tokens.len(),
+                seq_len + 1
+            ));
+        }
+        Ok(Sequences { tokens, seq_len, seed, epoch: None })
+    }
+
+    pub fn chunks(&self) -> u64 {
+        ((self.tokens.len() - 1) / self.seq_len) as u64
+    }
+
+    /// The `index`-th training window, `seq_len + 1` tokens long.
+    pub fn get(&mut self, index: u64) -> &'a [u32] {
+        let chunks = self.chunks();
+        let epoch = index / chunks;
+        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.epoch = Some((epoch, permutation(chunks as usize, mix(self.seed, epoch))));
+        }
+        let (_, order) = self.epoch.as_ref().unwrap();
+        let start = order[(index % chunks) as usize] as usize * self.seq_len;
+        &self.tokens[start..start + self.seq_len + 1]
+    }
+}
+
+/// A Fisher–Yates shuffle of `0..n` driven by SplitMix64, stable across platforms and
+/// library versions (unlike a general-purpose RNG crate's streams).
+pub fn permutation(n: usize, seed: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut state = seed;
+    for i in (1..n).rev() {
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+fn mix(seed: u64, epoch: u64) -> u64 {
+    let mut state = seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    splitmix64(&mut state)
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,156 @@
+//! Perplexity, following lm-evaluation-harness and Paloma: each document is tokenised and
+//! cut into non-overlapping windows of the context length, the first token conditioned on
+//! the end-of-document token; NLL, predicted tokens and UTF-8 bytes are summed per domain.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::checkpoint::LoadedModel;
+use super::data::{DataError, Document};
+
+/// Documents without a `domain` report under this name.
+pub const DEFAULT_DOMAIN: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Windows per forward pass.
+    pub batch_size: usize,
+    /// Window length; defaults to the model's context length.
+    pub context: Option<usize>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { batch_size: 16, context: None }
+    }
+}
+
+/// Sums and the figures derived from them, for the whole set or one domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub nll: f64,
+    pub tokens: u64,
+    pub bytes: u64,
+    pub documents: u64,
+    /// exp(Σ NLL / Σ tokens).
+    pub perplexity: f64,
+    pub mean_nll: f64,
+    /// Σ NLL / (ln 2 · Σ UTF-8 bytes).
+    pub bits_per_byte: f64,
+}
+
+impl Totals {
+    fn new(nll: f64, tokens: u64, bytes: u64, documents: u64) -> Self {
+        let mean_nll = nll / tokens as f64;
+        Totals {
+            nll,
+            tokens,
+            bytes,
+            documents,
+            perplexity: mean_nll.exp(),
+            mean_nll,
+            bits_per_byte: nll / (std::f64::consts::LN_2 * bytes as f64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    #[serde(flatten)]
+    pub total: Totals,
+    pub per_domain: BTreeMap<String, Totals>,
+    /// Unweighted means over domains, so a large domain does not drown the small ones.
+    pub macro_perplexity: f64,
+    pub macro_bits_per_byte: f64,
+}
+
+struct Window {
+    domain: usize,
+    /// Input ids; the targets are the same ids shifted by one (`len` + 1 ids in all).
+    ids: Vec<i64>,
+}
+
+/// Evaluates `model` on `docs`. Errors only on tokenisation failure or an empty set.
+pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> Result<EvalResult, DataError> {
+    let context = config.context.unwrap_or(model.config.context_length() as usize).max(1);
+    let context = context.min(model.config.context_length() as usize);
+    let mut domains: Vec<String> = Vec::new();
+    let mut sums: Vec<(f64, u64, u64, u64)> = Vec::new();
+    let mut windows = Vec::new();
+    for doc in docs {
+        let name = doc.domain.as_deref().unwrap_or(DEFAULT_DOMAIN);
+        let domain = domains.iter().position(|d| d == name).unwrap_or_else(|| {
+            domains.push(name.to_string());
+            sums.push((0.0, 0, 0, 0));
+            domains.len() - 1
+        });
+        let mut ids = vec![model.tokenizer.eos() as i64];
+        ids.extend(model.tokenizer.encode(&doc.text)?.into_iter().map(i64::from));
+        sums[domain].2 += doc.text.len() as u64;
+        sums[domain].3 += 1;
+        let predicted = ids.len() - 1;
+        for start in (0..predicted).step_by(context) {
+            let len = context.min(predicted - start);
+            windows.push(Window { domain, ids: ids[start..start + len + 1].to_vec() });
+        }
+    }
+    if windows.is_empty() {
+        return Err(DataError::Empty);
+    }
+    // Longest first, so each batch pads little and the order does not depend on the input's.
+    windows.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()));
+    let device = model.vs.device();
+    tch::no_grad(|| {
+        for batch in windows.chunks(config.batch_size.max(1)) {
+            for (window, nll) in batch.iter().zip(batch_nll(model, batch, device)) {
+                sums[window.domain].0 += nll;
+                sums[window.domain].1 += (window.ids.len() - 1) as u64;
+            }
+        }
+    });
+    let per_domain: BTreeMap<String, Totals> = domains
+        .into_iter()
+        .zip(&sums)
+        .map(|(name, &(nll, tokens, bytes, docs))| (name, Totals::new(nll, tokens, bytes, docs)))
+        .collect();
+    let add = |f: fn(&(f64, u64, u64, u64)) -> f64| sums.iter().map(f).sum::<f64>();
+    let total = Totals::new(
+        add(|s| s.0),
+        sums.iter().map(|s| s.1).sum(),
+        sums.iter().map(|s| s.2).sum(),
+        sums.iter().map(|s| s.3).sum(),
+    );
+    let n = per_domain.len() as f64;
+    Ok(EvalResult {
+        total,
+        macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
+        macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
+        per_domain,
+    })
+}
+
+/// Summed NLL of each window's targets, in fp32 log-probabilities and f64 sums.
+fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> {
+    let width = batch.iter().map(|w| w.ids.len() - 1).max().unwrap();
+    let mut inputs = vec![0i64; batch.len() * width];
+    let mut targets = vec![0i64; batch.len() * width];
+    let mut mask = vec![0f32; batch.len() * width];
+    for (row, w) in batch.iter().enumerate() {
+        let n = w.ids.len() - 1;
+        let at = row * width;
+        inputs[at..at + n].copy_from_slice(&w.ids[..n]);
+        targets[at..at + n].copy_from_slice(&w.ids[1..]);
+        mask[at..at + n].fill(1.0);
+    }
+    let shape = [batch.len() as i64, width as i64];
+    let inputs = Tensor::from_slice(&inputs).view(shape).to_device(device);
+    let targets = Tensor::from_slice(&targets).view(shape).to_device(device);
+    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+    let logits = model.model.forward(&inputs).to_kind(Kind::Float);
+    let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let nll = (-logp * mask).sum_dim_intlist(-1, false, Kind::Double).to_device(Device::Cpu);
+    Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
+}

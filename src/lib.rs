@@ -1,0 +1,5 @@
+//! mixpool: score data mixtures by the perplexity of parameter-averaged unit models.
+
+pub mod engine;
+pub mod demo;
+pub mod local;

@@ -1,0 +1,291 @@
+//! `mixpool local …`: the engine on files, no server needed. JSONL in, Hugging Face-style
+//! model directories out, JSON results on stdout, progress on stderr.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use tch::Device;
+
+use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE, read_config};
+use crate::engine::data::{self, Document};
+use crate::engine::eval::{self, EvalConfig, EvalResult};
+use crate::engine::merge;
+use crate::engine::model::{ModelConfig, PRESETS};
+use crate::engine::train::{self, Outcome, Precision, Progress, Schedule, Summary, TrainConfig, TrainOptions};
+use crate::engine::{checkpoint, device};
+
+#[derive(Subcommand)]
+pub enum LocalCommand {
+    /// Create a base model from a preset and pre-train it on data files.
+    Pretrain(PretrainArgs),
+    /// Continue training a model on one partition for a fixed token budget (a unit model).
+    Train(TrainArgs),
+    /// Perplexity and bits per byte of a model on an evaluation set, as JSON.
+    Eval(EvalArgs),
+    /// Parameter-average model directories into one.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct Engine {
+    /// auto (CUDA when present), cpu or cuda:N.
+    #[arg(long, default_value = "auto", env = "MIXPOOL_DEVICE")]
+    pub device: String,
+    /// CPU threads for libtorch (0: one per core).
+    #[arg(long, default_value_t = 0, env = "MIXPOOL_THREADS")]
+    pub threads: i32,
+}
+
+impl Engine {
+    pub fn device(&self) -> Result<Device> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        device::parse(&self.device).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Training hyper-parameters; unset ones keep the command's defaults (`--recipe` first).
+#[derive(Args, Clone, Default)]
+pub struct RecipeArgs {
+    /// A JSON file of training settings to start from.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Token budget (a multiple of --seq-len); data smaller than this repeats.
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    #[arg(long)]
+    pub batch_tokens: Option<u64>,
+    #[arg(long)]
+    pub micro_batch: Option<u64>,
+    #[arg(long)]
+    pub seq_len: Option<u64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum PrecisionArg {
+    Bf16,
+    Fp32,
+}
+
+impl RecipeArgs {
+    pub fn resolve(&self, defaults: TrainConfig) -> Result<TrainConfig> {
+        let mut c = match &self.recipe {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{}: invalid training settings", path.display()))?
+            }
+            None => defaults,
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        set!(tokens, lr, min_lr, warmup_steps, batch_tokens, micro_batch, seq_len, seed, weight_decay, grad_clip, checkpoint_every);
+        if let Some(s) = self.schedule {
+            c.schedule = match s {
+                ScheduleArg::Constant => Schedule::Constant,
+                ScheduleArg::Cosine => Schedule::Cosine,
+            };
+        }
+        if let Some(p) = self.precision {
+            c.precision = match p {
+                PrecisionArg::Bf16 => Precision::Bf16,
+                PrecisionArg::Fp32 => Precision::Fp32,
+            };
+        }
+        c.validate().map_err(|e| anyhow::anyhow!("invalid training settings: {e}"))?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// A preset name, or a config.json file.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Training data (JSONL or text, optionally .gz/.zst); repeat for a mix.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// The model directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub engine: Engine,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The model directory to start from.
+    #[arg(long)]
+    pub base: PathBuf,
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where the resumable train state lives (default: OUT/train_state); an interrupted run
+    /// started again with the same settings continues from it.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub engine: Engine,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Window length (default: the model's context length).
+    #[arg(long)]
+    pub context: Option<usize>,
+    #[command(flatten)]
+    pub engine: Engine,
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// Model directories to average.
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Comma-separated weights, one per model (normalised); default: uniform.
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Option<Vec<f64>>,
+    #[command(flatten)]
+    pub engine: Engine,
+}
+
+pub fn run(command: LocalCommand) -> Result<()> {
+    match command {
+        LocalCommand::Pretrain(a) => {
+            let device = a.engine.device()?;
+            let config = match ModelConfig::preset(&a.preset) {
+                Some(c) => c,
+                None if Path::new(&a.preset).is_file() => {
+                    let dir = Path::new(&a.preset).parent().unwrap_or(Path::new("."));
+                    read_config(dir)?
+                }
+                None => bail!("unknown preset {:?}: use one of {} or a config.json path", a.preset, PRESETS.join(", ")),
+            };
+            let recipe = a.recipe.resolve(TrainConfig::pretrain())?;
+            let model = LoadedModel::init(config, recipe.seed, device)?;
+            let docs = read_all(&a.data)?;
+            let summary = train_model(&model, &docs, &recipe, &a.out.join("train_state"))?;
+            model.save(&a.out)?;
+            print_json(&summary)
+        }
+        LocalCommand::Train(a) => {
+            let device = a.engine.device()?;
+            let recipe = a.recipe.resolve(TrainConfig::default())?;
+            let model = LoadedModel::load(&a.base, device)?;
+            let docs = read_all(&a.data)?;
+            let state = a.state.unwrap_or_else(|| a.out.join("train_state"));
+            let summary = train_model(&model, &docs, &recipe, &state)?;
+            model.save(&a.out)?;
+            print_json(&summary)
+        }
+        LocalCommand::Eval(a) => {
+            let device = a.engine.device()?;
+            let model = LoadedModel::load(&a.model, device)?;
+            let docs = read_all(&a.data)?;
+            let config = EvalConfig { batch_size: a.batch_size, context: a.context };
+            print_json(&evaluate(&model, &docs, &config)?)
+        }
+        LocalCommand::Merge(a) => {
+            let device = a.engine.device()?;
+            let weights = a.weights.unwrap_or_else(|| merge::uniform_weights(a.models.len()));
+            let stats = merge_dirs(&a.models, &weights, device, &a.out)?;
+            print_json(&stats)
+        }
+    }
+}
+
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    for path in paths {
+        docs.extend(data::read_documents(path).with_context(|| format!("{}", path.display()))?);
+    }
+    Ok(docs)
+}
+
+/// Tokenises `docs` and trains, logging progress; the train state in `state` makes an
+/// interrupted run resumable and is removed once the run finishes.
+pub fn train_model(model: &LoadedModel, docs: &[Document], recipe: &TrainConfig, state: &Path) -> Result<Summary> {
+    let tokens = data::tokenize(docs, &model.tokenizer)?;
+    let log_every = (recipe.steps() / 20).max(1);
+    let mut progress = |p: &Progress| {
+        if p.step % log_every == 0 || p.step == p.steps {
+            tracing::info!(step = p.step, steps = p.steps, loss = format!("{:.4}", p.loss), tokens_per_sec = p.tokens_per_sec as u64, "train");
+        }
+    };
+    let options = TrainOptions { state_dir: Some(state), cancel: None, progress: Some(&mut progress) };
+    match train::train(model, &tokens, recipe, options)? {
+        Outcome::Finished(summary) => {
+            let _ = std::fs::remove_dir_all(state);
+            Ok(summary)
+        }
+        Outcome::Cancelled { step } => bail!("training cancelled at step {step}"),
+    }
+}
+
+pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> Result<EvalResult> {
+    Ok(eval::evaluate(model, docs, config)?)
+}
+
+/// Merges model directories: weights averaged, config and tokenizer taken from the first
+/// (all configs must be equal).
+pub fn merge_dirs(models: &[PathBuf], weights: &[f64], device: Device, out: &Path) -> Result<merge::MergeStats> {
+    let config = read_config(&models[0])?;
+    for dir in &models[1..] {
+        if read_config(dir)? != config {
+            bail!("{} has a different config.json from {}", dir.display(), models[0].display());
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let inputs: Vec<PathBuf> = models.iter().map(|d| d.join(WEIGHTS_FILE)).collect();
+    let stats = merge::merge_files(&inputs, weights, device, &out.join(WEIGHTS_FILE))?;
+    checkpoint::write_config(out, &config)?;
+    let tokenizer = models[0].join(checkpoint::TOKENIZER_FILE);
+    if tokenizer.exists() {
+        std::fs::copy(&tokenizer, out.join(checkpoint::TOKENIZER_FILE))?;
+    }
+    Ok(stats)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,35 @@
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use mixpool::local::{self, LocalCommand};
+use mixpool::demo::{self, DemoArgs};
+
+/// mixpool: score data mixtures by merging per-partition models.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The engine on files, no server needed.
+    #[command(subcommand)]
+    Local(LocalCommand),
+    /// Pre-train a tiny base on a multi-domain corpus, train one unit per domain, and print
+    /// the perplexity of every merged pair.
+    Demo(DemoArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Local(command) => local::run(command),
+        Command::Demo(args) => demo::run(args),
+    }
+}
