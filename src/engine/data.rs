@@ -79,7 +79,7 @@ pub fn decompress(raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
 }
 
 /// Parses decompressed bytes. Without a format, data whose first non-blank byte is `{` is
-/// JSONL. Blank lines and empty texts are skipped; data without any text is an error.
+/// JSONL. Blank lines and blank texts are skipped; data without any text is an error.
 pub fn parse_documents(bytes: &[u8], format: Option<Format>) -> Result<Vec<Document>, DataError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
         line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
@@ -92,7 +92,7 @@ pub fn parse_documents(bytes: &[u8], format: Option<Format>) -> Result<Vec<Docum
         Format::Text => vec![Document { text: text.to_string(), domain: None }],
         Format::Jsonl => parse_jsonl(text)?,
     };
-    let docs: Vec<Document> = docs.into_iter().filter(|d| !d.text.is_empty()).collect();
+    let docs: Vec<Document> = docs.into_iter().filter(|d| !d.text.trim().is_empty()).collect();
     if docs.is_empty() {
         return Err(DataError::Empty);
     }

@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# libtorch, the Cargo target folder and the demo corpus are cached under $(CACHE).
+
+SHELL := bash
+CACHE ?= $(HOME)/.cache/mixpool
+export MIXPOOL_CACHE := $(CACHE)
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+BIN := $(CARGO_TARGET_DIR)/release/mixpool
+# Fetched once; later runs only check the version.
+TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
+CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
+
+.PHONY: demo test bench build lint
+
+build:
+	$(TORCH) && cargo build --release
+
+## Pre-train a tiny base, train one unit model per corpus domain, print merged-pair perplexities.
+demo: build
+	$(CORPUS) && $(BIN) demo --work $(CACHE)/demo $(ARGS)
+
+## Every test, on the CPU.
+test:
+	$(TORCH) && $(CORPUS) && cargo test --release
+
+## Engine throughput beside a Python PyTorch reference (sets up its venv once).
+bench:
+	$(TORCH) && $(CORPUS) && cargo bench --bench engine -- $(ARGS)
+
+lint:
+	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings

@@ -1,0 +1,9 @@
+//! Engine tests: real libtorch on the CPU, real text from the shared corpus.
+
+mod checkpoint;
+mod data;
+mod eval;
+mod helpers;
+mod merge;
+mod model;
+mod train;
