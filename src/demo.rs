@@ -159,7 +159,7 @@ fn print_table(names: &[&str], table: &[Vec<f64>], base: f64, docs: usize) {
     println!("\nPerplexity (bytes) on {docs} held-out documents from {} domains.", names.len());
     println!("Base model: {base:.3}. Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n");
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(8);
-    print!("{:width$}", "");
+    print!("{:width$}", "", width = width + 4);
     for i in 0..names.len() {
         print!("  {:>7}", format!("[{i}]"));
     }

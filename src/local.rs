@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use tch::Device;
 
+use crate::config::Config;
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE, read_config};
 use crate::engine::data::{self, Document};
 use crate::engine::eval::{self, EvalConfig, EvalResult};
@@ -29,20 +30,24 @@ pub enum LocalCommand {
 
 #[derive(Args, Clone)]
 pub struct Engine {
-    /// auto (CUDA when present), cpu or cuda:N.
-    #[arg(long, default_value = "auto", env = "MIXPOOL_DEVICE")]
-    pub device: String,
-    /// CPU threads for libtorch (0: one per core).
-    #[arg(long, default_value_t = 0, env = "MIXPOOL_THREADS")]
-    pub threads: i32,
+    /// auto (CUDA when present), cpu or cuda:N [default: engine.device in the config].
+    #[arg(long, env = "MIXPOOL_DEVICE")]
+    pub device: Option<String>,
+    /// CPU threads for libtorch, 0 for one per core [default: engine.threads in the config].
+    #[arg(long, env = "MIXPOOL_THREADS")]
+    pub threads: Option<i32>,
 }
 
 impl Engine {
+    /// Applies the thread count and resolves the device, falling back to the config file.
     pub fn device(&self) -> Result<Device> {
-        if self.threads > 0 {
-            tch::set_num_threads(self.threads);
+        let config = Config::load()?.engine;
+        let threads = self.threads.unwrap_or(config.threads);
+        if threads > 0 {
+            tch::set_num_threads(threads);
         }
-        device::parse(&self.device).map_err(anyhow::Error::msg)
+        let name = self.device.as_deref().unwrap_or(&config.device);
+        device::parse(name).map_err(anyhow::Error::msg)
     }
 }
 
