@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::LoadedModel;
 use super::data::{DataError, Document};
@@ -132,25 +132,25 @@ pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> 
     })
 }
 
-/// Summed NLL of each window's targets, in fp32 log-probabilities and f64 sums.
+/// Summed NLL of each window's targets: fp32 cross-entropy per position (padding ignored),
+/// summed per window in f64.
 fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> {
+    const PAD: i64 = -100;
     let width = batch.iter().map(|w| w.ids.len() - 1).max().unwrap();
     let mut inputs = vec![0i64; batch.len() * width];
-    let mut targets = vec![0i64; batch.len() * width];
-    let mut mask = vec![0f32; batch.len() * width];
+    let mut targets = vec![PAD; batch.len() * width];
     for (row, w) in batch.iter().enumerate() {
         let n = w.ids.len() - 1;
         let at = row * width;
         inputs[at..at + n].copy_from_slice(&w.ids[..n]);
         targets[at..at + n].copy_from_slice(&w.ids[1..]);
-        mask[at..at + n].fill(1.0);
     }
     let shape = [batch.len() as i64, width as i64];
     let inputs = Tensor::from_slice(&inputs).view(shape).to_device(device);
-    let targets = Tensor::from_slice(&targets).view(shape).to_device(device);
-    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+    let targets = Tensor::from_slice(&targets).to_device(device);
     let logits = model.model.forward(&inputs).to_kind(Kind::Float);
-    let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
-    let nll = (-logp * mask).sum_dim_intlist(-1, false, Kind::Double).to_device(Device::Cpu);
+    let vocab = logits.size()[2];
+    let nll = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, PAD, 0.0);
+    let nll = nll.view(shape).sum_dim_intlist(-1, false, Kind::Double).to_device(Device::Cpu);
     Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
 }

@@ -1,18 +1,24 @@
 //! Weighted parameter averaging of checkpoints with identical architectures.
 //!
-//! Inputs are memory-mapped and merged one tensor at a time: each tensor is accumulated on
-//! the chosen device over all inputs, in a fixed (sorted) name order, then converted back to
-//! the inputs' dtype. Peak memory is the output model plus one accumulator, not N models.
+//! Inputs are merged one tensor at a time, in a fixed (sorted) name order: each tensor is
+//! accumulated over all inputs on the chosen device, then converted back to the inputs'
+//! dtype. Peak memory is the output model plus one tensor per input on an accelerator, and
+//! the output plus a few cache-sized blocks on the CPU, never N models.
 //!
-//! The accumulator is wider than the inputs: fp32 for bf16/fp16 weights, fp64 for fp32
-//! weights. Its rounding error then stays far below half a unit in the last place of the
-//! output, so merging identical checkpoints returns them bit for bit, which an fp32
-//! accumulator cannot promise for fp32 inputs (x/3 + x/3 + x/3 is not always x in fp32).
+//! The accumulator is fp64, wider than any input. Its rounding error then stays far below
+//! half a unit in the last place of the output, so merging identical checkpoints returns them
+//! bit for bit, which an fp32 accumulator cannot promise for fp32 inputs (x/3 + x/3 + x/3 is
+//! not always x in fp32). On the CPU the sum runs in plain loops over cache-sized blocks; on an
+//! accelerator it runs in libtorch over whole tensors.
 
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors, View};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use safetensors::{Dtype, View};
+use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +74,57 @@ pub struct MergeStats {
     pub seconds: f64,
 }
 
+/// One safetensors file: its header, parsed, and the open file for positioned reads.
 struct Input {
     path: PathBuf,
-    map: Mmap,
+    file: File,
+    tensors: BTreeMap<String, TensorInfo>,
+    /// Where the data section starts (after the 8-byte length and the JSON header).
+    data_start: u64,
+}
+
+#[derive(Deserialize, Clone, PartialEq)]
+struct TensorInfo {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Input, MergeError> {
+        let err = |e: &dyn std::fmt::Display| read_error(path, e);
+        let file = File::open(path).map_err(|e| err(&e))?;
+        let file_len = file.metadata().map_err(|e| err(&e))?.len();
+        let mut len = [0u8; 8];
+        file.read_exact_at(&mut len, 0).map_err(|e| err(&e))?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > (100 << 20) || 8 + header_len > file_len {
+            return Err(err(&"not a safetensors file (bad header length)"));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8).map_err(|e| err(&e))?;
+        let mut entries: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| err(&format!("not a safetensors header: {e}")))?;
+        entries.remove("__metadata__");
+        let data_start = 8 + header_len;
+        let mut tensors = BTreeMap::new();
+        for (name, entry) in entries {
+            let info: TensorInfo = serde_json::from_value(entry).map_err(|e| err(&format!("tensor {name}: {e}")))?;
+            let (begin, end) = info.data_offsets;
+            let bytes = info.shape.iter().product::<usize>() as u64 * info.dtype.size() as u64;
+            if end < begin || end - begin != bytes || data_start + end > file_len {
+                return Err(err(&format!("tensor {name}: data offsets do not match its shape and the file")));
+            }
+            tensors.insert(name, info);
+        }
+        Ok(Input { path: path.to_path_buf(), file, tensors, data_start })
+    }
+
+    /// Reads `out.len()` bytes of tensor `info` starting `offset` bytes into its data.
+    fn read(&self, info: &TensorInfo, offset: u64, out: &mut [u8]) -> Result<(), MergeError> {
+        let at = self.data_start + info.data_offsets.0 + offset;
+        self.file.read_exact_at(out, at).map_err(|e| read_error(&self.path, e))
+    }
 }
 
 /// Averages the `model.safetensors`-style files `inputs` with `weights` (normalised here)
@@ -80,100 +134,69 @@ pub fn merge_files(inputs: &[PathBuf], weights: &[f64], device: Device, output: 
     if inputs.len() != weights.len() {
         return Err(MergeError::WeightCount { inputs: inputs.len(), weights: weights.len() });
     }
-    let weights = normalize_weights(weights)?;
-    let inputs: Vec<Input> = inputs.iter().map(|p| open(p)).collect::<Result<_, _>>()?;
-    let parsed: Vec<SafeTensors> = inputs
-        .iter()
-        .map(|i| SafeTensors::deserialize(&i.map).map_err(|e| read_error(&i.path, e)))
-        .collect::<Result<_, _>>()?;
-    let mut names: Vec<String> = parsed[0].names().into_iter().cloned().collect();
-    names.sort();
-    check_compatible(&inputs, &parsed, &names)?;
+    let weights = normalize_weights(&weights)?;
+    let inputs: Vec<Input> = inputs.iter().map(|p| Input::open(p)).collect::<Result<_, _>>()?;
+    check_compatible(&inputs)?;
 
-    let mut merged: Vec<(String, Merged)> = Vec::with_capacity(names.len());
+    let mut merged: Vec<(String, Merged)> = Vec::with_capacity(inputs[0].tensors.len());
     let mut bytes_read = 0u64;
-    tch::no_grad(|| -> Result<(), MergeError> {
-        for name in &names {
-            let mut acc: Option<Tensor> = None;
-            let mut dtype = Dtype::F32;
-            for ((input, st), &w) in inputs.iter().zip(&parsed).zip(&weights) {
-                let view = st.tensor(name).map_err(|e| read_error(&input.path, e))?;
-                dtype = view.dtype();
-                bytes_read += view.data().len() as u64;
-                let t = to_tensor(&input.path, name, &view)?.to_device(device);
-                match &mut acc {
-                    None => acc = Some(t.to_kind(accumulator(dtype)) * w),
-                    Some(acc) => {
-                        let w = Tensor::from(w).to_kind(accumulator(dtype)).to_device(device);
-                        let _ = acc.addcmul_(&t, &w);
-                    }
-                }
+    for (name, info) in &inputs[0].tensors {
+        let bytes = info.data_offsets.1 - info.data_offsets.0;
+        bytes_read += bytes * inputs.len() as u64;
+        let data = if device == Device::Cpu {
+            average_cpu(&inputs, name, &weights)?
+        } else {
+            let mut sources = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                let mut data = vec![0u8; bytes as usize];
+                input.read(info, 0, &mut data)?;
+                let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+                sources.push(Tensor::from_data_size(&data, &shape, kind_of(info.dtype).expect("checked")).to_device(device));
             }
-            let acc = acc.expect("at least one input");
-            let out = acc.to_kind(kind_of(dtype).expect("checked")).to_device(Device::Cpu).contiguous();
-            let shape = out.size().iter().map(|&d| d as usize).collect();
-            let mut data = vec![0u8; out.numel() * out.kind().elt_size_in_bytes()];
-            out.copy_data_u8(&mut data, out.numel());
-            merged.push((name.clone(), Merged { dtype, shape, data }));
-        }
-        Ok(())
-    })?;
+            tch::no_grad(|| average_on_device(&sources, &weights, info.dtype, device))
+        };
+        merged.push((name.clone(), Merged { dtype: info.dtype, shape: info.shape.clone(), data }));
+    }
     let partial = output.with_extension("partial");
     let write_err = |e: &dyn std::fmt::Display| MergeError::Write { path: output.display().to_string(), message: e.to_string() };
     safetensors::serialize_to_file(merged.iter().map(|(n, m)| (n.as_str(), m)), &None, &partial).map_err(|e| write_err(&e))?;
     std::fs::rename(&partial, output).map_err(|e| write_err(&e))?;
-    Ok(MergeStats { tensors: names.len(), bytes_read, seconds: started.elapsed().as_secs_f64() })
-}
-
-fn open(path: &Path) -> Result<Input, MergeError> {
-    let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
-    // SAFETY: checkpoints are immutable once written (they are replaced by rename, never
-    // modified in place), so the mapping cannot change under us.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| read_error(path, e))?;
-    Ok(Input { path: path.to_path_buf(), map })
+    Ok(MergeStats { tensors: merged.len(), bytes_read, seconds: started.elapsed().as_secs_f64() })
 }
 
 fn read_error(path: &Path, e: impl std::fmt::Display) -> MergeError {
     MergeError::Read { path: path.display().to_string(), message: e.to_string() }
 }
 
-/// Every input must hold the same names with the same shapes and dtypes as the first.
-fn check_compatible(inputs: &[Input], parsed: &[SafeTensors], names: &[String]) -> Result<(), MergeError> {
-    let first = &parsed[0];
-    for name in names {
-        let view = first.tensor(name).map_err(|e| read_error(&inputs[0].path, e))?;
-        if kind_of(view.dtype()).is_none() {
-            return Err(MergeError::Dtype { path: inputs[0].path.display().to_string(), name: name.clone(), dtype: view.dtype() });
+/// Every input must hold the same names with the same shapes and dtypes as the first, and
+/// every dtype must be a floating-point one.
+fn check_compatible(inputs: &[Input]) -> Result<(), MergeError> {
+    let first = &inputs[0];
+    for (name, info) in &first.tensors {
+        if kind_of(info.dtype).is_none() {
+            return Err(MergeError::Dtype { path: first.path.display().to_string(), name: name.clone(), dtype: info.dtype });
         }
     }
-    for (input, st) in inputs.iter().zip(parsed).skip(1) {
+    for input in &inputs[1..] {
         let mismatch = |message: String| MergeError::Mismatch {
             path: input.path.display().to_string(),
-            first: inputs[0].path.display().to_string(),
+            first: first.path.display().to_string(),
             message,
         };
-        if st.len() != first.len() {
-            return Err(mismatch(format!("{} tensors, not {}", st.len(), first.len())));
+        if input.tensors.len() != first.tensors.len() {
+            return Err(mismatch(format!("{} tensors, not {}", input.tensors.len(), first.tensors.len())));
         }
-        for name in names {
-            let a = first.tensor(name).expect("listed");
-            let b = st.tensor(name).map_err(|_| mismatch(format!("no tensor {name}")))?;
-            if a.shape() != b.shape() {
-                return Err(mismatch(format!("{name} has shape {:?}, not {:?}", b.shape(), a.shape())));
+        for (name, a) in &first.tensors {
+            let b = input.tensors.get(name).ok_or_else(|| mismatch(format!("no tensor {name}")))?;
+            if a.shape != b.shape {
+                return Err(mismatch(format!("{name} has shape {:?}, not {:?}", b.shape, a.shape)));
             }
-            if a.dtype() != b.dtype() {
-                return Err(mismatch(format!("{name} is {:?}, not {:?}", b.dtype(), a.dtype())));
+            if a.dtype != b.dtype {
+                return Err(mismatch(format!("{name} is {:?}, not {:?}", b.dtype, a.dtype)));
             }
         }
     }
     Ok(())
-}
-
-fn accumulator(dtype: Dtype) -> Kind {
-    match dtype {
-        Dtype::F32 | Dtype::F64 => Kind::Double,
-        _ => Kind::Float,
-    }
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -186,21 +209,75 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
     }
 }
 
-/// A CPU tensor over the mapped bytes when they are aligned (no copy), else a copy.
-fn to_tensor(path: &Path, name: &str, view: &safetensors::tensor::TensorView) -> Result<Tensor, MergeError> {
-    let kind = kind_of(view.dtype()).expect("checked");
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let data = view.data();
-    if data.len() != view.shape().iter().product::<usize>() * kind.elt_size_in_bytes() {
-        return Err(read_error(path, format!("tensor {name} has the wrong byte length")));
+/// Elements per block on the CPU: the fp64 accumulator (256 KiB) and the read buffer stay
+/// in cache while every input streams through once.
+const CPU_BLOCK: usize = 1 << 15;
+
+/// Tensor `name` of every input, weighted and summed in fp64 block by block, as raw bytes.
+fn average_cpu(inputs: &[Input], name: &str, weights: &[f64]) -> Result<Vec<u8>, MergeError> {
+    let info = &inputs[0].tensors[name];
+    let size = info.dtype.size();
+    let numel = info.shape.iter().product::<usize>();
+    let mut out = vec![0u8; numel * size];
+    let mut acc = vec![0f64; CPU_BLOCK.min(numel)];
+    let mut buffer = vec![0u8; acc.len() * size];
+    for start in (0..numel).step_by(CPU_BLOCK) {
+        let len = CPU_BLOCK.min(numel - start);
+        let (acc, buffer) = (&mut acc[..len], &mut buffer[..len * size]);
+        for (i, (input, &w)) in inputs.iter().zip(weights).enumerate() {
+            input.read(&input.tensors[name], (start * size) as u64, buffer)?;
+            accumulate(acc, buffer, info.dtype, w, i == 0);
+        }
+        encode(acc, info.dtype, &mut out[start * size..(start + len) * size]);
     }
-    if (data.as_ptr() as usize) % kind.elt_size_in_bytes() == 0 {
-        // SAFETY: the bytes are valid for the mapping's lifetime, which outlives this tensor
-        // (it is consumed within the merge loop), and the length was checked above.
-        Ok(unsafe { Tensor::from_blob(data.as_ptr(), &shape, &[], kind, Device::Cpu) })
-    } else {
-        Ok(Tensor::from_data_size(data, &shape, kind))
+    Ok(out)
+}
+
+/// `acc = w * x` (when `first`) or `acc += w * x`, for `x` the decoded `bytes`. Assigning
+/// instead of adding to zero keeps the sign of negative zeros.
+fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) {
+    fn apply<T: Copy>(acc: &mut [f64], xs: impl Iterator<Item = T>, to_f64: impl Fn(T) -> f64, w: f64, first: bool) {
+        if first {
+            acc.iter_mut().zip(xs).for_each(|(a, x)| *a = w * to_f64(x));
+        } else {
+            acc.iter_mut().zip(xs).for_each(|(a, x)| *a += w * to_f64(x));
+        }
     }
+    match dtype {
+        Dtype::F32 => apply(acc, bytes.chunks_exact(4), |b| f32::from_le_bytes(b.try_into().unwrap()) as f64, w, first),
+        Dtype::F64 => apply(acc, bytes.chunks_exact(8), |b| f64::from_le_bytes(b.try_into().unwrap()), w, first),
+        Dtype::BF16 => apply(acc, bytes.chunks_exact(2), |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64(), w, first),
+        Dtype::F16 => apply(acc, bytes.chunks_exact(2), |b| half::f16::from_le_bytes([b[0], b[1]]).to_f64(), w, first),
+        other => unreachable!("dtype {other:?} was checked"),
+    }
+}
+
+/// Rounds to the nearest representable value (ties to even); 16-bit types through fp32, as
+/// libtorch casts them.
+fn encode(values: &[f64], dtype: Dtype, out: &mut [u8]) {
+    let pairs = values.iter();
+    match dtype {
+        Dtype::F64 => pairs.zip(out.chunks_exact_mut(8)).for_each(|(v, o)| o.copy_from_slice(&v.to_le_bytes())),
+        Dtype::F32 => pairs.zip(out.chunks_exact_mut(4)).for_each(|(v, o)| o.copy_from_slice(&(*v as f32).to_le_bytes())),
+        Dtype::BF16 => pairs.zip(out.chunks_exact_mut(2)).for_each(|(v, o)| o.copy_from_slice(&half::bf16::from_f32(*v as f32).to_le_bytes())),
+        Dtype::F16 => pairs.zip(out.chunks_exact_mut(2)).for_each(|(v, o)| o.copy_from_slice(&half::f16::from_f32(*v as f32).to_le_bytes())),
+        other => unreachable!("dtype {other:?} was checked"),
+    }
+}
+
+/// The same sum with libtorch on an accelerator, whole tensors at once; the result comes
+/// back as raw bytes.
+fn average_on_device(sources: &[Tensor], weights: &[f64], dtype: Dtype, device: Device) -> Vec<u8> {
+    let acc_kind = Kind::Double;
+    let mut acc = sources[0].to_kind(acc_kind) * weights[0];
+    for (source, &w) in sources.iter().zip(weights).skip(1) {
+        let w = Tensor::from(w).to_kind(acc_kind).to_device(device);
+        let _ = acc.addcmul_(&source.to_kind(acc_kind), &w);
+    }
+    let out = acc.to_kind(kind_of(dtype).expect("checked")).to_device(Device::Cpu).contiguous();
+    let mut data = vec![0u8; out.numel() * out.kind().elt_size_in_bytes()];
+    out.copy_data_u8(&mut data, out.numel());
+    data
 }
 
 struct Merged {
@@ -221,5 +298,53 @@ impl View for &Merged {
     }
     fn data_len(&self) -> usize {
         self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accelerator path, run on the CPU, gives the CPU path's result.
+    #[test]
+    fn both_paths_compute_the_weighted_sum() {
+        tch::manual_seed(0);
+        let dir = tempfile::tempdir().unwrap();
+        let weights = [0.2, 0.5, 0.3];
+        for (kind, ulp) in [(Kind::Float, 1.2e-7), (Kind::BFloat16, 8e-3), (Kind::Half, 1e-3)] {
+            let tensors: Vec<Tensor> = (0..3).map(|_| Tensor::randn([40_000], (Kind::Float, Device::Cpu)).to_kind(kind)).collect();
+            let inputs: Vec<Input> = tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let path = dir.path().join(format!("{i}.safetensors"));
+                    Tensor::write_safetensors(&[("w", t)], &path).unwrap();
+                    Input::open(&path).unwrap()
+                })
+                .collect();
+            let dtype = inputs[0].tensors["w"].dtype;
+            let cpu = average_cpu(&inputs, "w", &weights).unwrap();
+            let torch = tch::no_grad(|| average_on_device(&tensors, &weights, dtype, Device::Cpu));
+            // libtorch may fuse the multiply-add (one rounding instead of two), which can flip
+            // the output's last bit on a rare tie, or leave a residue of 1e-17 where the sum
+            // cancels to zero.
+            let as_tensor = |b: &[u8]| Tensor::from_data_size(b, &[40_000], kind).to_kind(Kind::Double);
+            let (a, b) = (as_tensor(&cpu), as_tensor(&torch));
+            let expected = tensors.iter().zip(weights).map(|(t, w)| t.to_kind(Kind::Double) * w).reduce(|x, y| x + y).unwrap();
+            assert!(a.allclose(&b, ulp, 1e-15, false), "{kind:?}: paths differ by more than an ulp");
+            assert!(a.allclose(&expected, ulp, 1e-7, false), "{kind:?}: not the weighted sum");
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        Tensor::write_safetensors(&[("w", Tensor::ones([100], (Kind::Float, Device::Cpu)))], &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(Input::open(&path).err().unwrap().to_string().contains("offsets"));
+        std::fs::write(&path, b"PK\x03\x04 a zip file").unwrap();
+        assert!(Input::open(&path).is_err());
     }
 }
