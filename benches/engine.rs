@@ -25,7 +25,12 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let mut s = Settings { threads: 1, presets: vec!["tiny".into(), "small".into()], steps: 8, rounds: 2 };
+    let mut s = Settings {
+        threads: 1,
+        presets: vec!["tiny".into(), "small".into()],
+        steps: 8,
+        rounds: 2,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -60,14 +65,27 @@ fn corpus_file() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let cache = std::env::var("MIXPOOL_CACHE").unwrap_or_else(|_| format!("{}/.cache/mixpool", std::env::var("HOME").unwrap()));
+    let cache = std::env::var("MIXPOOL_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/mixpool", std::env::var("HOME").unwrap()));
     let venv = PathBuf::from(cache).join("bench-venv");
     let python = venv.join("bin/python");
-    let ready = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    let ready = Command::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ready {
         eprintln!("setting up {} with torch==2.11.0 (once)", venv.display());
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success()
-            && Command::new(venv.join("bin/pip")).args(["install", "-q", "torch==2.11.0"]).status().unwrap().success();
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "torch==2.11.0"])
+                .status()
+                .unwrap()
+                .success();
         assert!(ok, "could not set up the reference venv");
     }
     python
@@ -78,7 +96,14 @@ struct Figures {
     eval: f64,
 }
 
-fn rust_run(config: &ModelConfig, tokens: &[u32], docs: &[Document], micro: u64, seq: u64, steps: u64) -> Figures {
+fn rust_run(
+    config: &ModelConfig,
+    tokens: &[u32],
+    docs: &[Document],
+    micro: u64,
+    seq: u64,
+    steps: u64,
+) -> Figures {
     let model = LoadedModel::init(config.clone(), 0, Device::Cpu).unwrap();
     let warmup = 2;
     let recipe = TrainConfig {
@@ -91,11 +116,23 @@ fn rust_run(config: &ModelConfig, tokens: &[u32], docs: &[Document], micro: u64,
     };
     let mut times = Vec::new();
     let mut record = |_: &Progress| times.push(Instant::now());
-    train(&model, tokens, &recipe, TrainOptions { progress: Some(&mut record), ..Default::default() }).unwrap();
+    train(
+        &model,
+        tokens,
+        &recipe,
+        TrainOptions {
+            progress: Some(&mut record),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let seconds = (times[times.len() - 1] - times[warmup as usize - 1]).as_secs_f64();
     let train = (steps * micro * seq) as f64 / seconds;
 
-    let eval_config = EvalConfig { batch_size: micro as usize, context: None };
+    let eval_config = EvalConfig {
+        batch_size: micro as usize,
+        context: None,
+    };
     evaluate(&model, &docs[..micro as usize], &eval_config).unwrap();
     let start = Instant::now();
     let result = evaluate(&model, docs, &eval_config).unwrap();
@@ -103,17 +140,36 @@ fn rust_run(config: &ModelConfig, tokens: &[u32], docs: &[Document], micro: u64,
     Figures { train, eval }
 }
 
-fn python_run(python: &Path, config: &ModelConfig, threads: i32, micro: u64, seq: u64, steps: u64, eval_batches: usize) -> Figures {
+fn python_run(
+    python: &Path,
+    config: &ModelConfig,
+    threads: i32,
+    micro: u64,
+    seq: u64,
+    steps: u64,
+    eval_batches: usize,
+) -> Figures {
     let settings = serde_json::json!({
         "config": config, "threads": threads, "micro_batch": micro, "seq_len": seq,
         "warmup_steps": 2, "steps": steps, "eval_batches": eval_batches,
         "data": corpus_file(),
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
-    let out = Command::new(python).arg(script).arg(settings.to_string()).output().unwrap();
-    assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg(script)
+        .arg(settings.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    Figures { train: v["train_tokens_per_sec"].as_f64().unwrap(), eval: v["eval_tokens_per_sec"].as_f64().unwrap() }
+    Figures {
+        train: v["train_tokens_per_sec"].as_f64().unwrap(),
+        eval: v["eval_tokens_per_sec"].as_f64().unwrap(),
+    }
 }
 
 fn best(figures: &[Figures]) -> Figures {
@@ -129,7 +185,10 @@ fn bench_merge(threads: i32) {
     let inputs: Vec<PathBuf> = (0..8)
         .map(|seed| {
             let path = dir.path().join(format!("m{seed}"));
-            LoadedModel::init(config.clone(), seed, Device::Cpu).unwrap().save(&path).unwrap();
+            LoadedModel::init(config.clone(), seed, Device::Cpu)
+                .unwrap()
+                .save(&path)
+                .unwrap();
             path.join("model.safetensors")
         })
         .collect();
@@ -150,9 +209,21 @@ fn bench_merge(threads: i32) {
     let read_s = (0..3).map(|_| read()).fold(f64::MAX, f64::min);
     let merge_s = (0..3).map(|_| merge()).fold(f64::MAX, f64::min);
     let gb = bytes as f64 / 1e9;
-    println!("\nmerge of 8 `small` checkpoints ({:.0} MB in all), {threads} thread(s), page cache warm:", gb * 1e3);
-    println!("  read the same bytes   {:>8.3} s  {:>6.2} GB/s", read_s, gb / read_s);
-    println!("  merge (fp64 acc.)     {:>8.3} s  {:>6.2} GB/s   merge/read time = {:.2}", merge_s, gb / merge_s, merge_s / read_s);
+    println!(
+        "\nmerge of 8 `small` checkpoints ({:.0} MB in all), {threads} thread(s), page cache warm:",
+        gb * 1e3
+    );
+    println!(
+        "  read the same bytes   {:>8.3} s  {:>6.2} GB/s",
+        read_s,
+        gb / read_s
+    );
+    println!(
+        "  merge (fp64 acc.)     {:>8.3} s  {:>6.2} GB/s   merge/read time = {:.2}",
+        merge_s,
+        gb / merge_s,
+        merge_s / read_s
+    );
 }
 
 fn main() {
@@ -161,8 +232,21 @@ fn main() {
     let python = python();
     let docs = data::read_documents(&corpus_file()).unwrap();
     let tokens = data::tokenize(&docs, &Tokenizer::Bytes).unwrap();
-    println!("engine vs PyTorch reference (same model, batch, optimizer), CPU, {} thread(s), best of {} alternating rounds", s.threads, s.rounds);
-    println!("{:<6} {:>6} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7}", "preset", "params", "train tok/s", "torch tok/s", "ratio", "eval tok/s", "torch tok/s", "ratio");
+    println!(
+        "engine vs PyTorch reference (same model, batch, optimizer), CPU, {} thread(s), best of {} alternating rounds",
+        s.threads, s.rounds
+    );
+    println!(
+        "{:<6} {:>6} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7}",
+        "preset",
+        "params",
+        "train tok/s",
+        "torch tok/s",
+        "ratio",
+        "eval tok/s",
+        "torch tok/s",
+        "ratio"
+    );
     for preset in &s.presets {
         let config = ModelConfig::preset(preset).expect("a preset name");
         let (micro, seq) = shape(preset);
@@ -170,18 +254,41 @@ fn main() {
         let eval_docs: Vec<Document> = tokens
             .chunks(seq as usize)
             .take(eval_batches * micro as usize)
-            .map(|c| Document { text: String::from_utf8_lossy(&c.iter().map(|&t| t.min(255) as u8).collect::<Vec<_>>()).into(), domain: None })
+            .map(|c| Document {
+                text: String::from_utf8_lossy(
+                    &c.iter().map(|&t| t.min(255) as u8).collect::<Vec<_>>(),
+                )
+                .into(),
+                domain: None,
+            })
             .collect();
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..s.rounds {
             ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
-            theirs.push(python_run(&python, &config, s.threads, micro, seq, s.steps, eval_batches));
+            theirs.push(python_run(
+                &python,
+                &config,
+                s.threads,
+                micro,
+                seq,
+                s.steps,
+                eval_batches,
+            ));
         }
         let (o, t) = (best(&ours), best(&theirs));
-        let params = LoadedModel::init(config.clone(), 0, Device::Cpu).unwrap().parameters();
+        let params = LoadedModel::init(config.clone(), 0, Device::Cpu)
+            .unwrap()
+            .parameters();
         println!(
             "{:<6} {:>5.1}M {:>12.0} {:>12.0} {:>7.2} {:>12.0} {:>12.0} {:>7.2}",
-            preset, params as f64 / 1e6, o.train, t.train, o.train / t.train, o.eval, t.eval, o.eval / t.eval
+            preset,
+            params as f64 / 1e6,
+            o.train,
+            t.train,
+            o.train / t.train,
+            o.eval,
+            t.eval,
+            o.eval / t.eval
         );
     }
     bench_merge(s.threads);

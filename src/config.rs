@@ -21,7 +21,12 @@ pub struct EngineConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { engine: EngineConfig { device: "auto".into(), threads: 0 } }
+        Config {
+            engine: EngineConfig {
+                device: "auto".into(),
+                threads: 0,
+            },
+        }
     }
 }
 
@@ -32,13 +37,16 @@ impl Config {
         let path = std::env::var_os("MIXPOOL_CONFIG").map(PathBuf::from);
         match path {
             Some(path) => Self::read(&path),
-            None if Path::new("config/default.toml").exists() => Self::read(Path::new("config/default.toml")),
+            None if Path::new("config/default.toml").exists() => {
+                Self::read(Path::new("config/default.toml"))
+            }
             None => Ok(Config::default()),
         }
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: invalid settings", path.display()))
     }
 }
@@ -49,7 +57,9 @@ mod tests {
 
     #[test]
     fn the_shipped_file_equals_the_built_in_defaults() {
-        let shipped = Config::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
+        let shipped =
+            Config::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))
+                .unwrap();
         assert_eq!(shipped, Config::default());
     }
 
@@ -57,7 +67,11 @@ mod tests {
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[engine]\ndevice = \"cpu\"\nthreads = 1\ngpu = true\n").unwrap();
+        std::fs::write(
+            &path,
+            "[engine]\ndevice = \"cpu\"\nthreads = 1\ngpu = true\n",
+        )
+        .unwrap();
         let err = format!("{:#}", Config::read(&path).unwrap_err());
         assert!(err.contains("gpu"), "{err}");
     }

@@ -57,21 +57,39 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let base_dir = args.work.join("base");
     if !base_dir.join(WEIGHTS_FILE).exists() {
-        let seed_mix: Vec<Document> = splits.iter().flat_map(|(_, d)| take_bytes(d, SEED_BYTES)).collect();
-        let recipe = TrainConfig { tokens: args.base_tokens, ..TrainConfig::pretrain() };
-        tracing::info!(tokens = recipe.tokens, "pre-training the tiny base on {} domains", splits.len());
+        let seed_mix: Vec<Document> = splits
+            .iter()
+            .flat_map(|(_, d)| take_bytes(d, SEED_BYTES))
+            .collect();
+        let recipe = TrainConfig {
+            tokens: args.base_tokens,
+            ..TrainConfig::pretrain()
+        };
+        tracing::info!(
+            tokens = recipe.tokens,
+            "pre-training the tiny base on {} domains",
+            splits.len()
+        );
         let base = LoadedModel::init(ModelConfig::preset("tiny").unwrap(), recipe.seed, device)?;
         local::train_model(&base, &seed_mix, &recipe, &args.work.join("base_state"))?;
         base.save(&base_dir)?;
     }
-    let recipe = TrainConfig { tokens: args.unit_tokens, ..TrainConfig::default() };
+    let recipe = TrainConfig {
+        tokens: args.unit_tokens,
+        ..TrainConfig::default()
+    };
     let mut units = Vec::new();
     for (name, docs) in &splits {
         let dir = args.work.join("units").join(name);
         if !dir.join(WEIGHTS_FILE).exists() {
             tracing::info!(domain = name, tokens = recipe.tokens, "training unit model");
             let model = LoadedModel::load(&base_dir, device)?;
-            local::train_model(&model, docs, &recipe, &args.work.join("unit_state").join(name))?;
+            local::train_model(
+                &model,
+                docs,
+                &recipe,
+                &args.work.join("unit_state").join(name),
+            )?;
             model.save(&dir)?;
         }
         units.push((name.clone(), dir));
@@ -80,7 +98,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let config = EvalConfig::default();
     let score = |dir: &Path| -> Result<f64> {
         let model = LoadedModel::load(dir, device)?;
-        Ok(local::evaluate(&model, &eval_docs, &config)?.total.perplexity)
+        Ok(local::evaluate(&model, &eval_docs, &config)?
+            .total
+            .perplexity)
     };
     let base_ppl = score(&base_dir)?;
     let n = units.len();
@@ -95,19 +115,33 @@ pub fn run(args: DemoArgs) -> Result<()> {
             table[j][i] = table[i][j];
         }
     }
-    print_table(&units.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), &table, base_ppl, eval_docs.len());
+    print_table(
+        &units.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        &table,
+        base_ppl,
+        eval_docs.len(),
+    );
     Ok(())
 }
 
 fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading corpus folder {} (set --corpus or MIXPOOL_CORPUS)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading corpus folder {} (set --corpus or MIXPOOL_CORPUS)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     if files.len() < 2 {
-        bail!("{} holds {} .jsonl domain files; the demo needs at least two", dir.display(), files.len());
+        bail!(
+            "{} holds {} .jsonl domain files; the demo needs at least two",
+            dir.display(),
+            files.len()
+        );
     }
     files
         .iter()
@@ -128,7 +162,10 @@ fn split(domain: &str, docs: Vec<Document>) -> (Vec<Document>, Vec<Document>) {
     for doc in rest.by_ref() {
         let text = truncate(&doc.text, EVAL_DOC).to_string();
         bytes += text.len();
-        held_out.push(Document { text, domain: Some(domain.to_string()) });
+        held_out.push(Document {
+            text,
+            domain: Some(domain.to_string()),
+        });
         if bytes >= EVAL_BYTES {
             break;
         }
@@ -156,8 +193,13 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 fn print_table(names: &[&str], table: &[Vec<f64>], base: f64, docs: usize) {
-    println!("\nPerplexity (bytes) on {docs} held-out documents from {} domains.", names.len());
-    println!("Base model: {base:.3}. Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n");
+    println!(
+        "\nPerplexity (bytes) on {docs} held-out documents from {} domains.",
+        names.len()
+    );
+    println!(
+        "Base model: {base:.3}. Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n"
+    );
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(8);
     print!("{:width$}", "", width = width + 4);
     for i in 0..names.len() {
@@ -165,7 +207,11 @@ fn print_table(names: &[&str], table: &[Vec<f64>], base: f64, docs: usize) {
     }
     println!();
     for (i, row) in table.iter().enumerate() {
-        print!("{:width$}", format!("[{i}] {}", names[i]), width = width + 4);
+        print!(
+            "{:width$}",
+            format!("[{i}] {}", names[i]),
+            width = width + 4
+        );
         for v in row {
             print!("  {v:>7.3}");
         }

@@ -1,6 +1,6 @@
 //! mixpool: score data mixtures by the perplexity of parameter-averaged unit models.
 
-pub mod engine;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod local;

@@ -13,7 +13,9 @@ use crate::engine::data::{self, Document};
 use crate::engine::eval::{self, EvalConfig, EvalResult};
 use crate::engine::merge;
 use crate::engine::model::{ModelConfig, PRESETS};
-use crate::engine::train::{self, Outcome, Precision, Progress, Schedule, Summary, TrainConfig, TrainOptions};
+use crate::engine::train::{
+    self, Outcome, Precision, Progress, Schedule, Summary, TrainConfig, TrainOptions,
+};
 use crate::engine::{checkpoint, device};
 
 #[derive(Subcommand)]
@@ -102,15 +104,29 @@ impl RecipeArgs {
     pub fn resolve(&self, defaults: TrainConfig) -> Result<TrainConfig> {
         let mut c = match &self.recipe {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: invalid training settings", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: invalid training settings", path.display()))?
             }
             None => defaults,
         };
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
         }
-        set!(tokens, lr, min_lr, warmup_steps, batch_tokens, micro_batch, seq_len, seed, weight_decay, grad_clip, checkpoint_every);
+        set!(
+            tokens,
+            lr,
+            min_lr,
+            warmup_steps,
+            batch_tokens,
+            micro_batch,
+            seq_len,
+            seed,
+            weight_decay,
+            grad_clip,
+            checkpoint_every
+        );
         if let Some(s) = self.schedule {
             c.schedule = match s {
                 ScheduleArg::Constant => Schedule::Constant,
@@ -123,7 +139,8 @@ impl RecipeArgs {
                 PrecisionArg::Fp32 => Precision::Fp32,
             };
         }
-        c.validate().map_err(|e| anyhow::anyhow!("invalid training settings: {e}"))?;
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("invalid training settings: {e}"))?;
         Ok(c)
     }
 }
@@ -203,7 +220,11 @@ pub fn run(command: LocalCommand) -> Result<()> {
                     let dir = Path::new(&a.preset).parent().unwrap_or(Path::new("."));
                     read_config(dir)?
                 }
-                None => bail!("unknown preset {:?}: use one of {} or a config.json path", a.preset, PRESETS.join(", ")),
+                None => bail!(
+                    "unknown preset {:?}: use one of {} or a config.json path",
+                    a.preset,
+                    PRESETS.join(", ")
+                ),
             };
             let recipe = a.recipe.resolve(TrainConfig::pretrain())?;
             let model = LoadedModel::init(config, recipe.seed, device)?;
@@ -226,12 +247,17 @@ pub fn run(command: LocalCommand) -> Result<()> {
             let device = a.engine.device()?;
             let model = LoadedModel::load(&a.model, device)?;
             let docs = read_all(&a.data)?;
-            let config = EvalConfig { batch_size: a.batch_size, context: a.context };
+            let config = EvalConfig {
+                batch_size: a.batch_size,
+                context: a.context,
+            };
             print_json(&evaluate(&model, &docs, &config)?)
         }
         LocalCommand::Merge(a) => {
             let device = a.engine.device()?;
-            let weights = a.weights.unwrap_or_else(|| merge::uniform_weights(a.models.len()));
+            let weights = a
+                .weights
+                .unwrap_or_else(|| merge::uniform_weights(a.models.len()));
             let stats = merge_dirs(&a.models, &weights, device, &a.out)?;
             print_json(&stats)
         }
@@ -248,15 +274,30 @@ pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Document>> {
 
 /// Tokenises `docs` and trains, logging progress; the train state in `state` makes an
 /// interrupted run resumable and is removed once the run finishes.
-pub fn train_model(model: &LoadedModel, docs: &[Document], recipe: &TrainConfig, state: &Path) -> Result<Summary> {
+pub fn train_model(
+    model: &LoadedModel,
+    docs: &[Document],
+    recipe: &TrainConfig,
+    state: &Path,
+) -> Result<Summary> {
     let tokens = data::tokenize(docs, &model.tokenizer)?;
     let log_every = (recipe.steps() / 20).max(1);
     let mut progress = |p: &Progress| {
-        if p.step % log_every == 0 || p.step == p.steps {
-            tracing::info!(step = p.step, steps = p.steps, loss = format!("{:.4}", p.loss), tokens_per_sec = p.tokens_per_sec as u64, "train");
+        if p.step.is_multiple_of(log_every) || p.step == p.steps {
+            tracing::info!(
+                step = p.step,
+                steps = p.steps,
+                loss = format!("{:.4}", p.loss),
+                tokens_per_sec = p.tokens_per_sec as u64,
+                "train"
+            );
         }
     };
-    let options = TrainOptions { state_dir: Some(state), cancel: None, progress: Some(&mut progress) };
+    let options = TrainOptions {
+        state_dir: Some(state),
+        cancel: None,
+        progress: Some(&mut progress),
+    };
     match train::train(model, &tokens, recipe, options)? {
         Outcome::Finished(summary) => {
             let _ = std::fs::remove_dir_all(state);
@@ -272,11 +313,20 @@ pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> 
 
 /// Merges model directories: weights averaged, config and tokenizer taken from the first
 /// (all configs must be equal).
-pub fn merge_dirs(models: &[PathBuf], weights: &[f64], device: Device, out: &Path) -> Result<merge::MergeStats> {
+pub fn merge_dirs(
+    models: &[PathBuf],
+    weights: &[f64],
+    device: Device,
+    out: &Path,
+) -> Result<merge::MergeStats> {
     let config = read_config(&models[0])?;
     for dir in &models[1..] {
         if read_config(dir)? != config {
-            bail!("{} has a different config.json from {}", dir.display(), models[0].display());
+            bail!(
+                "{} has a different config.json from {}",
+                dir.display(),
+                models[0].display()
+            );
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -2,8 +2,8 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mixpool::local::{self, LocalCommand};
 use mixpool::demo::{self, DemoArgs};
+use mixpool::local::{self, LocalCommand};
 
 /// mixpool: score data mixtures by merging per-partition models.
 #[derive(Parser)]
@@ -17,7 +17,7 @@ struct Cli {
 enum Command {
     /// The engine on files, no server needed.
     #[command(subcommand)]
-    Local(LocalCommand),
+    Local(Box<LocalCommand>),
     /// Pre-train a tiny base on a multi-domain corpus, train one unit per domain, and print
     /// the perplexity of every merged pair.
     Demo(DemoArgs),
@@ -32,7 +32,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Local(command) => local::run(command),
+        Command::Local(command) => local::run(*command),
         Command::Demo(args) => demo::run(args),
     }
 }

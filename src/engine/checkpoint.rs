@@ -15,7 +15,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid model config: {message}")]
     Config { path: String, message: String },
     #[error("{path}: {message}")]
@@ -25,7 +28,10 @@ pub enum CheckpointError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.display().to_string(), source }
+    move |source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// A model with its variables, on one device. `Tensor` is not `Sync`: a `LoadedModel` lives
@@ -45,7 +51,10 @@ impl LoadedModel {
     pub fn init(config: ModelConfig, seed: u64, device: Device) -> Result<Self, CheckpointError> {
         config
             .validate()
-            .map_err(|message| CheckpointError::Config { path: "preset".into(), message })?;
+            .map_err(|message| CheckpointError::Config {
+                path: "preset".into(),
+                message,
+            })?;
         tch::manual_seed(seed as i64);
         let cpu = VarStore::new(Device::Cpu);
         let cpu_model = Model::new(&cpu.root(), &config);
@@ -60,7 +69,13 @@ impl LoadedModel {
             })?;
             (vs, model)
         };
-        Ok(LoadedModel { config, vs, model, tokenizer: Tokenizer::Bytes, tokenizer_file: None })
+        Ok(LoadedModel {
+            config,
+            vs,
+            model,
+            tokenizer: Tokenizer::Bytes,
+            tokenizer_file: None,
+        })
     }
 
     /// Loads a model directory onto `device`.
@@ -69,7 +84,10 @@ impl LoadedModel {
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let (tokenizer, tokenizer_file) = if tokenizer_path.exists() {
             let eos = config.eos_token_id() as u32;
-            (Tokenizer::from_file(&tokenizer_path, eos)?, Some(tokenizer_path))
+            (
+                Tokenizer::from_file(&tokenizer_path, eos)?,
+                Some(tokenizer_path),
+            )
         } else if config.vocab_size() == BYTE_VOCAB {
             (Tokenizer::Bytes, None)
         } else {
@@ -85,7 +103,13 @@ impl LoadedModel {
             path: weights.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(LoadedModel { config, vs, model, tokenizer, tokenizer_file })
+        Ok(LoadedModel {
+            config,
+            vs,
+            model,
+            tokenizer,
+            tokenizer_file,
+        })
     }
 
     /// Writes the directory; the weights go to a temporary name first and are renamed into
@@ -101,15 +125,21 @@ impl LoadedModel {
         }
         let weights = dir.join(WEIGHTS_FILE);
         let partial = dir.join("model.partial.safetensors");
-        self.vs.save(&partial).map_err(|e| CheckpointError::Weights {
-            path: partial.display().to_string(),
-            message: e.to_string(),
-        })?;
+        self.vs
+            .save(&partial)
+            .map_err(|e| CheckpointError::Weights {
+                path: partial.display().to_string(),
+                message: e.to_string(),
+            })?;
         std::fs::rename(&partial, &weights).map_err(io_error(&weights))
     }
 
     pub fn parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 }
 
@@ -120,10 +150,12 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    config.validate().map_err(|message| CheckpointError::Config {
-        path: path.display().to_string(),
-        message,
-    })?;
+    config
+        .validate()
+        .map_err(|message| CheckpointError::Config {
+            path: path.display().to_string(),
+            message,
+        })?;
     Ok(config)
 }
 

@@ -27,9 +27,15 @@ pub enum Format {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot decompress {codec} data: {message}")]
-    Decompress { codec: &'static str, message: String },
+    Decompress {
+        codec: &'static str,
+        message: String,
+    },
     #[error("line {line}: not valid UTF-8")]
     NotUtf8 { line: usize },
     #[error("line {line}: not a JSON object: {message}")]
@@ -47,9 +53,15 @@ pub enum DataError {
 /// Reads a file: decompresses gzip or zstd (by magic bytes), picks the format from the name
 /// (`.jsonl`/`.json` before any compression suffix, else `.txt`), or from the content.
 pub fn read_documents(path: &Path) -> Result<Vec<Document>, DataError> {
-    let io = |source| DataError::Io { path: path.display().to_string(), source };
+    let io = |source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let name = name.trim_end_matches(".gz").trim_end_matches(".zst");
     let format = if name.ends_with(".jsonl") || name.ends_with(".json") {
         Some(Format::Jsonl)
@@ -67,11 +79,17 @@ pub fn decompress(raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         flate2::read::MultiGzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| DataError::Decompress { codec: "gzip", message: e.to_string() })?;
+            .map_err(|e| DataError::Decompress {
+                codec: "gzip",
+                message: e.to_string(),
+            })?;
     } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         zstd::stream::read::Decoder::new(raw.as_slice())
             .and_then(|mut d| d.read_to_end(&mut out))
-            .map_err(|e| DataError::Decompress { codec: "zstd", message: e.to_string() })?;
+            .map_err(|e| DataError::Decompress {
+                codec: "zstd",
+                message: e.to_string(),
+            })?;
     } else {
         return Ok(raw);
     }
@@ -82,17 +100,26 @@ pub fn decompress(raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
 /// JSONL. Blank lines and blank texts are skipped; data without any text is an error.
 pub fn parse_documents(bytes: &[u8], format: Option<Format>) -> Result<Vec<Document>, DataError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
-        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
     })?;
     let format = format.unwrap_or_else(|| match text.trim_start().starts_with('{') {
         true => Format::Jsonl,
         false => Format::Text,
     });
     let docs = match format {
-        Format::Text => vec![Document { text: text.to_string(), domain: None }],
+        Format::Text => vec![Document {
+            text: text.to_string(),
+            domain: None,
+        }],
         Format::Jsonl => parse_jsonl(text)?,
     };
-    let docs: Vec<Document> = docs.into_iter().filter(|d| !d.text.trim().is_empty()).collect();
+    let docs: Vec<Document> = docs
+        .into_iter()
+        .filter(|d| !d.text.trim().is_empty())
+        .collect();
     if docs.is_empty() {
         return Err(DataError::Empty);
     }
@@ -111,8 +138,10 @@ fn parse_jsonl(text: &str) -> Result<Vec<Document>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(line)
-            .map_err(|e| DataError::NotJson { line: line_no, message: e.to_string() })?;
+        let parsed: Line = serde_json::from_str(line).map_err(|e| DataError::NotJson {
+            line: line_no,
+            message: e.to_string(),
+        })?;
         let Some(serde_json::Value::String(text)) = parsed.text else {
             return Err(DataError::NoText { line: line_no });
         };
@@ -158,7 +187,12 @@ impl<'a> Sequences<'a> {
                 seq_len + 1
             ));
         }
-        Ok(Sequences { tokens, seq_len, seed, epoch: None })
+        Ok(Sequences {
+            tokens,
+            seq_len,
+            seed,
+            epoch: None,
+        })
     }
 
     pub fn chunks(&self) -> u64 {

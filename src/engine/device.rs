@@ -19,7 +19,9 @@ pub fn parse(name: &str) -> Result<Device, String> {
                 .ok_or_else(|| format!("unknown device {name:?}: use auto, cpu or cuda:N"))?;
             match Cuda::device_count() as usize {
                 n if index < n => Ok(Device::Cuda(index)),
-                n => Err(format!("device {name} not available: {n} CUDA device(s) visible")),
+                n => Err(format!(
+                    "device {name} not available: {n} CUDA device(s) visible"
+                )),
             }
         }
     }

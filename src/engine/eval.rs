@@ -24,7 +24,10 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { batch_size: 16, context: None }
+        EvalConfig {
+            batch_size: 16,
+            context: None,
+        }
     }
 }
 
@@ -74,8 +77,15 @@ struct Window {
 }
 
 /// Evaluates `model` on `docs`. Errors only on tokenisation failure or an empty set.
-pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> Result<EvalResult, DataError> {
-    let context = config.context.unwrap_or(model.config.context_length() as usize).max(1);
+pub fn evaluate(
+    model: &LoadedModel,
+    docs: &[Document],
+    config: &EvalConfig,
+) -> Result<EvalResult, DataError> {
+    let context = config
+        .context
+        .unwrap_or(model.config.context_length() as usize)
+        .max(1);
     let context = context.min(model.config.context_length() as usize);
     let mut domains: Vec<String> = Vec::new();
     let mut sums: Vec<(f64, u64, u64, u64)> = Vec::new();
@@ -88,20 +98,29 @@ pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> 
             domains.len() - 1
         });
         let mut ids = vec![model.tokenizer.eos() as i64];
-        ids.extend(model.tokenizer.encode(&doc.text)?.into_iter().map(i64::from));
+        ids.extend(
+            model
+                .tokenizer
+                .encode(&doc.text)?
+                .into_iter()
+                .map(i64::from),
+        );
         sums[domain].2 += doc.text.len() as u64;
         sums[domain].3 += 1;
         let predicted = ids.len() - 1;
         for start in (0..predicted).step_by(context) {
             let len = context.min(predicted - start);
-            windows.push(Window { domain, ids: ids[start..start + len + 1].to_vec() });
+            windows.push(Window {
+                domain,
+                ids: ids[start..start + len + 1].to_vec(),
+            });
         }
     }
     if windows.is_empty() {
         return Err(DataError::Empty);
     }
     // Longest first, so each batch pads little and the order does not depend on the input's.
-    windows.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()));
+    windows.sort_by_key(|w| std::cmp::Reverse(w.ids.len()));
     let device = model.vs.device();
     tch::no_grad(|| {
         for batch in windows.chunks(config.batch_size.max(1)) {
@@ -150,7 +169,16 @@ fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> 
     let targets = Tensor::from_slice(&targets).to_device(device);
     let logits = model.model.forward(&inputs).to_kind(Kind::Float);
     let vocab = logits.size()[2];
-    let nll = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, PAD, 0.0);
-    let nll = nll.view(shape).sum_dim_intlist(-1, false, Kind::Double).to_device(Device::Cpu);
+    let nll = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
+        &targets,
+        None,
+        Reduction::None,
+        PAD,
+        0.0,
+    );
+    let nll = nll
+        .view(shape)
+        .sum_dim_intlist(-1, false, Kind::Double)
+        .to_device(Device::Cpu);
     Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
 }

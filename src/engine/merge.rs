@@ -34,9 +34,17 @@ pub enum MergeError {
     #[error("{path}: {message}")]
     Read { path: String, message: String },
     #[error("{path} does not match {first}: {message}")]
-    Mismatch { path: String, first: String, message: String },
+    Mismatch {
+        path: String,
+        first: String,
+        message: String,
+    },
     #[error("{path}: tensor {name} has unsupported dtype {dtype:?}")]
-    Dtype { path: String, name: String, dtype: Dtype },
+    Dtype {
+        path: String,
+        name: String,
+        dtype: Dtype,
+    },
     #[error("writing {path}: {message}")]
     Write { path: String, message: String },
 }
@@ -46,7 +54,11 @@ pub fn normalize_weights(weights: &[f64]) -> Result<Vec<f64>, MergeError> {
     if weights.is_empty() {
         return Err(MergeError::NoInputs);
     }
-    if let Some((index, &value)) = weights.iter().enumerate().find(|(_, w)| !(w.is_finite() && **w >= 0.0)) {
+    if let Some((index, &value)) = weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+    {
         return Err(MergeError::BadWeight { index, value });
     }
     let sum: f64 = weights.iter().sum();
@@ -103,39 +115,60 @@ impl Input {
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact_at(&mut header, 8).map_err(|e| err(&e))?;
-        let mut entries: BTreeMap<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| err(&format!("not a safetensors header: {e}")))?;
+        let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| err(&format!("not a safetensors header: {e}")))?;
         entries.remove("__metadata__");
         let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
         for (name, entry) in entries {
-            let info: TensorInfo = serde_json::from_value(entry).map_err(|e| err(&format!("tensor {name}: {e}")))?;
+            let info: TensorInfo =
+                serde_json::from_value(entry).map_err(|e| err(&format!("tensor {name}: {e}")))?;
             let (begin, end) = info.data_offsets;
             let bytes = info.shape.iter().product::<usize>() as u64 * info.dtype.size() as u64;
             if end < begin || end - begin != bytes || data_start + end > file_len {
-                return Err(err(&format!("tensor {name}: data offsets do not match its shape and the file")));
+                return Err(err(&format!(
+                    "tensor {name}: data offsets do not match its shape and the file"
+                )));
             }
             tensors.insert(name, info);
         }
-        Ok(Input { path: path.to_path_buf(), file, tensors, data_start })
+        Ok(Input {
+            path: path.to_path_buf(),
+            file,
+            tensors,
+            data_start,
+        })
     }
 
     /// Reads `out.len()` bytes of tensor `info` starting `offset` bytes into its data.
     fn read(&self, info: &TensorInfo, offset: u64, out: &mut [u8]) -> Result<(), MergeError> {
         let at = self.data_start + info.data_offsets.0 + offset;
-        self.file.read_exact_at(out, at).map_err(|e| read_error(&self.path, e))
+        self.file
+            .read_exact_at(out, at)
+            .map_err(|e| read_error(&self.path, e))
     }
 }
 
 /// Averages the `model.safetensors`-style files `inputs` with `weights` (normalised here)
 /// on `device` and writes the result to `output` (through a temporary file and a rename).
-pub fn merge_files(inputs: &[PathBuf], weights: &[f64], device: Device, output: &Path) -> Result<MergeStats, MergeError> {
+pub fn merge_files(
+    inputs: &[PathBuf],
+    weights: &[f64],
+    device: Device,
+    output: &Path,
+) -> Result<MergeStats, MergeError> {
     let started = std::time::Instant::now();
     if inputs.len() != weights.len() {
-        return Err(MergeError::WeightCount { inputs: inputs.len(), weights: weights.len() });
+        return Err(MergeError::WeightCount {
+            inputs: inputs.len(),
+            weights: weights.len(),
+        });
     }
-    let weights = normalize_weights(&weights)?;
-    let inputs: Vec<Input> = inputs.iter().map(|p| Input::open(p)).collect::<Result<_, _>>()?;
+    let weights = normalize_weights(weights)?;
+    let inputs: Vec<Input> = inputs
+        .iter()
+        .map(|p| Input::open(p))
+        .collect::<Result<_, _>>()?;
     check_compatible(&inputs)?;
 
     let mut merged: Vec<(String, Merged)> = Vec::with_capacity(inputs[0].tensors.len());
@@ -151,21 +184,42 @@ pub fn merge_files(inputs: &[PathBuf], weights: &[f64], device: Device, output: 
                 let mut data = vec![0u8; bytes as usize];
                 input.read(info, 0, &mut data)?;
                 let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-                sources.push(Tensor::from_data_size(&data, &shape, kind_of(info.dtype).expect("checked")).to_device(device));
+                sources.push(
+                    Tensor::from_data_size(&data, &shape, kind_of(info.dtype).expect("checked"))
+                        .to_device(device),
+                );
             }
             tch::no_grad(|| average_on_device(&sources, &weights, info.dtype, device))
         };
-        merged.push((name.clone(), Merged { dtype: info.dtype, shape: info.shape.clone(), data }));
+        merged.push((
+            name.clone(),
+            Merged {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                data,
+            },
+        ));
     }
     let partial = output.with_extension("partial");
-    let write_err = |e: &dyn std::fmt::Display| MergeError::Write { path: output.display().to_string(), message: e.to_string() };
-    safetensors::serialize_to_file(merged.iter().map(|(n, m)| (n.as_str(), m)), &None, &partial).map_err(|e| write_err(&e))?;
+    let write_err = |e: &dyn std::fmt::Display| MergeError::Write {
+        path: output.display().to_string(),
+        message: e.to_string(),
+    };
+    safetensors::serialize_to_file(merged.iter().map(|(n, m)| (n.as_str(), m)), &None, &partial)
+        .map_err(|e| write_err(&e))?;
     std::fs::rename(&partial, output).map_err(|e| write_err(&e))?;
-    Ok(MergeStats { tensors: merged.len(), bytes_read, seconds: started.elapsed().as_secs_f64() })
+    Ok(MergeStats {
+        tensors: merged.len(),
+        bytes_read,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn read_error(path: &Path, e: impl std::fmt::Display) -> MergeError {
-    MergeError::Read { path: path.display().to_string(), message: e.to_string() }
+    MergeError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// Every input must hold the same names with the same shapes and dtypes as the first, and
@@ -174,7 +228,11 @@ fn check_compatible(inputs: &[Input]) -> Result<(), MergeError> {
     let first = &inputs[0];
     for (name, info) in &first.tensors {
         if kind_of(info.dtype).is_none() {
-            return Err(MergeError::Dtype { path: first.path.display().to_string(), name: name.clone(), dtype: info.dtype });
+            return Err(MergeError::Dtype {
+                path: first.path.display().to_string(),
+                name: name.clone(),
+                dtype: info.dtype,
+            });
         }
     }
     for input in &inputs[1..] {
@@ -184,15 +242,28 @@ fn check_compatible(inputs: &[Input]) -> Result<(), MergeError> {
             message,
         };
         if input.tensors.len() != first.tensors.len() {
-            return Err(mismatch(format!("{} tensors, not {}", input.tensors.len(), first.tensors.len())));
+            return Err(mismatch(format!(
+                "{} tensors, not {}",
+                input.tensors.len(),
+                first.tensors.len()
+            )));
         }
         for (name, a) in &first.tensors {
-            let b = input.tensors.get(name).ok_or_else(|| mismatch(format!("no tensor {name}")))?;
+            let b = input
+                .tensors
+                .get(name)
+                .ok_or_else(|| mismatch(format!("no tensor {name}")))?;
             if a.shape != b.shape {
-                return Err(mismatch(format!("{name} has shape {:?}, not {:?}", b.shape, a.shape)));
+                return Err(mismatch(format!(
+                    "{name} has shape {:?}, not {:?}",
+                    b.shape, a.shape
+                )));
             }
             if a.dtype != b.dtype {
-                return Err(mismatch(format!("{name} is {:?}, not {:?}", b.dtype, a.dtype)));
+                return Err(mismatch(format!(
+                    "{name} is {:?}, not {:?}",
+                    b.dtype, a.dtype
+                )));
             }
         }
     }
@@ -228,7 +299,11 @@ fn average_cpu(inputs: &[Input], name: &str, weights: &[f64]) -> Result<Vec<u8>,
             input.read(&input.tensors[name], (start * size) as u64, buffer)?;
             accumulate(acc, buffer, info.dtype, w, i == 0);
         }
-        encode(acc, info.dtype, &mut out[start * size..(start + len) * size]);
+        encode(
+            acc,
+            info.dtype,
+            &mut out[start * size..(start + len) * size],
+        );
     }
     Ok(out)
 }
@@ -236,18 +311,50 @@ fn average_cpu(inputs: &[Input], name: &str, weights: &[f64]) -> Result<Vec<u8>,
 /// `acc = w * x` (when `first`) or `acc += w * x`, for `x` the decoded `bytes`. Assigning
 /// instead of adding to zero keeps the sign of negative zeros.
 fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) {
-    fn apply<T: Copy>(acc: &mut [f64], xs: impl Iterator<Item = T>, to_f64: impl Fn(T) -> f64, w: f64, first: bool) {
+    fn apply<T: Copy>(
+        acc: &mut [f64],
+        xs: impl Iterator<Item = T>,
+        to_f64: impl Fn(T) -> f64,
+        w: f64,
+        first: bool,
+    ) {
         if first {
             acc.iter_mut().zip(xs).for_each(|(a, x)| *a = w * to_f64(x));
         } else {
-            acc.iter_mut().zip(xs).for_each(|(a, x)| *a += w * to_f64(x));
+            acc.iter_mut()
+                .zip(xs)
+                .for_each(|(a, x)| *a += w * to_f64(x));
         }
     }
     match dtype {
-        Dtype::F32 => apply(acc, bytes.chunks_exact(4), |b| f32::from_le_bytes(b.try_into().unwrap()) as f64, w, first),
-        Dtype::F64 => apply(acc, bytes.chunks_exact(8), |b| f64::from_le_bytes(b.try_into().unwrap()), w, first),
-        Dtype::BF16 => apply(acc, bytes.chunks_exact(2), |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64(), w, first),
-        Dtype::F16 => apply(acc, bytes.chunks_exact(2), |b| half::f16::from_le_bytes([b[0], b[1]]).to_f64(), w, first),
+        Dtype::F32 => apply(
+            acc,
+            bytes.chunks_exact(4),
+            |b| f32::from_le_bytes(b.try_into().unwrap()) as f64,
+            w,
+            first,
+        ),
+        Dtype::F64 => apply(
+            acc,
+            bytes.chunks_exact(8),
+            |b| f64::from_le_bytes(b.try_into().unwrap()),
+            w,
+            first,
+        ),
+        Dtype::BF16 => apply(
+            acc,
+            bytes.chunks_exact(2),
+            |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+            w,
+            first,
+        ),
+        Dtype::F16 => apply(
+            acc,
+            bytes.chunks_exact(2),
+            |b| half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
+            w,
+            first,
+        ),
         other => unreachable!("dtype {other:?} was checked"),
     }
 }
@@ -257,10 +364,18 @@ fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) 
 fn encode(values: &[f64], dtype: Dtype, out: &mut [u8]) {
     let pairs = values.iter();
     match dtype {
-        Dtype::F64 => pairs.zip(out.chunks_exact_mut(8)).for_each(|(v, o)| o.copy_from_slice(&v.to_le_bytes())),
-        Dtype::F32 => pairs.zip(out.chunks_exact_mut(4)).for_each(|(v, o)| o.copy_from_slice(&(*v as f32).to_le_bytes())),
-        Dtype::BF16 => pairs.zip(out.chunks_exact_mut(2)).for_each(|(v, o)| o.copy_from_slice(&half::bf16::from_f32(*v as f32).to_le_bytes())),
-        Dtype::F16 => pairs.zip(out.chunks_exact_mut(2)).for_each(|(v, o)| o.copy_from_slice(&half::f16::from_f32(*v as f32).to_le_bytes())),
+        Dtype::F64 => pairs
+            .zip(out.chunks_exact_mut(8))
+            .for_each(|(v, o)| o.copy_from_slice(&v.to_le_bytes())),
+        Dtype::F32 => pairs
+            .zip(out.chunks_exact_mut(4))
+            .for_each(|(v, o)| o.copy_from_slice(&(*v as f32).to_le_bytes())),
+        Dtype::BF16 => pairs
+            .zip(out.chunks_exact_mut(2))
+            .for_each(|(v, o)| o.copy_from_slice(&half::bf16::from_f32(*v as f32).to_le_bytes())),
+        Dtype::F16 => pairs
+            .zip(out.chunks_exact_mut(2))
+            .for_each(|(v, o)| o.copy_from_slice(&half::f16::from_f32(*v as f32).to_le_bytes())),
         other => unreachable!("dtype {other:?} was checked"),
     }
 }
@@ -274,7 +389,10 @@ fn average_on_device(sources: &[Tensor], weights: &[f64], dtype: Dtype, device: 
         let w = Tensor::from(w).to_kind(acc_kind).to_device(device);
         let _ = acc.addcmul_(&source.to_kind(acc_kind), &w);
     }
-    let out = acc.to_kind(kind_of(dtype).expect("checked")).to_device(Device::Cpu).contiguous();
+    let out = acc
+        .to_kind(kind_of(dtype).expect("checked"))
+        .to_device(Device::Cpu)
+        .contiguous();
     let mut data = vec![0u8; out.numel() * out.kind().elt_size_in_bytes()];
     out.copy_data_u8(&mut data, out.numel());
     data
@@ -311,8 +429,14 @@ mod tests {
         tch::manual_seed(0);
         let dir = tempfile::tempdir().unwrap();
         let weights = [0.2, 0.5, 0.3];
-        for (kind, ulp) in [(Kind::Float, 1.2e-7), (Kind::BFloat16, 8e-3), (Kind::Half, 1e-3)] {
-            let tensors: Vec<Tensor> = (0..3).map(|_| Tensor::randn([40_000], (Kind::Float, Device::Cpu)).to_kind(kind)).collect();
+        for (kind, ulp) in [
+            (Kind::Float, 1.2e-7),
+            (Kind::BFloat16, 8e-3),
+            (Kind::Half, 1e-3),
+        ] {
+            let tensors: Vec<Tensor> = (0..3)
+                .map(|_| Tensor::randn([40_000], (Kind::Float, Device::Cpu)).to_kind(kind))
+                .collect();
             let inputs: Vec<Input> = tensors
                 .iter()
                 .enumerate()
@@ -328,11 +452,23 @@ mod tests {
             // libtorch may fuse the multiply-add (one rounding instead of two), which can flip
             // the output's last bit on a rare tie, or leave a residue of 1e-17 where the sum
             // cancels to zero.
-            let as_tensor = |b: &[u8]| Tensor::from_data_size(b, &[40_000], kind).to_kind(Kind::Double);
+            let as_tensor =
+                |b: &[u8]| Tensor::from_data_size(b, &[40_000], kind).to_kind(Kind::Double);
             let (a, b) = (as_tensor(&cpu), as_tensor(&torch));
-            let expected = tensors.iter().zip(weights).map(|(t, w)| t.to_kind(Kind::Double) * w).reduce(|x, y| x + y).unwrap();
-            assert!(a.allclose(&b, ulp, 1e-15, false), "{kind:?}: paths differ by more than an ulp");
-            assert!(a.allclose(&expected, ulp, 1e-7, false), "{kind:?}: not the weighted sum");
+            let expected = tensors
+                .iter()
+                .zip(weights)
+                .map(|(t, w)| t.to_kind(Kind::Double) * w)
+                .reduce(|x, y| x + y)
+                .unwrap();
+            assert!(
+                a.allclose(&b, ulp, 1e-15, false),
+                "{kind:?}: paths differ by more than an ulp"
+            );
+            assert!(
+                a.allclose(&expected, ulp, 1e-7, false),
+                "{kind:?}: not the weighted sum"
+            );
         }
     }
 
@@ -340,10 +476,20 @@ mod tests {
     fn a_truncated_or_foreign_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.safetensors");
-        Tensor::write_safetensors(&[("w", Tensor::ones([100], (Kind::Float, Device::Cpu)))], &path).unwrap();
+        Tensor::write_safetensors(
+            &[("w", Tensor::ones([100], (Kind::Float, Device::Cpu)))],
+            &path,
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(Input::open(&path).err().unwrap().to_string().contains("offsets"));
+        assert!(
+            Input::open(&path)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("offsets")
+        );
         std::fs::write(&path, b"PK\x03\x04 a zip file").unwrap();
         assert!(Input::open(&path).is_err());
     }

@@ -17,7 +17,10 @@ pub enum TokenizerError {
 
 pub enum Tokenizer {
     Bytes,
-    HuggingFace { inner: Box<tokenizers::Tokenizer>, eos: u32 },
+    HuggingFace {
+        inner: Box<tokenizers::Tokenizer>,
+        eos: u32,
+    },
 }
 
 impl Tokenizer {
@@ -28,7 +31,10 @@ impl Tokenizer {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(Tokenizer::HuggingFace { inner: Box::new(inner), eos })
+        Ok(Tokenizer::HuggingFace {
+            inner: Box::new(inner),
+            eos,
+        })
     }
 
     /// Token ids of one document, without special tokens.

@@ -109,8 +109,13 @@ impl TrainConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.tokens % self.seq_len != 0 || self.batch_tokens % self.seq_len != 0 {
-            return Err(format!("tokens and batch_tokens must be multiples of seq_len ({})", self.seq_len));
+        if !self.tokens.is_multiple_of(self.seq_len)
+            || !self.batch_tokens.is_multiple_of(self.seq_len)
+        {
+            return Err(format!(
+                "tokens and batch_tokens must be multiples of seq_len ({})",
+                self.seq_len
+            ));
         }
         let rates = [("lr", self.lr), ("min_lr", self.min_lr), ("eps", self.eps)];
         if let Some((name, _)) = rates.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
@@ -145,7 +150,10 @@ impl TrainConfig {
             Schedule::Cosine => {
                 let decay_steps = (self.steps().saturating_sub(self.warmup_steps)).max(1);
                 let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
-                self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+                self.min_lr
+                    + 0.5
+                        * (self.lr - self.min_lr)
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
             }
         }
     }
@@ -191,7 +199,9 @@ pub struct Summary {
 pub enum Outcome {
     Finished(Summary),
     /// The cancel flag was seen before `step`; the state was saved there when a folder was given.
-    Cancelled { step: u64 },
+    Cancelled {
+        step: u64,
+    },
 }
 
 #[derive(Default)]
@@ -212,9 +222,13 @@ pub fn train(
     config.validate().map_err(TrainError::Config)?;
     let context = model.config.context_length() as u64;
     if config.seq_len > context {
-        return Err(TrainError::Config(format!("seq_len {} exceeds the model's context {context}", config.seq_len)));
+        return Err(TrainError::Config(format!(
+            "seq_len {} exceeds the model's context {context}",
+            config.seq_len
+        )));
     }
-    let mut sequences = Sequences::new(tokens, config.seq_len as usize, config.seed).map_err(TrainError::Data)?;
+    let mut sequences =
+        Sequences::new(tokens, config.seq_len as usize, config.seed).map_err(TrainError::Data)?;
     let device = model.vs.device();
     let autocast = config.precision == Precision::Bf16 && device.is_cuda();
     let vocab = model.config.vocab_size();
@@ -247,13 +261,16 @@ pub fn train(
             let targets = batch.narrow(1, 1, config.seq_len as i64);
             let micro_loss = tch::autocast(autocast, || {
                 let logits = model.model.forward(&inputs);
-                logits.view([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-                    &targets.reshape([-1]),
-                    None,
-                    Reduction::Mean,
-                    -100,
-                    0.0,
-                )
+                logits
+                    .view([-1, vocab])
+                    .to_kind(Kind::Float)
+                    .cross_entropy_loss::<Tensor>(
+                        &targets.reshape([-1]),
+                        None,
+                        Reduction::Mean,
+                        -100,
+                        0.0,
+                    )
             }) * (micro as f64 / count as f64);
             micro_loss.backward();
             step_loss += micro_loss.detach();
@@ -301,7 +318,9 @@ fn batch_tensor(sequences: &mut Sequences, first: u64, count: u64, device: Devic
     for i in first..first + count {
         ids.extend(sequences.get(i).iter().map(|&t| t as i64));
     }
-    Tensor::from_slice(&ids).view([count as i64, -1]).to_device(device)
+    Tensor::from_slice(&ids)
+        .view([count as i64, -1])
+        .to_device(device)
 }
 
 /// AdamW with its moments as plain tensors, so they can be saved and resumed (tch's
@@ -356,15 +375,19 @@ impl AdamW {
         }
         let bias1 = 1.0 - c.beta1.powi(t as i32);
         let bias2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
+        // p -= lr/bias1 · m / (√v/√bias2 + eps), written as p += m / d with
+        // d = (√v/√bias2 + eps) · (-bias1/lr): one temporary, updated in place.
+        let scale = -bias1 / lr;
         for ((_, p, m, v), g) in self.params.iter_mut().zip(&grads) {
             if c.weight_decay > 0.0 && p.dim() >= 2 {
                 let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
             }
             let _ = m.lerp_(g, 1.0 - c.beta1);
-            let _ = v.g_mul_scalar_(c.beta2);
-            let _ = v.addcmul_(g, &(g * (1.0 - c.beta2)));
-            let denom = v.sqrt() / bias2_sqrt + c.eps;
-            let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+            let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
+            let mut denom = v.sqrt();
+            let _ = denom.g_mul_scalar_(scale / bias2_sqrt);
+            let _ = denom.g_add_scalar_(c.eps * scale);
+            let _ = p.addcdiv_(m, &denom);
         }
     }
 
@@ -386,9 +409,14 @@ impl AdamW {
         let partial = dir.join(format!("state-{step}.partial.safetensors"));
         Tensor::write_safetensors(&tensors, &partial).map_err(|e| err(&partial, &e))?;
         std::fs::rename(&partial, dir.join(&name)).map_err(|e| err(dir, &e))?;
-        let saved = SavedState { step, tensors: name.clone(), config: config.clone() };
+        let saved = SavedState {
+            step,
+            tensors: name.clone(),
+            config: config.clone(),
+        };
         let json = dir.join("train_state.partial.json");
-        std::fs::write(&json, serde_json::to_vec_pretty(&saved).unwrap()).map_err(|e| err(&json, &e))?;
+        std::fs::write(&json, serde_json::to_vec_pretty(&saved).unwrap())
+            .map_err(|e| err(&json, &e))?;
         std::fs::rename(&json, dir.join(STATE_FILE)).map_err(|e| err(dir, &e))?;
         for entry in std::fs::read_dir(dir).map_err(|e| err(dir, &e))?.flatten() {
             let file = entry.file_name().to_string_lossy().to_string();
@@ -402,7 +430,10 @@ impl AdamW {
     /// Loads the saved state from `dir` if there is one; returns the step to continue from.
     fn resume(&mut self, dir: &Path, config: &TrainConfig) -> Result<u64, TrainError> {
         let path = dir.join(STATE_FILE);
-        let err = |message: String| TrainError::State { path: path.display().to_string(), message };
+        let err = |message: String| TrainError::State {
+            path: path.display().to_string(),
+            message,
+        };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -410,14 +441,21 @@ impl AdamW {
         };
         let saved: SavedState = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         if &saved.config != config {
-            return Err(err("saved with a different training config; remove it to start over".into()));
+            return Err(err(
+                "saved with a different training config; remove it to start over".into(),
+            ));
         }
         let tensors: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join(&saved.tensors)).map_err(|e| err(e.to_string()))?.into_iter().collect();
+            Tensor::read_safetensors(dir.join(&saved.tensors))
+                .map_err(|e| err(e.to_string()))?
+                .into_iter()
+                .collect();
         tch::no_grad(|| {
             for (n, p, m, v) in &mut self.params {
                 for (prefix, dst) in [("param", &mut *p), ("exp_avg", m), ("exp_avg_sq", v)] {
-                    let src = tensors.get(&format!("{prefix}.{n}")).ok_or_else(|| err(format!("no {prefix}.{n}")))?;
+                    let src = tensors
+                        .get(&format!("{prefix}.{n}"))
+                        .ok_or_else(|| err(format!("no {prefix}.{n}")))?;
                     dst.f_copy_(src).map_err(|e| err(e.to_string()))?;
                 }
             }

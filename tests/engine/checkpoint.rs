@@ -13,7 +13,14 @@ fn save_then_load_gives_back_the_same_tensors_and_logits() {
         let loaded = LoadedModel::load(dir.path(), Device::Cpu).unwrap();
         assert_same_weights(&model, &loaded);
         let tokens = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9]).view([1, 6]);
-        tch::no_grad(|| assert!(model.model.forward(&tokens).equal(&loaded.model.forward(&tokens))));
+        tch::no_grad(|| {
+            assert!(
+                model
+                    .model
+                    .forward(&tokens)
+                    .equal(&loaded.model.forward(&tokens))
+            )
+        });
         assert!(!dir.path().join("model.partial.safetensors").exists());
     }
 }
@@ -31,10 +38,21 @@ fn loading_a_directory_with_missing_or_broken_files_names_the_problem() {
 
     // Weights of a different shape than the config says.
     init(small_gpt2(), 1).save(dir.path()).unwrap();
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&small_llama()).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&small_llama()).unwrap(),
+    )
+    .unwrap();
     assert!(LoadedModel::load(dir.path(), Device::Cpu).is_err());
 
-    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama", "hidden_size": -4}"#).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type": "llama", "hidden_size": -4}"#,
+    )
+    .unwrap();
     let err = LoadedModel::load(dir.path(), Device::Cpu).err().unwrap();
-    assert!(err.to_string().contains("hidden_size must be positive"), "{err}");
+    assert!(
+        err.to_string().contains("hidden_size must be positive"),
+        "{err}"
+    );
 }

@@ -1,6 +1,8 @@
 use std::io::Write;
 
-use mixpool::engine::data::{self, DataError, Format, Sequences, parse_documents, permutation, read_documents};
+use mixpool::engine::data::{
+    self, DataError, Format, Sequences, parse_documents, permutation, read_documents,
+};
 use mixpool::engine::tokenizer::{BYTE_EOS, Tokenizer};
 
 use crate::helpers::{corpus, doc};
@@ -26,14 +28,23 @@ fn invalid_utf8_names_its_line() {
 
 #[test]
 fn a_line_that_is_not_json_names_its_line() {
-    let err = parse_documents(b"{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n{not json}\n", Some(Format::Jsonl)).unwrap_err();
+    let err = parse_documents(
+        b"{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n{not json}\n",
+        Some(Format::Jsonl),
+    )
+    .unwrap_err();
     assert!(matches!(err, DataError::NotJson { line: 3, .. }), "{err}");
     assert!(err.to_string().starts_with("line 3: not a JSON object"));
 }
 
 #[test]
 fn a_line_without_a_text_string_names_its_line() {
-    for bad in [&b"{\"body\": \"x\"}"[..], b"{\"text\": 5}", b"[1, 2]", b"\"text\""] {
+    for bad in [
+        &b"{\"body\": \"x\"}"[..],
+        b"{\"text\": 5}",
+        b"[1, 2]",
+        b"\"text\"",
+    ] {
         let mut input = b"{\"text\": \"ok\"}\n".to_vec();
         input.extend_from_slice(bad);
         let err = parse_documents(&input, Some(Format::Jsonl)).unwrap_err();
@@ -79,9 +90,15 @@ fn gzip_and_zstd_files_read_like_the_plain_file() {
 #[test]
 fn corrupt_compressed_data_is_an_error() {
     let err = data::decompress(vec![0x1f, 0x8b, 0x08, 0, 1, 2, 3]).unwrap_err();
-    assert!(matches!(err, DataError::Decompress { codec: "gzip", .. }), "{err}");
+    assert!(
+        matches!(err, DataError::Decompress { codec: "gzip", .. }),
+        "{err}"
+    );
     let err = data::decompress(vec![0x28, 0xb5, 0x2f, 0xfd, 9, 9, 9]).unwrap_err();
-    assert!(matches!(err, DataError::Decompress { codec: "zstd", .. }), "{err}");
+    assert!(
+        matches!(err, DataError::Decompress { codec: "zstd", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,7 +122,11 @@ fn hugging_face_tokenizer_json_is_used_as_is() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().unwrap();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
     let mut hf = tokenizers::Tokenizer::new(model);
     hf.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
     let dir = tempfile::tempdir().unwrap();
@@ -135,12 +156,21 @@ fn sequences_visit_every_window_once_per_epoch_in_a_seeded_order() {
         assert_eq!(starts, (0..10).map(|i| i * 10).collect::<Vec<_>>());
     }
     assert_ne!(epoch0, epoch1, "each epoch has its own order");
-    assert_eq!(s.get(3), &tokens[epoch0[3] as usize..epoch0[3] as usize + 11]);
+    assert_eq!(
+        s.get(3),
+        &tokens[epoch0[3] as usize..epoch0[3] as usize + 11]
+    );
 
     let mut again = Sequences::new(&tokens, 10, 7).unwrap();
-    assert_eq!((0..20).map(|i| again.get(i)[0]).collect::<Vec<_>>(), [epoch0, epoch1].concat());
+    assert_eq!(
+        (0..20).map(|i| again.get(i)[0]).collect::<Vec<_>>(),
+        [epoch0, epoch1].concat()
+    );
     let mut other_seed = Sequences::new(&tokens, 10, 8).unwrap();
-    assert_ne!((0..10).map(|i| other_seed.get(i)[0]).collect::<Vec<_>>(), (0..10).map(|i| s.get(i)[0]).collect::<Vec<_>>());
+    assert_ne!(
+        (0..10).map(|i| other_seed.get(i)[0]).collect::<Vec<_>>(),
+        (0..10).map(|i| s.get(i)[0]).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -11,7 +11,11 @@ pub fn corpus(domain: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
     let path = dir.join(format!("{domain}.jsonl"));
-    assert!(path.exists(), "{} is missing: set MIXPOOL_CORPUS to a folder of domain JSONL files", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: set MIXPOOL_CORPUS to a folder of domain JSONL files",
+        path.display()
+    );
     path
 }
 
@@ -33,7 +37,13 @@ pub fn small_llama() -> ModelConfig {
 }
 
 pub fn small_gpt2() -> ModelConfig {
-    ModelConfig::Gpt2(Gpt2Config { n_embd: 32, n_layer: 2, n_head: 4, n_positions: 64, ..Gpt2Config::default() })
+    ModelConfig::Gpt2(Gpt2Config {
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 4,
+        n_positions: 64,
+        ..Gpt2Config::default()
+    })
 }
 
 pub fn init(config: ModelConfig, seed: u64) -> LoadedModel {
@@ -58,5 +68,8 @@ pub fn assert_same_weights(a: &LoadedModel, b: &LoadedModel) {
 }
 
 pub fn doc(text: &str, domain: Option<&str>) -> Document {
-    Document { text: text.into(), domain: domain.map(String::from) }
+    Document {
+        text: text.into(),
+        domain: domain.map(String::from),
+    }
 }

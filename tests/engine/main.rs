@@ -1,6 +1,7 @@
 //! Engine tests: real libtorch on the CPU, real text from the shared corpus.
 
 mod checkpoint;
+mod cli;
 mod data;
 mod eval;
 mod helpers;

@@ -15,13 +15,23 @@ fn llama_parameters_have_hugging_face_names_and_shapes() {
     let shape = |n: &str| vars.get(n).unwrap_or_else(|| panic!("no {n}")).size();
     assert_eq!(shape("model.embed_tokens.weight"), [257, 32]);
     assert_eq!(shape("model.layers.1.self_attn.q_proj.weight"), [32, 32]);
-    assert_eq!(shape("model.layers.1.self_attn.k_proj.weight"), [16, 32], "2 of 4 heads: grouped-query");
+    assert_eq!(
+        shape("model.layers.1.self_attn.k_proj.weight"),
+        [16, 32],
+        "2 of 4 heads: grouped-query"
+    );
     assert_eq!(shape("model.layers.0.mlp.gate_proj.weight"), [64, 32]);
     assert_eq!(shape("model.layers.0.mlp.down_proj.weight"), [32, 64]);
     assert_eq!(shape("model.layers.0.input_layernorm.weight"), [32]);
-    assert_eq!(shape("model.layers.0.post_attention_layernorm.weight"), [32]);
+    assert_eq!(
+        shape("model.layers.0.post_attention_layernorm.weight"),
+        [32]
+    );
     assert_eq!(shape("model.norm.weight"), [32]);
-    assert!(!names(&m).iter().any(|n| n.starts_with("lm_head")), "tied embeddings have no lm_head");
+    assert!(
+        !names(&m).iter().any(|n| n.starts_with("lm_head")),
+        "tied embeddings have no lm_head"
+    );
     assert_eq!(names(&m).len(), 1 + 2 * 9 + 1);
 }
 
@@ -39,7 +49,10 @@ fn untied_llama_with_qkv_bias_has_lm_head_and_biases() {
     let vars = m.vs.variables();
     assert_eq!(vars["lm_head.weight"].size(), [257, 32]);
     for p in ["q_proj", "k_proj", "v_proj"] {
-        assert_eq!(vars[&format!("model.layers.0.self_attn.{p}.bias")].size(), [32]);
+        assert_eq!(
+            vars[&format!("model.layers.0.self_attn.{p}.bias")].size(),
+            [32]
+        );
     }
     assert!(!vars.contains_key("model.layers.0.self_attn.o_proj.bias"));
 }
@@ -50,7 +63,11 @@ fn gpt2_parameters_have_hugging_face_names_and_conv1d_shapes() {
     let vars = m.vs.variables();
     assert_eq!(vars["transformer.wte.weight"].size(), [257, 32]);
     assert_eq!(vars["transformer.wpe.weight"].size(), [64, 32]);
-    assert_eq!(vars["transformer.h.0.attn.c_attn.weight"].size(), [32, 96], "Conv1D is [in, out]");
+    assert_eq!(
+        vars["transformer.h.0.attn.c_attn.weight"].size(),
+        [32, 96],
+        "Conv1D is [in, out]"
+    );
     assert_eq!(vars["transformer.h.1.mlp.c_fc.weight"].size(), [32, 128]);
     assert_eq!(vars["transformer.h.1.mlp.c_proj.bias"].size(), [32]);
     assert_eq!(vars["transformer.ln_f.bias"].size(), [32]);
@@ -66,9 +83,22 @@ fn presets_have_their_documented_sizes() {
     let tiny = count("tiny");
     assert!((500_000..700_000).contains(&tiny), "tiny has {tiny}");
     let small = count("small");
-    assert!((8_000_000..12_000_000).contains(&small), "small has {small}");
-    let ModelConfig::Llama(c) = ModelConfig::preset("base-130m").unwrap() else { panic!() };
-    assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.max_position_embeddings), (768, 12, 12, 2048));
+    assert!(
+        (8_000_000..12_000_000).contains(&small),
+        "small has {small}"
+    );
+    let ModelConfig::Llama(c) = ModelConfig::preset("base-130m").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.max_position_embeddings
+        ),
+        (768, 12, 12, 2048)
+    );
     assert!(ModelConfig::preset("huge").is_none());
 }
 
@@ -85,10 +115,16 @@ fn config_json_round_trips_and_names_the_architecture() {
 
 #[test]
 fn invalid_shapes_are_refused() {
-    let bad = ModelConfig::Llama(LlamaConfig { num_attention_heads: 3, ..LlamaConfig::default() });
+    let bad = ModelConfig::Llama(LlamaConfig {
+        num_attention_heads: 3,
+        ..LlamaConfig::default()
+    });
     let err = LoadedModel::init(bad, 0, Device::Cpu).err().unwrap();
     assert!(err.to_string().contains("num_attention_heads"), "{err}");
-    let bad = ModelConfig::Llama(LlamaConfig { num_key_value_heads: 3, ..LlamaConfig::default() });
+    let bad = ModelConfig::Llama(LlamaConfig {
+        num_key_value_heads: 3,
+        ..LlamaConfig::default()
+    });
     assert!(LoadedModel::init(bad, 0, Device::Cpu).is_err());
 }
 
@@ -101,8 +137,14 @@ fn both_architectures_are_causal() {
         let b = Tensor::from_slice(&[5i64, 9, 200, 17, 99, 1]).view([1, 6]);
         let (la, lb) = tch::no_grad(|| (m.model.forward(&a), m.model.forward(&b)));
         assert_eq!(la.size(), [1, 6, 257]);
-        assert!(la.narrow(1, 0, 4).allclose(&lb.narrow(1, 0, 4), 1e-6, 1e-6, false));
-        assert!(!la.narrow(1, 4, 2).allclose(&lb.narrow(1, 4, 2), 1e-3, 1e-3, false));
+        assert!(
+            la.narrow(1, 0, 4)
+                .allclose(&lb.narrow(1, 0, 4), 1e-6, 1e-6, false)
+        );
+        assert!(
+            !la.narrow(1, 4, 2)
+                .allclose(&lb.narrow(1, 4, 2), 1e-3, 1e-3, false)
+        );
     }
 }
 
@@ -119,7 +161,11 @@ fn a_batch_gives_each_row_the_logits_it_gets_alone() {
 
 #[test]
 fn the_same_seed_gives_the_same_model_and_another_seed_does_not() {
-    let (a, b, c) = (init(small_llama(), 11), init(small_llama(), 11), init(small_llama(), 12));
+    let (a, b, c) = (
+        init(small_llama(), 11),
+        init(small_llama(), 11),
+        init(small_llama(), 12),
+    );
     crate::helpers::assert_same_weights(&a, &b);
     let w = |m: &LoadedModel| m.vs.variables()["model.embed_tokens.weight"].shallow_clone();
     assert!(!w(&a).equal(&w(&c)));

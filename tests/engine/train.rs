@@ -4,7 +4,9 @@ use mixpool::engine::checkpoint::LoadedModel;
 use mixpool::engine::data;
 use mixpool::engine::eval::{EvalConfig, evaluate};
 use mixpool::engine::tokenizer::Tokenizer;
-use mixpool::engine::train::{Outcome, Progress, Schedule, TrainConfig, TrainError, TrainOptions, train};
+use mixpool::engine::train::{
+    Outcome, Progress, Schedule, TrainConfig, TrainError, TrainOptions, train,
+};
 use tch::Device;
 
 use crate::helpers::{assert_same_weights, corpus_docs, init, small_gpt2, small_llama};
@@ -25,7 +27,11 @@ fn quick(tokens: u64) -> TrainConfig {
 }
 
 fn python_tokens() -> Vec<u32> {
-    let docs: Vec<_> = corpus_docs("code_python").into_iter().skip(20).take(100).collect();
+    let docs: Vec<_> = corpus_docs("code_python")
+        .into_iter()
+        .skip(20)
+        .take(100)
+        .collect();
     data::tokenize(&docs, &Tokenizer::Bytes).unwrap()
 }
 
@@ -40,31 +46,57 @@ fn finish(outcome: Outcome) -> mixpool::engine::train::Summary {
 fn loss_falls_on_a_real_domain() {
     let model = init(small_llama(), 0);
     let held_out: Vec<_> = corpus_docs("code_python").into_iter().take(10).collect();
-    let before = evaluate(&model, &held_out, &EvalConfig::default()).unwrap().total.perplexity;
+    let before = evaluate(&model, &held_out, &EvalConfig::default())
+        .unwrap()
+        .total
+        .perplexity;
     let mut losses = Vec::new();
     let mut record = |p: &Progress| losses.push(p.loss);
-    let options = TrainOptions { progress: Some(&mut record), ..Default::default() };
+    let options = TrainOptions {
+        progress: Some(&mut record),
+        ..Default::default()
+    };
     let summary = finish(train(&model, &python_tokens(), &quick(60 * 128), options).unwrap());
-    let after = evaluate(&model, &held_out, &EvalConfig::default()).unwrap().total.perplexity;
+    let after = evaluate(&model, &held_out, &EvalConfig::default())
+        .unwrap()
+        .total
+        .perplexity;
     assert_eq!(losses.len(), 60);
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[55..].iter().sum::<f64>() / 5.0;
     assert!(tail < 0.8 * head, "loss {head} -> {tail}");
-    assert!(after < 0.6 * before, "held-out perplexity {before} -> {after}");
+    assert!(
+        after < 0.6 * before,
+        "held-out perplexity {before} -> {after}"
+    );
     assert_eq!(summary.tokens, 60 * 128);
 }
 
 #[test]
 fn training_spends_exactly_the_token_budget_cycling_over_small_data() {
     let model = init(small_gpt2(), 0);
-    let tokens: Vec<u32> = data::tokenize(&[crate::helpers::doc(&"tiny partition ".repeat(10), None)], &Tokenizer::Bytes).unwrap();
+    let tokens: Vec<u32> = data::tokenize(
+        &[crate::helpers::doc(&"tiny partition ".repeat(10), None)],
+        &Tokenizer::Bytes,
+    )
+    .unwrap();
     assert!(tokens.len() < 200);
-    let config = TrainConfig { tokens: 10 * 32, ..quick(0) };
+    let config = TrainConfig {
+        tokens: 10 * 32,
+        ..quick(0)
+    };
     let mut seen = Vec::new();
     let mut record = |p: &Progress| seen.push(p.tokens);
-    let options = TrainOptions { progress: Some(&mut record), ..Default::default() };
+    let options = TrainOptions {
+        progress: Some(&mut record),
+        ..Default::default()
+    };
     let summary = finish(train(&model, &tokens, &config, options).unwrap());
-    assert_eq!(config.steps(), 3, "10 sequences at 4 per step: the last step has 2");
+    assert_eq!(
+        config.steps(),
+        3,
+        "10 sequences at 4 per step: the last step has 2"
+    );
     assert_eq!(seen, vec![128, 256, 320]);
     assert_eq!((summary.steps, summary.tokens), (3, 320));
 }
@@ -85,10 +117,20 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
     let cancel = AtomicBool::new(false);
     let mut stop_at_5 = |p: &Progress| cancel.store(p.step == 5, Ordering::Relaxed);
     let first = load();
-    let options = TrainOptions { state_dir: Some(state.path()), cancel: Some(&cancel), progress: Some(&mut stop_at_5) };
-    assert!(matches!(train(&first, &tokens, &config, options).unwrap(), Outcome::Cancelled { step: 5 }));
+    let options = TrainOptions {
+        state_dir: Some(state.path()),
+        cancel: Some(&cancel),
+        progress: Some(&mut stop_at_5),
+    };
+    assert!(matches!(
+        train(&first, &tokens, &config, options).unwrap(),
+        Outcome::Cancelled { step: 5 }
+    ));
     let resumed = load();
-    let options = TrainOptions { state_dir: Some(state.path()), ..Default::default() };
+    let options = TrainOptions {
+        state_dir: Some(state.path()),
+        ..Default::default()
+    };
     let summary = finish(train(&resumed, &tokens, &config, options).unwrap());
     assert_eq!(summary.resumed_at, 5);
     assert_same_weights(&whole, &resumed);
@@ -104,11 +146,21 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
             }
         }
     };
-    let options = TrainOptions { state_dir: Some(state.path()), progress: Some(&mut snapshot_at_6), ..Default::default() };
+    let options = TrainOptions {
+        state_dir: Some(state.path()),
+        progress: Some(&mut snapshot_at_6),
+        ..Default::default()
+    };
     finish(train(&load(), &tokens, &config, options).unwrap());
     let resumed = load();
-    let options = TrainOptions { state_dir: Some(crashed.path()), ..Default::default() };
-    assert_eq!(finish(train(&resumed, &tokens, &config, options).unwrap()).resumed_at, 4);
+    let options = TrainOptions {
+        state_dir: Some(crashed.path()),
+        ..Default::default()
+    };
+    assert_eq!(
+        finish(train(&resumed, &tokens, &config, options).unwrap()).resumed_at,
+        4
+    );
     assert_same_weights(&whole, &resumed);
 }
 
@@ -117,22 +169,55 @@ fn a_saved_state_from_other_settings_is_refused() {
     let tokens = python_tokens();
     let state = tempfile::tempdir().unwrap();
     let cancel = AtomicBool::new(true);
-    let options = TrainOptions { state_dir: Some(state.path()), cancel: Some(&cancel), ..Default::default() };
+    let options = TrainOptions {
+        state_dir: Some(state.path()),
+        cancel: Some(&cancel),
+        ..Default::default()
+    };
     let model = init(small_llama(), 1);
-    assert!(matches!(train(&model, &tokens, &quick(8 * 128), options).unwrap(), Outcome::Cancelled { step: 0 }));
-    let options = TrainOptions { state_dir: Some(state.path()), ..Default::default() };
-    let err = train(&model, &tokens, &TrainConfig { lr: 1e-4, ..quick(8 * 128) }, options).unwrap_err();
-    assert!(err.to_string().contains("different training config"), "{err}");
+    assert!(matches!(
+        train(&model, &tokens, &quick(8 * 128), options).unwrap(),
+        Outcome::Cancelled { step: 0 }
+    ));
+    let options = TrainOptions {
+        state_dir: Some(state.path()),
+        ..Default::default()
+    };
+    let err = train(
+        &model,
+        &tokens,
+        &TrainConfig {
+            lr: 1e-4,
+            ..quick(8 * 128)
+        },
+        options,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("different training config"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_non_finite_loss_stops_training_with_a_clear_error() {
     let model = init(small_llama(), 1);
     tch::no_grad(|| {
-        let _ = model.vs.variables()["model.norm.weight"].shallow_clone().fill_(f64::NAN);
+        let _ = model.vs.variables()["model.norm.weight"]
+            .shallow_clone()
+            .fill_(f64::NAN);
     });
-    let err = train(&model, &python_tokens(), &quick(8 * 128), TrainOptions::default()).unwrap_err();
-    assert!(matches!(err, TrainError::NonFinite { step: 0, .. }), "{err}");
+    let err = train(
+        &model,
+        &python_tokens(),
+        &quick(8 * 128),
+        TrainOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 0, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("learning rate"));
 }
 
@@ -141,11 +226,28 @@ fn invalid_settings_and_too_little_data_are_refused() {
     let model = init(small_llama(), 1);
     let tokens = python_tokens();
     let bad = [
-        TrainConfig { tokens: 100, ..quick(0) },
-        TrainConfig { seq_len: 128, batch_tokens: 128, tokens: 128, ..quick(0) },
-        TrainConfig { lr: f64::NAN, ..quick(128) },
-        TrainConfig { micro_batch: 0, ..quick(128) },
-        TrainConfig { beta2: 1.0, ..quick(128) },
+        TrainConfig {
+            tokens: 100,
+            ..quick(0)
+        },
+        TrainConfig {
+            seq_len: 128,
+            batch_tokens: 128,
+            tokens: 128,
+            ..quick(0)
+        },
+        TrainConfig {
+            lr: f64::NAN,
+            ..quick(128)
+        },
+        TrainConfig {
+            micro_batch: 0,
+            ..quick(128)
+        },
+        TrainConfig {
+            beta2: 1.0,
+            ..quick(128)
+        },
     ];
     for config in bad {
         let err = train(&model, &tokens, &config, TrainOptions::default()).unwrap_err();
@@ -157,7 +259,10 @@ fn invalid_settings_and_too_little_data_are_refused() {
 
 #[test]
 fn learning_rate_warms_up_then_follows_its_schedule() {
-    let cosine = TrainConfig { tokens: 10 * 128, ..quick(0) };
+    let cosine = TrainConfig {
+        tokens: 10 * 128,
+        ..quick(0)
+    };
     assert_eq!(cosine.steps(), 10);
     assert!((cosine.lr_at(0) - 1.5e-3).abs() < 1e-12);
     assert!((cosine.lr_at(1) - 3e-3).abs() < 1e-12);
@@ -165,6 +270,10 @@ fn learning_rate_warms_up_then_follows_its_schedule() {
     let lrs: Vec<f64> = (2..10).map(|s| cosine.lr_at(s)).collect();
     assert!(lrs.windows(2).all(|w| w[1] < w[0]));
     assert!(cosine.lr_at(10) >= cosine.min_lr - 1e-15);
-    let constant = TrainConfig { schedule: Schedule::Constant, warmup_steps: 0, ..cosine };
+    let constant = TrainConfig {
+        schedule: Schedule::Constant,
+        warmup_steps: 0,
+        ..cosine
+    };
     assert!((0..10).all(|s| constant.lr_at(s) == 3e-3));
 }

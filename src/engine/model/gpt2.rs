@@ -75,7 +75,11 @@ struct Conv1D {
 impl Conv1D {
     fn new(vs: nn::Path, inputs: i64, outputs: i64, stdev: f64) -> Self {
         Conv1D {
-            weight: vs.var("weight", &[inputs, outputs], nn::Init::Randn { mean: 0.0, stdev }),
+            weight: vs.var(
+                "weight",
+                &[inputs, outputs],
+                nn::Init::Randn { mean: 0.0, stdev },
+            ),
             bias: vs.var("bias", &[outputs], nn::Init::Const(0.0)),
         }
     }
@@ -102,7 +106,13 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let size = [*x.size().last().unwrap()];
-        x.layer_norm(size.as_slice(), Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            size.as_slice(),
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -136,8 +146,19 @@ impl Block {
         let qkv = self.c_attn.forward(&self.ln_1.forward(x)).split(d, -1);
         let heads = |y: &Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false);
-        let x = x + self.attn_proj.forward(&y.transpose(1, 2).reshape([b, t, d]));
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        let x = x + self
+            .attn_proj
+            .forward(&y.transpose(1, 2).reshape([b, t, d]));
         let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("tanh");
         &x + self.mlp_proj.forward(&h)
     }
@@ -157,7 +178,9 @@ impl Gpt2 {
         Gpt2 {
             wte: (&tr / "wte").var("weight", &[c.vocab_size, c.n_embd], init(INIT_STD)),
             wpe: (&tr / "wpe").var("weight", &[c.n_positions, c.n_embd], init(0.01)),
-            h: (0..c.n_layer).map(|i| Block::new(&tr / "h" / i, c)).collect(),
+            h: (0..c.n_layer)
+                .map(|i| Block::new(&tr / "h" / i, c))
+                .collect(),
             ln_f: LayerNorm::new(&tr / "ln_f", c.n_embd, c.layer_norm_epsilon),
         }
     }

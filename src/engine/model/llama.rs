@@ -74,7 +74,11 @@ impl LlamaConfig {
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_norm_eps > 0.0) {
+        if self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+            || self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps <= 0.0
+        {
             return Err("rope_theta and rms_norm_eps must be positive".into());
         }
         Ok(())
@@ -100,7 +104,13 @@ impl Attention {
             q_proj: Linear::new(&vs / "q_proj", d, d, bias, INIT_STD),
             k_proj: Linear::new(&vs / "k_proj", d, kv, bias, INIT_STD),
             v_proj: Linear::new(&vs / "v_proj", d, kv, bias, INIT_STD),
-            o_proj: Linear::new(&vs / "o_proj", d, d, false, residual_std(c.num_hidden_layers)),
+            o_proj: Linear::new(
+                &vs / "o_proj",
+                d,
+                d,
+                false,
+                residual_std(c.num_hidden_layers),
+            ),
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -118,9 +128,21 @@ impl Attention {
         } else {
             // Repeating the shared heads keeps the fused attention kernels usable.
             let n = self.heads / self.kv_heads;
-            (k.repeat_interleave_self_int(n, 1, None), v.repeat_interleave_self_int(n, 1, None))
+            (
+                k.repeat_interleave_self_int(n, 1, None),
+                v.repeat_interleave_self_int(n, 1, None),
+            )
         };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false);
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
     }
 }
@@ -137,12 +159,19 @@ impl Mlp {
         Mlp {
             gate_proj: Linear::new(&vs / "gate_proj", d, i, false, INIT_STD),
             up_proj: Linear::new(&vs / "up_proj", d, i, false, INIT_STD),
-            down_proj: Linear::new(&vs / "down_proj", i, d, false, residual_std(c.num_hidden_layers)),
+            down_proj: Linear::new(
+                &vs / "down_proj",
+                i,
+                d,
+                false,
+                residual_std(c.num_hidden_layers),
+            ),
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }
 
@@ -153,7 +182,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(vs: nn::Path, size: i64, eps: f64) -> Self {
-        RmsNorm { weight: vs.var("weight", &[size], nn::Init::Const(1.0)), eps }
+        RmsNorm {
+            weight: vs.var("weight", &[size], nn::Init::Const(1.0)),
+            eps,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -179,13 +211,17 @@ struct Rope {
 impl Rope {
     fn new(c: &LlamaConfig, device: tch::Device) -> Self {
         let hd = c.head_dim();
-        let inv_freq: Vec<f64> =
-            (0..hd / 2).map(|i| c.rope_theta.powf(-((2 * i) as f64) / hd as f64)).collect();
+        let inv_freq: Vec<f64> = (0..hd / 2)
+            .map(|i| c.rope_theta.powf(-((2 * i) as f64) / hd as f64))
+            .collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(device);
         let positions = Tensor::arange(c.max_position_embeddings, (Kind::Double, device));
         let freqs = positions.outer(&inv_freq);
         let angles = Tensor::cat(&[&freqs, &freqs], -1);
-        Rope { cos: angles.cos().to_kind(Kind::Float), sin: angles.sin().to_kind(Kind::Float) }
+        Rope {
+            cos: angles.cos().to_kind(Kind::Float),
+            sin: angles.sin().to_kind(Kind::Float),
+        }
     }
 
     /// `x`: `[batch, heads, time, head_dim]`.
@@ -209,13 +245,21 @@ pub struct Llama {
 impl Llama {
     pub fn new(vs: &nn::Path, c: &LlamaConfig) -> Self {
         let model = vs / "model";
-        let init = nn::Init::Randn { mean: 0.0, stdev: INIT_STD };
-        let embed_tokens = (&model / "embed_tokens").var("weight", &[c.vocab_size, c.hidden_size], init);
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let embed_tokens =
+            (&model / "embed_tokens").var("weight", &[c.vocab_size, c.hidden_size], init);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let vs = &model / "layers" / i;
                 Block {
-                    input_layernorm: RmsNorm::new(&vs / "input_layernorm", c.hidden_size, c.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(
+                        &vs / "input_layernorm",
+                        c.hidden_size,
+                        c.rms_norm_eps,
+                    ),
                     self_attn: Attention::new(&vs / "self_attn", c),
                     post_attention_layernorm: RmsNorm::new(
                         &vs / "post_attention_layernorm",
@@ -229,16 +273,31 @@ impl Llama {
         let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
         let lm_head = (!c.tie_word_embeddings)
             .then(|| (vs / "lm_head").var("weight", &[c.vocab_size, c.hidden_size], init));
-        Llama { embed_tokens, layers, norm, lm_head, rope: Rope::new(c, vs.device()) }
+        Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(c, vs.device()),
+        }
     }
 
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_tokens, tokens, -1, false, false);
         for block in &self.layers {
-            x = &x + block.self_attn.forward(&block.input_layernorm.forward(&x), &self.rope);
-            x = &x + block.mlp.forward(&block.post_attention_layernorm.forward(&x));
+            x = &x
+                + block
+                    .self_attn
+                    .forward(&block.input_layernorm.forward(&x), &self.rope);
+            x = &x
+                + block
+                    .mlp
+                    .forward(&block.post_attention_layernorm.forward(&x));
         }
         let x = self.norm.forward(&x);
-        x.linear(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None::<Tensor>)
+        x.linear(
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None::<Tensor>,
+        )
     }
 }

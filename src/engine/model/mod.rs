@@ -82,7 +82,11 @@ impl ModelConfig {
     /// 6 × parameters in matrices + 12 × layers × width × context (attention scores).
     pub fn train_flops_per_token(&self, parameters: i64) -> f64 {
         let (layers, width, context) = match self {
-            ModelConfig::Llama(c) => (c.num_hidden_layers, c.hidden_size, c.max_position_embeddings),
+            ModelConfig::Llama(c) => (
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.max_position_embeddings,
+            ),
             ModelConfig::Gpt2(c) => (c.n_layer, c.n_embd, c.n_positions),
         };
         6.0 * parameters as f64 + 12.0 * (layers * width * context) as f64
@@ -121,7 +125,11 @@ pub(crate) struct Linear {
 
 impl Linear {
     pub fn new(vs: nn::Path, inputs: i64, outputs: i64, bias: bool, stdev: f64) -> Self {
-        let weight = vs.var("weight", &[outputs, inputs], nn::Init::Randn { mean: 0.0, stdev });
+        let weight = vs.var(
+            "weight",
+            &[outputs, inputs],
+            nn::Init::Randn { mean: 0.0, stdev },
+        );
         let bias = bias.then(|| vs.var("bias", &[outputs], nn::Init::Const(0.0)));
         Linear { weight, bias }
     }
