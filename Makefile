@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # libtorch, the Cargo target folder and the demo corpus are cached under $(CACHE).
+# Tests use PostgreSQL on 127.0.0.1:5432 (MIXPOOL_TEST_DATABASE_URL to point elsewhere).
 
 SHELL := bash
 CACHE ?= $(HOME)/.cache/mixpool
@@ -19,9 +20,10 @@ build:
 demo: build
 	$(CORPUS) && $(BIN) demo --work $(CACHE)/demo $(ARGS)
 
-## Every test, on the CPU.
+## Every test, on the CPU, against a real PostgreSQL (started here where none answers).
 test:
-	$(TORCH) && $(CORPUS) && cargo test --release
+	scripts/postgres.sh
+	$(TORCH) && $(CORPUS) && cargo test --release; status=$$?; scripts/postgres.sh cleanup; exit $$status
 
 ## Engine throughput beside a Python PyTorch reference (sets up its venv once).
 bench:

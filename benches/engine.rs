@@ -91,6 +91,21 @@ fn python() -> PathBuf {
     python
 }
 
+/// Consecutive pieces of `text` of exactly `len` bytes that start and end on characters.
+fn windows(text: &str, len: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start + len <= text.len() {
+        if text.is_char_boundary(start) && text.is_char_boundary(start + len) {
+            out.push(&text[start..start + len]);
+            start += len;
+        } else {
+            start += 1;
+        }
+    }
+    out
+}
+
 struct Figures {
     train: f64,
     eval: f64,
@@ -251,29 +266,38 @@ fn main() {
         let config = ModelConfig::preset(preset).expect("a preset name");
         let (micro, seq) = shape(preset);
         let eval_batches = 8;
-        let eval_docs: Vec<Document> = tokens
-            .chunks(seq as usize)
+        // Real text cut into documents of exactly one window (seq_len bytes, no EOS), as the
+        // reference evaluates full windows.
+        let eval_docs: Vec<Document> = docs
+            .iter()
+            .flat_map(|d| windows(&d.text, seq as usize))
             .take(eval_batches * micro as usize)
-            .map(|c| Document {
-                text: String::from_utf8_lossy(
-                    &c.iter().map(|&t| t.min(255) as u8).collect::<Vec<_>>(),
-                )
-                .into(),
+            .map(|text| Document {
+                text: text.to_string(),
                 domain: None,
             })
             .collect();
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..s.rounds {
-            ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
-            theirs.push(python_run(
-                &python,
-                &config,
-                s.threads,
-                micro,
-                seq,
-                s.steps,
-                eval_batches,
-            ));
+        // Alternate which side goes first, so drift on a shared machine favours neither.
+        for round in 0..s.rounds {
+            let reference = || {
+                python_run(
+                    &python,
+                    &config,
+                    s.threads,
+                    micro,
+                    seq,
+                    s.steps,
+                    eval_batches,
+                )
+            };
+            if round % 2 == 0 {
+                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
+                theirs.push(reference());
+            } else {
+                theirs.push(reference());
+                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
+            }
         }
         let (o, t) = (best(&ours), best(&theirs));
         let params = LoadedModel::init(config.clone(), 0, Device::Cpu)

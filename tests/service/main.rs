@@ -1,0 +1,6 @@
+//! Service tests against a real PostgreSQL: a fresh database per test
+//! (`MIXPOOL_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres;
+//! `make test` starts a server where none answers).
+
+mod helpers;
+mod queue;
