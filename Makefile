@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # libtorch, the Cargo target folder and the demo corpus are cached under $(CACHE).
-# Tests use PostgreSQL on 127.0.0.1:5432 (MIXPOOL_TEST_DATABASE_URL to point elsewhere).
+# Tests use PostgreSQL on 127.0.0.1:5432 (MIXPOOL_TEST_DATABASE_URL to point elsewhere) and
+# an S3 server that scripts/s3.sh starts on 127.0.0.1:18333.
 
 SHELL := bash
 CACHE ?= $(HOME)/.cache/mixpool
@@ -20,10 +21,12 @@ build:
 demo: build
 	$(CORPUS) && $(BIN) demo --work $(CACHE)/demo $(ARGS)
 
-## Every test, on the CPU, against a real PostgreSQL (started here where none answers).
+## Every test, on the CPU, against a real PostgreSQL (started here where none answers) and a
+## real S3 server (SeaweedFS on loopback, started for the run).
 test:
 	scripts/postgres.sh
-	$(TORCH) && $(CORPUS) && cargo test --release; status=$$?; scripts/postgres.sh cleanup; exit $$status
+	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && cargo test --release; \
+	status=$$?; scripts/postgres.sh cleanup; scripts/s3.sh stop; exit $$status
 
 ## Engine throughput beside a Python PyTorch reference (sets up its venv once).
 bench:

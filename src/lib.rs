@@ -5,3 +5,4 @@ pub mod demo;
 pub mod engine;
 pub mod local;
 pub mod registry;
+pub mod store;

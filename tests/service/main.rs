@@ -4,3 +4,4 @@
 
 mod helpers;
 mod queue;
+mod store;
