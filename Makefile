@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test bench build lint
+.PHONY: demo test bench build lint gpu-bundle
 
 build:
 	$(TORCH) && cargo build --release
@@ -31,6 +31,11 @@ test:
 ## Engine throughput beside a Python PyTorch reference (sets up its venv once).
 bench:
 	$(TORCH) && $(CORPUS) && cargo bench --bench engine -- $(ARGS)
+
+## Binaries for bench/gpu.sh, copied into gpu-bundle/ (ignored by git) to travel to a GPU machine.
+gpu-bundle:
+	$(TORCH) && cargo build --release --bins --example gpu_bench
+	mkdir -p gpu-bundle && cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/
 
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings

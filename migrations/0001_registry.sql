@@ -28,6 +28,8 @@ create table partitions (
     tags text[] not null default '{}',
     -- sha256 of the normalised JSONL: re-uploading the same bytes finds the same partition.
     sha256 text not null unique,
+    -- sha256 of the stored (compressed) object, checked when it is read back.
+    object_sha256 text not null,
     bytes bigint not null,
     documents bigint not null,
     created_at timestamptz not null default now()
@@ -37,6 +39,7 @@ create table eval_sets (
     id uuid primary key,
     name text not null unique,
     sha256 text not null unique,
+    object_sha256 text not null,
     bytes bigint not null,
     documents bigint not null,
     created_at timestamptz not null default now()

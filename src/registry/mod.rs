@@ -1,7 +1,9 @@
 //! The registry: Postgres tables for the pool and its job queue. It knows nothing about
 //! tensors; the worker connects it to the engine.
 
+pub mod datasets;
 pub mod jobs;
+pub mod recipes;
 
 use std::time::Duration;
 
@@ -20,4 +22,33 @@ pub async fn connect(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// An insert that found an identical row already there says so, so that the API can answer
+/// 201 for new rows and 200 for existing ones.
+#[derive(Debug, Clone)]
+pub enum Created<T> {
+    New(T),
+    Existing(T),
+}
+
+impl<T> Created<T> {
+    pub fn is_new(&self) -> bool {
+        matches!(self, Created::New(_))
+    }
+
+    pub fn into_inner(self) -> T {
+        match self {
+            Created::New(t) | Created::Existing(t) => t,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The name is used by a row with different content.
+    #[error("the {kind} name {name:?} is taken by different content; choose another name")]
+    NameTaken { kind: &'static str, name: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }

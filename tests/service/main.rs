@@ -4,4 +4,5 @@
 
 mod helpers;
 mod queue;
+mod registry;
 mod store;

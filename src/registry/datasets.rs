@@ -1,0 +1,149 @@
+//! Partitions (training data) and evaluation sets: immutable, content-addressed text.
+//! The same bytes uploaded twice are one row; a name already used for other bytes is refused.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{Created, RegistryError};
+
+/// `select … where <condition>` for a kind; evaluation sets read with the partition-only
+/// columns empty, so both decode as a [`Dataset`].
+macro_rules! select {
+    ($kind:expr, $condition:literal) => {
+        match $kind {
+            Kind::Partition => concat!("select * from partitions where ", $condition),
+            Kind::EvalSet => concat!(
+                "select *, null::text as domain, '{}'::text[] as tags from eval_sets where ",
+                $condition
+            ),
+        }
+    };
+}
+
+/// Which table: the two share their shape and rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Partition,
+    EvalSet,
+}
+
+impl Kind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Partition => "partition",
+            Kind::EvalSet => "eval set",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Dataset {
+    pub id: Uuid,
+    pub name: String,
+    /// Partitions only.
+    #[sqlx(default)]
+    pub domain: Option<String>,
+    #[sqlx(default)]
+    pub tags: Vec<String>,
+    pub sha256: String,
+    pub object_sha256: String,
+    pub bytes: i64,
+    pub documents: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDataset {
+    pub name: String,
+    pub domain: Option<String>,
+    pub tags: Vec<String>,
+    /// Of the normalised JSONL: the dataset's identity.
+    pub sha256: String,
+    /// Of the stored object.
+    pub object_sha256: String,
+    pub bytes: i64,
+    pub documents: i64,
+}
+
+/// Inserts a dataset whose object is already stored. Identical content returns the existing
+/// row; a name held by different content is `NameTaken`.
+pub async fn insert(
+    db: &mut PgConnection,
+    kind: Kind,
+    new: &NewDataset,
+) -> Result<Created<Dataset>, RegistryError> {
+    let sql = match kind {
+        Kind::Partition => {
+            "insert into partitions (id, name, domain, tags, sha256, object_sha256, bytes, documents)
+             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing returning *"
+        }
+        Kind::EvalSet => {
+            "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents)
+             values ($1, $2, $5, $6, $7, $8) on conflict do nothing returning *, null::text as domain, '{}'::text[] as tags"
+        }
+    };
+    let inserted: Option<Dataset> = sqlx::query_as(sql)
+        .bind(Uuid::new_v4())
+        .bind(&new.name)
+        .bind(&new.domain)
+        .bind(&new.tags)
+        .bind(&new.sha256)
+        .bind(&new.object_sha256)
+        .bind(new.bytes)
+        .bind(new.documents)
+        .fetch_optional(&mut *db)
+        .await?;
+    if let Some(row) = inserted {
+        return Ok(Created::New(row));
+    }
+    let same: Option<Dataset> = sqlx::query_as(select!(kind, "sha256 = $1"))
+        .bind(&new.sha256)
+        .fetch_optional(&mut *db)
+        .await?;
+    match same {
+        Some(row) => Ok(Created::Existing(row)),
+        None => Err(RegistryError::NameTaken {
+            kind: kind.noun(),
+            name: new.name.clone(),
+        }),
+    }
+}
+
+/// By id, or by name when `key` is not a uuid.
+pub async fn find(pool: &PgPool, kind: Kind, key: &str) -> Result<Option<Dataset>, sqlx::Error> {
+    match Uuid::parse_str(key) {
+        Ok(id) => {
+            sqlx::query_as(select!(kind, "id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        }
+        Err(_) => {
+            sqlx::query_as(select!(kind, "name = $1"))
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        }
+    }
+}
+
+/// Newest first; pass the last row of a page as `before` for the next.
+pub async fn list(
+    pool: &PgPool,
+    kind: Kind,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Dataset>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(select!(
+        kind,
+        "($1::timestamptz is null or (created_at, id) < ($1, $2)) order by created_at desc, id desc limit $3"
+    ))
+    .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
