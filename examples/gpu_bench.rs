@@ -63,9 +63,8 @@ fn main() {
     let eval_tps = result.total.tokens as f64 / start.elapsed().as_secs_f64();
 
     println!(
-        "base-130m ({:.1}M parameters, byte vocabulary), {} on {}",
+        "base-130m ({:.1}M parameters, byte vocabulary), bf16 autocast on {}",
         params as f64 / 1e6,
-        "bf16 autocast",
         device::name(device)
     );
     println!(
