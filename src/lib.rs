@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod ingest;
 pub mod local;
 pub mod registry;
 pub mod store;

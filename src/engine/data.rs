@@ -127,32 +127,36 @@ pub fn parse_documents(bytes: &[u8], format: Option<Format>) -> Result<Vec<Docum
 }
 
 fn parse_jsonl(text: &str) -> Result<Vec<Document>, DataError> {
+    let mut docs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        docs.extend(parse_jsonl_line(line, i + 1)?);
+    }
+    Ok(docs)
+}
+
+/// One JSONL line (numbered from 1, for errors): `None` for a blank line.
+pub fn parse_jsonl_line(line: &str, line_no: usize) -> Result<Option<Document>, DataError> {
     #[derive(Deserialize)]
     struct Line {
         text: Option<serde_json::Value>,
         domain: Option<serde_json::Value>,
     }
-    let mut docs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: Line = serde_json::from_str(line).map_err(|e| DataError::NotJson {
-            line: line_no,
-            message: e.to_string(),
-        })?;
-        let Some(serde_json::Value::String(text)) = parsed.text else {
-            return Err(DataError::NoText { line: line_no });
-        };
-        let domain = match parsed.domain {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(d)) => Some(d),
-            Some(_) => return Err(DataError::BadDomain { line: line_no }),
-        };
-        docs.push(Document { text, domain });
+    if line.trim().is_empty() {
+        return Ok(None);
     }
-    Ok(docs)
+    let parsed: Line = serde_json::from_str(line).map_err(|e| DataError::NotJson {
+        line: line_no,
+        message: e.to_string(),
+    })?;
+    let Some(serde_json::Value::String(text)) = parsed.text else {
+        return Err(DataError::NoText { line: line_no });
+    };
+    let domain = match parsed.domain {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(d)) => Some(d),
+        Some(_) => return Err(DataError::BadDomain { line: line_no }),
+    };
+    Ok(Some(Document { text, domain }))
 }
 
 /// The documents' token ids as one stream, each document followed by the EOS token.

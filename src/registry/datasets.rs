@@ -147,3 +147,23 @@ pub async fn list(
         .fetch_all(pool)
         .await
 }
+
+/// Records a new hash for a dataset's object (the same content, stored again).
+pub async fn set_object_sha256(
+    db: &mut PgConnection,
+    kind: Kind,
+    id: Uuid,
+    sha256: &str,
+) -> Result<Dataset, sqlx::Error> {
+    let sql = match kind {
+        Kind::Partition => "update partitions set object_sha256 = $2 where id = $1 returning *",
+        Kind::EvalSet => {
+            "update eval_sets set object_sha256 = $2 where id = $1 returning *, null::text as domain, '{}'::text[] as tags"
+        }
+    };
+    sqlx::query_as(sql)
+        .bind(id)
+        .bind(sha256)
+        .fetch_one(db)
+        .await
+}

@@ -3,6 +3,7 @@
 //! `make test` starts a server where none answers).
 
 mod helpers;
+mod ingest;
 mod queue;
 mod registry;
 mod store;
