@@ -20,7 +20,8 @@ use tch::Device;
 struct Settings {
     threads: i32,
     presets: Vec<String>,
-    steps: u64,
+    /// Timed optimizer steps (after two warm-up steps); default per preset.
+    steps: Option<u64>,
     rounds: usize,
 }
 
@@ -28,7 +29,7 @@ fn settings() -> Settings {
     let mut s = Settings {
         threads: 1,
         presets: vec!["tiny".into(), "small".into()],
-        steps: 8,
+        steps: None,
         rounds: 2,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,7 +39,7 @@ fn settings() -> Settings {
         match args[i].as_str() {
             "--threads" => s.threads = value.parse().expect("--threads N"),
             "--presets" => s.presets = value.split(',').map(String::from).collect(),
-            "--steps" => s.steps = value.parse().expect("--steps N"),
+            "--steps" => s.steps = Some(value.parse().expect("--steps N")),
             "--rounds" => s.rounds = value.parse().expect("--rounds N"),
             _ => {
                 i += 1;
@@ -50,11 +51,12 @@ fn settings() -> Settings {
     s
 }
 
-/// (micro batch, sequence length) per preset: the preset's full context.
-fn shape(preset: &str) -> (u64, u64) {
+/// (micro batch, sequence length, timed steps, evaluation batches) per preset: the preset's
+/// full context, and about ten seconds of work for each measurement.
+fn shape(preset: &str) -> (u64, u64, u64, usize) {
     match preset {
-        "tiny" => (16, 256),
-        "small" => (8, 512),
+        "tiny" => (16, 256, 24, 32),
+        "small" => (8, 512, 8, 8),
         other => panic!("no benchmark shape for {other}"),
     }
 }
@@ -264,8 +266,8 @@ fn main() {
     );
     for preset in &s.presets {
         let config = ModelConfig::preset(preset).expect("a preset name");
-        let (micro, seq) = shape(preset);
-        let eval_batches = 8;
+        let (micro, seq, steps, eval_batches) = shape(preset);
+        let steps = s.steps.unwrap_or(steps);
         // Real text cut into documents of exactly one window (seq_len bytes, no EOS), as the
         // reference evaluates full windows.
         let eval_docs: Vec<Document> = docs
@@ -280,23 +282,14 @@ fn main() {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         // Alternate which side goes first, so drift on a shared machine favours neither.
         for round in 0..s.rounds {
-            let reference = || {
-                python_run(
-                    &python,
-                    &config,
-                    s.threads,
-                    micro,
-                    seq,
-                    s.steps,
-                    eval_batches,
-                )
-            };
+            let reference =
+                || python_run(&python, &config, s.threads, micro, seq, steps, eval_batches);
             if round % 2 == 0 {
-                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
+                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, steps));
                 theirs.push(reference());
             } else {
                 theirs.push(reference());
-                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, s.steps));
+                ours.push(rust_run(&config, &tokens, &eval_docs, micro, seq, steps));
             }
         }
         let (o, t) = (best(&ours), best(&theirs));
