@@ -5,5 +5,6 @@ pub mod demo;
 pub mod engine;
 pub mod ingest;
 pub mod local;
+pub mod mixture;
 pub mod registry;
 pub mod store;

@@ -1,9 +1,12 @@
 //! The registry: Postgres tables for the pool and its job queue. It knows nothing about
 //! tensors; the worker connects it to the engine.
 
+pub mod bases;
 pub mod datasets;
 pub mod jobs;
+pub mod models;
 pub mod recipes;
+pub mod scores;
 
 use std::time::Duration;
 

@@ -1,0 +1,166 @@
+//! Mixtures: a set of distinct partitions with non-negative weights. The canonical form sorts
+//! the partitions and normalises the weights to sum 1, so the same mixture asked for in any
+//! order or scale has one key, and one cached score.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weighting {
+    /// Equal weights: the paper's default.
+    Uniform,
+    /// Proportional to each partition's size in tokens.
+    Tokens,
+    /// Given explicitly by the caller.
+    Explicit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub partition: Uuid,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mixture {
+    pub members: Vec<Member>,
+    pub weighting: Weighting,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum MixtureError {
+    #[error("a mixture needs at least one partition")]
+    Empty,
+    #[error("partition {0} appears more than once")]
+    Repeated(Uuid),
+    #[error("{partitions} partitions but {weights} weights")]
+    WeightCount { partitions: usize, weights: usize },
+    #[error("weight {value} of partition {partition} must be finite and non-negative")]
+    BadWeight { partition: Uuid, value: f64 },
+    #[error("the weights sum to zero")]
+    ZeroWeights,
+}
+
+impl Mixture {
+    /// Validates and canonicalises. `weights` are given for `Explicit` weighting, partition
+    /// sizes in tokens for `Tokens`, and nothing for `Uniform`.
+    pub fn new(
+        partitions: &[Uuid],
+        weights: Option<&[f64]>,
+        weighting: Weighting,
+    ) -> Result<Self, MixtureError> {
+        if partitions.is_empty() {
+            return Err(MixtureError::Empty);
+        }
+        let weights: Vec<f64> = match weights {
+            Some(w) if w.len() != partitions.len() => {
+                return Err(MixtureError::WeightCount {
+                    partitions: partitions.len(),
+                    weights: w.len(),
+                });
+            }
+            Some(w) => w.to_vec(),
+            None => vec![1.0; partitions.len()],
+        };
+        let mut members: Vec<Member> = partitions
+            .iter()
+            .zip(&weights)
+            .map(|(&partition, &weight)| Member { partition, weight })
+            .collect();
+        members.sort_by_key(|m| m.partition);
+        if let Some(pair) = members
+            .windows(2)
+            .find(|p| p[0].partition == p[1].partition)
+        {
+            return Err(MixtureError::Repeated(pair[0].partition));
+        }
+        if let Some(m) = members
+            .iter()
+            .find(|m| !(m.weight.is_finite() && m.weight >= 0.0))
+        {
+            return Err(MixtureError::BadWeight {
+                partition: m.partition,
+                value: m.weight,
+            });
+        }
+        let sum: f64 = members.iter().map(|m| m.weight).sum();
+        if sum == 0.0 {
+            return Err(MixtureError::ZeroWeights);
+        }
+        members.iter_mut().for_each(|m| m.weight /= sum);
+        Ok(Mixture { members, weighting })
+    }
+
+    /// `<uuid>:<weight>,…` with weights to 12 significant digits, so that weights equal up
+    /// to floating-point noise (1/3 computed two ways) share a key.
+    pub fn key(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}:{:.12e}", m.partition, m.weight))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u128) -> Vec<Uuid> {
+        (1..=n).map(Uuid::from_u128).collect()
+    }
+
+    #[test]
+    fn order_and_scale_do_not_change_the_key() {
+        let p = ids(3);
+        let a = Mixture::new(&p, Some(&[1.0, 2.0, 1.0]), Weighting::Explicit).unwrap();
+        let b = Mixture::new(
+            &[p[2], p[0], p[1]],
+            Some(&[0.5, 0.5, 1.0]),
+            Weighting::Explicit,
+        )
+        .unwrap();
+        assert_eq!(a.key(), b.key());
+        assert_eq!(
+            a.members.iter().map(|m| m.weight).collect::<Vec<_>>(),
+            vec![0.25, 0.5, 0.25]
+        );
+        let uniform = Mixture::new(&p, None, Weighting::Uniform).unwrap();
+        let thirds = Mixture::new(&p, Some(&[0.1 + 0.2, 0.3, 0.3]), Weighting::Explicit).unwrap();
+        assert_eq!(
+            uniform.key(),
+            thirds.key(),
+            "floating-point noise does not split the cache"
+        );
+    }
+
+    #[test]
+    fn invalid_mixtures_say_what_is_wrong() {
+        let p = ids(2);
+        assert_eq!(
+            Mixture::new(&[], None, Weighting::Uniform),
+            Err(MixtureError::Empty)
+        );
+        assert_eq!(
+            Mixture::new(&[p[0], p[0]], None, Weighting::Uniform),
+            Err(MixtureError::Repeated(p[0]))
+        );
+        assert!(matches!(
+            Mixture::new(&p, Some(&[1.0]), Weighting::Explicit),
+            Err(MixtureError::WeightCount { .. })
+        ));
+        assert!(matches!(
+            Mixture::new(&p, Some(&[1.0, -1.0]), Weighting::Explicit),
+            Err(MixtureError::BadWeight { .. })
+        ));
+        assert!(matches!(
+            Mixture::new(&p, Some(&[f64::NAN, 1.0]), Weighting::Explicit),
+            Err(MixtureError::BadWeight { .. })
+        ));
+        assert_eq!(
+            Mixture::new(&p, Some(&[0.0, 0.0]), Weighting::Explicit),
+            Err(MixtureError::ZeroWeights)
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Base models: an architecture config and weights in the store (`bases/<id>/…`). A base
+//! created from a preset and pre-trained by a job is `pending` until its weights are stored.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::RegistryError;
+use crate::engine::model::ModelConfig;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Base {
+    pub id: Uuid,
+    pub name: String,
+    pub config: Json<ModelConfig>,
+    /// pending, ready or failed.
+    pub state: String,
+    pub weights_sha256: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Registers a base. `weights_sha256` is given when the weights are already stored (the base
+/// is then ready), `None` for a base a job will pre-train. The id is chosen by the caller,
+/// because the weights' keys contain it and are written first.
+pub async fn insert(
+    db: &mut PgConnection,
+    id: Uuid,
+    name: &str,
+    config: &ModelConfig,
+    weights_sha256: Option<&str>,
+) -> Result<Base, RegistryError> {
+    let state = if weights_sha256.is_some() {
+        "ready"
+    } else {
+        "pending"
+    };
+    let row: Option<Base> = sqlx::query_as(
+        "insert into bases (id, name, config, state, weights_sha256) values ($1, $2, $3, $4, $5)
+         on conflict (name) do nothing returning *",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(Json(config))
+    .bind(state)
+    .bind(weights_sha256)
+    .fetch_optional(db)
+    .await?;
+    row.ok_or(RegistryError::NameTaken {
+        kind: "base",
+        name: name.to_string(),
+    })
+}
+
+/// Marks a pending base ready once its weights are stored (in the pre-training job's
+/// transaction).
+pub async fn mark_ready(
+    db: &mut PgConnection,
+    id: Uuid,
+    weights_sha256: &str,
+) -> Result<Base, sqlx::Error> {
+    sqlx::query_as(
+        "update bases set state = 'ready', weights_sha256 = $2 where id = $1 returning *",
+    )
+    .bind(id)
+    .bind(weights_sha256)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn mark_failed(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update bases set state = 'failed' where id = $1 and state = 'pending'")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// By id, or by name when `key` is not a uuid.
+pub async fn find(pool: &PgPool, key: &str) -> Result<Option<Base>, sqlx::Error> {
+    match Uuid::parse_str(key) {
+        Ok(id) => {
+            sqlx::query_as("select * from bases where id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        }
+        Err(_) => {
+            sqlx::query_as("select * from bases where name = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        }
+    }
+}
+
+/// The most recent ready base: the server's default when none is configured.
+pub async fn latest_ready(pool: &PgPool) -> Result<Option<Base>, sqlx::Error> {
+    sqlx::query_as(
+        "select * from bases where state = 'ready' order by created_at desc, id desc limit 1",
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,123 @@
+//! Unit models: one per base × recipe × partition, trained once by a `train` job.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Created;
+use super::jobs::{self, NewJob};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct UnitModel {
+    pub id: Uuid,
+    pub base_id: Uuid,
+    pub recipe_id: Uuid,
+    pub partition_id: Uuid,
+    /// queued (a job will train it), ready (weights stored) or failed.
+    pub state: String,
+    pub job_id: Option<Uuid>,
+    pub weights_sha256: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The unit model for (base, recipe, partition): created with its training job in the
+/// caller's transaction when it does not exist yet; a failed one is queued again.
+pub async fn ensure(
+    db: &mut PgConnection,
+    base: Uuid,
+    recipe: Uuid,
+    partition: Uuid,
+) -> Result<Created<UnitModel>, sqlx::Error> {
+    let inserted: Option<UnitModel> = sqlx::query_as(
+        "insert into models (id, base_id, recipe_id, partition_id, state) values ($1, $2, $3, $4, 'queued')
+         on conflict (base_id, recipe_id, partition_id) do nothing returning *",
+    )
+    .bind(Uuid::new_v4())
+    .bind(base)
+    .bind(recipe)
+    .bind(partition)
+    .fetch_optional(&mut *db)
+    .await?;
+    let (model, new) = match inserted {
+        Some(model) => (model, true),
+        None => {
+            let model: UnitModel = sqlx::query_as(
+                "select * from models where base_id = $1 and recipe_id = $2 and partition_id = $3",
+            )
+            .bind(base)
+            .bind(recipe)
+            .bind(partition)
+            .fetch_one(&mut *db)
+            .await?;
+            if model.state != "failed" {
+                return Ok(Created::Existing(model));
+            }
+            (model, false)
+        }
+    };
+    let job = NewJob {
+        dedup_key: Some(format!("train:{}", model.id)),
+        ..NewJob::new("train", json!({ "model": model.id }))
+    };
+    let (job, _) = jobs::enqueue(&mut *db, &job).await?;
+    let model =
+        sqlx::query_as("update models set job_id = $2, state = 'queued' where id = $1 returning *")
+            .bind(model.id)
+            .bind(job.id)
+            .fetch_one(&mut *db)
+            .await?;
+    Ok(if new {
+        Created::New(model)
+    } else {
+        Created::Existing(model)
+    })
+}
+
+/// Records the stored weights (in the training job's success transaction).
+pub async fn mark_ready(
+    db: &mut PgConnection,
+    id: Uuid,
+    weights_sha256: &str,
+) -> Result<UnitModel, sqlx::Error> {
+    sqlx::query_as(
+        "update models set state = 'ready', weights_sha256 = $2 where id = $1 returning *",
+    )
+    .bind(id)
+    .bind(weights_sha256)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn mark_failed(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update models set state = 'failed' where id = $1 and state = 'queued'")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<UnitModel>, sqlx::Error> {
+    sqlx::query_as("select * from models where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The unit models of `partitions` for one base and recipe (missing ones are absent).
+pub async fn for_partitions(
+    pool: &PgPool,
+    base: Uuid,
+    recipe: Uuid,
+    partitions: &[Uuid],
+) -> Result<Vec<UnitModel>, sqlx::Error> {
+    sqlx::query_as(
+        "select * from models where base_id = $1 and recipe_id = $2 and partition_id = any($3) order by partition_id",
+    )
+    .bind(base)
+    .bind(recipe)
+    .bind(partitions)
+    .fetch_all(pool)
+    .await
+}
