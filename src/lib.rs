@@ -8,3 +8,4 @@ pub mod local;
 pub mod mixture;
 pub mod registry;
 pub mod store;
+pub mod worker;

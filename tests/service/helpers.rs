@@ -20,3 +20,13 @@ pub async fn fresh_db() -> PgPool {
         .await
         .unwrap()
 }
+
+/// A domain file of the corpus (`MIXPOOL_CORPUS`, else `../shared/corpus`).
+pub fn corpus_path(domain: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("MIXPOOL_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+        });
+    dir.join(format!("{domain}.jsonl"))
+}

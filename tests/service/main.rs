@@ -7,3 +7,4 @@ mod ingest;
 mod queue;
 mod registry;
 mod store;
+mod worker;

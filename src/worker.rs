@@ -1,0 +1,257 @@
+//! Workers: claim a job, run it with the engine, record the outcome.
+//!
+//! The job's engine work runs on a blocking thread (libtorch must not block the async
+//! runtime, and a model lives on the thread that uses it). A side task heartbeats the lease
+//! and raises the engine's cancel flag when the job is cancelled or the lease is lost. A job
+//! succeeds in one transaction with the rows it produces, fenced by its attempt number.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use tch::Device;
+use uuid::Uuid;
+
+use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
+use crate::engine::data::{self, Format};
+use crate::engine::train::{self, Outcome, Progress, TrainOptions};
+use crate::registry::datasets::{self, Kind};
+use crate::registry::jobs::{self, Lease, QueueError};
+use crate::registry::{bases, models, recipes};
+use crate::store::{Store, keys};
+
+/// Whether trying the job again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database or the store failed: another attempt may succeed.
+    #[error("{0}")]
+    Retryable(String),
+    /// The job's inputs are wrong (bad data, bad settings, a missing row): it will fail again.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Retryable(format!("database: {e}"))
+    }
+}
+
+impl From<crate::store::StoreError> for JobError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Checksum { .. } => JobError::Fatal(e.to_string()),
+            e => JobError::Retryable(e.to_string()),
+        }
+    }
+}
+
+enum Done {
+    Succeeded,
+    Cancelled,
+    /// Another worker holds the job now: nothing of ours is recorded.
+    LeaseLost,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    pub pool: PgPool,
+    pub store: Store,
+    pub device: Device,
+    /// This worker's name in leases.
+    pub owner: String,
+    pub kinds: Vec<&'static str>,
+    pub lease: Duration,
+    /// Local scratch space for downloads, train states and outputs.
+    pub work_dir: PathBuf,
+}
+
+impl Worker {
+    /// Claims one job and runs it to the end. Returns whether there was a job.
+    pub async fn try_run_one(&self) -> Result<bool, sqlx::Error> {
+        let Some(lease) = jobs::claim(&self.pool, &self.owner, &self.kinds, self.lease).await?
+        else {
+            return Ok(false);
+        };
+        tracing::info!(job = %lease.id(), kind = lease.job.kind, attempt = lease.attempt(), "running");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.pool.clone(),
+            lease.clone(),
+            self.lease,
+            cancel.clone(),
+        ));
+        let outcome = match lease.job.kind.as_str() {
+            "train" => self.train(&lease, cancel.clone()).await,
+            other => Err(JobError::Fatal(format!(
+                "this worker does not run {other} jobs yet"
+            ))),
+        };
+        heartbeat.abort();
+        let recorded = match outcome {
+            Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
+            Ok(Done::Cancelled) => jobs::cancelled(&self.pool, &lease).await,
+            Err(JobError::Retryable(message)) => {
+                jobs::fail(&self.pool, &lease, &message, true).await
+            }
+            Err(JobError::Fatal(message)) => {
+                if let Some(id) = model_id(&lease) {
+                    models::mark_failed(&mut *self.pool.acquire().await?, id).await?;
+                }
+                jobs::fail(&self.pool, &lease, &message, false).await
+            }
+        };
+        match recorded {
+            Ok(()) | Err(QueueError::LeaseLost(_)) => Ok(true),
+            Err(QueueError::Database(e)) => Err(e),
+        }
+    }
+
+    /// Trains a unit model: base weights and partition from the store, the engine on a
+    /// blocking thread, the weights back to the store, then model row and job together.
+    async fn train(&self, lease: &Lease, cancel: Arc<AtomicBool>) -> Result<Done, JobError> {
+        let id =
+            model_id(lease).ok_or_else(|| JobError::Fatal("payload has no model id".into()))?;
+        let fatal = |what: &str| JobError::Fatal(format!("{what} of model {id} not found"));
+        let model = models::get(&self.pool, id)
+            .await?
+            .ok_or_else(|| fatal("row"))?;
+        let base = bases::find(&self.pool, &model.base_id.to_string())
+            .await?
+            .ok_or_else(|| fatal("base"))?;
+        let recipe = recipes::find(&self.pool, &model.recipe_id.to_string())
+            .await?
+            .ok_or_else(|| fatal("recipe"))?;
+        let partition =
+            datasets::find(&self.pool, Kind::Partition, &model.partition_id.to_string())
+                .await?
+                .ok_or_else(|| fatal("partition"))?;
+        let weights_sha = base
+            .weights_sha256
+            .clone()
+            .ok_or_else(|| JobError::Fatal(format!("base {} has no weights yet", base.name)))?;
+
+        let dir = self.work_dir.join(format!("job-{}", lease.id()));
+        let base_dir = dir.join("base");
+        tokio::fs::create_dir_all(&base_dir)
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+        checkpoint::write_config(&base_dir, &base.config.0)
+            .map_err(|e| JobError::Fatal(e.to_string()))?;
+        self.store
+            .download_verified(
+                &keys::base(&base.id, WEIGHTS_FILE),
+                &weights_sha,
+                &base_dir.join(WEIGHTS_FILE),
+            )
+            .await?;
+        let compressed = self
+            .store
+            .get_verified(
+                &keys::partition(&partition.sha256),
+                &partition.object_sha256,
+            )
+            .await?;
+
+        let (pool, lease_for_thread, device) = (self.pool.clone(), lease.clone(), self.device);
+        let runtime = tokio::runtime::Handle::current();
+        let out_dir = dir.join("out");
+        let work = dir.clone();
+        let config = recipe.config.0.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || -> Result<Option<train::Summary>, JobError> {
+                let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
+                let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
+                let docs =
+                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+                let model = LoadedModel::load(&base_dir, device).map_err(|e| fatal(&e))?;
+                let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
+                let every = (config.steps() / 50).max(1);
+                let mut report = |p: &Progress| {
+                    if p.step.is_multiple_of(every) || p.step == p.steps {
+                        let message = format!("step {}/{}", p.step, p.steps);
+                        let fraction = p.step as f32 / p.steps as f32;
+                        // A lost lease shows at the next heartbeat; progress is best effort.
+                        let _ = runtime.block_on(jobs::progress(
+                            &pool,
+                            &lease_for_thread,
+                            fraction,
+                            &message,
+                            Some(p.loss),
+                        ));
+                    }
+                };
+                let state = work.join("train_state");
+                let options = TrainOptions {
+                    state_dir: Some(&state),
+                    cancel: Some(&cancel),
+                    progress: Some(&mut report),
+                };
+                match train::train(&model, &tokens, &config, options).map_err(|e| fatal(&e))? {
+                    Outcome::Finished(summary) => {
+                        model
+                            .save(&out_dir)
+                            .map_err(|e| JobError::Retryable(e.to_string()))?;
+                        Ok(Some(summary))
+                    }
+                    Outcome::Cancelled { .. } => Ok(None),
+                }
+            })
+            .await
+            .map_err(|e| JobError::Retryable(format!("the training thread failed: {e}")))??;
+        let Some(summary) = summary else {
+            return Ok(Done::Cancelled);
+        };
+
+        let stored = self
+            .store
+            .put_file(
+                &dir.join("out").join(WEIGHTS_FILE),
+                &keys::model(&id, WEIGHTS_FILE),
+            )
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        models::mark_ready(&mut tx, id, &stored.sha256).await?;
+        let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
+        match jobs::succeed(&mut tx, lease, &result).await {
+            Ok(()) => tx.commit().await?,
+            Err(QueueError::LeaseLost(_)) => return Ok(Done::LeaseLost),
+            Err(QueueError::Database(e)) => return Err(e.into()),
+        }
+        remove_dir(&dir).await;
+        Ok(Done::Succeeded)
+    }
+}
+
+fn model_id(lease: &Lease) -> Option<Uuid> {
+    lease.job.payload.get("model")?.as_str()?.parse().ok()
+}
+
+/// Extends the lease every third of its length; raises `cancel` when the job was cancelled
+/// or the lease was lost, so the engine stops at its next step.
+async fn heartbeat(pool: PgPool, lease: Lease, every: Duration, cancel: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(every / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match jobs::heartbeat(&pool, &lease, every).await {
+            Ok(false) => {}
+            Ok(true) | Err(QueueError::LeaseLost(_)) => {
+                cancel.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(QueueError::Database(e)) => {
+                tracing::warn!(job = %lease.id(), "heartbeat failed: {e}")
+            }
+        }
+    }
+}
+
+async fn remove_dir(dir: &Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(dir).await {
+        tracing::warn!("could not remove {}: {e}", dir.display());
+    }
+}
