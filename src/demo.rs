@@ -110,7 +110,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         table[i][i] = score(&units[i].1)?;
         for j in i + 1..n {
             let pair = [units[i].1.clone(), units[j].1.clone()];
-            local::merge_dirs(&pair, &[0.5, 0.5], device, &merged_dir)?;
+            crate::engine::merge::merge_model_dirs(&pair, &[0.5, 0.5], device, &merged_dir)?;
             table[i][j] = score(&merged_dir)?;
             table[j][i] = table[i][j];
         }

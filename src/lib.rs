@@ -7,5 +7,6 @@ pub mod ingest;
 pub mod local;
 pub mod mixture;
 pub mod registry;
+pub mod scoring;
 pub mod store;
 pub mod worker;

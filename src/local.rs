@@ -8,15 +8,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use tch::Device;
 
 use crate::config::Config;
-use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE, read_config};
+use crate::engine::checkpoint::{LoadedModel, read_config};
 use crate::engine::data::{self, Document};
+use crate::engine::device;
 use crate::engine::eval::{self, EvalConfig, EvalResult};
 use crate::engine::merge;
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::{
     self, Outcome, Precision, Progress, Schedule, Summary, TrainConfig, TrainOptions,
 };
-use crate::engine::{checkpoint, device};
 
 #[derive(Subcommand)]
 pub enum LocalCommand {
@@ -258,7 +258,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
             let weights = a
                 .weights
                 .unwrap_or_else(|| merge::uniform_weights(a.models.len()));
-            let stats = merge_dirs(&a.models, &weights, device, &a.out)?;
+            let stats = merge::merge_model_dirs(&a.models, &weights, device, &a.out)?;
             print_json(&stats)
         }
     }
@@ -309,35 +309,6 @@ pub fn train_model(
 
 pub fn evaluate(model: &LoadedModel, docs: &[Document], config: &EvalConfig) -> Result<EvalResult> {
     Ok(eval::evaluate(model, docs, config)?)
-}
-
-/// Merges model directories: weights averaged, config and tokenizer taken from the first
-/// (all configs must be equal).
-pub fn merge_dirs(
-    models: &[PathBuf],
-    weights: &[f64],
-    device: Device,
-    out: &Path,
-) -> Result<merge::MergeStats> {
-    let config = read_config(&models[0])?;
-    for dir in &models[1..] {
-        if read_config(dir)? != config {
-            bail!(
-                "{} has a different config.json from {}",
-                dir.display(),
-                models[0].display()
-            );
-        }
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let inputs: Vec<PathBuf> = models.iter().map(|d| d.join(WEIGHTS_FILE)).collect();
-    let stats = merge::merge_files(&inputs, weights, device, &out.join(WEIGHTS_FILE))?;
-    checkpoint::write_config(out, &config)?;
-    let tokenizer = models[0].join(checkpoint::TOKENIZER_FILE);
-    if tokenizer.exists() {
-        std::fs::copy(&tokenizer, out.join(checkpoint::TOKENIZER_FILE))?;
-    }
-    Ok(stats)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

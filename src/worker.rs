@@ -17,10 +17,12 @@ use uuid::Uuid;
 
 use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
+use crate::engine::eval;
 use crate::engine::train::{self, Outcome, Progress, TrainOptions};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::{self, Lease, QueueError};
-use crate::registry::{bases, models, recipes};
+use crate::registry::{bases, models, recipes, scores};
+use crate::scoring::ScoreJob;
 use crate::store::{Store, keys};
 
 /// Whether trying the job again can help.
@@ -86,6 +88,7 @@ impl Worker {
         ));
         let outcome = match lease.job.kind.as_str() {
             "train" => self.train(&lease, cancel.clone()).await,
+            "score" => self.score(&lease).await,
             other => Err(JobError::Fatal(format!(
                 "this worker does not run {other} jobs yet"
             ))),
@@ -217,6 +220,88 @@ impl Worker {
         models::mark_ready(&mut tx, id, &stored.sha256).await?;
         let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
         match jobs::succeed(&mut tx, lease, &result).await {
+            Ok(()) => tx.commit().await?,
+            Err(QueueError::LeaseLost(_)) => return Ok(Done::LeaseLost),
+            Err(QueueError::Database(e)) => return Err(e.into()),
+        }
+        remove_dir(&dir).await;
+        Ok(Done::Succeeded)
+    }
+}
+
+impl Worker {
+    /// Scores a mixture: the unit models' weights from the store (verified), merged and
+    /// evaluated on a blocking thread, then the score row and the job together.
+    async fn score(&self, lease: &Lease) -> Result<Done, JobError> {
+        let job: ScoreJob = serde_json::from_value(lease.job.payload.clone())
+            .map_err(|e| JobError::Fatal(format!("bad score payload: {e}")))?;
+        let key = &job.key;
+        let base = bases::find(&self.pool, &key.base_id.to_string())
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("base {} not found", key.base_id)))?;
+        let eval_set = datasets::find(&self.pool, Kind::EvalSet, &key.eval_set_id.to_string())
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("eval set {} not found", key.eval_set_id)))?;
+        let partitions: Vec<Uuid> = job.mixture.iter().map(|m| m.partition).collect();
+        let units =
+            models::for_partitions(&self.pool, key.base_id, key.recipe_id, &partitions).await?;
+
+        let dir = self.work_dir.join(format!("job-{}", lease.id()));
+        let mut inputs = Vec::with_capacity(partitions.len());
+        for member in &job.mixture {
+            let unit = units
+                .iter()
+                .find(|u| u.partition_id == member.partition && u.state == "ready")
+                .ok_or_else(|| {
+                    JobError::Fatal(format!(
+                        "partition {} has no ready unit model",
+                        member.partition
+                    ))
+                })?;
+            let unit_dir = dir.join(unit.id.to_string());
+            tokio::fs::create_dir_all(&unit_dir)
+                .await
+                .map_err(|e| JobError::Retryable(e.to_string()))?;
+            checkpoint::write_config(&unit_dir, &base.config.0)
+                .map_err(|e| JobError::Fatal(e.to_string()))?;
+            let sha = unit.weights_sha256.as_deref().unwrap_or_default();
+            self.store
+                .download_verified(
+                    &keys::model(&unit.id, WEIGHTS_FILE),
+                    sha,
+                    &unit_dir.join(WEIGHTS_FILE),
+                )
+                .await?;
+            inputs.push(unit_dir);
+        }
+        let eval_data = self
+            .store
+            .get_verified(&keys::eval_set(&eval_set.sha256), &eval_set.object_sha256)
+            .await?;
+
+        let (device, weights) = (
+            self.device,
+            job.mixture.iter().map(|m| m.weight).collect::<Vec<_>>(),
+        );
+        let (merged, eval_config) = (dir.join("merged"), job.eval.clone());
+        let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, JobError> {
+            let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
+            let text = data::decompress(eval_data.to_vec()).map_err(|e| fatal(&e))?;
+            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+            crate::engine::merge::merge_model_dirs(&inputs, &weights, device, &merged)
+                .map_err(|e| fatal(&e))?;
+            let model = LoadedModel::load(&merged, device).map_err(|e| fatal(&e))?;
+            let result = eval::evaluate(&model, &docs, &eval_config).map_err(|e| fatal(&e))?;
+            Ok(serde_json::to_value(result).expect("results serialise"))
+        })
+        .await
+        .map_err(|e| JobError::Retryable(format!("the scoring thread failed: {e}")))??;
+
+        let mut tx = self.pool.begin().await?;
+        let mixture = serde_json::to_value(&job.mixture).expect("mixtures serialise");
+        let eval_config = serde_json::to_value(&job.eval).expect("settings serialise");
+        let score = scores::insert(&mut tx, key, &mixture, &eval_config, &result).await?;
+        match jobs::succeed(&mut tx, lease, &json!({ "score": score.id })).await {
             Ok(()) => tx.commit().await?,
             Err(QueueError::LeaseLost(_)) => return Ok(Done::LeaseLost),
             Err(QueueError::Database(e)) => return Err(e.into()),

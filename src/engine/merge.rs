@@ -47,6 +47,8 @@ pub enum MergeError {
     },
     #[error("writing {path}: {message}")]
     Write { path: String, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] super::checkpoint::CheckpointError),
 }
 
 /// Checks that weights are finite, non-negative and not all zero, and scales them to sum 1.
@@ -213,6 +215,40 @@ pub fn merge_files(
         bytes_read,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Merges model directories: weights averaged, `config.json` and `tokenizer.json` taken from
+/// the first (every config must be equal).
+pub fn merge_model_dirs(
+    models: &[PathBuf],
+    weights: &[f64],
+    device: Device,
+    out: &Path,
+) -> Result<MergeStats, MergeError> {
+    use super::checkpoint::{TOKENIZER_FILE, WEIGHTS_FILE, read_config, write_config};
+    let first = models.first().ok_or(MergeError::NoInputs)?;
+    let config = read_config(first)?;
+    for dir in &models[1..] {
+        if read_config(dir)? != config {
+            return Err(MergeError::Mismatch {
+                path: dir.display().to_string(),
+                first: first.display().to_string(),
+                message: "config.json differs".into(),
+            });
+        }
+    }
+    let write_err = |e: std::io::Error| MergeError::Write {
+        path: out.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(write_err)?;
+    let inputs: Vec<PathBuf> = models.iter().map(|d| d.join(WEIGHTS_FILE)).collect();
+    let stats = merge_files(&inputs, weights, device, &out.join(WEIGHTS_FILE))?;
+    write_config(out, &config)?;
+    if first.join(TOKENIZER_FILE).exists() {
+        std::fs::copy(first.join(TOKENIZER_FILE), out.join(TOKENIZER_FILE)).map_err(write_err)?;
+    }
+    Ok(stats)
 }
 
 fn read_error(path: &Path, e: impl std::fmt::Display) -> MergeError {

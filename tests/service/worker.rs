@@ -86,7 +86,7 @@ async fn setup() -> Setup {
         store,
         device: Device::Cpu,
         owner: "test-worker".into(),
-        kinds: vec!["train"],
+        kinds: vec!["train", "score"],
         lease: Duration::from_secs(30),
         work_dir: work_dir.path().to_path_buf(),
     };
@@ -235,4 +235,160 @@ async fn a_partition_too_small_to_train_on_fails_its_job_for_good() {
         models::get(pool, model.id).await.unwrap().unwrap().state,
         "failed"
     );
+}
+
+mod scores {
+    use mixpool::engine::eval::{EvalConfig, evaluate};
+    use mixpool::engine::merge::merge_model_dirs;
+    use mixpool::mixture::{MixtureError, Weighting};
+    use mixpool::scoring::{ScoreRequest, ScoreStatus, ScoringError, request};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_mixture_is_scored_once_then_served_from_the_cache() {
+        let s = setup().await;
+        let pool = &s.worker.pool;
+        let corpus = corpus_head(40);
+        let lines: Vec<&str> = corpus.lines().collect();
+        let a = partition(&s, "first", lines[..20].join("\n")).await;
+        let b = partition(&s, "second", lines[20..].join("\n")).await;
+        let eval_text = "{\"text\": \"def main():\\n    print('hello')\\n\", \"domain\": \"code\"}\n{\"text\": \"The quick brown fox.\", \"domain\": \"prose\"}\n";
+        let upload = Upload {
+            kind: Kind::EvalSet,
+            name: "held-out".into(),
+            domain: None,
+            tags: vec![],
+            format: None,
+            max_bytes: 1 << 20,
+        };
+        let eval_set = ingest(
+            pool,
+            &s.worker.store,
+            &upload,
+            futures::stream::iter(vec![Ok(Bytes::from(eval_text))]),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let recipe = recipes::insert(&mut pool.acquire().await.unwrap(), "unit", &settings())
+            .await
+            .unwrap()
+            .into_inner();
+        let base = bases::find(pool, "base").await.unwrap().unwrap();
+        let req = |partitions: Vec<Uuid>| ScoreRequest {
+            base: base.id,
+            recipe: recipe.id,
+            partitions,
+            weights: None,
+            weighting: Weighting::Uniform,
+            eval_set: eval_set.id,
+            eval: EvalConfig::default(),
+        };
+
+        let not_ready = request(pool, &req(vec![a, b])).await.unwrap();
+        assert!(
+            matches!(not_ready, ScoreStatus::ModelsNotReady(ref m) if m.len() == 2 && m.iter().all(|(_, model)| model.is_none()))
+        );
+        for p in [a, b] {
+            models::ensure(&mut pool.acquire().await.unwrap(), base.id, recipe.id, p)
+                .await
+                .unwrap();
+        }
+        assert!(
+            matches!(request(pool, &req(vec![a, b])).await.unwrap(), ScoreStatus::ModelsNotReady(ref m) if m[0].1.is_some())
+        );
+        while s.worker.try_run_one().await.unwrap() {}
+
+        let ScoreStatus::Pending { job, created: true } =
+            request(pool, &req(vec![a, b])).await.unwrap()
+        else {
+            panic!("not queued")
+        };
+        let ScoreStatus::Pending {
+            job: same,
+            created: false,
+        } = request(pool, &req(vec![b, a])).await.unwrap()
+        else {
+            panic!("an identical request must share the job")
+        };
+        assert_eq!(same.id, job.id);
+        assert!(s.worker.try_run_one().await.unwrap());
+        let done = jobs::get(pool, job.id).await.unwrap().unwrap();
+        assert_eq!(done.state, "succeeded", "{:?}", done.error);
+
+        let jobs_before = jobs::list(pool, None, None, 100).await.unwrap().len();
+        let ScoreStatus::Cached(score) = request(pool, &req(vec![b, a])).await.unwrap() else {
+            panic!("not cached")
+        };
+        assert_eq!(
+            jobs::list(pool, None, None, 100).await.unwrap().len(),
+            jobs_before,
+            "a cached score runs no job"
+        );
+        let ppl = score.result["perplexity"].as_f64().unwrap();
+        assert!(ppl > 1.0 && ppl < 257.0, "{ppl}");
+        assert_eq!(score.result["per_domain"].as_object().unwrap().len(), 2);
+
+        // The cached figure is the merge of the stored unit models, evaluated here directly.
+        let dirs: Vec<std::path::PathBuf> = {
+            let units = models::for_partitions(pool, base.id, recipe.id, &[a, b])
+                .await
+                .unwrap();
+            let mut dirs = Vec::new();
+            for unit in units {
+                let dir = s.worker.work_dir.join(format!("check-{}", unit.id));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(
+                    s.base_dir.path().join("config.json"),
+                    dir.join("config.json"),
+                )
+                .unwrap();
+                let key = keys::model(&unit.id, "model.safetensors");
+                s.worker
+                    .store
+                    .download_verified(
+                        &key,
+                        unit.weights_sha256.as_ref().unwrap(),
+                        &dir.join("model.safetensors"),
+                    )
+                    .await
+                    .unwrap();
+                dirs.push(dir);
+            }
+            dirs
+        };
+        let merged = s.worker.work_dir.join("check-merged");
+        merge_model_dirs(&dirs, &[0.5, 0.5], Device::Cpu, &merged).unwrap();
+        let model = LoadedModel::load(&merged, Device::Cpu).unwrap();
+        let docs = data::parse_documents(eval_text.as_bytes(), None).unwrap();
+        let local = evaluate(&model, &docs, &EvalConfig::default()).unwrap();
+        assert_eq!(local.total.perplexity, ppl);
+
+        let err = request(pool, &req(vec![a, a])).await.unwrap_err();
+        assert!(
+            matches!(err, ScoringError::Mixture(MixtureError::Repeated(_))),
+            "{err}"
+        );
+        let weighted = ScoreRequest {
+            weights: Some(vec![1.0, 3.0]),
+            ..req(vec![a, b])
+        };
+        assert!(matches!(
+            request(pool, &weighted).await,
+            Err(ScoringError::WeightsWithoutExplicit)
+        ));
+        let explicit = ScoreRequest {
+            weights: Some(vec![1.0, 3.0]),
+            weighting: Weighting::Explicit,
+            ..req(vec![a, b])
+        };
+        assert!(
+            matches!(
+                request(pool, &explicit).await.unwrap(),
+                ScoreStatus::Pending { created: true, .. }
+            ),
+            "other weights, another score"
+        );
+    }
 }

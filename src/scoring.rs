@@ -1,0 +1,148 @@
+//! Scoring a mixture: served from the cache when it was computed before, otherwise queued as
+//! one `score` job per distinct request (identical requests share the job), which a worker
+//! runs by merging the mixture's unit models and evaluating the merge.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::engine::eval::EvalConfig;
+use crate::mixture::{Member, Mixture, MixtureError, Weighting};
+use crate::registry::datasets::{self, Kind};
+use crate::registry::jobs::{self, Job, NewJob};
+use crate::registry::models::{self, UnitModel};
+use crate::registry::scores::{self, Score, ScoreKey};
+
+/// The only merge method so far: the weighted parameter average.
+pub const MERGE_METHOD: &str = "average";
+
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    pub base: Uuid,
+    pub recipe: Uuid,
+    pub partitions: Vec<Uuid>,
+    /// With `Weighting::Explicit` only.
+    pub weights: Option<Vec<f64>>,
+    pub weighting: Weighting,
+    pub eval_set: Uuid,
+    pub eval: EvalConfig,
+}
+
+/// What a score job carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoreJob {
+    pub key: ScoreKey,
+    pub mixture: Vec<MemberJson>,
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberJson {
+    pub partition: Uuid,
+    pub weight: f64,
+}
+
+#[derive(Debug)]
+pub enum ScoreStatus {
+    Cached(Score),
+    /// Being computed: the job to wait on (`created` when this request queued it).
+    Pending {
+        job: Job,
+        created: bool,
+    },
+    /// Some partitions have no ready unit model: (partition, its model if one exists).
+    ModelsNotReady(Vec<(Uuid, Option<UnitModel>)>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    #[error(transparent)]
+    Mixture(#[from] MixtureError),
+    #[error("unknown partition {0}")]
+    UnknownPartition(Uuid),
+    #[error("weights are given only with explicit weighting")]
+    WeightsWithoutExplicit,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// sha256 of the evaluation settings' canonical JSON.
+pub fn eval_config_sha256(config: &EvalConfig) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(config).expect("settings serialise"),
+    ))
+}
+
+/// Looks the score up, or queues its job (or finds the identical job already queued).
+pub async fn request(pool: &PgPool, req: &ScoreRequest) -> Result<ScoreStatus, ScoringError> {
+    let weights = match (req.weighting, &req.weights) {
+        (Weighting::Explicit, Some(w)) => Some(w.clone()),
+        (Weighting::Explicit, None) => None,
+        (_, Some(_)) => return Err(ScoringError::WeightsWithoutExplicit),
+        (Weighting::Uniform, None) => None,
+        (Weighting::Tokens, None) => {
+            // Partition sizes in UTF-8 bytes: the token counts of byte-level models.
+            let mut sizes = Vec::with_capacity(req.partitions.len());
+            for p in &req.partitions {
+                let row = datasets::find(pool, Kind::Partition, &p.to_string()).await?;
+                sizes.push(row.ok_or(ScoringError::UnknownPartition(*p))?.bytes as f64);
+            }
+            Some(sizes)
+        }
+    };
+    let mixture = Mixture::new(&req.partitions, weights.as_deref(), req.weighting)?;
+    let key = ScoreKey {
+        base_id: req.base,
+        recipe_id: req.recipe,
+        mixture_key: mixture.key(),
+        weighting: serde_json::to_value(req.weighting)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string(),
+        merge_method: MERGE_METHOD.into(),
+        eval_set_id: req.eval_set,
+        eval_config_sha256: eval_config_sha256(&req.eval),
+    };
+    if let Some(score) = scores::get(pool, &key).await? {
+        return Ok(ScoreStatus::Cached(score));
+    }
+    let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
+    let found = models::for_partitions(pool, req.base, req.recipe, &ids).await?;
+    let missing: Vec<(Uuid, Option<UnitModel>)> = ids
+        .iter()
+        .filter_map(|p| {
+            let model = found.iter().find(|m| m.partition_id == *p).cloned();
+            match &model {
+                Some(m) if m.state == "ready" => None,
+                _ => Some((*p, model)),
+            }
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Ok(ScoreStatus::ModelsNotReady(missing));
+    }
+    let payload = ScoreJob {
+        mixture: mixture
+            .members
+            .iter()
+            .map(|Member { partition, weight }| MemberJson {
+                partition: *partition,
+                weight: *weight,
+            })
+            .collect(),
+        key: key.clone(),
+        eval: req.eval.clone(),
+    };
+    let dedup = hex::encode(Sha256::digest(serde_json::to_vec(&key).unwrap()));
+    let new = NewJob {
+        dedup_key: Some(format!("score:{dedup}")),
+        ..NewJob::new("score", json!(payload))
+    };
+    // A job that finished between the cache lookup and here is no longer active, so a second
+    // one is queued; it finds the stored score's key taken and keeps the first result.
+    let (job, created) = jobs::enqueue(&mut *pool.acquire().await?, &new).await?;
+    Ok(ScoreStatus::Pending { job, created })
+}
