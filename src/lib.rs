@@ -1,5 +1,6 @@
 //! mixpool: score data mixtures by the perplexity of parameter-averaged unit models.
 
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -121,3 +121,11 @@ pub async fn for_partitions(
     .fetch_all(pool)
     .await
 }
+
+/// Every unit model trained (or queued) on a partition, oldest first.
+pub async fn for_partition(pool: &PgPool, partition: Uuid) -> Result<Vec<UnitModel>, sqlx::Error> {
+    sqlx::query_as("select * from models where partition_id = $1 order by created_at")
+        .bind(partition)
+        .fetch_all(pool)
+        .await
+}

@@ -2,6 +2,7 @@
 //! (`MIXPOOL_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres;
 //! `make test` starts a server where none answers).
 
+mod api;
 mod helpers;
 mod ingest;
 mod queue;

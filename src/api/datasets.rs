@@ -1,0 +1,255 @@
+//! Partitions and evaluation sets: streamed uploads, listing, fetching one.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
+use crate::engine::data::Format;
+use crate::ingest::{IngestError, Upload, ingest};
+use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::{Created, RegistryError, models};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    name: String,
+    domain: Option<String>,
+    /// Comma-separated.
+    tags: Option<String>,
+    /// `jsonl` or `text`; taken from the content when absent.
+    format: Option<String>,
+    /// Partitions only: queue the unit model for the default base and recipe (default true).
+    train: Option<bool>,
+}
+
+pub async fn upload_partition(
+    State(state): State<AppState>,
+    Q(params): Q<UploadParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let train = params.train.unwrap_or(true);
+    let created = upload(&state, Kind::Partition, params, &headers, body).await?;
+    let status = if created.is_new() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let partition = created.into_inner();
+    let mut models = Vec::new();
+    if train {
+        // Without a base and a recipe there is nothing to train yet: the partition is kept.
+        if let (Ok(base), Ok(recipe)) = (
+            resolve_base(&state.pool, None).await,
+            resolve_recipe(&state.pool, None).await,
+        ) {
+            let mut tx = state.pool.begin().await?;
+            let model = models::ensure(&mut tx, base.id, recipe.id, partition.id)
+                .await?
+                .into_inner();
+            tx.commit().await?;
+            models.push(model);
+        }
+    }
+    Ok((
+        status,
+        Json(json!({ "partition": partition, "models": models })),
+    ))
+}
+
+pub async fn upload_eval_set(
+    State(state): State<AppState>,
+    Q(params): Q<UploadParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Dataset>), ApiError> {
+    if params.train.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "train applies to partitions, not eval sets",
+        ));
+    }
+    let created = upload(&state, Kind::EvalSet, params, &headers, body).await?;
+    let status = if created.is_new() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(created.into_inner())))
+}
+
+const CONTENT_TYPES: &[&str] = &[
+    "application/jsonl",
+    "application/x-ndjson",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "application/gzip",
+    "application/zstd",
+];
+
+async fn upload(
+    state: &AppState,
+    kind: Kind,
+    params: UploadParams,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Created<Dataset>, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !CONTENT_TYPES.contains(&essence.as_str()) {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "content type {essence:?} is not accepted: send JSONL or plain text ({})",
+                    CONTENT_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if !matches!(encoding.as_str(), "gzip" | "zstd" | "identity") {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("content encoding {encoding:?} is not accepted: use gzip or zstd"),
+            ));
+        }
+    }
+    let format = match params.format.as_deref() {
+        None => None,
+        Some("jsonl") => Some(Format::Jsonl),
+        Some("text") => Some(Format::Text),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                format!("format {other:?}: use jsonl or text"),
+            ));
+        }
+    };
+    let upload = Upload {
+        kind,
+        name: params.name,
+        domain: params.domain,
+        tags: params
+            .tags
+            .map(|t| {
+                t.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        format,
+        max_bytes: state.max_upload_bytes,
+    };
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    ingest(&state.pool, &state.store, &upload, stream)
+        .await
+        .map_err(|e| match e {
+            IngestError::Data(e) => ApiError::status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_data",
+                e.to_string(),
+            ),
+            e @ IngestError::TooLarge { .. } => {
+                ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            e @ IngestError::BadName(_) => ApiError::bad_request("invalid_name", e.to_string()),
+            IngestError::Registry(e @ RegistryError::NameTaken { .. }) => {
+                ApiError::status(StatusCode::CONFLICT, "name_taken", e.to_string())
+            }
+            IngestError::Registry(RegistryError::Database(e)) => e.into(),
+            IngestError::Store(e) => e.into(),
+            e @ IngestError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<i64>,
+    /// The `next` value of the previous page.
+    cursor: Option<String>,
+}
+
+async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let before = match params.cursor {
+        None => None,
+        Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this server gave")
+        })?),
+    };
+    let rows = datasets::list(&state.pool, kind, before, limit).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| {
+            rows.last()
+                .map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.id))
+        })
+        .flatten();
+    Ok(Json(json!({ "items": rows, "next": next })))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> {
+    let (micros, id) = cursor.split_once('_')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+pub async fn list_partitions(
+    State(state): State<AppState>,
+    Q(params): Q<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, Kind::Partition, params).await
+}
+
+pub async fn list_eval_sets(
+    State(state): State<AppState>,
+    Q(params): Q<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, Kind::EvalSet, params).await
+}
+
+pub async fn get_partition(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let partition = datasets::find(&state.pool, Kind::Partition, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
+    let models = models::for_partition(&state.pool, partition.id).await?;
+    Ok(Json(json!({ "partition": partition, "models": models })))
+}
+
+pub async fn get_eval_set(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Dataset>, ApiError> {
+    datasets::find(&state.pool, Kind::EvalSet, &key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))
+}

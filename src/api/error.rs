@@ -1,0 +1,104 @@
+//! One error type for HTTP: each 4xx says what to fix; database and internal errors are an
+//! opaque 5xx, logged once with their cause.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400, 404, 409, 413, 415, 422: the caller can fix it.
+    Client {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    /// 503: the database or the store is unreachable; retry later.
+    Unavailable(String),
+    /// 500.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        ApiError::Client {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("{what} not found"),
+            details: None,
+        }
+    }
+
+    pub fn status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details) = match self {
+            ApiError::Client {
+                status,
+                code,
+                message,
+                details,
+            } => (status, code, message, details),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!("unavailable: {cause}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database or the object store is unreachable; retry later".into(),
+                    None,
+                )
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!("internal error: {cause}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".into(),
+                    None,
+                )
+            }
+        };
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(details) = details {
+            error["details"] = details;
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(e.to_string())
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,19 @@
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database and the object store both answer.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    sqlx::query("select 1")
+        .execute(&state.pool)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state.store.ready().await?;
+    Ok(Json(json!({ "status": "ready" })))
+}

@@ -1,0 +1,105 @@
+//! The REST API (v1). Handlers validate input, read and write the registry, enqueue jobs and
+//! wait on them; they never run a model.
+
+mod datasets;
+mod error;
+mod health;
+mod jobs;
+mod score;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+pub use error::ApiError;
+
+use crate::registry::{bases, recipes};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub store: Store,
+    /// Largest accepted upload, compressed or not.
+    pub max_upload_bytes: u64,
+    /// Longest `wait` a score request may ask for.
+    pub max_wait: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/v1/partitions",
+            post(datasets::upload_partition).get(datasets::list_partitions),
+        )
+        .route("/v1/partitions/{key}", get(datasets::get_partition))
+        .route(
+            "/v1/eval-sets",
+            post(datasets::upload_eval_set).get(datasets::list_eval_sets),
+        )
+        .route("/v1/eval-sets/{key}", get(datasets::get_eval_set))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/score", get(score::get_score))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The base named `key`, or the most recent ready base.
+async fn resolve_base(pool: &PgPool, key: Option<&str>) -> Result<bases::Base, ApiError> {
+    match key {
+        Some(key) => bases::find(pool, key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("base {key:?}"))),
+        None => bases::latest_ready(pool).await?.ok_or_else(|| {
+            ApiError::status(
+                axum::http::StatusCode::CONFLICT,
+                "no_base",
+                "no base model yet: create one first",
+            )
+        }),
+    }
+}
+
+/// The recipe named `key`, or the most recent one.
+async fn resolve_recipe(pool: &PgPool, key: Option<&str>) -> Result<recipes::Recipe, ApiError> {
+    match key {
+        Some(key) => recipes::find(pool, key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("recipe {key:?}"))),
+        None => recipes::latest(pool).await?.ok_or_else(|| {
+            ApiError::status(
+                axum::http::StatusCode::CONFLICT,
+                "no_recipe",
+                "no training recipe yet: create one first",
+            )
+        }),
+    }
+}
+
+/// `Query`, with malformed query strings answered in the API's JSON error shape.
+pub struct Q<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+fn parse_uuid(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s).ok()
+}

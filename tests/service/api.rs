@@ -1,0 +1,454 @@
+//! The REST API over a real server on a random port, with an in-process worker.
+
+use std::time::Duration;
+
+use mixpool::api::{AppState, router};
+use mixpool::engine::checkpoint::LoadedModel;
+use mixpool::engine::model::{LlamaConfig, ModelConfig};
+use mixpool::engine::train::{Schedule, TrainConfig};
+use mixpool::registry::{bases, recipes};
+use mixpool::store::{S3Config, Store, keys};
+use mixpool::worker::Worker;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tch::Device;
+use uuid::Uuid;
+
+use crate::helpers::{corpus_path, fresh_db};
+
+struct App {
+    url: String,
+    client: reqwest::Client,
+    pool: PgPool,
+    _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
+}
+
+impl App {
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    /// Polls until the partition's unit model is trained.
+    async fn trained(&self, partition: &str) {
+        for _ in 0..2400 {
+            let (_, body) = self.get(&format!("/v1/partitions/{partition}")).await;
+            match body["models"][0]["state"].as_str() {
+                Some("ready") => return,
+                Some("failed") => panic!("training {partition} failed: {body}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("{partition} was not trained in two minutes");
+    }
+
+    async fn jobs(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from jobs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// A server with a small base and a quick recipe, and one worker running its jobs.
+async fn spawn_app() -> App {
+    let pool = fresh_db().await;
+    let dirs = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let store = Store::open(
+        &format!("file://{}", dirs.0.path().display()),
+        &S3Config::default(),
+    )
+    .unwrap();
+    tch::set_num_threads(1);
+    let config = ModelConfig::Llama(LlamaConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 64,
+        ..LlamaConfig::default()
+    });
+    LoadedModel::init(config.clone(), 1, Device::Cpu)
+        .unwrap()
+        .save(dirs.2.path())
+        .unwrap();
+    let id = Uuid::new_v4();
+    let weights = store
+        .put_file(
+            &dirs.2.path().join("model.safetensors"),
+            &keys::base(&id, "model.safetensors"),
+        )
+        .await
+        .unwrap();
+    let mut db = pool.acquire().await.unwrap();
+    bases::insert(&mut db, id, "base", &config, Some(&weights.sha256))
+        .await
+        .unwrap();
+    let recipe = TrainConfig {
+        tokens: 8 * 64,
+        batch_tokens: 4 * 64,
+        micro_batch: 4,
+        seq_len: 64,
+        lr: 3e-3,
+        schedule: Schedule::Constant,
+        ..TrainConfig::default()
+    };
+    recipes::insert(&mut db, "unit", &recipe).await.unwrap();
+    drop(db);
+
+    let state = AppState {
+        pool: pool.clone(),
+        store: store.clone(),
+        max_upload_bytes: 1 << 20,
+        max_wait: Duration::from_secs(120),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let worker = Worker {
+        pool: pool.clone(),
+        store,
+        device: Device::Cpu,
+        owner: "api-test".into(),
+        kinds: vec!["train", "score"],
+        lease: Duration::from_secs(30),
+        work_dir: dirs.1.path().to_path_buf(),
+    };
+    tokio::spawn(async move {
+        loop {
+            if !matches!(worker.try_run_one().await, Ok(true)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    App {
+        url,
+        client: reqwest::Client::new(),
+        pool,
+        _dirs: dirs,
+    }
+}
+
+fn corpus(domain: &str, skip: usize, lines: usize) -> String {
+    let text = std::fs::read_to_string(corpus_path(domain)).unwrap();
+    text.lines()
+        .skip(skip)
+        .take(lines)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache() {
+    let app = spawn_app().await;
+    let (status, a) = app
+        .post(
+            "/v1/partitions?name=python&domain=code",
+            corpus("code_python", 0, 10),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    assert_eq!(a["models"][0]["state"], "queued");
+    let (status, again) = app
+        .post(
+            "/v1/partitions?name=python-again",
+            corpus("code_python", 0, 10),
+        )
+        .await;
+    assert_eq!(
+        (status, &again["partition"]["id"]),
+        (StatusCode::OK, &a["partition"]["id"]),
+        "identical bytes"
+    );
+    let (status, _) = app
+        .post("/v1/partitions?name=c", corpus("code_c", 0, 10))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = app
+        .post(
+            "/v1/eval-sets?name=held-out",
+            corpus("legal_licenses", 0, 3),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, body) = app
+        .get("/v1/score?partitions=python,c&eval=held-out&wait=0")
+        .await;
+    if status == StatusCode::CONFLICT {
+        assert_eq!(body["error"]["code"], "models_not_ready", "{body}");
+    }
+    app.trained("python").await;
+    app.trained("c").await;
+    let (status, score) = app
+        .get("/v1/score?partitions=python,c&eval=held-out&wait=120")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{score}");
+    assert_eq!(score["cached"], false);
+    let ppl = score["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 257.0);
+    assert_eq!(score["mixture"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (
+            score["base"].as_str(),
+            score["recipe"].as_str(),
+            score["eval_set"].as_str()
+        ),
+        (Some("base"), Some("unit"), Some("held-out"))
+    );
+
+    let jobs = app.jobs().await;
+    let (status, cached) = app.get("/v1/score?partitions=c,python&eval=held-out").await;
+    assert_eq!(
+        (
+            status,
+            cached["cached"].as_bool(),
+            cached["perplexity"].as_f64()
+        ),
+        (StatusCode::OK, Some(true), Some(ppl))
+    );
+    assert_eq!(app.jobs().await, jobs, "a cached score runs no job");
+
+    let (status, single) = app
+        .get("/v1/score?partitions=python&eval=held-out&wait=120")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{single}");
+    assert_ne!(single["perplexity"].as_f64(), Some(ppl));
+
+    let (status, one) = app.get("/v1/partitions/python").await;
+    assert_eq!(
+        (status, one["models"][0]["state"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let (_, listed) = app.get("/v1/partitions?limit=1").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let (_, next) = app
+        .get(&format!(
+            "/v1/partitions?limit=1&cursor={}",
+            listed["next"].as_str().unwrap()
+        ))
+        .await;
+    assert_ne!(next["items"][0]["id"], listed["items"][0]["id"]);
+    let (status, _) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_mixture_with_untrained_partitions_is_a_conflict_naming_them() {
+    let app = spawn_app().await;
+    app.post(
+        "/v1/partitions?name=kept&train=false",
+        corpus("tech_docs", 0, 5),
+    )
+    .await;
+    app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 0, 2))
+        .await;
+    let (status, body) = app.get("/v1/score?partitions=kept&eval=e&wait=0").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "models_not_ready");
+    assert!(body["error"]["message"].as_str().unwrap().contains("kept"));
+    assert_eq!(body["error"]["details"][0]["model_state"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_json_error_that_says_what_to_fix_and_change_nothing() {
+    let app = spawn_app().await;
+    app.post("/v1/partitions?name=p&train=false", corpus("code_c", 0, 5))
+        .await;
+    app.post("/v1/partitions?name=q&train=false", corpus("code_c", 5, 5))
+        .await;
+    app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 0, 2))
+        .await;
+    let jobs = app.jobs().await;
+    let cases: Vec<(&str, StatusCode, &str)> = vec![
+        (
+            "/v1/score?partitions=p,nope&eval=e",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/score?partitions=p&eval=missing",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/score?partitions=p,p&eval=e",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            "/v1/score?partitions=p,q&eval=e&weights=1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            "/v1/score?partitions=p,q&eval=e&weights=1,-2",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            "/v1/score?partitions=p,q&eval=e&weights=0,0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            "/v1/score?partitions=p,q&eval=e&weights=1,NaN",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            "/v1/score?partitions=p,q&eval=e&weights=a,b",
+            StatusCode::BAD_REQUEST,
+            "invalid_weights",
+        ),
+        (
+            "/v1/score?partitions=p&eval=e&weighting=magic",
+            StatusCode::BAD_REQUEST,
+            "invalid_weighting",
+        ),
+        (
+            "/v1/score?partitions=p&eval=e&wait=-1",
+            StatusCode::BAD_REQUEST,
+            "invalid_wait",
+        ),
+        (
+            "/v1/score?partitions=p&eval=e&colour=red",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        ("/v1/score?eval=e", StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            "/v1/score?partitions=,&eval=e",
+            StatusCode::BAD_REQUEST,
+            "invalid_partitions",
+        ),
+        (
+            "/v1/partitions?limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            "/v1/partitions?cursor=xyz",
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+        ),
+        ("/v1/jobs/not-a-uuid", StatusCode::BAD_REQUEST, "invalid_id"),
+        ("/v1/partitions/nope", StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (path, status, code) in cases {
+        let (got, body) = app.get(path).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    let uploads: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "/v1/partitions?name=bad",
+            b"{\"text\": \"ok\"}\n{oops}\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "line 2",
+        ),
+        (
+            "/v1/partitions?name=bad",
+            b"{\"text\": \"\xff\"}\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "line 1: not valid UTF-8",
+        ),
+        (
+            "/v1/partitions?name=bad",
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no documents",
+        ),
+        (
+            "/v1/partitions?name=bad",
+            vec![b'x'; 2 << 20],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than",
+        ),
+        (
+            "/v1/partitions?name=../etc",
+            b"{\"text\": \"x\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid name",
+        ),
+        (
+            "/v1/partitions?name=p",
+            b"{\"text\": \"different\"}".to_vec(),
+            StatusCode::CONFLICT,
+            "taken",
+        ),
+        (
+            "/v1/partitions?name=x&format=csv",
+            b"{\"text\": \"x\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "csv",
+        ),
+        (
+            "/v1/partitions",
+            b"{\"text\": \"x\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+    ];
+    for (path, body, status, words) in uploads {
+        let (got, answer) = app.post(path, body).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(words),
+            "{path}: {answer}"
+        );
+    }
+    let response = app
+        .client
+        .post(format!("{}/v1/partitions?name=img", app.url))
+        .header("content-type", "image/png")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let response = app
+        .client
+        .post(format!("{}/v1/partitions?name=br", app.url))
+        .header("content-encoding", "br")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (_, listed) = app.get("/v1/partitions").await;
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        2,
+        "nothing stored"
+    );
+    assert_eq!(app.jobs().await, jobs, "nothing queued");
+}
