@@ -10,6 +10,19 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub engine: EngineConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub database_url: String,
+    pub listen: String,
+    pub data: String,
+    pub store: String,
+    pub max_upload_mb: u64,
+    pub max_wait_seconds: u64,
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -25,6 +38,15 @@ impl Default for Config {
             engine: EngineConfig {
                 device: "auto".into(),
                 threads: 0,
+            },
+            service: ServiceConfig {
+                database_url: "postgres://postgres@127.0.0.1:5432/mixpool".into(),
+                listen: "127.0.0.1:8080".into(),
+                data: "mixpool-data".into(),
+                store: String::new(),
+                max_upload_mb: 1024,
+                max_wait_seconds: 600,
+                lease_seconds: 60,
             },
         }
     }

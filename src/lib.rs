@@ -9,5 +9,6 @@ pub mod local;
 pub mod mixture;
 pub mod registry;
 pub mod scoring;
+pub mod serve;
 pub mod store;
 pub mod worker;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mixpool::demo::{self, DemoArgs};
 use mixpool::local::{self, LocalCommand};
+use mixpool::serve::{self, ServeArgs, WorkerArgs};
 
 /// mixpool: score data mixtures by merging per-partition models.
 #[derive(Parser)]
@@ -21,6 +22,12 @@ enum Command {
     /// Pre-train a tiny base on a multi-domain corpus, train one unit per domain, and print
     /// the perplexity of every merged pair.
     Demo(DemoArgs),
+    /// The HTTP API, with one in-process worker unless --no-worker.
+    Serve(ServeArgs),
+    /// A standalone worker: start one per GPU, on any number of machines.
+    Worker(WorkerArgs),
+    /// Create the database if needed and apply the registry's migrations.
+    Migrate,
 }
 
 fn main() -> Result<()> {
@@ -34,5 +41,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Local(command) => local::run(*command),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
+        Command::Worker(args) => runtime()?.block_on(serve::run_worker(args)),
+        Command::Migrate => runtime()?.block_on(serve::migrate()),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

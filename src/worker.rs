@@ -72,6 +72,31 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Runs jobs until `stop` turns true, then returns after the current job. Idle, it wakes
+    /// on the queue's notifications, and polls every second in case one was missed.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(jobs::CHANNEL).await?;
+        while !*stop.borrow() {
+            match self.try_run_one().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("claiming a job failed: {e}"),
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                heard = listener.recv() => {
+                    if let Err(e) = heard {
+                        tracing::warn!("queue notifications: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Claims one job and runs it to the end. Returns whether there was a job.
     pub async fn try_run_one(&self) -> Result<bool, sqlx::Error> {
         let Some(lease) = jobs::claim(&self.pool, &self.owner, &self.kinds, self.lease).await?

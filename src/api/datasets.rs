@@ -91,6 +91,8 @@ const CONTENT_TYPES: &[&str] = &[
     "application/octet-stream",
     "application/gzip",
     "application/zstd",
+    // What `curl --data-binary` sends unless told otherwise; the body is taken as is.
+    "application/x-www-form-urlencoded",
 ];
 
 async fn upload(

@@ -5,6 +5,7 @@ mod datasets;
 mod error;
 mod health;
 mod jobs;
+mod models;
 mod score;
 
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/bases", post(models::create_base))
+        .route("/v1/bases/{key}", get(models::get_base))
+        .route("/v1/recipes", post(models::create_recipe))
+        .route("/v1/recipes/{key}", get(models::get_recipe))
         .route(
             "/v1/partitions",
             post(datasets::upload_partition).get(datasets::list_partitions),

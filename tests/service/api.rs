@@ -452,3 +452,109 @@ async fn bad_requests_get_a_json_error_that_says_what_to_fix_and_change_nothing(
     );
     assert_eq!(app.jobs().await, jobs, "nothing queued");
 }
+
+#[tokio::test]
+async fn bases_and_recipes_created_over_http_train_and_score_a_mixture() {
+    let app = spawn_app().await;
+    let json = |v: Value| v.to_string();
+    let (status, base) = app
+        .post(
+            "/v1/bases",
+            json(serde_json::json!({"name": "http-base", "preset": "tiny", "seed": 7})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{base}");
+    assert_eq!(
+        (
+            base["state"].as_str(),
+            base["config"]["hidden_size"].as_i64()
+        ),
+        (Some("ready"), Some(128))
+    );
+    let quick = serde_json::json!({"name": "quick", "tokens": 512, "batch_tokens": 256, "micro_batch": 4, "seq_len": 64});
+    let (status, recipe) = app.post("/v1/recipes", json(quick.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{recipe}");
+    let (status, same) = app.post("/v1/recipes", json(serde_json::json!({"name": "quick-again", "tokens": 512, "batch_tokens": 256, "micro_batch": 4, "seq_len": 64}))).await;
+    assert_eq!(
+        (status, &same["id"]),
+        (StatusCode::OK, &recipe["id"]),
+        "equal settings are one recipe"
+    );
+
+    for (path, body, status, code) in [
+        (
+            "/v1/bases",
+            serde_json::json!({"name": "b", "preset": "huge"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_preset",
+        ),
+        (
+            "/v1/bases",
+            serde_json::json!({"name": "http-base", "preset": "tiny"}),
+            StatusCode::CONFLICT,
+            "name_taken",
+        ),
+        (
+            "/v1/bases",
+            serde_json::json!({"name": "b", "preset": "tiny", "colour": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "/v1/recipes",
+            serde_json::json!({"name": "r", "tokens": 100, "seq_len": 64}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_recipe",
+        ),
+        (
+            "/v1/recipes",
+            serde_json::json!({"name": "r", "lr": "fast"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "/v1/recipes",
+            serde_json::json!({"tokens": 512}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "/v1/recipes",
+            serde_json::json!({"name": "quick", "lr": 0.1}),
+            StatusCode::CONFLICT,
+            "name_taken",
+        ),
+    ] {
+        let (got, answer) = app.post(path, json(body)).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+    }
+
+    // The newest base and recipe are the defaults.
+    let (status, upload) = app
+        .post("/v1/partitions?name=speech", corpus("legal_licenses", 3, 5))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        (
+            &upload["models"][0]["base_id"],
+            &upload["models"][0]["recipe_id"]
+        ),
+        (&base["id"], &recipe["id"])
+    );
+    app.post("/v1/eval-sets?name=e", corpus("code_c", 0, 2))
+        .await;
+    app.trained("speech").await;
+    let (status, score) = app
+        .get("/v1/score?partitions=speech&eval=e&base=http-base&recipe=quick&wait=120")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{score}");
+    assert_eq!(score["base"], "http-base");
+    let (status, _) = app.get("/v1/bases/http-base").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.get("/v1/recipes/quick").await;
+    assert_eq!(status, StatusCode::OK);
+}
