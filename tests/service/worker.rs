@@ -114,6 +114,21 @@ async fn partition(s: &Setup, name: &str, text: String) -> Uuid {
         .id
 }
 
+/// The unit model of `partition` for the base and the "unit" recipe, with its job queued.
+async fn queue_unit_model(s: &Setup, partition: Uuid) -> models::UnitModel {
+    let pool = &s.worker.pool;
+    let mut db = pool.acquire().await.unwrap();
+    let recipe = recipes::insert(&mut db, "unit", &settings())
+        .await
+        .unwrap()
+        .into_inner();
+    let base = bases::find(pool, "base").await.unwrap().unwrap();
+    models::ensure(&mut db, base.id, recipe.id, partition)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn corpus_head(lines: usize) -> String {
     let path = crate::helpers::corpus_path("code_python");
     std::fs::read_to_string(path)
@@ -130,20 +145,7 @@ async fn a_train_job_produces_the_unit_model_that_local_training_produces() {
     let pool = &s.worker.pool;
     let text = corpus_head(20);
     let partition = partition(&s, "python", text.clone()).await;
-    let recipe = recipes::insert(&mut pool.acquire().await.unwrap(), "unit", &settings())
-        .await
-        .unwrap()
-        .into_inner();
-    let base = bases::find(pool, "base").await.unwrap().unwrap();
-    let model = models::ensure(
-        &mut pool.acquire().await.unwrap(),
-        base.id,
-        recipe.id,
-        partition,
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let model = queue_unit_model(&s, partition).await;
 
     assert!(s.worker.try_run_one().await.unwrap());
     let job = jobs::get(pool, model.job_id.unwrap())
@@ -206,20 +208,7 @@ async fn a_partition_too_small_to_train_on_fails_its_job_for_good() {
     let s = setup().await;
     let pool = &s.worker.pool;
     let partition = partition(&s, "tiny", "{\"text\": \"too short\"}\n".into()).await;
-    let recipe = recipes::insert(&mut pool.acquire().await.unwrap(), "unit", &settings())
-        .await
-        .unwrap()
-        .into_inner();
-    let base = bases::find(pool, "base").await.unwrap().unwrap();
-    let model = models::ensure(
-        &mut pool.acquire().await.unwrap(),
-        base.id,
-        recipe.id,
-        partition,
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let model = queue_unit_model(&s, partition).await;
     assert!(s.worker.try_run_one().await.unwrap());
     let job = jobs::get(pool, model.job_id.unwrap())
         .await
