@@ -90,7 +90,6 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
-    url: String,
 }
 
 impl Store {
@@ -141,14 +140,7 @@ impl Store {
         } else {
             return Err(bad("use file:///path or s3://bucket/prefix".into()));
         };
-        Ok(Store {
-            inner,
-            url: url.to_string(),
-        })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
+        Ok(Store { inner })
     }
 
     /// Streams `data` into the store, hashing it on the way, then moves it to the key that

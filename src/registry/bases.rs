@@ -69,14 +69,6 @@ pub async fn mark_ready(
     .await
 }
 
-pub async fn mark_failed(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("update bases set state = 'failed' where id = $1 and state = 'pending'")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
 /// By id, or by name when `key` is not a uuid.
 pub async fn find(pool: &PgPool, key: &str) -> Result<Option<Base>, sqlx::Error> {
     match Uuid::parse_str(key) {

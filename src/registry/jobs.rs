@@ -47,12 +47,6 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl Job {
-    pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
-    }
-}
-
 /// What a worker holds while it runs a job: the claim's attempt number fences its writes.
 #[derive(Debug, Clone)]
 pub struct Lease {
