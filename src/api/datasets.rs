@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, Q, decode_cursor, resolve_base, resolve_recipe};
 use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -211,14 +211,6 @@ async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<V
         })
         .flatten();
     Ok(Json(json!({ "items": rows, "next": next })))
-}
-
-fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> {
-    let (micros, id) = cursor.split_once('_')?;
-    Some((
-        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
 }
 
 pub async fn list_partitions(

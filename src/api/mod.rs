@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
             post(datasets::upload_eval_set).get(datasets::list_eval_sets),
         )
         .route("/v1/eval-sets/{key}", get(datasets::get_eval_set))
+        .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/score", get(score::get_score))
@@ -103,6 +104,19 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
             .map(|axum::extract::Query(v)| Q(v))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
     }
+}
+
+/// Keyset pagination: a page's `next` names its last row by creation time and id.
+fn encode_cursor(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    format!("{}_{id}", at.timestamp_micros())
+}
+
+fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let (micros, id) = cursor.split_once('_')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
 }
 
 fn parse_uuid(s: &str) -> Option<Uuid> {

@@ -251,6 +251,20 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
         ))
         .await;
     assert_ne!(next["items"][0]["id"], listed["items"][0]["id"]);
+    let (status, succeeded) = app.get("/v1/jobs?state=succeeded&limit=100").await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = succeeded["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"train") && kinds.contains(&"score"),
+        "{kinds:?}"
+    );
+    let (status, _) = app.get("/v1/jobs?state=lost").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
 }
