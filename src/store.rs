@@ -189,6 +189,28 @@ impl Store {
         self.put_stream(stream, move |_| key).await
     }
 
+    /// A small object whose integrity the caller checks itself (a manifest of hashes);
+    /// `None` when there is none.
+    pub async fn get_optional(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get(&Key::from(key)).await {
+            Ok(found) => Ok(Some(found.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a small object whole.
+    pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<Stored, StoreError> {
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let bytes = data.len() as u64;
+        self.inner.put(&Key::from(key), data.into()).await?;
+        Ok(Stored {
+            key: key.to_string(),
+            sha256,
+            bytes,
+        })
+    }
+
     /// The object's bytes, checked against `sha256`.
     pub async fn get_verified(&self, key: &str, sha256: &str) -> Result<Bytes, StoreError> {
         let data = self.inner.get(&Key::from(key)).await?.bytes().await?;

@@ -184,6 +184,13 @@ impl Worker {
             )
             .await?;
 
+        let mut mirror = StateMirror {
+            store: self.store.clone(),
+            model: id,
+            dir: dir.join("train_state"),
+            uploaded: 0,
+        };
+        mirror.restore().await?;
         let (pool, lease_for_thread, device) = (self.pool.clone(), lease.clone(), self.device);
         let runtime = tokio::runtime::Handle::current();
         let out_dir = dir.join("out");
@@ -199,6 +206,11 @@ impl Worker {
                 let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
                 let every = (config.steps() / 50).max(1);
                 let mut report = |p: &Progress| {
+                    // The state saved at the previous step's end goes to the store, for
+                    // whichever worker runs this job next.
+                    if let Err(e) = runtime.block_on(mirror.push()) {
+                        tracing::warn!("mirroring the train state failed: {e}");
+                    }
                     if p.step.is_multiple_of(every) || p.step == p.steps {
                         let message = format!("step {}/{}", p.step, p.steps);
                         let fraction = p.step as f32 / p.steps as f32;
@@ -250,6 +262,7 @@ impl Worker {
             Err(QueueError::Database(e)) => return Err(e.into()),
         }
         remove_dir(&dir).await;
+        StateMirror::forget(&self.store, id).await;
         Ok(Done::Succeeded)
     }
 }
@@ -333,6 +346,95 @@ impl Worker {
         }
         remove_dir(&dir).await;
         Ok(Done::Succeeded)
+    }
+}
+
+/// The engine's train state mirrored into the store under `models/<id>/train_state/`, with a
+/// manifest of the files' hashes, so that the worker that takes over a job whose worker
+/// died resumes where that one last saved (and ends with the same weights).
+struct StateMirror {
+    store: Store,
+    model: Uuid,
+    /// The engine's local state folder.
+    dir: PathBuf,
+    /// The step of the last state uploaded or restored.
+    uploaded: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    step: u64,
+    /// File name → sha256.
+    files: std::collections::BTreeMap<String, String>,
+}
+
+impl StateMirror {
+    fn key(model: Uuid, file: &str) -> String {
+        keys::model(&model, &format!("train_state/{file}"))
+    }
+
+    /// Fetches the mirrored state into the local folder, verified, when there is one.
+    async fn restore(&mut self) -> Result<(), JobError> {
+        let Some(manifest) = self
+            .store
+            .get_optional(&Self::key(self.model, "manifest.json"))
+            .await?
+        else {
+            return Ok(());
+        };
+        let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
+            JobError::Fatal(format!("train state manifest of model {}: {e}", self.model))
+        })?;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+        for (file, sha) in &manifest.files {
+            self.store
+                .download_verified(&Self::key(self.model, file), sha, &self.dir.join(file))
+                .await?;
+        }
+        tracing::info!(model = %self.model, step = manifest.step, "resuming from the mirrored train state");
+        self.uploaded = manifest.step;
+        Ok(())
+    }
+
+    /// Uploads the local state when it is newer than the last one mirrored; the manifest is
+    /// written last, so it only ever names complete files.
+    async fn push(&mut self) -> Result<(), crate::store::StoreError> {
+        let Ok(text) = tokio::fs::read(self.dir.join("train_state.json")).await else {
+            return Ok(());
+        };
+        let saved: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+        let (Some(step), Some(tensors)) = (saved["step"].as_u64(), saved["tensors"].as_str())
+        else {
+            return Ok(());
+        };
+        if step <= self.uploaded {
+            return Ok(());
+        }
+        let mut files = std::collections::BTreeMap::new();
+        for file in [tensors, "train_state.json"] {
+            let stored = self
+                .store
+                .put_file(&self.dir.join(file), &Self::key(self.model, file))
+                .await?;
+            files.insert(file.to_string(), stored.sha256);
+        }
+        let manifest = serde_json::to_vec(&Manifest { step, files }).expect("manifests serialise");
+        self.store
+            .put_bytes(&Self::key(self.model, "manifest.json"), manifest.into())
+            .await?;
+        self.uploaded = step;
+        Ok(())
+    }
+
+    /// Removes the mirror once the model is stored.
+    async fn forget(store: &Store, model: Uuid) {
+        if let Ok(keys) = store.list(&keys::model(&model, "train_state")).await {
+            for key in keys {
+                let _ = store.delete(&key).await;
+            }
+        }
     }
 }
 

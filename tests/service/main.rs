@@ -7,5 +7,6 @@ mod helpers;
 mod ingest;
 mod queue;
 mod registry;
+mod resume;
 mod store;
 mod worker;

@@ -1,0 +1,224 @@
+//! A worker process killed with SIGKILL in the middle of training: another worker takes the
+//! job once the lease expires, resumes from the train state mirrored in the store, and ends
+//! with the weights an undisturbed run produces.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mixpool::engine::checkpoint::LoadedModel;
+use mixpool::engine::data::{self, Format};
+use mixpool::engine::model::ModelConfig;
+use mixpool::engine::train::{self, Schedule, TrainConfig, TrainOptions};
+use mixpool::ingest::{Upload, ingest};
+use mixpool::registry::datasets::Kind;
+use mixpool::registry::{bases, jobs, models, recipes};
+use mixpool::store::{S3Config, Store, keys};
+use mixpool::worker::Worker;
+use tch::Device;
+use uuid::Uuid;
+
+use crate::helpers::{corpus_path, fresh_db};
+
+fn settings() -> TrainConfig {
+    TrainConfig {
+        tokens: 30 * 4096,
+        batch_tokens: 4096,
+        micro_batch: 16,
+        seq_len: 256,
+        lr: 1e-3,
+        schedule: Schedule::Constant,
+        checkpoint_every: 3,
+        ..TrainConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_killed_workers_training_job_is_finished_by_another_with_the_same_weights() {
+    let pool = fresh_db().await;
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let admin = std::env::var("MIXPOOL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let dirs = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let store_url = format!("file://{}", dirs.0.path().display());
+    let store = Store::open(&store_url, &S3Config::default()).unwrap();
+
+    tch::set_num_threads(1);
+    let config = ModelConfig::preset("tiny").unwrap();
+    LoadedModel::init(config.clone(), 5, Device::Cpu)
+        .unwrap()
+        .save(dirs.1.path())
+        .unwrap();
+    let base_id = Uuid::new_v4();
+    let weights = store
+        .put_file(
+            &dirs.1.path().join("model.safetensors"),
+            &keys::base(&base_id, "model.safetensors"),
+        )
+        .await
+        .unwrap();
+    let mut db = pool.acquire().await.unwrap();
+    bases::insert(&mut db, base_id, "base", &config, Some(&weights.sha256))
+        .await
+        .unwrap();
+    let recipe = recipes::insert(&mut db, "unit", &settings())
+        .await
+        .unwrap()
+        .into_inner();
+    let text: String = std::fs::read_to_string(corpus_path("code_python"))
+        .unwrap()
+        .lines()
+        .take(60)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let upload = Upload {
+        kind: Kind::Partition,
+        name: "python".into(),
+        domain: None,
+        tags: vec![],
+        format: Some(Format::Jsonl),
+        max_bytes: 1 << 26,
+    };
+    let partition = ingest(
+        &pool,
+        &store,
+        &upload,
+        futures::stream::iter(vec![Ok(Bytes::from(text.clone()))]),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let model = models::ensure(&mut db, base_id, recipe.id, partition.id)
+        .await
+        .unwrap()
+        .into_inner();
+    let job_id = model.job_id.unwrap();
+
+    // A worker process with a 3-second lease, killed once it is a third of the way through.
+    let config_file = dirs.2.path().join("mixpool.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+            .unwrap();
+    std::fs::write(
+        &config_file,
+        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args([
+            "worker",
+            "--kinds",
+            "train",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--store",
+            &store_url,
+        ])
+        .arg("--data")
+        .arg(dirs.2.path())
+        .env("DATABASE_URL", &url)
+        .env("MIXPOOL_CONFIG", &config_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let job = jobs::get(&pool, job_id).await.unwrap().unwrap();
+        if job.progress >= 0.35 {
+            break;
+        }
+        assert!(
+            job.state != "succeeded",
+            "the worker finished before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker process made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = jobs::get(&pool, job_id).await.unwrap().unwrap();
+    assert_eq!(
+        (killed_at.state.as_str(), killed_at.attempts),
+        ("running", 1)
+    );
+
+    let worker = Worker {
+        pool: pool.clone(),
+        store: store.clone(),
+        device: Device::Cpu,
+        owner: "survivor".into(),
+        kinds: vec!["train"],
+        lease: Duration::from_secs(3),
+        work_dir: dirs.3.path().to_path_buf(),
+    };
+    while !worker.try_run_one().await.unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the job was never reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let job = jobs::get(&pool, job_id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempts),
+        ("succeeded", 2),
+        "{:?}",
+        job.error
+    );
+    let resumed_at = job.result.as_ref().unwrap()["train"]["resumed_at"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        resumed_at >= 3,
+        "resumed from the mirrored state, not from scratch ({resumed_at})"
+    );
+    assert!(
+        store
+            .list(&keys::model(&model.id, "train_state"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the mirror is removed"
+    );
+
+    // An undisturbed run on the same base, data and settings.
+    let local = LoadedModel::load(dirs.1.path(), Device::Cpu).unwrap();
+    let docs = data::parse_documents(text.as_bytes(), Some(Format::Jsonl)).unwrap();
+    let tokens = data::tokenize(&docs, &local.tokenizer).unwrap();
+    train::train(&local, &tokens, &settings(), TrainOptions::default()).unwrap();
+    let model = models::get(&pool, model.id).await.unwrap().unwrap();
+    let out = dirs.3.path().join("check");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(dirs.1.path().join("config.json"), out.join("config.json")).unwrap();
+    store
+        .download_verified(
+            &keys::model(&model.id, "model.safetensors"),
+            model.weights_sha256.as_ref().unwrap(),
+            &out.join("model.safetensors"),
+        )
+        .await
+        .unwrap();
+    let resumed = LoadedModel::load(&out, Device::Cpu).unwrap();
+    let mut a: Vec<_> = resumed.vs.variables().into_iter().collect();
+    let mut b: Vec<_> = local.vs.variables().into_iter().collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name} differs from the undisturbed run");
+    }
+}
