@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test bench build lint gpu-bundle
+.PHONY: demo test bench bench-service build lint gpu-bundle
 
 build:
 	$(TORCH) && cargo build --release
@@ -36,6 +36,11 @@ bench:
 gpu-bundle:
 	$(TORCH) && cargo build --release --bins --example gpu_bench
 	mkdir -p gpu-bundle && cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/
+
+## Cached score latency and throughput beside a bare axum endpoint (needs PostgreSQL).
+bench-service:
+	scripts/postgres.sh
+	$(TORCH) && cargo bench --bench score -- $(ARGS)
 
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings
