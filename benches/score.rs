@@ -154,6 +154,7 @@ async fn main() {
         store,
         max_upload_bytes: 1 << 20,
         max_wait: Duration::from_secs(1),
+        scores: Default::default(),
     };
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!(

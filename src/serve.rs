@@ -138,6 +138,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store,
         max_upload_bytes: config.service.max_upload_mb << 20,
         max_wait: Duration::from_secs(config.service.max_wait_seconds),
+        scores: Default::default(),
     };
     let listen = args.listen.unwrap_or(config.service.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)

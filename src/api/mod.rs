@@ -6,7 +6,7 @@ mod error;
 mod health;
 mod jobs;
 mod models;
-mod score;
+pub mod score;
 
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Longest `wait` a score request may ask for.
     pub max_wait: Duration,
+    /// Score answers already given (see [`score::ScoreCache`]).
+    pub scores: std::sync::Arc<score::ScoreCache>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -81,6 +81,7 @@ pub async fn create_base(
     let base = bases::insert(&mut db, id, &new.name, &config, Some(&stored.sha256))
         .await
         .map_err(name_taken)?;
+    state.scores.defaults_changed();
     Ok((StatusCode::CREATED, Json(base)))
 }
 
@@ -121,6 +122,7 @@ pub async fn create_recipe(
     let created = recipes::insert(&mut db, &name, &config)
         .await
         .map_err(name_taken)?;
+    state.scores.defaults_changed();
     let status = if created.is_new() {
         StatusCode::CREATED
     } else {

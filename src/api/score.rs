@@ -1,6 +1,8 @@
 //! `GET /v1/score`: the proxy perplexity of a mixture, from the cache or computed by a job
 //! that this request waits on for up to `wait` seconds.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -36,12 +38,96 @@ pub struct ScoreParams {
     wait: Option<f64>,
 }
 
+/// Answers already given, by request. A score never changes and a name always means the
+/// same row, so a cached answer stays true; only the defaults (the newest base and recipe)
+/// can move, so they are looked up again after [`DEFAULTS_TTL`] (at once after this server
+/// creates a base or recipe). A cached answer reads no database.
+#[derive(Default)]
+pub struct ScoreCache {
+    answers: RwLock<HashMap<String, Value>>,
+    defaults: Mutex<Option<(Instant, String, String)>>,
+}
+
+const DEFAULTS_TTL: Duration = Duration::from_secs(1);
+/// Past this many answers the cache starts over, which bounds its memory.
+const MAX_ANSWERS: usize = 100_000;
+
+impl ScoreCache {
+    /// Forgets the defaults (a base or recipe was just created).
+    pub fn defaults_changed(&self) {
+        *self.defaults.lock().unwrap() = None;
+    }
+
+    /// The base and recipe names a request means.
+    async fn names(
+        &self,
+        pool: &sqlx::PgPool,
+        base: Option<&str>,
+        recipe: Option<&str>,
+    ) -> Result<(String, String), ApiError> {
+        if let (Some(base), Some(recipe)) = (base, recipe) {
+            return Ok((base.to_string(), recipe.to_string()));
+        }
+        let fresh = self
+            .defaults
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|(at, _, _)| at.elapsed() < DEFAULTS_TTL);
+        let (default_base, default_recipe) = match fresh {
+            Some((_, b, r)) => (b, r),
+            None => {
+                let b = resolve_base(pool, None).await?.name;
+                let r = resolve_recipe(pool, None).await?.name;
+                *self.defaults.lock().unwrap() = Some((Instant::now(), b.clone(), r.clone()));
+                (b, r)
+            }
+        };
+        Ok((
+            base.map(str::to_string).unwrap_or(default_base),
+            recipe.map(str::to_string).unwrap_or(default_recipe),
+        ))
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        self.answers.read().unwrap().get(key).cloned()
+    }
+
+    fn put(&self, key: String, answer: Value) {
+        let mut answers = self.answers.write().unwrap();
+        if answers.len() >= MAX_ANSWERS {
+            answers.clear();
+        }
+        answers.insert(key, answer);
+    }
+}
+
 pub async fn get_score(
     State(state): State<AppState>,
     Q(params): Q<ScoreParams>,
 ) -> Result<Response, ApiError> {
-    let base = resolve_base(&state.pool, params.base.as_deref()).await?;
-    let recipe = resolve_recipe(&state.pool, params.recipe.as_deref()).await?;
+    let (base_name, recipe_name) = state
+        .scores
+        .names(
+            &state.pool,
+            params.base.as_deref(),
+            params.recipe.as_deref(),
+        )
+        .await?;
+    let cache_key = [&base_name, &recipe_name, &params.partitions, &params.eval]
+        .into_iter()
+        .map(String::as_str)
+        .chain([
+            params.weights.as_deref().unwrap_or(""),
+            params.weighting.as_deref().unwrap_or(""),
+        ])
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Some(answer) = state.scores.get(&cache_key) {
+        return Ok(Json(answer).into_response());
+    }
+    let base = resolve_base(&state.pool, Some(&base_name)).await?;
+    let recipe = resolve_recipe(&state.pool, Some(&recipe_name)).await?;
     let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("eval set {:?}", params.eval)))?;
@@ -127,7 +213,9 @@ pub async fn get_score(
         })?;
     match status {
         ScoreStatus::Cached(score) => {
-            Ok(Json(body(&score, true, &names, &context)).into_response())
+            let answer = body(&score, true, &names, &context);
+            state.scores.put(cache_key, answer.clone());
+            Ok(Json(answer).into_response())
         }
         ScoreStatus::ModelsNotReady(missing) => {
             let details: Vec<Value> = missing
@@ -170,6 +258,9 @@ pub async fn get_score(
                                 "a succeeded score job left no score".into(),
                             ));
                         };
+                        state
+                            .scores
+                            .put(cache_key, body(&score, true, &names, &context));
                         return Ok(Json(body(&score, false, &names, &context)).into_response());
                     }
                     "failed" | "cancelled" => {

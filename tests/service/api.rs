@@ -123,6 +123,7 @@ async fn spawn_app() -> App {
         store: store.clone(),
         max_upload_bytes: 1 << 20,
         max_wait: Duration::from_secs(120),
+        scores: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -251,6 +252,30 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
         ))
         .await;
     assert_ne!(next["items"][0]["id"], listed["items"][0]["id"]);
+    // A new base becomes the default at once: the cached answer for the old one is not served.
+    let (status, _) = app
+        .post(
+            "/v1/bases",
+            serde_json::json!({"name": "newer", "preset": "tiny"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = app
+        .get("/v1/score?partitions=c,python&eval=held-out&wait=0")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("models_not_ready")),
+        "{body}"
+    );
+    let (status, old) = app
+        .get("/v1/score?partitions=c,python&eval=held-out&base=base")
+        .await;
+    assert_eq!(
+        (status, old["cached"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+
     let (status, succeeded) = app.get("/v1/jobs?state=succeeded&limit=100").await;
     assert_eq!(status, StatusCode::OK);
     let kinds: Vec<&str> = succeeded["items"]
