@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Q, decode_cursor, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, Page, Q, resolve_base, resolve_recipe};
 use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -190,27 +190,9 @@ pub struct ListParams {
 }
 
 async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<Value>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 500",
-        ));
-    }
-    let before = match params.cursor {
-        None => None,
-        Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this server gave")
-        })?),
-    };
-    let rows = datasets::list(&state.pool, kind, before, limit).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| {
-            rows.last()
-                .map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.id))
-        })
-        .flatten();
-    Ok(Json(json!({ "items": rows, "next": next })))
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let rows = datasets::list(&state.pool, kind, page.before, page.limit).await?;
+    Ok(page.answer(&rows, |r| (r.created_at, r.id)))
 }
 
 pub async fn list_partitions(

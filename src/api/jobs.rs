@@ -1,9 +1,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{ApiError, AppState, Q, decode_cursor, parse_uuid};
+use super::{ApiError, AppState, Page, Q, parse_uuid};
 use crate::registry::jobs::{self, Job};
 
 #[derive(Deserialize)]
@@ -29,27 +29,15 @@ pub async fn list_jobs(
             format!("state {s:?}: use one of {}", STATES.join(", ")),
         ));
     }
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 500",
-        ));
-    }
-    let before = match params.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this server gave")
-        })?),
-    };
-    let rows = jobs::list(&state.pool, params.state.as_deref(), before, limit).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| {
-            rows.last()
-                .map(|j| super::encode_cursor(j.created_at, j.id))
-        })
-        .flatten();
-    Ok(Json(json!({ "items": rows, "next": next })))
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let rows = jobs::list(
+        &state.pool,
+        params.state.as_deref(),
+        page.before,
+        page.limit,
+    )
+    .await?;
+    Ok(page.answer(&rows, |j| (j.created_at, j.id)))
 }
 
 pub async fn get_job(

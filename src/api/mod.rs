@@ -108,9 +108,47 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
     }
 }
 
-/// Keyset pagination: a page's `next` names its last row by creation time and id.
-fn encode_cursor(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
-    format!("{}_{id}", at.timestamp_micros())
+/// A list request's `limit` and `cursor`, checked. Keyset pagination: a page's `next` names
+/// its last row by creation time and id.
+struct Page {
+    limit: i64,
+    before: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+}
+
+impl Page {
+    fn parse(limit: Option<i64>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit must be between 1 and 500",
+            ));
+        }
+        let before = match cursor {
+            None => None,
+            Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this server gave")
+            })?),
+        };
+        Ok(Page { limit, before })
+    }
+
+    /// The rows with the cursor of the next page, when this one is full.
+    fn answer<T: serde::Serialize>(
+        &self,
+        rows: &[T],
+        key: impl Fn(&T) -> (chrono::DateTime<chrono::Utc>, Uuid),
+    ) -> axum::Json<serde_json::Value> {
+        let next = (rows.len() as i64 == self.limit)
+            .then(|| {
+                rows.last().map(|r| {
+                    let (at, id) = key(r);
+                    format!("{}_{id}", at.timestamp_micros())
+                })
+            })
+            .flatten();
+        axum::Json(serde_json::json!({ "items": rows, "next": next }))
+    }
 }
 
 fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
