@@ -3,19 +3,16 @@
 use std::time::Duration;
 
 use mixpool::api::{AppState, router};
-use mixpool::engine::checkpoint::LoadedModel;
-use mixpool::engine::model::{LlamaConfig, ModelConfig};
 use mixpool::engine::train::{Schedule, TrainConfig};
-use mixpool::registry::{bases, recipes};
-use mixpool::store::{S3Config, Store, keys};
+use mixpool::registry::recipes;
+use mixpool::store::{S3Config, Store};
 use mixpool::worker::Worker;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 use tch::Device;
-use uuid::Uuid;
 
-use crate::helpers::{corpus_path, fresh_db};
+use crate::helpers::{corpus_path, fresh_db, small_llama, store_base};
 
 struct App {
     url: String,
@@ -81,31 +78,8 @@ async fn spawn_app() -> App {
     )
     .unwrap();
     tch::set_num_threads(1);
-    let config = ModelConfig::Llama(LlamaConfig {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        max_position_embeddings: 64,
-        ..LlamaConfig::default()
-    });
-    LoadedModel::init(config.clone(), 1, Device::Cpu)
-        .unwrap()
-        .save(dirs.2.path())
-        .unwrap();
-    let id = Uuid::new_v4();
-    let weights = store
-        .put_file(
-            &dirs.2.path().join("model.safetensors"),
-            &keys::base(&id, "model.safetensors"),
-        )
-        .await
-        .unwrap();
+    store_base(&pool, &store, &small_llama(), 1, dirs.2.path()).await;
     let mut db = pool.acquire().await.unwrap();
-    bases::insert(&mut db, id, "base", &config, Some(&weights.sha256))
-        .await
-        .unwrap();
     let recipe = TrainConfig {
         tokens: 8 * 64,
         batch_tokens: 4 * 64,

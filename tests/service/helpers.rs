@@ -30,3 +30,44 @@ pub fn corpus_path(domain: &str) -> std::path::PathBuf {
         });
     dir.join(format!("{domain}.jsonl"))
 }
+
+/// A small Llama with grouped-query attention, fast enough for jobs in tests.
+pub fn small_llama() -> mixpool::engine::model::ModelConfig {
+    mixpool::engine::model::ModelConfig::Llama(mixpool::engine::model::LlamaConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 64,
+        ..Default::default()
+    })
+}
+
+/// Initialises a model from `seed` into `dir`, stores its weights and registers it as the
+/// ready base named "base"; returns its id.
+pub async fn store_base(
+    pool: &PgPool,
+    store: &mixpool::store::Store,
+    config: &mixpool::engine::model::ModelConfig,
+    seed: u64,
+    dir: &std::path::Path,
+) -> Uuid {
+    use mixpool::engine::checkpoint::LoadedModel;
+    tch::set_num_threads(1);
+    LoadedModel::init(config.clone(), seed, tch::Device::Cpu)
+        .unwrap()
+        .save(dir)
+        .unwrap();
+    let id = Uuid::new_v4();
+    let key = mixpool::store::keys::base(&id, "model.safetensors");
+    let weights = store
+        .put_file(&dir.join("model.safetensors"), &key)
+        .await
+        .unwrap();
+    let mut db = pool.acquire().await.unwrap();
+    mixpool::registry::bases::insert(&mut db, id, "base", config, Some(&weights.sha256))
+        .await
+        .unwrap();
+    id
+}

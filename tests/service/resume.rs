@@ -12,13 +12,12 @@ use mixpool::engine::model::ModelConfig;
 use mixpool::engine::train::{self, Schedule, TrainConfig, TrainOptions};
 use mixpool::ingest::{Upload, ingest};
 use mixpool::registry::datasets::Kind;
-use mixpool::registry::{bases, jobs, models, recipes};
+use mixpool::registry::{jobs, models, recipes};
 use mixpool::store::{S3Config, Store, keys};
 use mixpool::worker::Worker;
 use tch::Device;
-use uuid::Uuid;
 
-use crate::helpers::{corpus_path, fresh_db};
+use crate::helpers::{corpus_path, fresh_db, store_base};
 
 fn settings() -> TrainConfig {
     TrainConfig {
@@ -54,22 +53,8 @@ async fn a_killed_workers_training_job_is_finished_by_another_with_the_same_weig
 
     tch::set_num_threads(1);
     let config = ModelConfig::preset("tiny").unwrap();
-    LoadedModel::init(config.clone(), 5, Device::Cpu)
-        .unwrap()
-        .save(dirs.1.path())
-        .unwrap();
-    let base_id = Uuid::new_v4();
-    let weights = store
-        .put_file(
-            &dirs.1.path().join("model.safetensors"),
-            &keys::base(&base_id, "model.safetensors"),
-        )
-        .await
-        .unwrap();
+    let base_id = store_base(&pool, &store, &config, 5, dirs.1.path()).await;
     let mut db = pool.acquire().await.unwrap();
-    bases::insert(&mut db, base_id, "base", &config, Some(&weights.sha256))
-        .await
-        .unwrap();
     let recipe = recipes::insert(&mut db, "unit", &settings())
         .await
         .unwrap()

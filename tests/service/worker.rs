@@ -3,7 +3,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use mixpool::engine::checkpoint::LoadedModel;
 use mixpool::engine::data::{self, Format};
-use mixpool::engine::model::{LlamaConfig, ModelConfig};
 use mixpool::engine::train::{self, Schedule, TrainConfig, TrainOptions};
 use mixpool::ingest::{Upload, ingest};
 use mixpool::registry::datasets::Kind;
@@ -13,19 +12,7 @@ use mixpool::worker::Worker;
 use tch::Device;
 use uuid::Uuid;
 
-use crate::helpers::fresh_db;
-
-fn config() -> ModelConfig {
-    ModelConfig::Llama(LlamaConfig {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        max_position_embeddings: 64,
-        ..LlamaConfig::default()
-    })
-}
+use crate::helpers::{fresh_db, small_llama, store_base};
 
 fn settings() -> TrainConfig {
     TrainConfig {
@@ -60,27 +47,7 @@ async fn setup() -> Setup {
     )
     .unwrap();
     tch::set_num_threads(1);
-    LoadedModel::init(config(), 3, Device::Cpu)
-        .unwrap()
-        .save(base_dir.path())
-        .unwrap();
-    let id = Uuid::new_v4();
-    let stored = store
-        .put_file(
-            &base_dir.path().join("model.safetensors"),
-            &keys::base(&id, "model.safetensors"),
-        )
-        .await
-        .unwrap();
-    bases::insert(
-        &mut pool.acquire().await.unwrap(),
-        id,
-        "base",
-        &config(),
-        Some(&stored.sha256),
-    )
-    .await
-    .unwrap();
+    store_base(&pool, &store, &small_llama(), 3, base_dir.path()).await;
     let worker = Worker {
         pool,
         store,
