@@ -113,6 +113,7 @@ impl Worker {
         ));
         let outcome = match lease.job.kind.as_str() {
             "train" => self.train(&lease, cancel.clone()).await,
+            "pretrain" => self.pretrain(&lease, cancel.clone()).await,
             "score" => self.score(&lease).await,
             other => Err(JobError::Fatal(format!(
                 "this worker does not run {other} jobs yet"
@@ -121,14 +122,15 @@ impl Worker {
         heartbeat.abort();
         let recorded = match outcome {
             Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
-            Ok(Done::Cancelled) => jobs::cancelled(&self.pool, &lease).await,
+            Ok(Done::Cancelled) => {
+                self.mark_target_failed(&lease).await?;
+                jobs::cancelled(&self.pool, &lease).await
+            }
             Err(JobError::Retryable(message)) => {
                 jobs::fail(&self.pool, &lease, &message, true).await
             }
             Err(JobError::Fatal(message)) => {
-                if let Some(id) = model_id(&lease) {
-                    models::mark_failed(&mut *self.pool.acquire().await?, id).await?;
-                }
+                self.mark_target_failed(&lease).await?;
                 jobs::fail(&self.pool, &lease, &message, false).await
             }
         };
@@ -138,8 +140,24 @@ impl Worker {
         }
     }
 
-    /// Trains a unit model: base weights and partition from the store, the engine on a
-    /// blocking thread, the weights back to the store, then model row and job together.
+    /// A training job that ends without weights leaves its model or base `failed`, so that
+    /// asking for it again queues a new job.
+    async fn mark_target_failed(&self, lease: &Lease) -> Result<(), sqlx::Error> {
+        let mut db = self.pool.acquire().await?;
+        match lease.job.kind.as_str() {
+            "train" => match model_id(lease) {
+                Some(id) => models::mark_failed(&mut db, id).await,
+                None => Ok(()),
+            },
+            "pretrain" => match serde_json::from_value::<PretrainJob>(lease.job.payload.clone()) {
+                Ok(job) => bases::mark_failed(&mut db, job.base).await,
+                Err(_) => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Trains a unit model: the base's weights, continued on the partition with the recipe.
     async fn train(&self, lease: &Lease, cancel: Arc<AtomicBool>) -> Result<Done, JobError> {
         let id =
             model_id(lease).ok_or_else(|| JobError::Fatal("payload has no model id".into()))?;
@@ -161,32 +179,110 @@ impl Worker {
             .weights_sha256
             .clone()
             .ok_or_else(|| JobError::Fatal(format!("base {} has no weights yet", base.name)))?;
+        let run = TrainingRun {
+            model: base.config.0.clone(),
+            start: Start::Stored {
+                key: keys::base(&base.id, WEIGHTS_FILE),
+                sha256: weights_sha,
+            },
+            partition,
+            config: recipe.config.0.clone(),
+            output: keys::model(&id, WEIGHTS_FILE),
+            mirror: keys::model(&id, "train_state"),
+        };
+        let Some((stored, summary)) = self.run_training(lease, cancel, &run).await? else {
+            return Ok(Done::Cancelled);
+        };
+        let mut tx = self.pool.begin().await?;
+        models::mark_ready(&mut tx, id, &stored.sha256).await?;
+        let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
+        self.finish(tx, lease, &result, &run).await
+    }
 
-        let dir = self.work_dir.join(format!("job-{}", lease.id()));
-        let base_dir = dir.join("base");
-        tokio::fs::create_dir_all(&base_dir)
+    /// Pre-trains a base created from a preset: random initialisation from the settings'
+    /// seed, trained on one partition; the base turns ready with its weights.
+    async fn pretrain(&self, lease: &Lease, cancel: Arc<AtomicBool>) -> Result<Done, JobError> {
+        let job: PretrainJob = serde_json::from_value(lease.job.payload.clone())
+            .map_err(|e| JobError::Fatal(format!("bad pretrain payload: {e}")))?;
+        let base = bases::find(&self.pool, &job.base.to_string())
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("base {} not found", job.base)))?;
+        let partition = datasets::find(&self.pool, Kind::Partition, &job.partition.to_string())
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("partition {} not found", job.partition)))?;
+        let run = TrainingRun {
+            model: base.config.0.clone(),
+            start: Start::Init {
+                seed: job.config.seed,
+            },
+            partition,
+            config: job.config,
+            output: keys::base(&base.id, WEIGHTS_FILE),
+            mirror: keys::base(&base.id, "train_state"),
+        };
+        let Some((stored, summary)) = self.run_training(lease, cancel, &run).await? else {
+            return Ok(Done::Cancelled);
+        };
+        let mut tx = self.pool.begin().await?;
+        bases::mark_ready(&mut tx, base.id, &stored.sha256).await?;
+        let result = json!({ "base": base.id, "weights_sha256": stored.sha256, "train": summary });
+        self.finish(tx, lease, &result, &run).await
+    }
+
+    /// Commits the job's success with the rows the caller wrote in `tx`, then tidies up.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        lease: &Lease,
+        result: &serde_json::Value,
+        run: &TrainingRun,
+    ) -> Result<Done, JobError> {
+        match jobs::succeed(&mut tx, lease, result).await {
+            Ok(()) => tx.commit().await?,
+            Err(QueueError::LeaseLost(_)) => return Ok(Done::LeaseLost),
+            Err(QueueError::Database(e)) => return Err(e.into()),
+        }
+        remove_dir(&self.job_dir(lease)).await;
+        StateMirror::forget(&self.store, &run.mirror).await;
+        Ok(Done::Succeeded)
+    }
+
+    fn job_dir(&self, lease: &Lease) -> PathBuf {
+        self.work_dir.join(format!("job-{}", lease.id()))
+    }
+
+    /// Trains: the starting weights and the partition from the store (verified), the engine
+    /// on a blocking thread with its train state mirrored into the store, the weights back to
+    /// the store. `None` when the job was cancelled (or its lease lost) on the way.
+    async fn run_training(
+        &self,
+        lease: &Lease,
+        cancel: Arc<AtomicBool>,
+        run: &TrainingRun,
+    ) -> Result<Option<(crate::store::Stored, train::Summary)>, JobError> {
+        let dir = self.job_dir(lease);
+        let start_dir = dir.join("start");
+        tokio::fs::create_dir_all(&start_dir)
             .await
             .map_err(|e| JobError::Retryable(e.to_string()))?;
-        checkpoint::write_config(&base_dir, &base.config.0)
+        checkpoint::write_config(&start_dir, &run.model)
             .map_err(|e| JobError::Fatal(e.to_string()))?;
-        self.store
-            .download_verified(
-                &keys::base(&base.id, WEIGHTS_FILE),
-                &weights_sha,
-                &base_dir.join(WEIGHTS_FILE),
-            )
-            .await?;
+        if let Start::Stored { key, sha256 } = &run.start {
+            self.store
+                .download_verified(key, sha256, &start_dir.join(WEIGHTS_FILE))
+                .await?;
+        }
         let compressed = self
             .store
             .get_verified(
-                &keys::partition(&partition.sha256),
-                &partition.object_sha256,
+                &keys::partition(&run.partition.sha256),
+                &run.partition.object_sha256,
             )
             .await?;
 
         let mut mirror = StateMirror {
             store: self.store.clone(),
-            model: id,
+            prefix: run.mirror.clone(),
             dir: dir.join("train_state"),
             uploaded: 0,
         };
@@ -194,15 +290,21 @@ impl Worker {
         let (pool, lease_for_thread, device) = (self.pool.clone(), lease.clone(), self.device);
         let runtime = tokio::runtime::Handle::current();
         let out_dir = dir.join("out");
+        let (config, model_config) = (run.config.clone(), run.model.clone());
+        let init_seed = run.start.init_seed();
         let work = dir.clone();
-        let config = recipe.config.0.clone();
+        let out = out_dir.clone();
         let summary =
             tokio::task::spawn_blocking(move || -> Result<Option<train::Summary>, JobError> {
                 let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
                 let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
                 let docs =
                     data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
-                let model = LoadedModel::load(&base_dir, device).map_err(|e| fatal(&e))?;
+                let model = match init_seed {
+                    Some(seed) => LoadedModel::init(model_config, seed, device),
+                    None => LoadedModel::load(&start_dir, device),
+                }
+                .map_err(|e| fatal(&e))?;
                 let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
                 let every = (config.steps() / 50).max(1);
                 let mut report = |p: &Progress| {
@@ -233,7 +335,7 @@ impl Worker {
                 match train::train(&model, &tokens, &config, options).map_err(|e| fatal(&e))? {
                     Outcome::Finished(summary) => {
                         model
-                            .save(&out_dir)
+                            .save(&out)
                             .map_err(|e| JobError::Retryable(e.to_string()))?;
                         Ok(Some(summary))
                     }
@@ -243,28 +345,51 @@ impl Worker {
             .await
             .map_err(|e| JobError::Retryable(format!("the training thread failed: {e}")))??;
         let Some(summary) = summary else {
-            return Ok(Done::Cancelled);
+            return Ok(None);
         };
-
         let stored = self
             .store
-            .put_file(
-                &dir.join("out").join(WEIGHTS_FILE),
-                &keys::model(&id, WEIGHTS_FILE),
-            )
+            .put_file(&out_dir.join(WEIGHTS_FILE), &run.output)
             .await?;
-        let mut tx = self.pool.begin().await?;
-        models::mark_ready(&mut tx, id, &stored.sha256).await?;
-        let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
-        match jobs::succeed(&mut tx, lease, &result).await {
-            Ok(()) => tx.commit().await?,
-            Err(QueueError::LeaseLost(_)) => return Ok(Done::LeaseLost),
-            Err(QueueError::Database(e)) => return Err(e.into()),
-        }
-        remove_dir(&dir).await;
-        StateMirror::forget(&self.store, id).await;
-        Ok(Done::Succeeded)
+        Ok(Some((stored, summary)))
     }
+}
+
+/// One training job's inputs and outputs in the store.
+struct TrainingRun {
+    model: crate::engine::model::ModelConfig,
+    start: Start,
+    partition: datasets::Dataset,
+    config: train::TrainConfig,
+    /// Where the trained weights go.
+    output: String,
+    /// Where the train state is mirrored while the job runs.
+    mirror: String,
+}
+
+/// The weights a training run starts from.
+enum Start {
+    /// Stored weights (a base's), verified when read.
+    Stored { key: String, sha256: String },
+    /// A random initialisation (pre-training a base).
+    Init { seed: u64 },
+}
+
+impl Start {
+    fn init_seed(&self) -> Option<u64> {
+        match self {
+            Start::Init { seed } => Some(*seed),
+            Start::Stored { .. } => None,
+        }
+    }
+}
+
+/// The payload of a `pretrain` job.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PretrainJob {
+    pub base: Uuid,
+    pub partition: Uuid,
+    pub config: train::TrainConfig,
 }
 
 impl Worker {
@@ -354,7 +479,8 @@ impl Worker {
 /// died resumes where that one last saved (and ends with the same weights).
 struct StateMirror {
     store: Store,
-    model: Uuid,
+    /// The store folder, e.g. `models/<id>/train_state`.
+    prefix: String,
     /// The engine's local state folder.
     dir: PathBuf,
     /// The step of the last state uploaded or restored.
@@ -369,31 +495,27 @@ struct Manifest {
 }
 
 impl StateMirror {
-    fn key(model: Uuid, file: &str) -> String {
-        keys::model(&model, &format!("train_state/{file}"))
+    fn key(&self, file: &str) -> String {
+        format!("{}/{file}", self.prefix)
     }
 
     /// Fetches the mirrored state into the local folder, verified, when there is one.
     async fn restore(&mut self) -> Result<(), JobError> {
-        let Some(manifest) = self
-            .store
-            .get_optional(&Self::key(self.model, "manifest.json"))
-            .await?
-        else {
+        let Some(manifest) = self.store.get_optional(&self.key("manifest.json")).await? else {
             return Ok(());
         };
         let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-            JobError::Fatal(format!("train state manifest of model {}: {e}", self.model))
+            JobError::Fatal(format!("train state manifest in {}: {e}", self.prefix))
         })?;
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| JobError::Retryable(e.to_string()))?;
         for (file, sha) in &manifest.files {
             self.store
-                .download_verified(&Self::key(self.model, file), sha, &self.dir.join(file))
+                .download_verified(&self.key(file), sha, &self.dir.join(file))
                 .await?;
         }
-        tracing::info!(model = %self.model, step = manifest.step, "resuming from the mirrored train state");
+        tracing::info!(state = %self.prefix, step = manifest.step, "resuming from the mirrored train state");
         self.uploaded = manifest.step;
         Ok(())
     }
@@ -416,21 +538,21 @@ impl StateMirror {
         for file in [tensors, "train_state.json"] {
             let stored = self
                 .store
-                .put_file(&self.dir.join(file), &Self::key(self.model, file))
+                .put_file(&self.dir.join(file), &self.key(file))
                 .await?;
             files.insert(file.to_string(), stored.sha256);
         }
         let manifest = serde_json::to_vec(&Manifest { step, files }).expect("manifests serialise");
         self.store
-            .put_bytes(&Self::key(self.model, "manifest.json"), manifest.into())
+            .put_bytes(&self.key("manifest.json"), manifest.into())
             .await?;
         self.uploaded = step;
         Ok(())
     }
 
     /// Removes the mirror once the model is stored.
-    async fn forget(store: &Store, model: Uuid) {
-        if let Ok(keys) = store.list(&keys::model(&model, "train_state")).await {
+    async fn forget(store: &Store, prefix: &str) {
+        if let Ok(keys) = store.list(prefix).await {
             for key in keys {
                 let _ = store.delete(&key).await;
             }

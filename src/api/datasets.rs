@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Page, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recipe};
 use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -179,14 +179,6 @@ async fn upload(
             IngestError::Store(e) => e.into(),
             e @ IngestError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
         })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    limit: Option<i64>,
-    /// The `next` value of the previous page.
-    cursor: Option<String>,
 }
 
 async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<Value>, ApiError> {

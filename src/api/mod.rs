@@ -37,9 +37,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/v1/bases", post(models::create_base))
+        .route(
+            "/v1/bases",
+            post(models::create_base).get(models::list_bases),
+        )
         .route("/v1/bases/{key}", get(models::get_base))
-        .route("/v1/recipes", post(models::create_recipe))
+        .route(
+            "/v1/recipes",
+            post(models::create_recipe).get(models::list_recipes),
+        )
         .route("/v1/recipes/{key}", get(models::get_recipe))
         .route(
             "/v1/partitions",
@@ -106,6 +112,15 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
             .map(|axum::extract::Query(v)| Q(v))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
     }
+}
+
+/// The query of a plain list request.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<i64>,
+    /// The `next` value of the previous page.
+    cursor: Option<String>,
 }
 
 /// A list request's `limit` and `cursor`, checked. Keyset pagination: a page's `next` names

@@ -8,12 +8,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ListParams, Page, Q};
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::TrainConfig;
-use crate::registry::{Created, RegistryError, bases, recipes};
+use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::{Created, RegistryError, bases, jobs, recipes};
 use crate::store::keys;
+use crate::worker::PretrainJob;
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
@@ -33,17 +35,33 @@ fn name_taken(e: RegistryError) -> ApiError {
 struct NewBase {
     name: String,
     preset: String,
-    /// Seed of the random initialisation.
+    /// Seed of the random initialisation (and of pre-training).
     #[serde(default)]
     seed: u64,
+    /// A partition to pre-train the base on, by a `pretrain` job; without it the base is
+    /// the random initialisation.
+    pretrain_on: Option<String>,
+    pretrain_tokens: Option<u64>,
+    /// Pre-training settings that differ from the defaults (see `TrainConfig::pretrain`).
+    pretrain: Option<serde_json::Map<String, Value>>,
 }
 
-/// `POST /v1/bases {"name", "preset", "seed"?}`: a randomly initialised base from a preset,
-/// its weights stored before its row is written.
+/// A base with the job that pre-trains it, when there is one.
+#[derive(serde::Serialize)]
+pub struct BaseView {
+    #[serde(flatten)]
+    base: bases::Base,
+    job: Option<jobs::Job>,
+}
+
+/// `POST /v1/bases {"name", "preset", "seed"?, "pretrain_on"?, "pretrain_tokens"?,
+/// "pretrain"?}`: a base from a preset. Without `pretrain_on` its random initialisation is
+/// stored before its row is written (ready at once); with it, the base is `pending` and a
+/// `pretrain` job, queued in the same transaction, trains and stores it.
 pub async fn create_base(
     State(state): State<AppState>,
     body: Bytes,
-) -> Result<(StatusCode, Json<bases::Base>), ApiError> {
+) -> Result<(StatusCode, Json<BaseView>), ApiError> {
     let new: NewBase = parse(&body)?;
     crate::ingest::check_name(&new.name)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
@@ -54,6 +72,7 @@ pub async fn create_base(
             format!("preset {:?}: use one of {}", new.preset, PRESETS.join(", ")),
         )
     })?;
+    let pretrain = pretrain_settings(&state, &new, &config).await?;
     if bases::find(&state.pool, &new.name).await?.is_some() {
         return Err(name_taken(RegistryError::NameTaken {
             kind: "base",
@@ -61,6 +80,28 @@ pub async fn create_base(
         }));
     }
     let id = Uuid::new_v4();
+    if let Some((partition, train)) = pretrain {
+        let mut tx = state.pool.begin().await?;
+        let base = bases::insert(&mut tx, id, &new.name, &config, None)
+            .await
+            .map_err(name_taken)?;
+        let payload = PretrainJob {
+            base: id,
+            partition: partition.id,
+            config: train,
+        };
+        let job = jobs::NewJob {
+            dedup_key: Some(format!("pretrain:{id}")),
+            ..jobs::NewJob::new("pretrain", json!(payload))
+        };
+        let (job, _) = jobs::enqueue(&mut tx, &job).await?;
+        tx.commit().await?;
+        let view = BaseView {
+            base,
+            job: Some(job),
+        };
+        return Ok((StatusCode::CREATED, Json(view)));
+    }
     let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
     let path = dir.path().to_path_buf();
     let (seed, model_config) = (new.seed, config.clone());
@@ -82,17 +123,81 @@ pub async fn create_base(
         .await
         .map_err(name_taken)?;
     state.scores.defaults_changed();
-    Ok((StatusCode::CREATED, Json(base)))
+    Ok((StatusCode::CREATED, Json(BaseView { base, job: None })))
+}
+
+/// The partition and settings a new base is pre-trained with, checked; `None` without
+/// `pretrain_on`.
+async fn pretrain_settings(
+    state: &AppState,
+    new: &NewBase,
+    model: &ModelConfig,
+) -> Result<Option<(Dataset, TrainConfig)>, ApiError> {
+    let Some(key) = &new.pretrain_on else {
+        if new.pretrain_tokens.is_some() || new.pretrain.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "pretrain_tokens and pretrain need pretrain_on: the partition to pre-train on",
+            ));
+        }
+        return Ok(None);
+    };
+    let partition = datasets::find(&state.pool, Kind::Partition, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
+    let mut fields = match serde_json::to_value(TrainConfig {
+        seed: new.seed,
+        ..TrainConfig::pretrain()
+    }) {
+        Ok(Value::Object(fields)) => fields,
+        _ => unreachable!("settings serialise to an object"),
+    };
+    fields.extend(new.pretrain.clone().unwrap_or_default());
+    if let Some(tokens) = new.pretrain_tokens {
+        fields.insert("tokens".into(), json!(tokens));
+    }
+    let invalid =
+        |e: String| ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pretrain", e);
+    let config: TrainConfig = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("pretrain: {e}")))?;
+    config.validate().map_err(invalid)?;
+    if config.seq_len as i64 > model.context_length() {
+        return Err(invalid(format!(
+            "seq_len {} is longer than the preset's context ({})",
+            config.seq_len,
+            model.context_length()
+        )));
+    }
+    Ok(Some((partition, config)))
 }
 
 pub async fn get_base(
     State(state): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<bases::Base>, ApiError> {
-    bases::find(&state.pool, &key)
+) -> Result<Json<BaseView>, ApiError> {
+    let base = bases::find(&state.pool, &key)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("base {key:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("base {key:?}")))?;
+    let job = bases::pretrain_job(&state.pool, base.id).await?;
+    Ok(Json(BaseView { base, job }))
+}
+
+pub async fn list_bases(
+    State(state): State<AppState>,
+    Q(params): Q<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let rows = bases::list(&state.pool, page.before, page.limit).await?;
+    Ok(page.answer(&rows, |b| (b.created_at, b.id)))
+}
+
+pub async fn list_recipes(
+    State(state): State<AppState>,
+    Q(params): Q<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let rows = recipes::list(&state.pool, page.before, page.limit).await?;
+    Ok(page.answer(&rows, |r| (r.created_at, r.id)))
 }
 
 /// `POST /v1/recipes {"name", "tokens", "lr", …}`: unset settings take the unit-model

@@ -8,6 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::RegistryError;
+use super::jobs::Job;
 use crate::engine::model::ModelConfig;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -69,6 +70,15 @@ pub async fn mark_ready(
     .await
 }
 
+/// A pending base whose pre-training ended without weights.
+pub async fn mark_failed(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update bases set state = 'failed' where id = $1 and state = 'pending'")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// By id, or by name when `key` is not a uuid.
 pub async fn find(pool: &PgPool, key: &str) -> Result<Option<Base>, sqlx::Error> {
     match Uuid::parse_str(key) {
@@ -92,6 +102,35 @@ pub async fn latest_ready(pool: &PgPool) -> Result<Option<Base>, sqlx::Error> {
     sqlx::query_as(
         "select * from bases where state = 'ready' order by created_at desc, id desc limit 1",
     )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Newest first; pass the last row of a page as `before` for the next.
+pub async fn list(
+    pool: &PgPool,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Base>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(
+        "select * from bases where ($1::timestamptz is null or (created_at, id) < ($1, $2))
+         order by created_at desc, id desc limit $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The latest job that pre-trains the base, if it was pre-trained by one.
+pub async fn pretrain_job(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(
+        "select * from jobs where kind = 'pretrain' and payload->>'base' = $1
+         order by created_at desc limit 1",
+    )
+    .bind(id.to_string())
     .fetch_optional(pool)
     .await
 }

@@ -23,7 +23,8 @@ pub struct UnitModel {
 }
 
 /// The unit model for (base, recipe, partition): created with its training job in the
-/// caller's transaction when it does not exist yet; a failed one is queued again.
+/// caller's transaction when it does not exist yet; one whose job ended without weights is
+/// queued again.
 pub async fn ensure(
     db: &mut PgConnection,
     base: Uuid,
@@ -51,7 +52,15 @@ pub async fn ensure(
             .bind(partition)
             .fetch_one(&mut *db)
             .await?;
-            if model.state != "failed" {
+            // A job that ended without weights (failed after its retries, or cancelled)
+            // may have left the model `queued`: it is queued again, like a failed one.
+            let job_ended = match model.job_id {
+                Some(job) => jobs::get(&mut *db, job)
+                    .await?
+                    .is_some_and(|j| matches!(j.state.as_str(), "failed" | "cancelled")),
+                None => true,
+            };
+            if model.state == "ready" || (model.state == "queued" && !job_ended) {
                 return Ok(Created::Existing(model));
             }
             (model, false)

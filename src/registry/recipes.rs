@@ -79,3 +79,21 @@ pub async fn latest(pool: &PgPool) -> Result<Option<Recipe>, sqlx::Error> {
         .fetch_optional(pool)
         .await
 }
+
+/// Newest first; pass the last row of a page as `before` for the next.
+pub async fn list(
+    pool: &PgPool,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Recipe>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(
+        "select * from recipes where ($1::timestamptz is null or (created_at, id) < ($1, $2))
+         order by created_at desc, id desc limit $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -107,7 +107,7 @@ async fn spawn_app() -> App {
         store,
         device: Device::Cpu,
         owner: "api-test".into(),
-        kinds: vec!["train", "score"],
+        kinds: vec!["pretrain", "train", "score"],
         lease: Duration::from_secs(30),
         work_dir: dirs.1.path().to_path_buf(),
     };
@@ -570,4 +570,96 @@ async fn bases_and_recipes_created_over_http_train_and_score_a_mixture() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = app.get("/v1/recipes/quick").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_base_pretrained_on_a_partition_turns_ready_and_becomes_the_default() {
+    let app = spawn_app().await;
+    let json = |v: Value| v.to_string();
+    let (status, _) = app
+        .post(
+            "/v1/partitions?name=seed&train=false",
+            corpus("tech_docs", 0, 20),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let quick = serde_json::json!({"batch_tokens": 256, "micro_batch": 4, "seq_len": 64, "warmup_steps": 1});
+    let before = app.jobs().await;
+    for (body, status, code) in [
+        (
+            serde_json::json!({"name": "p", "preset": "tiny", "pretrain_tokens": 512}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            serde_json::json!({"name": "p", "preset": "tiny", "pretrain_on": "nowhere"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            serde_json::json!({"name": "p", "preset": "tiny", "pretrain_on": "seed", "pretrain_tokens": 100}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_pretrain",
+        ),
+        (
+            serde_json::json!({"name": "p", "preset": "tiny", "pretrain_on": "seed", "pretrain": {"seq_len": 512}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_pretrain",
+        ),
+        (
+            serde_json::json!({"name": "p", "preset": "tiny", "pretrain_on": "seed", "pretrain": {"speed": 1}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ] {
+        let (got, answer) = app.post("/v1/bases", json(body.clone())).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(app.jobs().await, before, "bad requests queue nothing");
+    let (_, listed) = app.get("/v1/bases").await;
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "nor store a base"
+    );
+
+    let (status, base) = app
+        .post(
+            "/v1/bases",
+            json(
+                serde_json::json!({"name": "seeded", "preset": "tiny", "seed": 5,
+                "pretrain_on": "seed", "pretrain_tokens": 512, "pretrain": quick}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{base}");
+    assert_eq!(
+        (base["state"].as_str(), base["job"]["kind"].as_str()),
+        (Some("pending"), Some("pretrain"))
+    );
+    let mut ready = Value::Null;
+    for _ in 0..2400 {
+        let (_, got) = app.get("/v1/bases/seeded").await;
+        if got["state"] != "pending" {
+            ready = got;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert_eq!(ready["job"]["state"], "succeeded");
+    assert_eq!(ready["job"]["result"]["train"]["tokens"], 512);
+
+    // Partitions uploaded now train on the pre-trained base.
+    let (_, upload) = app
+        .post("/v1/partitions?name=c", corpus("code_c", 0, 5))
+        .await;
+    assert_eq!(upload["models"][0]["base_id"], base["id"]);
+    let (_, listed) = app.get("/v1/bases?limit=1").await;
+    assert_eq!(listed["items"][0]["name"], "seeded");
+    assert!(listed["next"].is_string());
 }

@@ -193,6 +193,110 @@ async fn a_partition_too_small_to_train_on_fails_its_job_for_good() {
     );
 }
 
+#[tokio::test]
+async fn a_pretrain_job_trains_a_pending_base_from_its_seed_and_makes_it_ready() {
+    let s = setup().await;
+    let pool = &s.worker.pool;
+    let text = corpus_head(20);
+    let partition = partition(&s, "seed-sample", text.clone()).await;
+    let id = Uuid::new_v4();
+    let config = TrainConfig {
+        seed: 11,
+        ..settings()
+    };
+    let mut db = pool.acquire().await.unwrap();
+    let base = bases::insert(&mut db, id, "fresh", &small_llama(), None)
+        .await
+        .unwrap();
+    assert_eq!(base.state, "pending");
+    let payload = mixpool::worker::PretrainJob {
+        base: id,
+        partition,
+        config: config.clone(),
+    };
+    let (job, _) = jobs::enqueue(
+        &mut db,
+        &jobs::NewJob::new("pretrain", serde_json::to_value(&payload).unwrap()),
+    )
+    .await
+    .unwrap();
+    drop(db);
+    let worker = Worker {
+        kinds: vec!["pretrain"],
+        ..s.worker.clone()
+    };
+    assert!(worker.try_run_one().await.unwrap());
+    let job = jobs::get(pool, job.id).await.unwrap().unwrap();
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let base = bases::find(pool, "fresh").await.unwrap().unwrap();
+    assert_eq!(base.state, "ready");
+    assert_eq!(
+        bases::latest_ready(pool).await.unwrap().unwrap().id,
+        id,
+        "the newest ready base is the default"
+    );
+
+    // The stored weights equal the engine's: initialised from the seed, then trained.
+    let out = tempfile::tempdir().unwrap();
+    mixpool::engine::checkpoint::write_config(out.path(), &small_llama()).unwrap();
+    s.worker
+        .store
+        .download_verified(
+            &keys::base(&id, "model.safetensors"),
+            base.weights_sha256.as_ref().unwrap(),
+            &out.path().join("model.safetensors"),
+        )
+        .await
+        .unwrap();
+    let stored = LoadedModel::load(out.path(), Device::Cpu).unwrap();
+    let local = LoadedModel::init(small_llama(), 11, Device::Cpu).unwrap();
+    let docs = data::parse_documents(text.as_bytes(), Some(Format::Jsonl)).unwrap();
+    let tokens = data::tokenize(&docs, &local.tokenizer).unwrap();
+    train::train(&local, &tokens, &config, TrainOptions::default()).unwrap();
+    let initial = LoadedModel::init(small_llama(), 11, Device::Cpu).unwrap();
+    for (name, x) in stored.vs.variables() {
+        let y = &local.vs.variables()[&name];
+        assert!(x.equal(y), "{name} differs from local pre-training");
+        assert!(
+            !x.equal(&initial.vs.variables()[&name]),
+            "{name} was trained"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pretrain_job_that_cannot_train_leaves_its_base_failed() {
+    let s = setup().await;
+    let pool = &s.worker.pool;
+    let partition = partition(&s, "too-short", "{\"text\": \"x\"}\n".into()).await;
+    let id = Uuid::new_v4();
+    let mut db = pool.acquire().await.unwrap();
+    bases::insert(&mut db, id, "doomed", &small_llama(), None)
+        .await
+        .unwrap();
+    let payload = mixpool::worker::PretrainJob {
+        base: id,
+        partition,
+        config: settings(),
+    };
+    jobs::enqueue(
+        &mut db,
+        &jobs::NewJob::new("pretrain", serde_json::to_value(&payload).unwrap()),
+    )
+    .await
+    .unwrap();
+    drop(db);
+    let worker = Worker {
+        kinds: vec!["pretrain"],
+        ..s.worker.clone()
+    };
+    assert!(worker.try_run_one().await.unwrap());
+    let base = bases::find(pool, "doomed").await.unwrap().unwrap();
+    assert_eq!((base.state.as_str(), base.weights_sha256), ("failed", None));
+    let job = bases::pretrain_job(pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "failed");
+}
+
 mod scores {
     use mixpool::engine::eval::{EvalConfig, evaluate};
     use mixpool::engine::merge::merge_model_dirs;
