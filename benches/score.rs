@@ -149,13 +149,7 @@ async fn main() {
         &S3Config::default(),
     )
     .unwrap();
-    let state = AppState {
-        pool,
-        store,
-        max_upload_bytes: 1 << 20,
-        max_wait: Duration::from_secs(1),
-        scores: Default::default(),
-    };
+    let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!(
         "http://{}/v1/score?partitions=a,b&eval=e",

@@ -75,8 +75,21 @@ pub fn eval_config_sha256(config: &EvalConfig) -> String {
     ))
 }
 
+/// A request checked and made canonical: its score's key and its mixture.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub key: ScoreKey,
+    pub mixture: Mixture,
+    pub eval: EvalConfig,
+}
+
 /// Looks the score up, or queues its job (or finds the identical job already queued).
 pub async fn request(pool: &PgPool, req: &ScoreRequest) -> Result<ScoreStatus, ScoringError> {
+    submit(pool, &prepare(pool, req).await?).await
+}
+
+/// Checks a request (weights, repeated partitions) and makes it canonical; changes nothing.
+pub async fn prepare(pool: &PgPool, req: &ScoreRequest) -> Result<Prepared, ScoringError> {
     let weights = match (req.weighting, &req.weights) {
         (Weighting::Explicit, Some(w)) => Some(w.clone()),
         (Weighting::Explicit, None) => None,
@@ -106,11 +119,22 @@ pub async fn request(pool: &PgPool, req: &ScoreRequest) -> Result<ScoreStatus, S
         eval_set_id: req.eval_set,
         eval_config_sha256: eval_config_sha256(&req.eval),
     };
+    Ok(Prepared {
+        key,
+        mixture,
+        eval: req.eval.clone(),
+    })
+}
+
+/// The score of a prepared request, or the job that computes it (queued now, or already
+/// queued by an identical request), or the unit models it still lacks.
+pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, ScoringError> {
+    let Prepared { key, mixture, eval } = prepared;
     if let Some(score) = scores::get(pool, &key).await? {
         return Ok(ScoreStatus::Cached(score));
     }
     let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
-    let found = models::for_partitions(pool, req.base, req.recipe, &ids).await?;
+    let found = models::for_partitions(pool, key.base_id, key.recipe_id, &ids).await?;
     let missing: Vec<(Uuid, Option<UnitModel>)> = ids
         .iter()
         .filter_map(|p| {
@@ -134,7 +158,7 @@ pub async fn request(pool: &PgPool, req: &ScoreRequest) -> Result<ScoreStatus, S
             })
             .collect(),
         key: key.clone(),
-        eval: req.eval.clone(),
+        eval: eval.clone(),
     };
     let dedup = hex::encode(Sha256::digest(serde_json::to_vec(&key).unwrap()));
     let new = NewJob {

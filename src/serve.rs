@@ -44,7 +44,7 @@ pub struct ServeArgs {
 #[derive(Args)]
 pub struct WorkerArgs {
     /// Job kinds this worker runs.
-    #[arg(long, value_delimiter = ',', default_value = "train,score")]
+    #[arg(long, value_delimiter = ',', default_value = "pretrain,train,score")]
     pub kinds: Vec<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -129,17 +129,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             pool.clone(),
             store.clone(),
             &data,
-            vec!["train", "score"],
+            vec!["pretrain", "train", "score"],
         )?;
         Some(tokio::spawn(worker.run(stopped.clone())))
     };
-    let state = AppState {
+    let state = AppState::new(
         pool,
         store,
-        max_upload_bytes: config.service.max_upload_mb << 20,
-        max_wait: Duration::from_secs(config.service.max_wait_seconds),
-        scores: Default::default(),
-    };
+        config.service.max_upload_mb << 20,
+        Duration::from_secs(config.service.max_wait_seconds),
+    );
     let listen = args.listen.unwrap_or(config.service.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -212,6 +212,44 @@ pub async fn get_partition(
     Ok(Json(json!({ "partition": partition, "models": models })))
 }
 
+/// `DELETE /v1/partitions/{key}`: removes a partition that no score needs, with its unit
+/// models (their training is cancelled). 409 `partition_in_use` otherwise.
+pub async fn delete_partition(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let partition = datasets::find(&state.pool, Kind::Partition, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
+    let mut tx = state.pool.begin().await?;
+    let models = datasets::delete_partition(&mut tx, &partition)
+        .await
+        .map_err(|e| match e {
+            e @ datasets::DeleteError::InUse { .. } => {
+                ApiError::status(StatusCode::CONFLICT, "partition_in_use", e.to_string())
+            }
+            datasets::DeleteError::Database(e) => e.into(),
+        })?;
+    tx.commit().await?;
+    // The rows are gone; their objects follow (an object left by a failure here is unused).
+    state.scores.clear();
+    let mut keys = vec![crate::store::keys::partition(&partition.sha256)];
+    for model in &models {
+        keys.extend(
+            state
+                .store
+                .list(&crate::store::keys::model(model, ""))
+                .await?,
+        );
+    }
+    for key in keys {
+        if let Err(e) = state.store.delete(&key).await {
+            tracing::warn!("deleting {key}: {e}");
+        }
+    }
+    Ok(Json(json!({ "deleted": partition, "models": models })))
+}
+
 pub async fn get_eval_set(
     State(state): State<AppState>,
     Path(key): Path<String>,

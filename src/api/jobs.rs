@@ -58,7 +58,7 @@ pub async fn cancel_job(
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_uuid(&id)
         .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a job id")))?;
-    jobs::cancel(&state.pool, id)
+    jobs::cancel(&mut *state.pool.acquire().await?, id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))

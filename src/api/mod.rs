@@ -3,11 +3,14 @@
 
 mod datasets;
 mod error;
+mod events;
 mod health;
 mod jobs;
+mod metrics;
 mod models;
 pub mod score;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -30,7 +33,26 @@ pub struct AppState {
     /// Longest `wait` a score request may ask for.
     pub max_wait: Duration,
     /// Score answers already given (see [`score::ScoreCache`]).
-    pub scores: std::sync::Arc<score::ScoreCache>,
+    scores: Arc<score::ScoreCache>,
+    events: Arc<events::Events>,
+    metrics: Arc<metrics::Counters>,
+}
+
+impl AppState {
+    /// The state of one server; starts its listener for the registry's notifications.
+    pub fn new(pool: PgPool, store: Store, max_upload_bytes: u64, max_wait: Duration) -> Self {
+        let scores = Arc::new(score::ScoreCache::default());
+        let events = events::Events::listen(pool.clone(), scores.clone());
+        AppState {
+            pool,
+            store,
+            max_upload_bytes,
+            max_wait,
+            scores,
+            events,
+            metrics: Default::default(),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,7 +73,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/partitions",
             post(datasets::upload_partition).get(datasets::list_partitions),
         )
-        .route("/v1/partitions/{key}", get(datasets::get_partition))
+        .route(
+            "/v1/partitions/{key}",
+            get(datasets::get_partition).delete(datasets::delete_partition),
+        )
         .route(
             "/v1/eval-sets",
             post(datasets::upload_eval_set).get(datasets::list_eval_sets),
@@ -60,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/events", get(events::job_events))
         .route("/v1/score", get(score::get_score))
+        .route("/v1/scores", post(score::post_scores))
+        .route("/metrics", get(metrics::metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

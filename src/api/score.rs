@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant as StdInstant};
+
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +20,7 @@ use crate::engine::eval::EvalConfig;
 use crate::mixture::Weighting;
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::jobs;
-use crate::registry::scores::Score;
+use crate::registry::scores::{self, Score};
 use crate::scoring::{self, ScoreRequest, ScoreStatus, ScoringError};
 
 #[derive(Deserialize)]
@@ -45,7 +47,7 @@ pub struct ScoreParams {
 #[derive(Default)]
 pub struct ScoreCache {
     answers: RwLock<HashMap<String, Value>>,
-    defaults: Mutex<Option<(Instant, String, String)>>,
+    defaults: Mutex<Option<(StdInstant, String, String)>>,
 }
 
 const DEFAULTS_TTL: Duration = Duration::from_secs(1);
@@ -79,7 +81,7 @@ impl ScoreCache {
             None => {
                 let b = resolve_base(pool, None).await?.name;
                 let r = resolve_recipe(pool, None).await?.name;
-                *self.defaults.lock().unwrap() = Some((Instant::now(), b.clone(), r.clone()));
+                *self.defaults.lock().unwrap() = Some((StdInstant::now(), b.clone(), r.clone()));
                 (b, r)
             }
         };
@@ -87,6 +89,12 @@ impl ScoreCache {
             base.map(str::to_string).unwrap_or(default_base),
             recipe.map(str::to_string).unwrap_or(default_recipe),
         ))
+    }
+
+    /// Forgets every answer (a partition was deleted: its name may come to mean another).
+    pub fn clear(&self) {
+        self.answers.write().unwrap().clear();
+        self.defaults_changed();
     }
 
     fn get(&self, key: &str) -> Option<Value> {
@@ -102,10 +110,37 @@ impl ScoreCache {
     }
 }
 
-pub async fn get_score(
-    State(state): State<AppState>,
-    Q(params): Q<ScoreParams>,
-) -> Result<Response, ApiError> {
+/// A score request resolved against the registry and checked; nothing is queued yet.
+struct Resolved {
+    /// The request as asked, for the answer cache.
+    cache_key: String,
+    prepared: scoring::Prepared,
+    /// Partition id → the name the answer shows.
+    names: HashMap<Uuid, String>,
+    /// The eval set, base and recipe names the answer shows.
+    context: Value,
+}
+
+enum Answer {
+    Score(Value),
+    Pending(jobs::Job),
+}
+
+/// The key of the answer cache: the request's own words, with the defaults filled in.
+fn cache_key(base: &str, recipe: &str, params: &ScoreParams) -> String {
+    [
+        base,
+        recipe,
+        &params.partitions,
+        &params.eval,
+        params.weights.as_deref().unwrap_or(""),
+        params.weighting.as_deref().unwrap_or(""),
+    ]
+    .join("\n")
+}
+
+/// Resolves names and checks everything a score request says; changes nothing.
+async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, ApiError> {
     let (base_name, recipe_name) = state
         .scores
         .names(
@@ -114,18 +149,6 @@ pub async fn get_score(
             params.recipe.as_deref(),
         )
         .await?;
-    let cache_key = [&base_name, &recipe_name, &params.partitions, &params.eval]
-        .into_iter()
-        .map(String::as_str)
-        .chain([
-            params.weights.as_deref().unwrap_or(""),
-            params.weighting.as_deref().unwrap_or(""),
-        ])
-        .collect::<Vec<_>>()
-        .join("\n");
-    if let Some(answer) = state.scores.get(&cache_key) {
-        return Ok(Json(answer).into_response());
-    }
     let base = resolve_base(&state.pool, Some(&base_name)).await?;
     let recipe = resolve_recipe(&state.pool, Some(&recipe_name)).await?;
     let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
@@ -175,15 +198,6 @@ pub async fn get_score(
             ));
         }
     };
-    let wait = params.wait.unwrap_or(30.0);
-    if !(wait.is_finite() && wait >= 0.0) {
-        return Err(ApiError::bad_request(
-            "invalid_wait",
-            "wait is a non-negative number of seconds",
-        ));
-    }
-    let wait = Duration::from_secs_f64(wait).min(state.max_wait);
-
     let request = ScoreRequest {
         base: base.id,
         recipe: recipe.id,
@@ -193,36 +207,48 @@ pub async fn get_score(
         eval_set: eval_set.id,
         eval: EvalConfig::default(),
     };
-    let names = |id: Uuid| {
-        partitions
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.name.clone())
-            .unwrap_or_default()
-    };
-    let context = json!({ "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name });
-    let status = scoring::request(&state.pool, &request)
+    let prepared = scoring::prepare(&state.pool, &request)
         .await
-        .map_err(|e| match e {
-            ScoringError::Database(e) => e.into(),
-            e => ApiError::status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_mixture",
-                e.to_string(),
-            ),
-        })?;
-    match status {
+        .map_err(scoring_error)?;
+    Ok(Resolved {
+        cache_key: cache_key(&base_name, &recipe_name, params),
+        prepared,
+        names: partitions.into_iter().map(|p| (p.id, p.name)).collect(),
+        context: json!({ "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name }),
+    })
+}
+
+fn scoring_error(e: ScoringError) -> ApiError {
+    match e {
+        ScoringError::Database(e) => e.into(),
+        e => ApiError::status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+            e.to_string(),
+        ),
+    }
+}
+
+/// The score from the registry, or from the job that computes it if that ends before
+/// `deadline`; otherwise the job. Missing unit models are a 409 naming them.
+async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Answer, ApiError> {
+    let name = |id: Uuid| r.names.get(&id).cloned().unwrap_or_default();
+    let status = scoring::submit(&state.pool, &r.prepared)
+        .await
+        .map_err(scoring_error)?;
+    let job = match status {
         ScoreStatus::Cached(score) => {
-            let answer = body(&score, true, &names, &context);
-            state.scores.put(cache_key, answer.clone());
-            Ok(Json(answer).into_response())
+            let answer = body(&score, true, &name, &r.context);
+            state.scores.put(r.cache_key.clone(), answer.clone());
+            state.metrics.score_answered(true);
+            return Ok(Answer::Score(answer));
         }
         ScoreStatus::ModelsNotReady(missing) => {
             let details: Vec<Value> = missing
                 .iter()
                 .map(|(p, model)| {
                     json!({
-                        "partition": names(*p),
+                        "partition": name(*p),
                         "model_state": model.as_ref().map(|m| m.state.clone()),
                         "job": model.as_ref().and_then(|m| m.job_id),
                     })
@@ -232,59 +258,205 @@ pub async fn get_score(
                 "no ready unit model for: {}",
                 missing
                     .iter()
-                    .map(|(p, _)| names(*p))
+                    .map(|(p, _)| name(*p))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            Err(ApiError::Client {
+            return Err(ApiError::Client {
                 status: StatusCode::CONFLICT,
                 code: "models_not_ready",
                 message,
                 details: Some(json!(details)),
-            })
+            });
         }
-        ScoreStatus::Pending { job, .. } => {
-            let deadline = Instant::now() + wait;
-            loop {
-                let current = jobs::get(&state.pool, job.id)
-                    .await?
-                    .ok_or_else(|| ApiError::Internal("job vanished".into()))?;
-                match current.state.as_str() {
-                    "succeeded" => {
-                        let Some(ScoreStatus::Cached(score)) =
-                            scoring::request(&state.pool, &request).await.ok()
-                        else {
-                            return Err(ApiError::Internal(
-                                "a succeeded score job left no score".into(),
-                            ));
-                        };
-                        state
-                            .scores
-                            .put(cache_key, body(&score, true, &names, &context));
-                        return Ok(Json(body(&score, false, &names, &context)).into_response());
-                    }
-                    "failed" | "cancelled" => {
-                        let message = format!(
-                            "scoring {}: {}",
-                            current.state,
-                            current.error.unwrap_or_default()
-                        );
-                        return Err(ApiError::status(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "score_failed",
-                            message,
-                        ));
-                    }
-                    _ if Instant::now() >= deadline => {
-                        return Ok(
-                            (StatusCode::ACCEPTED, Json(json!({ "job": current }))).into_response()
-                        );
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
+        ScoreStatus::Pending { job, .. } => job,
+    };
+    let job = state
+        .events
+        .wait_for_job(&state.pool, job.id, deadline)
+        .await?
+        .ok_or_else(|| ApiError::Internal("a score job vanished".into()))?;
+    match job.state.as_str() {
+        "succeeded" => {
+            let Some(score) = scores::get(&state.pool, &r.prepared.key).await? else {
+                return Err(ApiError::Internal(
+                    "a succeeded score job left no score".into(),
+                ));
+            };
+            state
+                .scores
+                .put(r.cache_key.clone(), body(&score, true, &name, &r.context));
+            state.metrics.score_answered(false);
+            Ok(Answer::Score(body(&score, false, &name, &r.context)))
+        }
+        "failed" | "cancelled" => Err(ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "score_failed",
+            format!("scoring {}: {}", job.state, job.error.unwrap_or_default()),
+        )),
+        _ => Ok(Answer::Pending(job)),
+    }
+}
+
+/// The deadline of a request's `wait` (default 30 s, at most the configured maximum).
+fn deadline(state: &AppState, wait: Option<f64>) -> Result<Instant, ApiError> {
+    let wait = wait.unwrap_or(30.0);
+    if !(wait.is_finite() && wait >= 0.0) {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            "wait is a non-negative number of seconds",
+        ));
+    }
+    Ok(Instant::now() + Duration::from_secs_f64(wait).min(state.max_wait))
+}
+
+pub async fn get_score(
+    State(state): State<AppState>,
+    Q(params): Q<ScoreParams>,
+) -> Result<Response, ApiError> {
+    let (base, recipe) = state
+        .scores
+        .names(
+            &state.pool,
+            params.base.as_deref(),
+            params.recipe.as_deref(),
+        )
+        .await?;
+    if let Some(answer) = state.scores.get(&cache_key(&base, &recipe, &params)) {
+        state.metrics.score_answered(true);
+        return Ok(Json(answer).into_response());
+    }
+    let deadline = deadline(&state, params.wait)?;
+    let resolved = resolve(&state, &params).await?;
+    Ok(match answer(&state, &resolved, deadline).await? {
+        Answer::Score(score) => Json(score).into_response(),
+        Answer::Pending(job) => (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response(),
+    })
+}
+
+/// One mixture of a batch: a list of partitions, or partitions with weights or a weighting.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum BatchMixture {
+    Partitions(Vec<String>),
+    Weighted {
+        partitions: Vec<String>,
+        weights: Option<Vec<f64>>,
+        weighting: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    mixtures: Vec<BatchMixture>,
+    eval_sets: Vec<String>,
+    base: Option<String>,
+    recipe: Option<String>,
+    /// Seconds to wait for the scores being computed, all together (default 30).
+    wait: Option<f64>,
+}
+
+/// The most mixture × eval set pairs one batch may ask for.
+const MAX_BATCH: usize = 10_000;
+
+/// `POST /v1/scores {"mixtures": [...], "eval_sets": [...], "base"?, "recipe"?, "wait"?}`:
+/// every mixture on every eval set. All requests are checked before any job is queued (a
+/// bad one is a 4xx naming it); then each is answered like `GET /v1/score`, in order, with a
+/// `status` of `done`, `pending` (with its job) or `models_not_ready`.
+pub async fn post_scores(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let pairs = batch.mixtures.len() * batch.eval_sets.len();
+    if pairs == 0 || pairs > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch asks for 1 to {MAX_BATCH} mixture × eval set pairs, not {pairs}"),
+        ));
+    }
+    let deadline = deadline(&state, batch.wait)?;
+    let mut resolved = Vec::with_capacity(pairs);
+    for (i, mixture) in batch.mixtures.iter().enumerate() {
+        let (partitions, weights, weighting) = match mixture {
+            BatchMixture::Partitions(p) => (p, None, None),
+            BatchMixture::Weighted {
+                partitions,
+                weights,
+                weighting,
+            } => (partitions, weights.as_ref(), weighting.clone()),
+        };
+        for eval in &batch.eval_sets {
+            let params = ScoreParams {
+                partitions: partitions.join(","),
+                eval: eval.clone(),
+                weights: weights.map(|w| {
+                    w.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+                weighting: weighting.clone(),
+                base: batch.base.clone(),
+                recipe: batch.recipe.clone(),
+                wait: None,
+            };
+            let r = resolve(&state, &params).await.map_err(|e| match e {
+                ApiError::Client {
+                    status,
+                    code,
+                    message,
+                    details,
+                } => ApiError::Client {
+                    status,
+                    code,
+                    message: format!("mixtures[{i}] on eval set {eval:?}: {message}"),
+                    details,
+                },
+                e => e,
+            })?;
+            resolved.push(r);
         }
     }
+    // Queue everything first, then wait for the jobs together.
+    let mut results: Vec<Value> = Vec::with_capacity(pairs);
+    let mut pending = Vec::new();
+    let now = Instant::now();
+    for (i, r) in resolved.iter().enumerate() {
+        results.push(match answer(&state, r, now).await {
+            Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
+            Ok(Answer::Pending(job)) => {
+                pending.push(i);
+                json!({ "status": "pending", "job": job })
+            }
+            Err(ApiError::Client {
+                code,
+                message,
+                details,
+                ..
+            }) => json!({ "status": code, "error": { "code": code, "message": message, "details": details } }),
+            Err(e) => return Err(e),
+        });
+    }
+    for i in pending {
+        results[i] = match answer(&state, &resolved[i], deadline).await {
+            Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
+            Ok(Answer::Pending(job)) => json!({ "status": "pending", "job": job }),
+            Err(ApiError::Client { code, message, .. }) => {
+                json!({ "status": code, "error": { "code": code, "message": message } })
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    let count = |status: &str| results.iter().filter(|r| r["status"] == status).count();
+    let (done, waiting) = (count("done"), count("pending"));
+    Ok(Json(json!({
+        "results": results,
+        "done": done,
+        "pending": waiting,
+    })))
 }
 
 fn body(score: &Score, cached: bool, names: &dyn Fn(Uuid) -> String, context: &Value) -> Value {

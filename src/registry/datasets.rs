@@ -167,3 +167,69 @@ pub async fn set_object_sha256(
         .fetch_one(db)
         .await
 }
+
+/// Why a partition cannot be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("partition {name:?} is needed by {scores} score(s) and {jobs} active job(s)")]
+    InUse {
+        name: String,
+        scores: i64,
+        jobs: i64,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Deletes a partition that no score and no active pre-training or scoring job needs, with
+/// its unit models (whose training jobs are cancelled), in the caller's transaction.
+/// Returns the ids of the deleted models, whose objects the caller removes after commit.
+pub async fn delete_partition(
+    db: &mut PgConnection,
+    partition: &Dataset,
+) -> Result<Vec<Uuid>, DeleteError> {
+    // Locks the row, so that no score job is queued for it while this runs.
+    sqlx::query("select id from partitions where id = $1 for update")
+        .bind(partition.id)
+        .execute(&mut *db)
+        .await?;
+    let member = serde_json::json!([{ "partition": partition.id }]);
+    let scores: i64 = sqlx::query_scalar("select count(*) from scores where mixture @> $1")
+        .bind(&member)
+        .fetch_one(&mut *db)
+        .await?;
+    let jobs: i64 = sqlx::query_scalar(
+        "select count(*) from jobs where state in ('queued', 'running') and (
+             (kind = 'pretrain' and payload->>'partition' = $1)
+             or (kind = 'score' and payload->'mixture' @> $2))",
+    )
+    .bind(partition.id.to_string())
+    .bind(&member)
+    .fetch_one(&mut *db)
+    .await?;
+    if scores > 0 || jobs > 0 {
+        return Err(DeleteError::InUse {
+            name: partition.name.clone(),
+            scores,
+            jobs,
+        });
+    }
+    let models: Vec<(Uuid, Option<Uuid>)> =
+        sqlx::query_as("delete from models where partition_id = $1 returning id, job_id")
+            .bind(partition.id)
+            .fetch_all(&mut *db)
+            .await?;
+    for job in models.iter().filter_map(|(_, job)| *job) {
+        super::jobs::cancel(&mut *db, job).await?;
+    }
+    sqlx::query("delete from partitions where id = $1")
+        .bind(partition.id)
+        .execute(&mut *db)
+        .await?;
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(super::CHANGES)
+        .bind(format!("deleted:partition:{}", partition.id))
+        .execute(&mut *db)
+        .await?;
+    Ok(models.into_iter().map(|(id, _)| id).collect())
+}

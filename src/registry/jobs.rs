@@ -306,7 +306,7 @@ async fn finish(
 
 /// Cancels a job: a queued one at once, a running one by asking its worker (which sees the
 /// request at its next heartbeat). Returns the job, or `None` when there is no such job.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+pub async fn cancel(db: &mut PgConnection, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
     let job: Option<Job> = sqlx::query_as(
         "update jobs set
              state = case when state = 'queued' then 'cancelled' else state end,
@@ -317,12 +317,12 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error>
          returning *",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await?;
     if let Some(job) = &job
         && job.state == "cancelled"
     {
-        notify(pool, &format!("done:{id}")).await?;
+        notify(db, &format!("done:{id}")).await?;
     }
     Ok(job)
 }

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+/// Notifications of registry changes that cached answers may depend on (a deleted
+/// partition); the payload names the change, e.g. `deleted:partition:<id>`.
+pub const CHANGES: &str = "mixpool_registry";
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -43,6 +43,26 @@ impl App {
         (response.status(), response.json().await.unwrap())
     }
 
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
     /// Polls until the partition's unit model is trained.
     async fn trained(&self, partition: &str) {
         for _ in 0..2400 {
@@ -92,13 +112,12 @@ async fn spawn_app() -> App {
     recipes::insert(&mut db, "unit", &recipe).await.unwrap();
     drop(db);
 
-    let state = AppState {
-        pool: pool.clone(),
-        store: store.clone(),
-        max_upload_bytes: 1 << 20,
-        max_wait: Duration::from_secs(120),
-        scores: Default::default(),
-    };
+    let state = AppState::new(
+        pool.clone(),
+        store.clone(),
+        1 << 20,
+        Duration::from_secs(120),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -662,4 +681,193 @@ async fn a_base_pretrained_on_a_partition_turns_ready_and_becomes_the_default() 
     let (_, listed) = app.get("/v1/bases?limit=1").await;
     assert_eq!(listed["items"][0]["name"], "seeded");
     assert!(listed["next"].is_string());
+}
+
+#[tokio::test]
+async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
+    let app = spawn_app().await;
+    for (name, domain) in [
+        ("python", "code_python"),
+        ("c", "code_c"),
+        ("legal", "legal_licenses"),
+    ] {
+        let (status, _) = app
+            .post(&format!("/v1/partitions?name={name}"), corpus(domain, 0, 8))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    app.post("/v1/eval-sets?name=e", corpus("tech_docs", 0, 3))
+        .await;
+    for name in ["python", "c", "legal"] {
+        app.trained(name).await;
+    }
+
+    // Two identical misses at once share one job, whose live events end with its success.
+    let url = "/v1/score?partitions=python,c&eval=e&wait=0";
+    let ((s1, first), (s2, second)) = tokio::join!(app.get(url), app.get(url));
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(first["job"]["id"], second["job"]["id"]);
+    let score_jobs = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from jobs where kind = 'score'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(score_jobs().await, 1);
+    let events = app
+        .client
+        .get(format!(
+            "{}/v1/jobs/{}/events",
+            app.url,
+            first["job"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // The stream ends by itself after the final state.
+    let text = tokio::time::timeout(Duration::from_secs(120), events.text())
+        .await
+        .expect("the event stream ends")
+        .unwrap();
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("succeeded"),
+        "{text}"
+    );
+    assert!(text.starts_with("event: job"), "{text}");
+
+    // Every non-empty subset, in one batch.
+    let names = ["python", "c", "legal"];
+    let subsets: Vec<Vec<&str>> = (1..8u32)
+        .map(|bits| {
+            (0..3)
+                .filter(|i| bits & (1 << i) != 0)
+                .map(|i| names[i])
+                .collect()
+        })
+        .collect();
+    let batch = serde_json::json!({"mixtures": subsets, "eval_sets": ["e"], "wait": 120});
+    let (status, answer) = app.post("/v1/scores", batch.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["done"].as_u64(), answer["pending"].as_u64()),
+        (Some(7), Some(0))
+    );
+    assert_eq!(
+        score_jobs().await,
+        7,
+        "one job per mixture, the shared one included"
+    );
+    let results = answer["results"].as_array().unwrap();
+    let mut perplexities = Vec::new();
+    for (subset, result) in subsets.iter().zip(results) {
+        let score = &result["score"];
+        assert_eq!(score["mixture"].as_array().unwrap().len(), subset.len());
+        let (status, again) = app
+            .get(&format!("/v1/score?partitions={}&eval=e", subset.join(",")))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (again["cached"].as_bool(), &again["perplexity"]),
+            (Some(true), &score["perplexity"]),
+            "{subset:?}"
+        );
+        perplexities.push(score["perplexity"].as_f64().unwrap());
+    }
+    perplexities.dedup();
+    assert_eq!(perplexities.len(), 7, "each mixture has its own score");
+    assert_eq!(score_jobs().await, 7, "cached answers run no job");
+
+    let jobs = app.jobs().await;
+    for (body, status, code) in [
+        (
+            serde_json::json!({"mixtures": [["python"], ["python", "nope"]], "eval_sets": ["e"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            serde_json::json!({"mixtures": [], "eval_sets": ["e"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_batch",
+        ),
+        (
+            serde_json::json!({"mixtures": [{"partitions": ["python", "c"], "weights": [1, -1]}], "eval_sets": ["e"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+        (
+            serde_json::json!({"mixtures": [["c", "c"]], "eval_sets": ["e"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+        ),
+    ] {
+        let (got, error) = app.post("/v1/scores", body.to_string()).await;
+        assert_eq!(
+            (got, error["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {error}"
+        );
+    }
+    assert_eq!(app.jobs().await, jobs, "a bad batch queues nothing");
+
+    let (status, metrics) = app.text("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics.contains("mixpool_jobs{kind=\"score\",state=\"succeeded\"} 7"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mixpool_partitions 3"), "{metrics}");
+    let cached: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mixpool_score_answers_total{cached=\"true\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cached >= 7, "{metrics}");
+
+    // A partition that scores need stays; one that none needs goes, with its unit model.
+    let (status, body) = app.delete("/v1/partitions/legal").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("partition_in_use")),
+        "{body}"
+    );
+    let (status, extra) = app
+        .post("/v1/partitions?name=extra", corpus("tech_docs", 10, 5))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, deleted) = app.delete("/v1/partitions/extra").await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["models"][0], extra["models"][0]["id"]);
+    let (status, _) = app.get("/v1/partitions/extra").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.delete("/v1/partitions/extra").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let models: i64 = sqlx::query_scalar("select count(*) from models")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(models, 3);
+    // The name is free again, for other content.
+    let (status, _) = app
+        .post(
+            "/v1/partitions?name=extra&train=false",
+            corpus("tech_docs", 20, 5),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
 }
