@@ -11,6 +11,9 @@ use serde::Deserialize;
 pub struct Config {
     pub engine: EngineConfig,
     pub service: ServiceConfig,
+    /// For `s3://` stores.
+    #[serde(default)]
+    pub s3: crate::store::S3Config,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -48,6 +51,7 @@ impl Default for Config {
                 max_wait_seconds: 600,
                 lease_seconds: 60,
             },
+            s3: Default::default(),
         }
     }
 }

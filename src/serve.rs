@@ -15,7 +15,7 @@ use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::local::Engine;
 use crate::registry::{self, jobs};
-use crate::store::{S3Config, Store};
+use crate::store::Store;
 use crate::worker::Worker;
 
 #[derive(Args, Clone)]
@@ -81,7 +81,7 @@ fn store(config: &Config, args: &ServiceArgs) -> Result<(Store, PathBuf)> {
         None if !config.service.store.is_empty() => config.service.store.clone(),
         None => format!("file://{}", data.join("store").display()),
     };
-    Ok((Store::open(&url, &S3Config::default())?, data))
+    Ok((Store::open(&url, &config.s3)?, data))
 }
 
 fn worker(

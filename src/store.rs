@@ -39,7 +39,7 @@ pub mod keys {
 }
 
 /// S3 settings; unset ones fall back to the usual `AWS_*` environment variables.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// e.g. http://127.0.0.1:8333 for an S3-compatible server; empty for AWS.
@@ -112,7 +112,19 @@ impl Store {
             if bucket.is_empty() {
                 return Err(bad("no bucket: use s3://bucket/prefix".into()));
             }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // An unreachable store fails a request within seconds (a 503 the caller can
+            // retry) rather than after object_store's default three minutes of retries.
+            let retry = object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            };
+            let client = object_store::ClientOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(5));
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .with_client_options(client);
             if let Some(endpoint) = &s3.endpoint {
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                     return Err(bad(format!(

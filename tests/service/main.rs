@@ -5,6 +5,7 @@
 mod api;
 mod helpers;
 mod ingest;
+mod outage;
 mod queue;
 mod registry;
 mod resume;

@@ -1,0 +1,219 @@
+//! Outages: while the database or the object store does not answer, requests get a 503 and
+//! nothing is half-written; once it is back, the same server answers again.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mixpool::api::{AppState, router};
+use mixpool::store::{S3Config, Store};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{corpus_path, fresh_db};
+
+/// A TCP relay to a real server that can be cut (open connections dropped, new ones closed
+/// at once) and restored: an outage without stopping the shared server.
+struct Switch {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Switch {
+    async fn to(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let switch = Switch {
+            addr: listener.local_addr().unwrap(),
+            up: Arc::new(AtomicBool::new(true)),
+            open: Default::default(),
+        };
+        let (up, open) = (switch.up.clone(), switch.open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                open.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        switch
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for relay in self.open.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Server {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    async fn start(pool: PgPool, store: Store) -> Self {
+        let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+        Server {
+            url,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn upload(&self, name: &str, skip: usize) -> (StatusCode, Value) {
+        let text: String = std::fs::read_to_string(corpus_path("code_c"))
+            .unwrap()
+            .lines()
+            .skip(skip)
+            .take(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let r = self
+            .client
+            .post(format!(
+                "{}/v1/partitions?name={name}&train=false",
+                self.url
+            ))
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// Polls `path` until it answers 200 (the service recovered), for up to 30 s.
+    async fn recovers(&self, path: &str) -> Value {
+        for _ in 0..300 {
+            let (status, body) = self.get(path).await;
+            if status == StatusCode::OK {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path} did not recover");
+    }
+
+    async fn names(&self) -> Vec<String> {
+        let list = self.recovers("/v1/partitions").await;
+        let mut names: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn assert_unavailable((status, body): (StatusCode, Value)) {
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_is_a_503_and_the_server_recovers_when_it_returns() {
+    let direct = fresh_db().await;
+    let options = direct.connect_options();
+    let target: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
+        .parse()
+        .expect("the test database on an IP address");
+    let switch = Switch::to(target).await;
+    let relayed = (*options)
+        .clone()
+        .host("127.0.0.1")
+        .port(switch.addr.port());
+    let pool = mixpool::registry::connect(relayed).await.unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &format!("file://{}", store_dir.path().display()),
+        &S3Config::default(),
+    )
+    .unwrap();
+    let server = Server::start(pool, store).await;
+    assert_eq!(server.upload("before", 0).await.0, StatusCode::CREATED);
+
+    switch.cut();
+    assert_unavailable(server.get("/v1/partitions").await);
+    assert_unavailable(server.upload("during", 5).await);
+    assert_unavailable(server.get("/readyz").await);
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK, "alive");
+
+    switch.restore();
+    server.recovers("/readyz").await;
+    assert_eq!(server.names().await, ["before"], "nothing half-written");
+    assert_eq!(server.upload("after", 5).await.0, StatusCode::CREATED);
+    assert_eq!(server.names().await, ["after", "before"]);
+}
+
+#[tokio::test]
+async fn an_object_store_outage_is_a_503_and_the_server_recovers_when_it_returns() {
+    let endpoint = std::env::var("MIXPOOL_TEST_S3_ENDPOINT").expect(
+        "MIXPOOL_TEST_S3_ENDPOINT names the S3 server for tests (`scripts/s3.sh` starts one)",
+    );
+    let target: SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the test S3 endpoint as http://IP:PORT");
+    let switch = Switch::to(target).await;
+    let config = S3Config {
+        endpoint: Some(format!("http://{}", switch.addr)),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("mixpool".into()),
+        secret_access_key: Some("mixpool-secret".into()),
+    };
+    let store = Store::open(
+        &format!("s3://mixpool-test/{}", uuid::Uuid::new_v4()),
+        &config,
+    )
+    .unwrap();
+    let server = Server::start(fresh_db().await, store).await;
+    assert_eq!(server.upload("before", 0).await.0, StatusCode::CREATED);
+
+    switch.cut();
+    assert_unavailable(server.upload("during", 5).await);
+    assert_unavailable(server.get("/readyz").await);
+    assert_eq!(
+        server.names().await,
+        ["before"],
+        "no row without its object"
+    );
+
+    switch.restore();
+    server.recovers("/readyz").await;
+    assert_eq!(server.upload("after", 5).await.0, StatusCode::CREATED);
+    assert_eq!(server.names().await, ["after", "before"]);
+}
