@@ -17,9 +17,12 @@ CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 build:
 	$(TORCH) && cargo build --release
 
-## Pre-train a tiny base, train one unit model per corpus domain, print merged-pair perplexities.
+## The service on the demo corpus at http://127.0.0.1:8080 (PostgreSQL started where none
+## answers; database mixpool_demo unless DATABASE_URL is set), left running.
 demo: build
-	$(CORPUS) && $(BIN) demo --work $(CACHE)/demo $(ARGS)
+	scripts/postgres.sh
+	$(CORPUS) && export DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/mixpool_demo} && \
+	$(BIN) demo --data $(CACHE)/demo-service $(ARGS)
 
 ## Every test, on the CPU, against a real PostgreSQL (started here where none answers) and a
 ## real S3 server (SeaweedFS on loopback, started for the run).

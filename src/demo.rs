@@ -1,127 +1,209 @@
-//! The engine demo: pre-train a `tiny` base on a mix of the corpus's domains, train one unit
-//! model per domain from it, and print the perplexity of every merged pair of units on a
-//! held-out multi-domain evaluation set. Models already in the work folder are reused.
+//! The demo: the service on a real multi-domain corpus. It starts `mixpool serve` (API and
+//! one worker), then, through the API like any client, uploads a seed sample of every
+//! domain, creates a `tiny` base pre-trained on it and a unit recipe, uploads one partition
+//! per domain and a held-out evaluation set, and — the server still running — prints the
+//! perplexity of every single and paired mixture once the unit models are trained. Run it
+//! again and everything already in the pool is found, not redone.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use serde_json::{Value, json};
 
-use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Document};
-use crate::engine::eval::EvalConfig;
-use crate::engine::model::ModelConfig;
-use crate::engine::train::TrainConfig;
-use crate::local::{self, Engine};
+use crate::serve::ServeArgs;
 
 #[derive(Args)]
 pub struct DemoArgs {
     /// A folder of `<domain>.jsonl` files.
     #[arg(long, default_value = "../shared/corpus", env = "MIXPOOL_CORPUS")]
     pub corpus: PathBuf,
-    /// Where the base, unit and merged models are written (and reused from).
-    #[arg(long, default_value = "demo")]
-    pub work: PathBuf,
     /// Tokens to pre-train the base on.
     #[arg(long, default_value_t = 256 * 4096)]
     pub base_tokens: u64,
     /// Tokens every unit model trains for.
     #[arg(long, default_value_t = 50 * 4096)]
     pub unit_tokens: u64,
-    /// Retrain everything instead of reusing models in the work folder.
-    #[arg(long)]
-    pub fresh: bool,
     #[command(flatten)]
-    pub engine: Engine,
+    pub serve: ServeArgs,
 }
 
 /// Held-out bytes per domain for evaluation; each evaluated document is cut to `EVAL_DOC`.
 const EVAL_BYTES: usize = 12_000;
 const EVAL_DOC: usize = 3_000;
-/// Bytes per domain in the base's pre-training mix.
+/// Bytes per domain in the base's pre-training sample.
 const SEED_BYTES: usize = 300_000;
+const BASE: &str = "demo-tiny";
 
-pub fn run(args: DemoArgs) -> Result<()> {
-    let device = args.engine.device()?;
+pub async fn run(args: DemoArgs) -> Result<()> {
     let domains = read_corpus(&args.corpus)?;
-    if args.fresh {
-        let _ = std::fs::remove_dir_all(&args.work);
-    }
+    let running = crate::serve::start(args.serve).await?;
+    let url = format!("http://{}", running.addr);
+    let seeding = tokio::spawn(async move {
+        if let Err(e) = seed(url, domains, args.base_tokens, args.unit_tokens).await {
+            tracing::error!("the demo could not seed the pool: {e:#}");
+        }
+    });
+    // The server runs until SIGTERM or Ctrl-C, whether seeding is done or not.
+    let served = running.wait().await;
+    seeding.abort();
+    served
+}
+
+/// Fills the pool through the API, then prints the scores of all singles and pairs.
+async fn seed(
+    url: String,
+    domains: Vec<(String, Vec<Document>)>,
+    base_tokens: u64,
+    unit_tokens: u64,
+) -> Result<()> {
+    let api = Client {
+        url: url.clone(),
+        http: reqwest::Client::new(),
+    };
     let mut eval_docs = Vec::new();
-    let mut splits = Vec::new();
+    let mut seed_docs = Vec::new();
+    let mut partitions = Vec::new();
     for (name, docs) in domains {
         let (held_out, train) = split(&name, docs);
         eval_docs.extend(held_out);
-        splits.push((name, train));
+        seed_docs.extend(take_bytes(&train, SEED_BYTES));
+        partitions.push((name, train));
     }
 
-    let base_dir = args.work.join("base");
-    if !base_dir.join(WEIGHTS_FILE).exists() {
-        let seed_mix: Vec<Document> = splits
-            .iter()
-            .flat_map(|(_, d)| take_bytes(d, SEED_BYTES))
-            .collect();
-        let recipe = TrainConfig {
-            tokens: args.base_tokens,
-            ..TrainConfig::pretrain()
-        };
-        tracing::info!(
-            tokens = recipe.tokens,
-            "pre-training the tiny base on {} domains",
-            splits.len()
+    api.send(
+        "POST",
+        "/v1/partitions?name=seed-sample&train=false",
+        jsonl(&seed_docs),
+    )
+    .await?;
+    let base = json!({"name": BASE, "preset": "tiny", "pretrain_on": "seed-sample",
+        "pretrain_tokens": base_tokens});
+    api.send("POST", "/v1/bases", base.to_string()).await?;
+    let recipe = json!({"name": "demo-unit", "tokens": unit_tokens});
+    api.send("POST", "/v1/recipes", recipe.to_string()).await?;
+    let mut said = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let base = api.get(&format!("/v1/bases/{BASE}")).await?;
+        match base["state"].as_str() {
+            Some("ready") => break,
+            Some("failed") => bail!("pre-training the base failed: {}", base["job"]["error"]),
+            _ => {}
+        }
+        let progress = format!(
+            "{} (loss {:.3})",
+            base["job"]["message"].as_str().unwrap_or("queued"),
+            base["job"]["loss"].as_f64().unwrap_or(f64::NAN)
         );
-        let base = LoadedModel::init(ModelConfig::preset("tiny").unwrap(), recipe.seed, device)?;
-        local::train_model(&base, &seed_mix, &recipe, &args.work.join("base_state"))?;
-        base.save(&base_dir)?;
-    }
-    let recipe = TrainConfig {
-        tokens: args.unit_tokens,
-        ..TrainConfig::default()
-    };
-    let mut units = Vec::new();
-    for (name, docs) in &splits {
-        let dir = args.work.join("units").join(name);
-        if !dir.join(WEIGHTS_FILE).exists() {
-            tracing::info!(domain = name, tokens = recipe.tokens, "training unit model");
-            let model = LoadedModel::load(&base_dir, device)?;
-            local::train_model(
-                &model,
-                docs,
-                &recipe,
-                &args.work.join("unit_state").join(name),
-            )?;
-            model.save(&dir)?;
+        if said.elapsed() >= Duration::from_secs(20) {
+            tracing::info!("pre-training {BASE} on {base_tokens} tokens: {progress}");
+            said = std::time::Instant::now();
         }
-        units.push((name.clone(), dir));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (name, docs) in &partitions {
+        let path = format!("/v1/partitions?name={name}&domain={name}");
+        api.send("POST", &path, jsonl(docs)).await?;
+    }
+    api.send("POST", "/v1/eval-sets?name=held-out", jsonl(&eval_docs))
+        .await?;
+    let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
+    tracing::info!(
+        "the pool is seeded; unit models train now. Try:\n  \
+         curl {url}/v1/partitions\n  \
+         curl '{url}/v1/score?partitions={},{}&eval=held-out&wait=60'\n  \
+         curl {url}/v1/jobs?state=running",
+        names[0],
+        names[1]
+    );
+
+    let mut ready = 0;
+    while ready < names.len() {
+        ready = 0;
+        for name in &names {
+            let p = api.get(&format!("/v1/partitions/{name}")).await?;
+            match p["models"][0]["state"].as_str() {
+                Some("ready") => ready += 1,
+                Some("failed") => bail!("training the unit model of {name} failed"),
+                _ => {}
+            }
+        }
+        tracing::info!("{ready}/{} unit models ready", names.len());
+        if ready < names.len() {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+    let mut mixtures = Vec::new();
+    for i in 0..names.len() {
+        for j in i..names.len() {
+            mixtures.push(if i == j {
+                vec![names[i]]
+            } else {
+                vec![names[i], names[j]]
+            });
+        }
+    }
+    let batch = json!({"mixtures": mixtures, "eval_sets": ["held-out"], "wait": 600});
+    let answer = loop {
+        let answer = api.send("POST", "/v1/scores", batch.to_string()).await?;
+        if answer["pending"] == 0 {
+            break answer;
+        }
+        tracing::info!("{} of {} mixtures scored", answer["done"], mixtures.len());
+    };
+    let n = names.len();
+    let mut table = vec![vec![f64::NAN; n]; n];
+    let mut k = 0;
+    for i in 0..n {
+        for j in i..n {
+            let ppl = answer["results"][k]["score"]["perplexity"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            (table[i][j], table[j][i]) = (ppl, ppl);
+            k += 1;
+        }
+    }
+    print_table(&names, &table, eval_docs.len());
+    println!("\nThe server keeps running at {url} (Ctrl-C stops it).");
+    Ok(())
+}
+
+struct Client {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error.
+    async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .with_context(|| path.to_string())?;
+        let status = response.status();
+        let answer: Value = response.json().await.with_context(|| path.to_string())?;
+        if status.is_success() || answer["error"]["code"] == "name_taken" {
+            Ok(answer)
+        } else {
+            bail!("{path}: {status} {answer}")
+        }
     }
 
-    let config = EvalConfig::default();
-    let score = |dir: &Path| -> Result<f64> {
-        let model = LoadedModel::load(dir, device)?;
-        Ok(local::evaluate(&model, &eval_docs, &config)?
-            .total
-            .perplexity)
-    };
-    let base_ppl = score(&base_dir)?;
-    let n = units.len();
-    let mut table = vec![vec![0.0; n]; n];
-    let merged_dir = args.work.join("merged");
-    for i in 0..n {
-        table[i][i] = score(&units[i].1)?;
-        for j in i + 1..n {
-            let pair = [units[i].1.clone(), units[j].1.clone()];
-            crate::engine::merge::merge_model_dirs(&pair, &[0.5, 0.5], device, &merged_dir)?;
-            table[i][j] = score(&merged_dir)?;
-            table[j][i] = table[i][j];
-        }
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send("GET", path, String::new()).await
     }
-    print_table(
-        &units.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        &table,
-        base_ppl,
-        eval_docs.len(),
-    );
-    Ok(())
+}
+
+fn jsonl(docs: &[Document]) -> String {
+    docs.iter()
+        .map(|d| format!("{}\n", json!({"text": d.text, "domain": d.domain})))
+        .collect()
 }
 
 fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {
@@ -192,14 +274,12 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn print_table(names: &[&str], table: &[Vec<f64>], base: f64, docs: usize) {
+fn print_table(names: &[&str], table: &[Vec<f64>], docs: usize) {
     println!(
         "\nPerplexity (bytes) on {docs} held-out documents from {} domains.",
         names.len()
     );
-    println!(
-        "Base model: {base:.3}. Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n"
-    );
+    println!("Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n");
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(8);
     print!("{:width$}", "", width = width + 4);
     for i in 0..names.len() {

@@ -34,8 +34,8 @@ enum Command {
     /// The engine on files, no server needed.
     #[command(subcommand)]
     Local(Box<LocalCommand>),
-    /// Pre-train a tiny base on a multi-domain corpus, train one unit per domain, and print
-    /// the perplexity of every merged pair.
+    /// The service on a multi-domain corpus: a pre-trained tiny base, one partition per
+    /// domain and an eval set, uploaded through the API; prints the scores of all pairs.
     Demo(DemoArgs),
     /// The HTTP API, with one in-process worker unless --no-worker.
     Serve(ServeArgs),
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Local(command) => local::run(*command),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
         Command::Worker(args) => runtime()?.block_on(serve::run_worker(args)),
         Command::Migrate => runtime()?.block_on(serve::migrate()),

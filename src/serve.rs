@@ -116,6 +116,25 @@ pub async fn migrate() -> Result<()> {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    start(args).await?.wait().await
+}
+
+/// A server started by [`start`]: its address, and the task that runs it until SIGTERM.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Until the server and its worker have stopped.
+    pub async fn wait(self) -> Result<()> {
+        self.task.await?
+    }
+}
+
+/// Binds the listener and starts the API (and, unless `--no-worker`, one worker) in the
+/// background.
+pub async fn start(args: ServeArgs) -> Result<Running> {
     let config = Config::load()?;
     let pool = database(&config).await?;
     let (store, data) = store(&config, &args.service)?;
@@ -143,17 +162,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!("mixpool serving on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    tracing::info!("mixpool serving on http://{addr}");
     let mut on_stop = stopped.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = on_stop.wait_for(|stop| *stop).await;
-        })
-        .await?;
-    if let Some(worker) = background {
-        worker.await??;
-    }
-    Ok(())
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = on_stop.wait_for(|stop| *stop).await;
+            })
+            .await?;
+        if let Some(worker) = background {
+            worker.await??;
+        }
+        Ok(())
+    });
+    Ok(Running { addr, task })
 }
 
 pub async fn run_worker(args: WorkerArgs) -> Result<()> {

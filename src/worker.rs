@@ -72,13 +72,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Runs jobs until `stop` turns true, then returns after the current job. Idle, it wakes
-    /// on the queue's notifications, and polls every second in case one was missed.
+    /// Runs jobs until `stop` turns true. A training job then stops at its next step, its
+    /// train state goes to the store and the job back to the queue (without counting the
+    /// attempt), for another worker to resume; a score job is finished. Idle, it wakes on
+    /// the queue's notifications, and polls every second in case one was missed.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(jobs::CHANNEL).await?;
         while !*stop.borrow() {
-            match self.try_run_one().await {
+            match self.run_one(Some(stop.clone())).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("claiming a job failed: {e}"),
@@ -99,6 +101,15 @@ impl Worker {
 
     /// Claims one job and runs it to the end. Returns whether there was a job.
     pub async fn try_run_one(&self) -> Result<bool, sqlx::Error> {
+        self.run_one(None).await
+    }
+
+    /// Claims one job and runs it; when `stop` turns true meanwhile, a training job is
+    /// released at its next step instead of finished.
+    async fn run_one(
+        &self,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<bool, sqlx::Error> {
         let Some(lease) = jobs::claim(&self.pool, &self.owner, &self.kinds, self.lease).await?
         else {
             return Ok(false);
@@ -111,6 +122,16 @@ impl Worker {
             self.lease,
             cancel.clone(),
         ));
+        let releasing = Arc::new(AtomicBool::new(false));
+        let on_stop = stop.map(|mut stop| {
+            let (releasing, cancel) = (releasing.clone(), cancel.clone());
+            tokio::spawn(async move {
+                if stop.wait_for(|stop| *stop).await.is_ok() {
+                    releasing.store(true, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            })
+        });
         let outcome = match lease.job.kind.as_str() {
             "train" => self.train(&lease, cancel.clone()).await,
             "pretrain" => self.pretrain(&lease, cancel.clone()).await,
@@ -120,8 +141,15 @@ impl Worker {
             ))),
         };
         heartbeat.abort();
+        if let Some(task) = on_stop {
+            task.abort();
+        }
         let recorded = match outcome {
             Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
+            Ok(Done::Cancelled) if releasing.load(Ordering::SeqCst) => {
+                tracing::info!(job = %lease.id(), "released for another worker to resume");
+                jobs::release(&self.pool, &lease).await
+            }
             Ok(Done::Cancelled) => {
                 self.mark_target_failed(&lease).await?;
                 jobs::cancelled(&self.pool, &lease).await
@@ -339,7 +367,13 @@ impl Worker {
                             .map_err(|e| JobError::Retryable(e.to_string()))?;
                         Ok(Some(summary))
                     }
-                    Outcome::Cancelled { .. } => Ok(None),
+                    Outcome::Cancelled { .. } => {
+                        // The state saved at the stop goes to the store for the next worker.
+                        if let Err(e) = runtime.block_on(mirror.push()) {
+                            tracing::warn!("mirroring the train state failed: {e}");
+                        }
+                        Ok(None)
+                    }
                 }
             })
             .await

@@ -1,6 +1,7 @@
-//! A worker process killed with SIGKILL in the middle of training: another worker takes the
-//! job once the lease expires, resumes from the train state mirrored in the store, and ends
-//! with the weights an undisturbed run produces.
+//! A worker process stopped in the middle of training — killed with SIGKILL, or asked to
+//! stop with SIGTERM — and another worker that takes the job (after the lease expires, or at
+//! once when the job was released), resumes from the train state mirrored in the store, and
+//! ends with the weights an undisturbed run produces.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,8 +33,23 @@ fn settings() -> TrainConfig {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
 #[tokio::test]
 async fn a_killed_workers_training_job_is_finished_by_another_with_the_same_weights() {
+    interrupted_training_ends_with_the_undisturbed_weights(Stop::Kill).await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_by_sigterm_releases_its_job_for_another_to_resume() {
+    interrupted_training_ends_with_the_undisturbed_weights(Stop::Term).await;
+}
+
+async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
     let pool = fresh_db().await;
     let database: String = sqlx::query_scalar("select current_database()")
         .fetch_one(&pool)
@@ -134,13 +150,31 @@ async fn a_killed_workers_training_job_is_finished_by_another_with_the_same_weig
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = jobs::get(&pool, job_id).await.unwrap().unwrap();
-    assert_eq!(
-        (killed_at.state.as_str(), killed_at.attempts),
-        ("running", 1)
-    );
+    let attempts = match stop {
+        Stop::Kill => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let killed_at = jobs::get(&pool, job_id).await.unwrap().unwrap();
+            assert_eq!(
+                (killed_at.state.as_str(), killed_at.attempts),
+                ("running", 1)
+            );
+            2
+        }
+        Stop::Term => {
+            // SAFETY: a signal to the child process this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+            let status = child.wait().unwrap();
+            assert!(status.success(), "the worker exits cleanly: {status}");
+            let released = jobs::get(&pool, job_id).await.unwrap().unwrap();
+            assert_eq!(
+                (released.state.as_str(), released.attempts),
+                ("queued", 0),
+                "released without counting the attempt"
+            );
+            1
+        }
+    };
 
     let worker = Worker {
         pool: pool.clone(),
@@ -161,7 +195,7 @@ async fn a_killed_workers_training_job_is_finished_by_another_with_the_same_weig
     let job = jobs::get(&pool, job_id).await.unwrap().unwrap();
     assert_eq!(
         (job.state.as_str(), job.attempts),
-        ("succeeded", 2),
+        ("succeeded", attempts),
         "{:?}",
         job.error
     );
