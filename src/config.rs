@@ -1,12 +1,14 @@
-//! Typed settings from `config/default.toml` (or the file named by `MIXPOOL_CONFIG`).
-//! Command-line flags and `MIXPOOL_*` variables override them; clap applies those.
+//! Typed settings from `config/default.toml` (or the file named by `MIXPOOL_CONFIG`),
+//! overridden by environment variables: `MIXPOOL_<KEY>` for a key of `[engine]` or
+//! `[service]` (`MIXPOOL_LEASE_SECONDS`), `MIXPOOL_S3_<KEY>` for `[s3]`, and `DATABASE_URL`.
+//! Command-line flags override both; clap applies those.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub engine: EngineConfig,
@@ -16,7 +18,7 @@ pub struct Config {
     pub s3: crate::store::S3Config,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub database_url: String,
@@ -28,7 +30,7 @@ pub struct ServiceConfig {
     pub lease_seconds: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     pub device: String,
@@ -58,16 +60,30 @@ impl Default for Config {
 
 impl Config {
     /// Reads `MIXPOOL_CONFIG` when set, else `config/default.toml` when it exists, else the
-    /// built-in defaults (which equal that file's).
+    /// built-in defaults (which equal that file's); then applies the environment.
     pub fn load() -> Result<Self> {
         let path = std::env::var_os("MIXPOOL_CONFIG").map(PathBuf::from);
-        match path {
-            Some(path) => Self::read(&path),
+        let path = match path {
+            Some(path) => Some(path),
             None if Path::new("config/default.toml").exists() => {
-                Self::read(Path::new("config/default.toml"))
+                Some(PathBuf::from("config/default.toml"))
             }
-            None => Ok(Config::default()),
-        }
+            None => None,
+        };
+        let mut table = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid settings", path.display()))?
+            }
+            None => toml::Table::try_from(Config::default())?,
+        };
+        apply_env(&mut table, |name| std::env::var(name).ok())?;
+        let from = path.map_or("the built-in settings".into(), |p| p.display().to_string());
+        toml::Value::Table(table)
+            .try_into::<Config>()
+            .with_context(|| format!("{from}: invalid settings"))
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -75,6 +91,47 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: invalid settings", path.display()))
     }
+}
+
+const S3_KEYS: &[&str] = &["endpoint", "region", "access_key_id", "secret_access_key"];
+
+/// Overrides settings from variables (see the module's documentation); a number that does
+/// not parse is an error naming its variable.
+fn apply_env(table: &mut toml::Table, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+    let defaults = toml::Table::try_from(Config::default())?;
+    let mut set = |section: &str, key: &str, value: toml::Value| {
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(key.to_string(), value);
+        }
+    };
+    for section in ["engine", "service"] {
+        for (key, default) in defaults[section].as_table().into_iter().flatten() {
+            let name = format!("MIXPOOL_{}", key.to_uppercase());
+            let Some(value) = var(&name) else { continue };
+            let value = match default {
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name}={value:?} is not a whole number"))?,
+                ),
+                _ => toml::Value::String(value),
+            };
+            set(section, key, value);
+        }
+    }
+    for key in S3_KEYS {
+        if let Some(value) = var(&format!("MIXPOOL_S3_{}", key.to_uppercase())) {
+            set("s3", key, toml::Value::String(value));
+        }
+    }
+    if let Some(url) = var("DATABASE_URL") {
+        set("service", "database_url", toml::Value::String(url));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -87,6 +144,30 @@ mod tests {
             Config::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))
                 .unwrap();
         assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn variables_override_the_file() {
+        let mut table = toml::Table::try_from(Config::default()).unwrap();
+        let vars = |name: &str| match name {
+            "MIXPOOL_LEASE_SECONDS" => Some("7".to_string()),
+            "MIXPOOL_DEVICE" => Some("cpu".to_string()),
+            "MIXPOOL_S3_ENDPOINT" => Some("http://127.0.0.1:9000".to_string()),
+            "DATABASE_URL" => Some("postgres://db/x".to_string()),
+            _ => None,
+        };
+        apply_env(&mut table, vars).unwrap();
+        let config: Config = toml::Value::Table(table).try_into().unwrap();
+        assert_eq!(config.service.lease_seconds, 7);
+        assert_eq!(config.engine.device, "cpu");
+        assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(config.service.database_url, "postgres://db/x");
+        assert_eq!(config.service.listen, Config::default().service.listen);
+
+        let mut table = toml::Table::try_from(Config::default()).unwrap();
+        let bad = |name: &str| (name == "MIXPOOL_MAX_UPLOAD_MB").then(|| "lots".to_string());
+        let err = format!("{:#}", apply_env(&mut table, bad).unwrap_err());
+        assert!(err.contains("MIXPOOL_MAX_UPLOAD_MB"), "{err}");
     }
 
     #[test]

@@ -50,20 +50,20 @@ pub struct WorkerArgs {
     pub service: ServiceArgs,
 }
 
-/// Connects to the database named by `DATABASE_URL` (or the settings), creating it when
+/// Connects to the settings' database (`DATABASE_URL` overrides it), creating it when
 /// missing, and applies the migrations.
 pub async fn database(config: &Config) -> Result<sqlx::PgPool> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| config.service.database_url.clone());
-    if !sqlx::Postgres::database_exists(&url)
+    let url = &config.service.database_url;
+    if !sqlx::Postgres::database_exists(url)
         .await
         .with_context(|| format!("connecting to {url}"))?
     {
-        sqlx::Postgres::create_database(&url)
+        sqlx::Postgres::create_database(url)
             .await
             .with_context(|| format!("creating the database {url}"))?;
     }
     let options =
-        PgConnectOptions::from_str(&url).with_context(|| format!("invalid DATABASE_URL {url}"))?;
+        PgConnectOptions::from_str(url).with_context(|| format!("invalid DATABASE_URL {url}"))?;
     registry::connect(options)
         .await
         .context("connecting to the registry database")

@@ -39,7 +39,7 @@ pub mod keys {
 }
 
 /// S3 settings; unset ones fall back to the usual `AWS_*` environment variables.
-#[derive(Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, serde::Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// e.g. http://127.0.0.1:8333 for an S3-compatible server; empty for AWS.
