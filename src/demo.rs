@@ -135,9 +135,12 @@ async fn seed(
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     }
+    // Every single and every pair, with their cells in the table.
+    let mut cells = Vec::new();
     let mut mixtures = Vec::new();
     for i in 0..names.len() {
         for j in i..names.len() {
+            cells.push((i, j));
             mixtures.push(if i == j {
                 vec![names[i]]
             } else {
@@ -155,15 +158,11 @@ async fn seed(
     };
     let n = names.len();
     let mut table = vec![vec![f64::NAN; n]; n];
-    let mut k = 0;
-    for i in 0..n {
-        for j in i..n {
-            let ppl = answer["results"][k]["score"]["perplexity"]
-                .as_f64()
-                .unwrap_or(f64::NAN);
-            (table[i][j], table[j][i]) = (ppl, ppl);
-            k += 1;
-        }
+    for (k, &(i, j)) in cells.iter().enumerate() {
+        let ppl = answer["results"][k]["score"]["perplexity"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        (table[i][j], table[j][i]) = (ppl, ppl);
     }
     print_table(&names, &table, eval_docs.len());
     println!("\nThe server keeps running at {url} (Ctrl-C stops it).");

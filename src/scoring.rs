@@ -130,7 +130,7 @@ pub async fn prepare(pool: &PgPool, req: &ScoreRequest) -> Result<Prepared, Scor
 /// queued by an identical request), or the unit models it still lacks.
 pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, ScoringError> {
     let Prepared { key, mixture, eval } = prepared;
-    if let Some(score) = scores::get(pool, &key).await? {
+    if let Some(score) = scores::get(pool, key).await? {
         return Ok(ScoreStatus::Cached(score));
     }
     let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();

@@ -123,7 +123,7 @@ struct Resolved {
 
 enum Answer {
     Score(Value),
-    Pending(jobs::Job),
+    Pending(Box<jobs::Job>),
 }
 
 /// The key of the answer cache: the request's own words, with the defaults filled in.
@@ -294,7 +294,7 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
             "score_failed",
             format!("scoring {}: {}", job.state, job.error.unwrap_or_default()),
         )),
-        _ => Ok(Answer::Pending(job)),
+        _ => Ok(Answer::Pending(Box::new(job))),
     }
 }
 

@@ -264,7 +264,7 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     let pool = fresh_db().await;
     let queued = enqueue(&pool, NewJob::new("train", json!({}))).await;
     assert_eq!(
-        jobs::cancel(&mut *pool.acquire().await.unwrap(), queued.id)
+        jobs::cancel(&mut pool.acquire().await.unwrap(), queued.id)
             .await
             .unwrap()
             .unwrap()
@@ -276,7 +276,7 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     let running = enqueue(&pool, NewJob::new("train", json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     assert_eq!(
-        jobs::cancel(&mut *pool.acquire().await.unwrap(), running.id)
+        jobs::cancel(&mut pool.acquire().await.unwrap(), running.id)
             .await
             .unwrap()
             .unwrap()
@@ -290,7 +290,7 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     jobs::cancelled(&pool, &lease).await.unwrap();
     assert_eq!(job(&pool, &lease).await.state, "cancelled");
     assert!(
-        jobs::cancel(&mut *pool.acquire().await.unwrap(), uuid::Uuid::new_v4())
+        jobs::cancel(&mut pool.acquire().await.unwrap(), uuid::Uuid::new_v4())
             .await
             .unwrap()
             .is_none()
