@@ -686,6 +686,18 @@ async fn a_base_pretrained_on_a_partition_turns_ready_and_becomes_the_default() 
 #[tokio::test]
 async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
     let app = spawn_app().await;
+    // The `tiny` preset, created over HTTP with a quick recipe: the new defaults.
+    let (status, _) = app
+        .post(
+            "/v1/bases",
+            serde_json::json!({"name": "tiny", "preset": "tiny"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let quick = serde_json::json!({"name": "quick", "tokens": 512, "batch_tokens": 256,
+        "micro_batch": 4, "seq_len": 64});
+    let (status, _) = app.post("/v1/recipes", quick.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
     for (name, domain) in [
         ("python", "code_python"),
         ("c", "code_c"),
@@ -776,6 +788,10 @@ async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
     let mut perplexities = Vec::new();
     for (subset, result) in subsets.iter().zip(results) {
         let score = &result["score"];
+        assert_eq!(
+            (&score["base"], &score["recipe"]),
+            (&"tiny".into(), &"quick".into())
+        );
         assert_eq!(score["mixture"].as_array().unwrap().len(), subset.len());
         let (status, again) = app
             .get(&format!("/v1/score?partitions={}&eval=e", subset.join(",")))
