@@ -12,11 +12,11 @@ use crate::engine::checkpoint::{LoadedModel, read_config};
 use crate::engine::data::{self, Document};
 use crate::engine::device;
 use crate::engine::eval::{self, EvalConfig, EvalResult};
-use crate::engine::merge;
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::{
     self, Outcome, Precision, Progress, Schedule, Summary, TrainConfig, TrainOptions,
 };
+use crate::engine::{hf, merge};
 
 #[derive(Subcommand)]
 pub enum LocalCommand {
@@ -28,6 +28,11 @@ pub enum LocalCommand {
     Eval(EvalArgs),
     /// Parameter-average model directories into one.
     Merge(MergeArgs),
+    /// Import a Hugging Face checkpoint directory (Llama, Mistral, Qwen2, GPT-2) as a model
+    /// directory to train from.
+    Import(ImportArgs),
+    /// Write a model directory as a Hugging Face checkpoint (the base's dtype and tokenizer).
+    Export(ExportArgs),
 }
 
 #[derive(Args, Clone)]
@@ -210,6 +215,22 @@ pub struct MergeArgs {
     pub engine: Engine,
 }
 
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The Hugging Face directory: config.json, model.safetensors (or sharded), tokenizer.json.
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The model directory (a base, unit or merged model).
+    pub model: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 pub fn run(command: LocalCommand) -> Result<()> {
     match command {
         LocalCommand::Pretrain(a) => {
@@ -260,6 +281,11 @@ pub fn run(command: LocalCommand) -> Result<()> {
                 .unwrap_or_else(|| merge::uniform_weights(a.models.len()));
             let stats = merge::merge_model_dirs(&a.models, &weights, device, &a.out)?;
             print_json(&stats)
+        }
+        LocalCommand::Import(a) => print_json(&hf::import(&a.dir, &a.out)?),
+        LocalCommand::Export(a) => {
+            hf::export(&a.model, &a.out)?;
+            print_json(&serde_json::json!({ "exported": a.out }))
         }
     }
 }

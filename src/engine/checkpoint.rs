@@ -1,5 +1,8 @@
 //! Model directories in Hugging Face layout: `config.json`, `model.safetensors` and, for
-//! models with a Hugging Face tokenizer, `tokenizer.json`. Byte-level models have none.
+//! models with a Hugging Face tokenizer, `tokenizer.json` (byte-level models have none).
+//! A model imported from a Hugging Face checkpoint also keeps the checkpoint's own config
+//! (`hf_config.json`) and tokenizer files, which travel with it through training, merging and
+//! export ([`SIDE_FILES`]).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +14,16 @@ use super::tokenizer::{BYTE_VOCAB, Tokenizer};
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The imported checkpoint's `config.json`, verbatim: what export writes back.
+pub const HF_CONFIG_FILE: &str = "hf_config.json";
+/// Files besides the config and the weights that belong to a model directory.
+pub const SIDE_FILES: &[&str] = &[
+    TOKENIZER_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    HF_CONFIG_FILE,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -41,8 +54,9 @@ pub struct LoadedModel {
     pub vs: VarStore,
     pub model: Model,
     pub tokenizer: Tokenizer,
-    /// Where `tokenizer.json` came from, copied into every directory this model is saved to.
-    pub tokenizer_file: Option<PathBuf>,
+    /// The directory's [`SIDE_FILES`] that exist, copied into every directory this model is
+    /// saved to.
+    pub side_files: Vec<PathBuf>,
 }
 
 impl LoadedModel {
@@ -74,28 +88,14 @@ impl LoadedModel {
             vs,
             model,
             tokenizer: Tokenizer::Bytes,
-            tokenizer_file: None,
+            side_files: Vec::new(),
         })
     }
 
     /// Loads a model directory onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Self, CheckpointError> {
         let config = read_config(dir)?;
-        let tokenizer_path = dir.join(TOKENIZER_FILE);
-        let (tokenizer, tokenizer_file) = if tokenizer_path.exists() {
-            let eos = config.eos_token_id() as u32;
-            (
-                Tokenizer::from_file(&tokenizer_path, eos)?,
-                Some(tokenizer_path),
-            )
-        } else if config.vocab_size() == BYTE_VOCAB {
-            (Tokenizer::Bytes, None)
-        } else {
-            return Err(CheckpointError::Config {
-                path: dir.display().to_string(),
-                message: format!("no {TOKENIZER_FILE}, and the vocabulary is not bytes"),
-            });
-        };
+        let tokenizer = load_tokenizer(dir, &config)?;
         let mut vs = VarStore::new(device);
         let model = Model::new(&vs.root(), &config);
         let weights = dir.join(WEIGHTS_FILE);
@@ -108,7 +108,7 @@ impl LoadedModel {
             vs,
             model,
             tokenizer,
-            tokenizer_file,
+            side_files: side_files(dir),
         })
     }
 
@@ -117,12 +117,7 @@ impl LoadedModel {
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         write_config(dir, &self.config)?;
-        if let Some(src) = &self.tokenizer_file {
-            let dst = dir.join(TOKENIZER_FILE);
-            if src != &dst {
-                std::fs::copy(src, &dst).map_err(io_error(&dst))?;
-            }
-        }
+        copy_side_files(&self.side_files, dir)?;
         let weights = dir.join(WEIGHTS_FILE);
         let partial = dir.join("model.partial.safetensors");
         self.vs
@@ -141,6 +136,54 @@ impl LoadedModel {
             .map(|t| t.numel() as i64)
             .sum()
     }
+}
+
+/// The tokenizer of a model directory: its `tokenizer.json`, or bytes for a byte-level
+/// vocabulary.
+pub fn load_tokenizer(dir: &Path, config: &ModelConfig) -> Result<Tokenizer, CheckpointError> {
+    let path = dir.join(TOKENIZER_FILE);
+    if path.exists() {
+        let tokenizer =
+            Tokenizer::from_file(&path, config.bos_token_id(), config.eos_token_id() as u32)?;
+        if tokenizer.vocab_size() as i64 > config.vocab_size() {
+            return Err(CheckpointError::Config {
+                path: path.display().to_string(),
+                message: format!(
+                    "the tokenizer has {} tokens, more than the model's vocab_size {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size()
+                ),
+            });
+        }
+        Ok(tokenizer)
+    } else if config.vocab_size() == BYTE_VOCAB {
+        Ok(Tokenizer::Bytes)
+    } else {
+        Err(CheckpointError::Config {
+            path: dir.display().to_string(),
+            message: format!("no {TOKENIZER_FILE}, and the vocabulary is not bytes"),
+        })
+    }
+}
+
+/// The [`SIDE_FILES`] present in `dir`.
+pub fn side_files(dir: &Path) -> Vec<PathBuf> {
+    SIDE_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Copies side files into `dir` (each under its own name).
+pub fn copy_side_files(files: &[PathBuf], dir: &Path) -> Result<(), CheckpointError> {
+    for src in files {
+        let dst = dir.join(src.file_name().expect("side files are files"));
+        if src != &dst {
+            std::fs::copy(src, &dst).map_err(io_error(&dst))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {

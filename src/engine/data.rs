@@ -159,12 +159,17 @@ pub fn parse_jsonl_line(line: &str, line_no: usize) -> Result<Option<Document>, 
     Ok(Some(Document { text, domain }))
 }
 
-/// The documents' token ids as one stream, each document followed by the EOS token.
+/// The documents' token ids as one stream, each document followed by the EOS token (and
+/// preceded by the BOS token, for models whose BOS differs from their EOS).
 pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>, DataError> {
     let mut stream = Vec::new();
+    let (bos, eos) = (tokenizer.bos(), tokenizer.eos());
     for doc in docs {
+        if bos != eos {
+            stream.push(bos);
+        }
         stream.extend(tokenizer.encode(&doc.text)?);
-        stream.push(tokenizer.eos());
+        stream.push(eos);
     }
     Ok(stream)
 }

@@ -1,6 +1,6 @@
 //! Perplexity, following lm-evaluation-harness and Paloma: each document is tokenised and
 //! cut into non-overlapping windows of the context length, the first token conditioned on
-//! the end-of-document token; NLL, predicted tokens and UTF-8 bytes are summed per domain.
+//! the document-start token (BOS; EOS for byte-level models); NLL, predicted tokens and UTF-8 bytes are summed per domain.
 
 use std::collections::BTreeMap;
 
@@ -97,7 +97,7 @@ pub fn evaluate(
             sums.push((0.0, 0, 0, 0));
             domains.len() - 1
         });
-        let mut ids = vec![model.tokenizer.eos() as i64];
+        let mut ids = vec![model.tokenizer.bos() as i64];
         ids.extend(
             model
                 .tokenizer

@@ -217,15 +217,15 @@ pub fn merge_files(
     })
 }
 
-/// Merges model directories: weights averaged, `config.json` and `tokenizer.json` taken from
-/// the first (every config must be equal).
+/// Merges model directories: weights averaged, `config.json` and the side files (tokenizer,
+/// imported config) taken from the first (every config must be equal).
 pub fn merge_model_dirs(
     models: &[PathBuf],
     weights: &[f64],
     device: Device,
     out: &Path,
 ) -> Result<MergeStats, MergeError> {
-    use super::checkpoint::{TOKENIZER_FILE, WEIGHTS_FILE, read_config, write_config};
+    use super::checkpoint::{WEIGHTS_FILE, copy_side_files, read_config, side_files, write_config};
     let first = models.first().ok_or(MergeError::NoInputs)?;
     let config = read_config(first)?;
     for dir in &models[1..] {
@@ -245,9 +245,7 @@ pub fn merge_model_dirs(
     let inputs: Vec<PathBuf> = models.iter().map(|d| d.join(WEIGHTS_FILE)).collect();
     let stats = merge_files(&inputs, weights, device, &out.join(WEIGHTS_FILE))?;
     write_config(out, &config)?;
-    if first.join(TOKENIZER_FILE).exists() {
-        std::fs::copy(first.join(TOKENIZER_FILE), out.join(TOKENIZER_FILE)).map_err(write_err)?;
-    }
+    copy_side_files(&side_files(first), out)?;
     Ok(stats)
 }
 

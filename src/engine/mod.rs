@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod hf;
 pub mod merge;
 pub mod model;
 pub mod tokenizer;

@@ -19,20 +19,22 @@ pub enum Tokenizer {
     Bytes,
     HuggingFace {
         inner: Box<tokenizers::Tokenizer>,
+        bos: u32,
         eos: u32,
     },
 }
 
 impl Tokenizer {
-    /// Loads a Hugging Face `tokenizer.json`; `eos` is the model's end-of-document id
-    /// (`eos_token_id` in its config.json).
-    pub fn from_file(path: &Path, eos: u32) -> Result<Self, TokenizerError> {
+    /// Loads a Hugging Face `tokenizer.json`; `bos` and `eos` are the model's start and
+    /// end-of-document ids (`bos_token_id`, `eos_token_id` in its config.json).
+    pub fn from_file(path: &Path, bos: u32, eos: u32) -> Result<Self, TokenizerError> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
         Ok(Tokenizer::HuggingFace {
             inner: Box::new(inner),
+            bos,
             eos,
         })
     }
@@ -48,11 +50,22 @@ impl Tokenizer {
         }
     }
 
-    /// The token placed between documents, and before the first token of an evaluated one.
+    /// The token that ends a document in training data.
     pub fn eos(&self) -> u32 {
         match self {
             Tokenizer::Bytes => BYTE_EOS as u32,
             Tokenizer::HuggingFace { eos, .. } => *eos,
+        }
+    }
+
+    /// The token a document starts with, as the model saw in pre-training: its BOS (for the
+    /// byte tokenizer and GPT-2 the same token as EOS). Evaluation conditions a document's
+    /// first token on it; training data puts it before each document when it differs from
+    /// EOS.
+    pub fn bos(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => BYTE_EOS as u32,
+            Tokenizer::HuggingFace { bos, .. } => *bos,
         }
     }
 

@@ -133,14 +133,14 @@ fn hugging_face_tokenizer_json_is_used_as_is() {
     let path = dir.path().join("tokenizer.json");
     hf.save(&path, false).unwrap();
 
-    let tokenizer = Tokenizer::from_file(&path, 1).unwrap();
+    let tokenizer = Tokenizer::from_file(&path, 1, 1).unwrap();
     assert_eq!(tokenizer.encode("hello world nope").unwrap(), vec![2, 3, 0]);
     assert_eq!(tokenizer.vocab_size(), 4);
     let stream = data::tokenize(&[doc("world", None), doc("hello", None)], &tokenizer).unwrap();
     assert_eq!(stream, vec![3, 1, 2, 1]);
 
     std::fs::write(&path, "{ not a tokenizer").unwrap();
-    assert!(Tokenizer::from_file(&path, 1).is_err());
+    assert!(Tokenizer::from_file(&path, 1, 1).is_err());
 }
 
 #[test]

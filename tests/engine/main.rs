@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod eval;
 mod helpers;
+mod hf;
 mod merge;
 mod model;
 mod train;

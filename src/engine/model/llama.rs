@@ -21,6 +21,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: i64,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Rotary position scaling for long contexts; `None` for plain RoPE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
     pub bos_token_id: i64,
@@ -41,11 +44,82 @@ impl Default for LlamaConfig {
             max_position_embeddings: 256,
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
+            rope_scaling: None,
             tie_word_embeddings: true,
             attention_bias: false,
             bos_token_id: BYTE_EOS,
             eos_token_id: BYTE_EOS,
             torch_dtype: "float32".into(),
+        }
+    }
+}
+
+/// Hugging Face's `rope_scaling` kinds that change only the rotary frequencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend
+    /// between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The scaled inverse frequencies, as Hugging Face computes them.
+    fn apply(&self, inv_freq: Vec<f64>) -> Vec<f64> {
+        match *self {
+            RopeScaling::Linear { factor } => inv_freq.into_iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                inv_freq
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ok = match *self {
+            RopeScaling::Linear { factor } => factor.is_finite() && factor > 0.0,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                [factor, low_freq_factor, original_max_position_embeddings]
+                    .iter()
+                    .all(|v| v.is_finite() && *v > 0.0)
+                    && high_freq_factor > low_freq_factor
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("rope_scaling {self:?} has invalid values"))
         }
     }
 }
@@ -81,7 +155,10 @@ impl LlamaConfig {
         {
             return Err("rope_theta and rms_norm_eps must be positive".into());
         }
-        Ok(())
+        match &self.rope_scaling {
+            Some(scaling) => scaling.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -211,9 +288,12 @@ struct Rope {
 impl Rope {
     fn new(c: &LlamaConfig, device: tch::Device) -> Self {
         let hd = c.head_dim();
-        let inv_freq: Vec<f64> = (0..hd / 2)
+        let mut inv_freq: Vec<f64> = (0..hd / 2)
             .map(|i| c.rope_theta.powf(-((2 * i) as f64) / hd as f64))
             .collect();
+        if let Some(scaling) = &c.rope_scaling {
+            inv_freq = scaling.apply(inv_freq);
+        }
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(device);
         let positions = Tensor::arange(c.max_position_embeddings, (Kind::Double, device));
         let freqs = positions.outer(&inv_freq);

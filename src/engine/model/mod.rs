@@ -63,6 +63,13 @@ impl ModelConfig {
         }
     }
 
+    pub fn bos_token_id(&self) -> u32 {
+        match self {
+            ModelConfig::Llama(c) => c.bos_token_id as u32,
+            ModelConfig::Gpt2(c) => c.bos_token_id as u32,
+        }
+    }
+
     pub fn eos_token_id(&self) -> i64 {
         match self {
             ModelConfig::Llama(c) => c.eos_token_id,

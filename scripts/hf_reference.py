@@ -1,0 +1,191 @@
+"""Reference fixtures from Hugging Face `transformers` for mixpool's import/export tests.
+
+    python scripts/hf_reference.py generate OUT_DIR        # tiny random models + expected outputs
+    python scripts/hf_reference.py perplexity MODEL_DIR TEXT_FILE
+                                                           # perplexity as mixpool computes it
+
+`scripts/hf-reference.sh` sets up the venv (torch 2.11.0, transformers) and runs both: it
+regenerates the committed fixtures, then checks that a merged model exported by mixpool
+loads in transformers with the perplexity mixpool reported.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 320  # the model's; the tokenizer has 300 entries
+CONTEXT = 64
+
+
+def reference_text() -> str:
+    """Real English: the opening of this project's README, up to a paragraph end."""
+    text = (ROOT / "README.md").read_text()
+    return text[: text.index("\n\n", 1200)]
+
+
+def train_tokenizer(text: str, path: Path) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([text], trainer)
+    tok.save(str(path))
+    return tok
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Every parameter random (biases and norms too), so that each one is tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("norm.weight") or ".ln_" in name or name.endswith("ln_f.weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.05 * noise)
+
+
+def perplexity(model, ids: list[int], bos: int) -> dict:
+    """mixpool's protocol: [BOS] + ids in non-overlapping windows of the context length."""
+    ids = [bos] + ids
+    predicted = len(ids) - 1
+    context = model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings") else model.config.n_positions
+    nll = 0.0
+    with torch.no_grad():
+        for start in range(0, predicted, context):
+            n = min(context, predicted - start)
+            window = torch.tensor([ids[start : start + n + 1]])
+            logits = model(window[:, :-1]).logits.float()
+            nll += torch.nn.functional.cross_entropy(
+                logits[0], window[0, 1:], reduction="sum"
+            ).item()
+    return {"nll": nll, "tokens": predicted, "perplexity": math.exp(nll / predicted)}
+
+
+def old_style(config_path: Path) -> None:
+    """Rewrites a config.json as transformers 4 wrote it (rope_theta, rope_scaling,
+    torch_dtype), the form most published checkpoints have."""
+    c = json.loads(config_path.read_text())
+    rope = c.pop("rope_parameters")
+    c["rope_theta"] = rope.pop("rope_theta")
+    c["rope_scaling"] = rope if rope.get("rope_type") != "default" else None
+    c["torch_dtype"] = c.pop("dtype")
+    config_path.write_text(json.dumps(c, indent=2) + "\n")
+
+
+def generate(out: Path) -> None:
+    torch.manual_seed(0)
+    text = reference_text()
+    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1)
+    llama = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CONTEXT,
+        rms_norm_eps=1e-5,
+        **common,
+    )
+    cases = {
+        "llama_gqa_untied": (
+            LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **llama)),
+            torch.float32,
+            {"max_shard_size": "60KB"},
+        ),
+        "llama_tied_rope": (
+            LlamaForCausalLM(
+                LlamaConfig(
+                    num_key_value_heads=4,
+                    tie_word_embeddings=True,
+                    rope_theta=500000.0,
+                    rope_scaling={
+                        "rope_type": "llama3",
+                        "factor": 8.0,
+                        "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 16,
+                    },
+                    **llama,
+                )
+            ),
+            torch.bfloat16,
+            {},
+        ),
+        "qwen2_bias": (
+            Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, tie_word_embeddings=False, **llama)),
+            torch.float16,
+            {},
+        ),
+        "gpt2": (
+            GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=CONTEXT, **common)),
+            torch.float32,
+            {},
+        ),
+    }
+    for seed, (name, (model, dtype, save_args)) in enumerate(cases.items()):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            old.unlink()
+        tok = train_tokenizer(text, d / "tokenizer.json")
+        randomize(model, seed)
+        model = model.to(dtype).eval()
+        model.save_pretrained(d, **save_args)
+        if name == "llama_tied_rope":
+            old_style(d / "config.json")
+        # The stored weights as a user loads them, computed in fp32 (buffers such as RoPE's
+        # frequencies are recomputed, not the rounded copies of the model in memory).
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        g = torch.Generator().manual_seed(seed)
+        input_ids = torch.randint(0, 300, (2, 24), generator=g)
+        with torch.no_grad():
+            logits = model(input_ids).logits.float()
+        ids = tok.encode(text, add_special_tokens=False).ids
+        expected = {
+            "input_ids": input_ids.tolist(),
+            "logits": [round(x, 7) for x in logits.flatten().tolist()],
+            "text": text,
+            "text_ids": ids,
+            **perplexity(model, ids, bos=0),
+        }
+        (d / "expected.json").write_text(json.dumps(expected) + "\n")
+        print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, ppl {expected['perplexity']:.4f}")
+
+
+def check_perplexity(model_dir: Path, text_file: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    bos = model.config.bos_token_id
+    docs = [json.loads(line)["text"] for line in text_file.read_text().splitlines() if line.strip()]
+    nll, tokens = 0.0, 0
+    for doc in docs:
+        r = perplexity(model, tok.encode(doc, add_special_tokens=False).ids, bos)
+        nll, tokens = nll + r["nll"], tokens + r["tokens"]
+    print(json.dumps({"perplexity": math.exp(nll / tokens), "tokens": tokens}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["generate"]:
+        generate(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["perplexity"]:
+        check_perplexity(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        sys.exit(__doc__)
