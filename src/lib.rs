@@ -1,6 +1,7 @@
 //! mixpool: score data mixtures by the perplexity of parameter-averaged unit models.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -2,6 +2,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use mixpool::client;
 use mixpool::demo::{self, DemoArgs};
 use mixpool::local::{self, LocalCommand};
 use mixpool::serve::{self, ServeArgs, WorkerArgs};
@@ -43,6 +44,11 @@ enum Command {
     Worker(WorkerArgs),
     /// Create the database if needed and apply the registry's migrations.
     Migrate,
+    /// Bases on a running server.
+    #[command(subcommand)]
+    Bases(client::BasesCommand),
+    /// Download a mixture's merged model from a running server as a Hugging Face directory.
+    Export(client::ExportArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +68,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
         Command::Worker(args) => runtime()?.block_on(serve::run_worker(args)),
         Command::Migrate => runtime()?.block_on(serve::migrate()),
+        Command::Bases(command) => runtime()?.block_on(client::bases(command)),
+        Command::Export(args) => runtime()?.block_on(client::export(args)),
     }
 }
 

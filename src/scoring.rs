@@ -90,22 +90,8 @@ pub async fn request(pool: &PgPool, req: &ScoreRequest) -> Result<ScoreStatus, S
 
 /// Checks a request (weights, repeated partitions) and makes it canonical; changes nothing.
 pub async fn prepare(pool: &PgPool, req: &ScoreRequest) -> Result<Prepared, ScoringError> {
-    let weights = match (req.weighting, &req.weights) {
-        (Weighting::Explicit, Some(w)) => Some(w.clone()),
-        (Weighting::Explicit, None) => None,
-        (_, Some(_)) => return Err(ScoringError::WeightsWithoutExplicit),
-        (Weighting::Uniform, None) => None,
-        (Weighting::Tokens, None) => {
-            // Partition sizes in UTF-8 bytes: the token counts of byte-level models.
-            let mut sizes = Vec::with_capacity(req.partitions.len());
-            for p in &req.partitions {
-                let row = datasets::find(pool, Kind::Partition, &p.to_string()).await?;
-                sizes.push(row.ok_or(ScoringError::UnknownPartition(*p))?.bytes as f64);
-            }
-            Some(sizes)
-        }
-    };
-    let mixture = Mixture::new(&req.partitions, weights.as_deref(), req.weighting)?;
+    let mixture =
+        canonical_mixture(pool, &req.partitions, req.weights.as_deref(), req.weighting).await?;
     let key = ScoreKey {
         base_id: req.base,
         recipe_id: req.recipe,
@@ -124,6 +110,32 @@ pub async fn prepare(pool: &PgPool, req: &ScoreRequest) -> Result<Prepared, Scor
         mixture,
         eval: req.eval.clone(),
     })
+}
+
+/// The mixture of `partitions` with its weights resolved (explicit, uniform, or by
+/// partition size) and normalised.
+pub async fn canonical_mixture(
+    pool: &PgPool,
+    partitions: &[Uuid],
+    weights: Option<&[f64]>,
+    weighting: Weighting,
+) -> Result<Mixture, ScoringError> {
+    let weights = match (weighting, weights) {
+        (Weighting::Explicit, Some(w)) => Some(w.to_vec()),
+        (Weighting::Explicit, None) => None,
+        (_, Some(_)) => return Err(ScoringError::WeightsWithoutExplicit),
+        (Weighting::Uniform, None) => None,
+        (Weighting::Tokens, None) => {
+            // Partition sizes in UTF-8 bytes: the token counts of byte-level models.
+            let mut sizes = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let row = datasets::find(pool, Kind::Partition, &p.to_string()).await?;
+                sizes.push(row.ok_or(ScoringError::UnknownPartition(*p))?.bytes as f64);
+            }
+            Some(sizes)
+        }
+    };
+    Ok(Mixture::new(partitions, weights.as_deref(), weighting)?)
 }
 
 /// The score of a prepared request, or the job that computes it (queued now, or already

@@ -210,7 +210,7 @@ impl Worker {
         let run = TrainingRun {
             model: base.config.0.clone(),
             start: Start::Stored {
-                key: keys::base(&base.id, WEIGHTS_FILE),
+                base: Box::new(base.clone()),
                 sha256: weights_sha,
             },
             partition,
@@ -275,6 +275,16 @@ impl Worker {
         Ok(Done::Succeeded)
     }
 
+    /// The base's side files (tokenizer, imported config), verified, into a model folder.
+    async fn fetch_base_files(&self, base: &bases::Base, dir: &Path) -> Result<(), JobError> {
+        for (file, sha256) in base.files.iter() {
+            self.store
+                .download_verified(&keys::base(&base.id, file), sha256, &dir.join(file))
+                .await?;
+        }
+        Ok(())
+    }
+
     fn job_dir(&self, lease: &Lease) -> PathBuf {
         self.work_dir.join(format!("job-{}", lease.id()))
     }
@@ -295,10 +305,15 @@ impl Worker {
             .map_err(|e| JobError::Retryable(e.to_string()))?;
         checkpoint::write_config(&start_dir, &run.model)
             .map_err(|e| JobError::Fatal(e.to_string()))?;
-        if let Start::Stored { key, sha256 } = &run.start {
+        if let Start::Stored { base, sha256 } = &run.start {
             self.store
-                .download_verified(key, sha256, &start_dir.join(WEIGHTS_FILE))
+                .download_verified(
+                    &keys::base(&base.id, WEIGHTS_FILE),
+                    sha256,
+                    &start_dir.join(WEIGHTS_FILE),
+                )
                 .await?;
+            self.fetch_base_files(base, &start_dir).await?;
         }
         let compressed = self
             .store
@@ -403,8 +418,11 @@ struct TrainingRun {
 
 /// The weights a training run starts from.
 enum Start {
-    /// Stored weights (a base's), verified when read.
-    Stored { key: String, sha256: String },
+    /// A base's stored weights (and side files), verified when read.
+    Stored {
+        base: Box<bases::Base>,
+        sha256: String,
+    },
     /// A random initialisation (pre-training a base).
     Init { seed: u64 },
 }
@@ -461,6 +479,7 @@ impl Worker {
                 .map_err(|e| JobError::Retryable(e.to_string()))?;
             checkpoint::write_config(&unit_dir, &base.config.0)
                 .map_err(|e| JobError::Fatal(e.to_string()))?;
+            self.fetch_base_files(&base, &unit_dir).await?;
             let sha = unit.weights_sha256.as_deref().unwrap_or_default();
             self.store
                 .download_verified(

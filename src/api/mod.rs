@@ -5,6 +5,7 @@ mod datasets;
 mod error;
 mod events;
 mod health;
+mod hf;
 mod jobs;
 mod metrics;
 mod models;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/bases",
             post(models::create_base).get(models::list_bases),
         )
+        .route("/v1/bases/import", post(hf::import_base))
         .route("/v1/bases/{key}", get(models::get_base))
         .route(
             "/v1/recipes",
@@ -88,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(events::job_events))
         .route("/v1/score", get(score::get_score))
         .route("/v1/scores", post(score::post_scores))
+        .route("/v1/mixtures/export", get(hf::export_mixture))
         .route("/metrics", get(metrics::metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -19,8 +19,8 @@ use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Weighting;
 use crate::registry::datasets::{self, Dataset, Kind};
-use crate::registry::jobs;
 use crate::registry::scores::{self, Score};
+use crate::registry::{bases, jobs, recipes};
 use crate::scoring::{self, ScoreRequest, ScoreStatus, ScoringError};
 
 #[derive(Deserialize)]
@@ -139,23 +139,29 @@ fn cache_key(base: &str, recipe: &str, params: &ScoreParams) -> String {
     .join("\n")
 }
 
-/// Resolves names and checks everything a score request says; changes nothing.
-async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, ApiError> {
-    let (base_name, recipe_name) = state
-        .scores
-        .names(
-            &state.pool,
-            params.base.as_deref(),
-            params.recipe.as_deref(),
-        )
-        .await?;
+/// A mixture as a request names it, resolved: base, recipe, partitions and weighting.
+pub(super) struct MixtureSpec {
+    pub base: bases::Base,
+    pub recipe: recipes::Recipe,
+    pub partitions: Vec<Dataset>,
+    pub weights: Option<Vec<f64>>,
+    pub weighting: Weighting,
+}
+
+/// Resolves the names in `partitions=a,b&weights=..&weighting=..&base=..&recipe=..`.
+pub(super) async fn resolve_mixture(
+    state: &AppState,
+    partitions: &str,
+    weights: Option<&str>,
+    weighting: Option<&str>,
+    base: Option<&str>,
+    recipe: Option<&str>,
+) -> Result<MixtureSpec, ApiError> {
+    let (base_name, recipe_name) = state.scores.names(&state.pool, base, recipe).await?;
     let base = resolve_base(&state.pool, Some(&base_name)).await?;
     let recipe = resolve_recipe(&state.pool, Some(&recipe_name)).await?;
-    let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("eval set {:?}", params.eval)))?;
-    let mut partitions: Vec<Dataset> = Vec::new();
-    for key in params.partitions.split(',').map(str::trim) {
+    let mut rows: Vec<Dataset> = Vec::new();
+    for key in partitions.split(',').map(str::trim) {
         if key.is_empty() {
             return Err(ApiError::bad_request(
                 "invalid_partitions",
@@ -165,9 +171,9 @@ async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, Api
         let p = datasets::find(&state.pool, Kind::Partition, key)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-        partitions.push(p);
+        rows.push(p);
     }
-    let weights = match &params.weights {
+    let weights = match weights {
         None => None,
         Some(list) => Some(
             list.split(',')
@@ -181,7 +187,7 @@ async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, Api
                 })?,
         ),
     };
-    let weighting = match (params.weighting.as_deref(), &weights) {
+    let weighting = match (weighting, &weights) {
         (None | Some("uniform"), None) => Weighting::Uniform,
         (None, Some(_)) => Weighting::Explicit,
         (Some("tokens"), None) => Weighting::Tokens,
@@ -198,27 +204,63 @@ async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, Api
             ));
         }
     };
-    let request = ScoreRequest {
-        base: base.id,
-        recipe: recipe.id,
-        partitions: partitions.iter().map(|p| p.id).collect(),
+    Ok(MixtureSpec {
+        base,
+        recipe,
+        partitions: rows,
         weights,
         weighting,
+    })
+}
+
+/// Resolves names and checks everything a score request says; changes nothing.
+async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, ApiError> {
+    let spec = resolve_mixture(
+        state,
+        &params.partitions,
+        params.weights.as_deref(),
+        params.weighting.as_deref(),
+        params.base.as_deref(),
+        params.recipe.as_deref(),
+    )
+    .await?;
+    let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("eval set {:?}", params.eval)))?;
+    let request = ScoreRequest {
+        base: spec.base.id,
+        recipe: spec.recipe.id,
+        partitions: spec.partitions.iter().map(|p| p.id).collect(),
+        weights: spec.weights,
+        weighting: spec.weighting,
         eval_set: eval_set.id,
         eval: EvalConfig::default(),
     };
     let prepared = scoring::prepare(&state.pool, &request)
         .await
         .map_err(scoring_error)?;
+    // The cache key uses the names as asked (an id stays an id), like `get_score`'s lookup.
+    let (base_key, recipe_key) = state
+        .scores
+        .names(
+            &state.pool,
+            params.base.as_deref(),
+            params.recipe.as_deref(),
+        )
+        .await?;
     Ok(Resolved {
-        cache_key: cache_key(&base_name, &recipe_name, params),
+        cache_key: cache_key(&base_key, &recipe_key, params),
         prepared,
-        names: partitions.into_iter().map(|p| (p.id, p.name)).collect(),
-        context: json!({ "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name }),
+        names: spec
+            .partitions
+            .into_iter()
+            .map(|p| (p.id, p.name))
+            .collect(),
+        context: json!({ "eval_set": eval_set.name, "base": spec.base.name, "recipe": spec.recipe.name }),
     })
 }
 
-fn scoring_error(e: ScoringError) -> ApiError {
+pub(super) fn scoring_error(e: ScoringError) -> ApiError {
     match e {
         ScoringError::Database(e) => e.into(),
         e => ApiError::status(

@@ -1,6 +1,8 @@
 //! Base models: an architecture config and weights in the store (`bases/<id>/…`). A base
 //! created from a preset and pre-trained by a job is `pending` until its weights are stored.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
@@ -19,6 +21,8 @@ pub struct Base {
     /// pending, ready or failed.
     pub state: String,
     pub weights_sha256: Option<String>,
+    /// Side files (tokenizer, imported config) stored beside the weights: name → sha256.
+    pub files: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -68,6 +72,20 @@ pub async fn mark_ready(
     .bind(weights_sha256)
     .fetch_one(db)
     .await
+}
+
+/// Records the side files stored beside a base's weights (in the transaction that inserts
+/// it, once they are stored).
+pub async fn set_files(
+    db: &mut PgConnection,
+    id: Uuid,
+    files: &BTreeMap<String, String>,
+) -> Result<Base, sqlx::Error> {
+    sqlx::query_as("update bases set files = $2 where id = $1 returning *")
+        .bind(id)
+        .bind(Json(files))
+        .fetch_one(db)
+        .await
 }
 
 /// A pending base whose pre-training ended without weights.

@@ -1,0 +1,360 @@
+//! Hugging Face checkpoints in and out over HTTP: import a base from a tar of a checkpoint
+//! directory (or from a folder in the object store), export a mixture's merged model as a tar.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use super::score::{resolve_mixture, scoring_error};
+use super::{ApiError, AppState, Q};
+use crate::engine::checkpoint::{self, WEIGHTS_FILE};
+use crate::engine::hf::{self, HfError};
+use crate::registry::{RegistryError, bases, models};
+use crate::store::keys;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportParams {
+    name: String,
+    /// A folder in the object store holding the checkpoint, instead of a tar body.
+    from_store: Option<String>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// `POST /v1/bases/import?name=[&from_store=prefix]`: the body is a tar (optionally gzip)
+/// of a Hugging Face checkpoint directory, or empty with `from_store` naming a folder in
+/// the object store. The checkpoint is checked and converted like `mixpool local import`,
+/// its weights and side files stored, then the base row written: 201 with the base.
+pub async fn import_base(
+    State(state): State<AppState>,
+    Q(params): Q<ImportParams>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scratch = tempfile::tempdir().map_err(internal)?;
+    let source = scratch.path().join("checkpoint");
+    tokio::fs::create_dir_all(&source).await.map_err(internal)?;
+    // The body is read first even when the request is refused: clients that are still
+    // sending when the answer comes often see a reset connection instead of the answer.
+    let tar = scratch.path().join("upload.tar");
+    let received = match &params.from_store {
+        Some(_) => Ok(()),
+        None => receive(body, &tar, state.max_upload_bytes).await,
+    };
+    crate::ingest::check_name(&params.name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    if bases::find(&state.pool, &params.name).await?.is_some() {
+        return Err(name_taken(&params.name));
+    }
+    received?;
+    match &params.from_store {
+        Some(prefix) => fetch_folder(&state, prefix, &source).await?,
+        None => {
+            let dest = source.clone();
+            tokio::task::spawn_blocking(move || unpack(&tar, &dest))
+                .await
+                .map_err(internal)??;
+        }
+    }
+    let converted = scratch.path().join("converted");
+    let (from, to) = (checkpoint_root(&source), converted.clone());
+    let imported = tokio::task::spawn_blocking(move || hf::import(&from, &to))
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            HfError::Io { .. } => internal(e),
+            e => ApiError::status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_checkpoint",
+                e.to_string(),
+            ),
+        })?;
+    let config = checkpoint::read_config(&converted).map_err(internal)?;
+
+    let id = Uuid::new_v4();
+    let weights = state
+        .store
+        .put_file(
+            &converted.join(WEIGHTS_FILE),
+            &keys::base(&id, WEIGHTS_FILE),
+        )
+        .await?;
+    let mut files = BTreeMap::new();
+    for path in checkpoint::side_files(&converted) {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let stored = state.store.put_file(&path, &keys::base(&id, &file)).await?;
+        files.insert(file, stored.sha256);
+    }
+    let mut tx = state.pool.begin().await?;
+    bases::insert(&mut tx, id, &params.name, &config, Some(&weights.sha256))
+        .await
+        .map_err(|e| match e {
+            RegistryError::NameTaken { name, .. } => name_taken(&name),
+            RegistryError::Database(e) => e.into(),
+        })?;
+    let base = bases::set_files(&mut tx, id, &files).await?;
+    tx.commit().await?;
+    state.scores.defaults_changed();
+    let mut answer = json!(base);
+    answer["import"] = json!(imported);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::status(
+        StatusCode::CONFLICT,
+        "name_taken",
+        format!("the base name {name:?} is taken; choose another name"),
+    )
+}
+
+/// Streams the request body into `path`, refusing more than `limit` bytes.
+async fn receive(body: Body, path: &Path, limit: u64) -> Result<(), ApiError> {
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| ApiError::bad_request("bad_body", format!("reading the upload: {e}")))?
+    {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the upload is larger than the limit of {limit} bytes"),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    if total == 0 {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "send a tar of the checkpoint directory, or name a folder with from_store",
+        ));
+    }
+    Ok(())
+}
+
+/// Unpacks a tar, gzip-compressed or not, refusing links and paths outside the folder.
+fn unpack(tar: &Path, dest: &Path) -> Result<(), ApiError> {
+    let bad = |e: std::io::Error| {
+        ApiError::bad_request(
+            "invalid_archive",
+            format!("not a readable tar archive: {e}"),
+        )
+    };
+    let mut magic = [0u8; 2];
+    let mut file = std::fs::File::open(tar).map_err(internal)?;
+    std::io::Read::read_exact(&mut file, &mut magic).map_err(bad)?;
+    let file = std::fs::File::open(tar).map_err(internal)?;
+    let reader: Box<dyn std::io::Read> = if magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(ApiError::bad_request(
+                "invalid_archive",
+                "the archive may hold only files and folders",
+            ));
+        }
+        // `unpack_in` refuses paths that would leave `dest`.
+        if !entry.unpack_in(dest).map_err(bad)? {
+            return Err(ApiError::bad_request(
+                "invalid_archive",
+                "the archive holds a path outside its folder",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The folder holding `config.json`: the archive's top level or its one folder.
+fn checkpoint_root(dir: &Path) -> PathBuf {
+    if dir.join(checkpoint::CONFIG_FILE).exists() {
+        return dir.to_path_buf();
+    }
+    let folders: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    match folders.as_slice() {
+        [only] => only.clone(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Copies the files directly under `prefix` in the object store into `dest`.
+async fn fetch_folder(state: &AppState, prefix: &str, dest: &Path) -> Result<(), ApiError> {
+    let prefix = prefix.trim_matches('/');
+    let keys = state.store.list(prefix).await?;
+    if keys.is_empty() {
+        return Err(ApiError::not_found(format!("store folder {prefix:?}")));
+    }
+    for key in keys {
+        let Some(name) = key
+            .strip_prefix(prefix)
+            .map(|n| n.trim_start_matches('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            continue;
+        };
+        let data = state
+            .store
+            .get_optional(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("store object {key:?}")))?;
+        tokio::fs::write(dest.join(name), &data)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    partitions: String,
+    weights: Option<String>,
+    weighting: Option<String>,
+    base: Option<String>,
+    recipe: Option<String>,
+}
+
+/// `GET /v1/mixtures/export?partitions=a,b[&weights=][&weighting=][&base=][&recipe=]`: the
+/// merged model of the mixture's unit models (one unit model alone for one partition) as a
+/// tar of a Hugging Face directory, in the base's dtype with its tokenizer. The merge runs
+/// here, on the CPU, one tensor at a time: it reads and writes weights, it runs no model.
+pub async fn export_mixture(
+    State(state): State<AppState>,
+    Q(params): Q<ExportParams>,
+) -> Result<Response, ApiError> {
+    let spec = resolve_mixture(
+        &state,
+        &params.partitions,
+        params.weights.as_deref(),
+        params.weighting.as_deref(),
+        params.base.as_deref(),
+        params.recipe.as_deref(),
+    )
+    .await?;
+    let ids: Vec<Uuid> = spec.partitions.iter().map(|p| p.id).collect();
+    let mixture = crate::scoring::canonical_mixture(
+        &state.pool,
+        &ids,
+        spec.weights.as_deref(),
+        spec.weighting,
+    )
+    .await
+    .map_err(scoring_error)?;
+    let units = models::for_partitions(&state.pool, spec.base.id, spec.recipe.id, &ids).await?;
+    let name = |id: Uuid| {
+        spec.partitions
+            .iter()
+            .find(|p| p.id == id)
+            .map_or(String::new(), |p| p.name.clone())
+    };
+    let missing: Vec<String> = mixture
+        .members
+        .iter()
+        .filter(|m| {
+            !units
+                .iter()
+                .any(|u| u.partition_id == m.partition && u.state == "ready")
+        })
+        .map(|m| name(m.partition))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::status(
+            StatusCode::CONFLICT,
+            "models_not_ready",
+            format!("no ready unit model for: {}", missing.join(", ")),
+        ));
+    }
+
+    let scratch = tempfile::tempdir().map_err(internal)?;
+    let mut dirs = Vec::new();
+    let mut weights = Vec::new();
+    for member in &mixture.members {
+        let unit = units
+            .iter()
+            .find(|u| u.partition_id == member.partition)
+            .expect("checked above");
+        let dir = scratch.path().join(unit.id.to_string());
+        tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+        checkpoint::write_config(&dir, &spec.base.config.0).map_err(internal)?;
+        for (file, sha256) in spec.base.files.iter() {
+            state
+                .store
+                .download_verified(&keys::base(&spec.base.id, file), sha256, &dir.join(file))
+                .await?;
+        }
+        state
+            .store
+            .download_verified(
+                &keys::model(&unit.id, WEIGHTS_FILE),
+                unit.weights_sha256.as_deref().unwrap_or_default(),
+                &dir.join(WEIGHTS_FILE),
+            )
+            .await?;
+        dirs.push(dir);
+        weights.push(member.weight);
+    }
+    let work = scratch.path().to_path_buf();
+    let tar_path = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
+        let merged = work.join("merged");
+        crate::engine::merge::merge_model_dirs(&dirs, &weights, tch::Device::Cpu, &merged)
+            .map_err(|e| e.to_string())?;
+        let export = work.join("export");
+        hf::export(&merged, &export).map_err(|e| e.to_string())?;
+        let tar_path = work.join("model.tar");
+        let mut builder =
+            tar::Builder::new(std::fs::File::create(&tar_path).map_err(|e| e.to_string())?);
+        builder
+            .append_dir_all("model", &export)
+            .and_then(|_| builder.finish())
+            .map_err(|e| e.to_string())?;
+        Ok(tar_path)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(ApiError::Internal)?;
+    // The open file outlives the scratch folder, which is removed now.
+    let file = tokio::fs::File::open(&tar_path).await.map_err(internal)?;
+    let length = file.metadata().await.map_err(internal)?.len();
+    drop(scratch);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"mixture.tar\"".to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

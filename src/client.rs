@@ -1,0 +1,167 @@
+//! Client verbs: the command line talking to a running server (`--url`, or `MIXPOOL_URL`,
+//! default http://127.0.0.1:8080). Errors print the server's message and exit non-zero.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args, Clone)]
+pub struct Server {
+    /// The server's address.
+    #[arg(long, env = "MIXPOOL_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+#[derive(Subcommand)]
+pub enum BasesCommand {
+    /// Import a Hugging Face checkpoint directory (config.json, model.safetensors or shards,
+    /// tokenizer.json) as a base.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    pub dir: PathBuf,
+    /// The base's name (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Comma-separated partition names or ids: their unit models are merged.
+    #[arg(long)]
+    pub partitions: String,
+    /// Comma-separated weights, one per partition (default: uniform).
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// uniform or tokens.
+    #[arg(long)]
+    pub weighting: Option<String>,
+    #[arg(long)]
+    pub base: Option<String>,
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// The Hugging Face directory to write (must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+pub async fn bases(command: BasesCommand) -> Result<()> {
+    match command {
+        BasesCommand::Import(a) => import(a).await,
+    }
+}
+
+async fn import(a: ImportArgs) -> Result<()> {
+    if !a.dir.join("config.json").is_file() {
+        bail!(
+            "{} has no config.json: name a Hugging Face checkpoint directory",
+            a.dir.display()
+        );
+    }
+    let name = match a.name {
+        Some(name) => name,
+        None => a
+            .dir
+            .canonicalize()?
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .context("name the base with --name")?,
+    };
+    let scratch = tempfile::tempdir()?;
+    let tar_path = scratch.path().join("checkpoint.tar");
+    let (dir, path) = (a.dir.clone(), tar_path.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut tar = tar::Builder::new(std::fs::File::create(&path)?);
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                tar.append_path_with_name(&path, path.file_name().unwrap())?;
+            }
+        }
+        tar.finish()?;
+        Ok(())
+    })
+    .await??;
+    let file = tokio::fs::File::open(&tar_path).await?;
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/bases/import",
+            a.server.url.trim_end_matches('/')
+        ))
+        .query(&[("name", &name)])
+        .header("content-type", "application/x-tar")
+        .body(file)
+        .send()
+        .await
+        .with_context(|| format!("no answer from {}", a.server.url))?;
+    print_answer(response).await
+}
+
+pub async fn export(a: ExportArgs) -> Result<()> {
+    if a.out.exists() {
+        bail!("{} exists: choose a new directory", a.out.display());
+    }
+    let mut query = vec![("partitions", a.partitions.clone())];
+    for (key, value) in [
+        ("weights", &a.weights),
+        ("weighting", &a.weighting),
+        ("base", &a.base),
+        ("recipe", &a.recipe),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v.clone()));
+        }
+    }
+    let mut response = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/mixtures/export",
+            a.server.url.trim_end_matches('/')
+        ))
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| format!("no answer from {}", a.server.url))?;
+    if !response.status().is_success() {
+        return print_answer(response).await;
+    }
+    let parent = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let scratch = tempfile::tempdir_in(parent)?;
+    let tar_path = scratch.path().join("model.tar");
+    let mut file = tokio::fs::File::create(&tar_path).await?;
+    while let Some(chunk) = response.chunk().await? {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+    }
+    let unpacked = scratch.path().join("unpacked");
+    let path = tar_path.clone();
+    let dest = unpacked.clone();
+    tokio::task::spawn_blocking(move || tar::Archive::new(std::fs::File::open(path)?).unpack(dest))
+        .await??;
+    std::fs::rename(unpacked.join("model"), &a.out)?;
+    println!("{}", serde_json::json!({ "exported": a.out }));
+    Ok(())
+}
+
+/// Prints a JSON answer; a 4xx or 5xx is an error carrying the server's message.
+async fn print_answer(response: reqwest::Response) -> Result<()> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        bail!("{status}: {message}");
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
