@@ -22,6 +22,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -127,6 +129,11 @@ def generate(out: Path) -> None:
                 )
             ),
             torch.bfloat16,
+            {},
+        ),
+        "mistral": (
+            MistralForCausalLM(MistralConfig(num_key_value_heads=2, sliding_window=4096, **llama)),
+            torch.float32,
             {},
         ),
         "qwen2_bias": (

@@ -14,7 +14,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::helpers::doc;
 
-const FIXTURES: &[&str] = &["llama_gqa_untied", "llama_tied_rope", "qwen2_bias", "gpt2"];
+const FIXTURES: &[&str] = &[
+    "llama_gqa_untied",
+    "llama_tied_rope",
+    "mistral",
+    "qwen2_bias",
+    "gpt2",
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -91,6 +97,22 @@ fn imported_models_give_the_perplexity_transformers_gives_on_real_text() {
             "{name}: perplexity {got} vs transformers {reference}"
         );
     }
+}
+
+#[test]
+fn training_data_starts_each_document_with_the_models_bos() {
+    let (_dir, model) = import("llama_gqa_untied");
+    let docs = [doc("first text", None), doc("second", None)];
+    let stream = mixpool::engine::data::tokenize(&docs, &model.tokenizer).unwrap();
+    let (first, second) = (
+        model.tokenizer.encode("first text").unwrap(),
+        model.tokenizer.encode("second").unwrap(),
+    );
+    let want: Vec<u32> = [vec![0], first, vec![1, 0], second, vec![1]].concat();
+    assert_eq!(
+        stream, want,
+        "<s> doc </s> for a model whose BOS (0) is not its EOS (1)"
+    );
 }
 
 #[test]

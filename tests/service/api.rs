@@ -1081,4 +1081,27 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         "{} vs {reported}",
         result.total.perplexity
     );
+
+    // A checkpoint already in the object store is imported from there.
+    let folder = app._dirs.0.path().join("imports/mistral");
+    std::fs::create_dir_all(&folder).unwrap();
+    for entry in std::fs::read_dir(hf_fixture("mistral")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    let (status, missing) = app
+        .post(
+            "/v1/bases/import?name=m&from_store=imports/nothing",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    let (status, imported) = app
+        .post(
+            "/v1/bases/import?name=m&from_store=imports/mistral",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{imported}");
+    assert_eq!(imported["import"]["architecture"], "MistralForCausalLM");
 }
