@@ -111,7 +111,7 @@ async fn seed(
         .await?;
     let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
     tracing::info!(
-        "the pool is seeded; unit models train now. Try:\n  \
+        "the pool is seeded (unit models train in the background). Try:\n  \
          curl {url}/v1/partitions\n  \
          curl '{url}/v1/score?partitions={},{}&eval=held-out&wait=60'\n  \
          curl {url}/v1/jobs?state=running",

@@ -215,13 +215,22 @@ pub(super) async fn resolve_mixture(
 
 /// Resolves names and checks everything a score request says; changes nothing.
 async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, ApiError> {
+    // The names as asked, defaults filled in (an id stays an id): the answer cache's key.
+    let (base_key, recipe_key) = state
+        .scores
+        .names(
+            &state.pool,
+            params.base.as_deref(),
+            params.recipe.as_deref(),
+        )
+        .await?;
     let spec = resolve_mixture(
         state,
         &params.partitions,
         params.weights.as_deref(),
         params.weighting.as_deref(),
-        params.base.as_deref(),
-        params.recipe.as_deref(),
+        Some(&base_key),
+        Some(&recipe_key),
     )
     .await?;
     let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
@@ -239,15 +248,6 @@ async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, Api
     let prepared = scoring::prepare(&state.pool, &request)
         .await
         .map_err(scoring_error)?;
-    // The cache key uses the names as asked (an id stays an id), like `get_score`'s lookup.
-    let (base_key, recipe_key) = state
-        .scores
-        .names(
-            &state.pool,
-            params.base.as_deref(),
-            params.recipe.as_deref(),
-        )
-        .await?;
     Ok(Resolved {
         cache_key: cache_key(&base_key, &recipe_key, params),
         prepared,

@@ -19,6 +19,7 @@ use super::checkpoint::{
     CONFIG_FILE, HF_CONFIG_FILE, LoadedModel, SIDE_FILES, TOKENIZER_FILE, WEIGHTS_FILE,
     copy_side_files, load_tokenizer, read_config,
 };
+use super::merge::Bytes;
 use super::model::{Gpt2Config, LlamaConfig, Model, ModelConfig, llama::RopeScaling};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -632,9 +633,9 @@ pub fn export(model_dir: &Path, out: &Path) -> Result<(), HfError> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let weights = out.join(WEIGHTS_FILE);
     let partial = out.join("model.partial.safetensors");
-    let raw: Vec<(String, Raw)> = tensors
+    let raw: Vec<(String, Bytes)> = tensors
         .iter()
-        .map(|(name, t)| (name.clone(), Raw::of(t)))
+        .map(|(name, t)| (name.clone(), bytes_of(t)))
         .collect();
     // transformers requires the `format` entry.
     let metadata = Some(std::collections::HashMap::from([(
@@ -660,43 +661,20 @@ pub fn export(model_dir: &Path, out: &Path) -> Result<(), HfError> {
     Ok(())
 }
 
-/// A tensor's bytes, for the safetensors writer.
-struct Raw {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl Raw {
-    fn of(t: &Tensor) -> Self {
-        let t = t.contiguous();
-        let dtype = match t.kind() {
-            Kind::BFloat16 => safetensors::Dtype::BF16,
-            Kind::Half => safetensors::Dtype::F16,
-            _ => safetensors::Dtype::F32,
-        };
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.copy_data_u8(&mut data, numel);
-        Raw {
-            dtype,
-            shape: t.size().iter().map(|&d| d as usize).collect(),
-            data,
-        }
-    }
-}
-
-impl safetensors::View for &Raw {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
+/// A tensor's bytes in its own dtype (bfloat16, float16, else float32).
+fn bytes_of(t: &Tensor) -> Bytes {
+    let t = t.contiguous();
+    let dtype = match t.kind() {
+        Kind::BFloat16 => safetensors::Dtype::BF16,
+        Kind::Half => safetensors::Dtype::F16,
+        _ => safetensors::Dtype::F32,
+    };
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut data, numel);
+    Bytes {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
     }
 }

@@ -173,7 +173,7 @@ pub fn merge_files(
         .collect::<Result<_, _>>()?;
     check_compatible(&inputs)?;
 
-    let mut merged: Vec<(String, Merged)> = Vec::with_capacity(inputs[0].tensors.len());
+    let mut merged: Vec<(String, Bytes)> = Vec::with_capacity(inputs[0].tensors.len());
     let mut bytes_read = 0u64;
     for (name, info) in &inputs[0].tensors {
         let bytes = info.data_offsets.1 - info.data_offsets.0;
@@ -195,7 +195,7 @@ pub fn merge_files(
         };
         merged.push((
             name.clone(),
-            Merged {
+            Bytes {
                 dtype: info.dtype,
                 shape: info.shape.clone(),
                 data,
@@ -432,13 +432,14 @@ fn average_on_device(sources: &[Tensor], weights: &[f64], dtype: Dtype, device: 
     data
 }
 
-struct Merged {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// A tensor's bytes, for the safetensors writer.
+pub(super) struct Bytes {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
 }
 
-impl View for &Merged {
+impl View for &Bytes {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
