@@ -150,16 +150,20 @@ impl Worker {
                 tracing::info!(job = %lease.id(), "released for another worker to resume");
                 jobs::release(&self.pool, &lease).await
             }
-            Ok(Done::Cancelled) => {
-                self.mark_target_failed(&lease).await?;
-                jobs::cancelled(&self.pool, &lease).await
-            }
+            // Only the job's owner marks its model or base failed (the stop may have been a
+            // lost lease, with another worker now training it).
+            Ok(Done::Cancelled) => match jobs::cancelled(&self.pool, &lease).await {
+                Ok(()) => Ok(self.mark_target_failed(&lease).await?),
+                lost => lost,
+            },
             Err(JobError::Retryable(message)) => {
                 jobs::fail(&self.pool, &lease, &message, true).await
             }
             Err(JobError::Fatal(message)) => {
-                self.mark_target_failed(&lease).await?;
-                jobs::fail(&self.pool, &lease, &message, false).await
+                match jobs::fail(&self.pool, &lease, &message, false).await {
+                    Ok(()) => Ok(self.mark_target_failed(&lease).await?),
+                    lost => lost,
+                }
             }
         };
         match recorded {

@@ -111,7 +111,8 @@ pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = parse_uuid(&id).ok_or_else(|| ApiError::not_found(format!("job {id:?}")))?;
+    let id = parse_uuid(&id)
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a job id")))?;
     let first = jobs::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
