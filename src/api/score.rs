@@ -213,24 +213,20 @@ pub(super) async fn resolve_mixture(
     })
 }
 
-/// Resolves names and checks everything a score request says; changes nothing.
-async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, ApiError> {
-    // The names as asked, defaults filled in (an id stays an id): the answer cache's key.
-    let (base_key, recipe_key) = state
-        .scores
-        .names(
-            &state.pool,
-            params.base.as_deref(),
-            params.recipe.as_deref(),
-        )
-        .await?;
+/// Resolves names and checks everything a score request says; changes nothing. `names` are
+/// the base and recipe as asked, defaults filled in ([`ScoreCache::names`]).
+async fn resolve(
+    state: &AppState,
+    params: &ScoreParams,
+    (base_key, recipe_key): &(String, String),
+) -> Result<Resolved, ApiError> {
     let spec = resolve_mixture(
         state,
         &params.partitions,
         params.weights.as_deref(),
         params.weighting.as_deref(),
-        Some(&base_key),
-        Some(&recipe_key),
+        Some(base_key),
+        Some(recipe_key),
     )
     .await?;
     let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
@@ -249,7 +245,7 @@ async fn resolve(state: &AppState, params: &ScoreParams) -> Result<Resolved, Api
         .await
         .map_err(scoring_error)?;
     Ok(Resolved {
-        cache_key: cache_key(&base_key, &recipe_key, params),
+        cache_key: cache_key(base_key, recipe_key, params),
         prepared,
         names: spec
             .partitions
@@ -356,7 +352,7 @@ pub async fn get_score(
     State(state): State<AppState>,
     Q(params): Q<ScoreParams>,
 ) -> Result<Response, ApiError> {
-    let (base, recipe) = state
+    let names = state
         .scores
         .names(
             &state.pool,
@@ -364,12 +360,12 @@ pub async fn get_score(
             params.recipe.as_deref(),
         )
         .await?;
-    if let Some(answer) = state.scores.get(&cache_key(&base, &recipe, &params)) {
+    if let Some(answer) = state.scores.get(&cache_key(&names.0, &names.1, &params)) {
         state.metrics.score_answered(true);
         return Ok(Json(answer).into_response());
     }
     let deadline = deadline(&state, params.wait)?;
-    let resolved = resolve(&state, &params).await?;
+    let resolved = resolve(&state, &params, &names).await?;
     Ok(match answer(&state, &resolved, deadline).await? {
         Answer::Score(score) => Json(score).into_response(),
         Answer::Pending(job) => (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response(),
@@ -420,6 +416,10 @@ pub async fn post_scores(
         ));
     }
     let deadline = deadline(&state, batch.wait)?;
+    let names = state
+        .scores
+        .names(&state.pool, batch.base.as_deref(), batch.recipe.as_deref())
+        .await?;
     let mut resolved = Vec::with_capacity(pairs);
     for (i, mixture) in batch.mixtures.iter().enumerate() {
         let (partitions, weights, weighting) = match mixture {
@@ -445,20 +445,22 @@ pub async fn post_scores(
                 recipe: batch.recipe.clone(),
                 wait: None,
             };
-            let r = resolve(&state, &params).await.map_err(|e| match e {
-                ApiError::Client {
-                    status,
-                    code,
-                    message,
-                    details,
-                } => ApiError::Client {
-                    status,
-                    code,
-                    message: format!("mixtures[{i}] on eval set {eval:?}: {message}"),
-                    details,
-                },
-                e => e,
-            })?;
+            let r = resolve(&state, &params, &names)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Client {
+                        status,
+                        code,
+                        message,
+                        details,
+                    } => ApiError::Client {
+                        status,
+                        code,
+                        message: format!("mixtures[{i}] on eval set {eval:?}: {message}"),
+                        details,
+                    },
+                    e => e,
+                })?;
             resolved.push(r);
         }
     }
@@ -467,30 +469,14 @@ pub async fn post_scores(
     let mut pending = Vec::new();
     let now = Instant::now();
     for (i, r) in resolved.iter().enumerate() {
-        results.push(match answer(&state, r, now).await {
-            Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
-            Ok(Answer::Pending(job)) => {
-                pending.push(i);
-                json!({ "status": "pending", "job": job })
-            }
-            Err(ApiError::Client {
-                code,
-                message,
-                details,
-                ..
-            }) => json!({ "status": code, "error": { "code": code, "message": message, "details": details } }),
-            Err(e) => return Err(e),
-        });
+        let item = batch_item(answer(&state, r, now).await)?;
+        if item["status"] == "pending" {
+            pending.push(i);
+        }
+        results.push(item);
     }
     for i in pending {
-        results[i] = match answer(&state, &resolved[i], deadline).await {
-            Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
-            Ok(Answer::Pending(job)) => json!({ "status": "pending", "job": job }),
-            Err(ApiError::Client { code, message, .. }) => {
-                json!({ "status": code, "error": { "code": code, "message": message } })
-            }
-            Err(e) => return Err(e),
-        };
+        results[i] = batch_item(answer(&state, &resolved[i], deadline).await)?;
     }
     let count = |status: &str| results.iter().filter(|r| r["status"] == status).count();
     let (done, waiting) = (count("done"), count("pending"));
@@ -499,6 +485,24 @@ pub async fn post_scores(
         "done": done,
         "pending": waiting,
     })))
+}
+
+/// One result of a batch: a score, the job computing it, or what the caller can fix (a
+/// server-side failure fails the whole batch).
+fn batch_item(answer: Result<Answer, ApiError>) -> Result<Value, ApiError> {
+    Ok(match answer {
+        Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
+        Ok(Answer::Pending(job)) => json!({ "status": "pending", "job": job }),
+        Err(ApiError::Client {
+            code,
+            message,
+            details,
+            ..
+        }) => {
+            json!({ "status": code, "error": { "code": code, "message": message, "details": details } })
+        }
+        Err(e) => return Err(e),
+    })
 }
 
 fn body(score: &Score, cached: bool, names: &dyn Fn(Uuid) -> String, context: &Value) -> Value {
