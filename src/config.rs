@@ -71,26 +71,30 @@ impl Config {
             None => None,
         };
         let mut table = match &path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("{}: invalid settings", path.display()))?
-            }
+            Some(path) => read_table(path)?,
             None => toml::Table::try_from(Config::default())?,
         };
         apply_env(&mut table, |name| std::env::var(name).ok())?;
         let from = path.map_or("the built-in settings".into(), |p| p.display().to_string());
-        toml::Value::Table(table)
-            .try_into::<Config>()
-            .with_context(|| format!("{from}: invalid settings"))
+        parse(table, &from)
     }
 
+    /// A settings file alone, without the environment.
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid settings", path.display()))
+        parse(read_table(path)?, &path.display().to_string())
     }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid settings", path.display()))
+}
+
+fn parse(table: toml::Table, from: &str) -> Result<Config> {
+    toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{from}: invalid settings"))
 }
 
 const S3_KEYS: &[&str] = &["endpoint", "region", "access_key_id", "secret_access_key"];
@@ -157,7 +161,7 @@ mod tests {
             _ => None,
         };
         apply_env(&mut table, vars).unwrap();
-        let config: Config = toml::Value::Table(table).try_into().unwrap();
+        let config = parse(table, "test").unwrap();
         assert_eq!(config.service.lease_seconds, 7);
         assert_eq!(config.engine.device, "cpu");
         assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
