@@ -22,44 +22,29 @@ struct App {
 }
 
 impl App {
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    async fn json(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
         (response.status(), response.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        Self::json(self.client.post(self.url(path)).body(body)).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
+        Self::json(self.client.get(self.url(path))).await
     }
 
     async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .delete(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
+        Self::json(self.client.delete(self.url(path))).await
     }
 
     async fn text(&self, path: &str) -> (StatusCode, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.client.get(self.url(path)).send().await.unwrap();
         (response.status(), response.text().await.unwrap())
     }
 

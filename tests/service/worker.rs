@@ -193,26 +193,25 @@ async fn a_partition_too_small_to_train_on_fails_its_job_for_good() {
     );
 }
 
-#[tokio::test]
-async fn a_pretrain_job_trains_a_pending_base_from_its_seed_and_makes_it_ready() {
-    let s = setup().await;
+/// Registers the pending base `name` (id `id`), queues its pretrain job and runs it on a
+/// worker of that kind; returns the job as it ended.
+async fn pretrain(
+    s: &Setup,
+    id: Uuid,
+    name: &str,
+    partition: Uuid,
+    config: TrainConfig,
+) -> jobs::Job {
     let pool = &s.worker.pool;
-    let text = corpus_head(20);
-    let partition = partition(&s, "seed-sample", text.clone()).await;
-    let id = Uuid::new_v4();
-    let config = TrainConfig {
-        seed: 11,
-        ..settings()
-    };
     let mut db = pool.acquire().await.unwrap();
-    let base = bases::insert(&mut db, id, "fresh", &small_llama(), None)
+    let base = bases::insert(&mut db, id, name, &small_llama(), None)
         .await
         .unwrap();
     assert_eq!(base.state, "pending");
     let payload = mixpool::worker::PretrainJob {
         base: id,
         partition,
-        config: config.clone(),
+        config,
     };
     let (job, _) = jobs::enqueue(
         &mut db,
@@ -226,7 +225,21 @@ async fn a_pretrain_job_trains_a_pending_base_from_its_seed_and_makes_it_ready()
         ..s.worker.clone()
     };
     assert!(worker.try_run_one().await.unwrap());
-    let job = jobs::get(pool, job.id).await.unwrap().unwrap();
+    jobs::get(pool, job.id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_pretrain_job_trains_a_pending_base_from_its_seed_and_makes_it_ready() {
+    let s = setup().await;
+    let pool = &s.worker.pool;
+    let text = corpus_head(20);
+    let partition = partition(&s, "seed-sample", text.clone()).await;
+    let id = Uuid::new_v4();
+    let config = TrainConfig {
+        seed: 11,
+        ..settings()
+    };
+    let job = pretrain(&s, id, "fresh", partition, config.clone()).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let base = bases::find(pool, "fresh").await.unwrap().unwrap();
     assert_eq!(base.state, "ready");
@@ -270,27 +283,7 @@ async fn a_pretrain_job_that_cannot_train_leaves_its_base_failed() {
     let pool = &s.worker.pool;
     let partition = partition(&s, "too-short", "{\"text\": \"x\"}\n".into()).await;
     let id = Uuid::new_v4();
-    let mut db = pool.acquire().await.unwrap();
-    bases::insert(&mut db, id, "doomed", &small_llama(), None)
-        .await
-        .unwrap();
-    let payload = mixpool::worker::PretrainJob {
-        base: id,
-        partition,
-        config: settings(),
-    };
-    jobs::enqueue(
-        &mut db,
-        &jobs::NewJob::new("pretrain", serde_json::to_value(&payload).unwrap()),
-    )
-    .await
-    .unwrap();
-    drop(db);
-    let worker = Worker {
-        kinds: vec!["pretrain"],
-        ..s.worker.clone()
-    };
-    assert!(worker.try_run_one().await.unwrap());
+    pretrain(&s, id, "doomed", partition, settings()).await;
     let base = bases::find(pool, "doomed").await.unwrap().unwrap();
     assert_eq!((base.state.as_str(), base.weights_sha256), ("failed", None));
     let job = bases::pretrain_job(pool, id).await.unwrap().unwrap();
