@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::{INIT_STD, residual_std};
+use super::{INIT_STD, causal_attention, residual_std};
 use crate::engine::tokenizer::{BYTE_EOS, BYTE_VOCAB};
 
 /// Field names and meanings as in Hugging Face's `GPT2Config`.
@@ -146,16 +146,7 @@ impl Block {
         let qkv = self.c_attn.forward(&self.ln_1.forward(x)).split(d, -1);
         let heads = |y: &Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            false,
-        );
+        let y = causal_attention(&q, &k, &v);
         let x = x + self
             .attn_proj
             .forward(&y.transpose(1, 2).reshape([b, t, d]));

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
-use super::{INIT_STD, Linear, residual_std};
+use super::{INIT_STD, Linear, causal_attention, residual_std};
 use crate::engine::tokenizer::{BYTE_EOS, BYTE_VOCAB};
 
 /// Field names and meanings as in Hugging Face's `LlamaConfig`.
@@ -210,16 +210,7 @@ impl Attention {
                 v.repeat_interleave_self_int(n, 1, None),
             )
         };
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            false,
-        );
+        let y = causal_attention(&q, &k, &v);
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
     }
 }

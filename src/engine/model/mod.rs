@@ -150,6 +150,12 @@ impl Linear {
 /// which are scaled down by the depth so the residual stream's variance does not grow.
 pub(crate) const INIT_STD: f64 = 0.02;
 
+/// Causal self-attention over `[batch, heads, time, head_dim]`, through libtorch's fused
+/// kernels (flash or memory-efficient where they apply).
+pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, false)
+}
+
 pub(crate) fn residual_std(layers: i64) -> f64 {
     INIT_STD / (2.0 * layers as f64).sqrt()
 }
