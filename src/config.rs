@@ -28,6 +28,12 @@ pub struct ServiceConfig {
     pub max_upload_mb: u64,
     pub max_wait_seconds: u64,
     pub lease_seconds: u64,
+    /// Most mixtures one sweep may ask for.
+    #[serde(default = "defaults::sweep_max_mixtures")]
+    pub sweep_max_mixtures: u64,
+    /// Mixtures per sweep shard (one `sweep` job each).
+    #[serde(default = "defaults::sweep_shard_mixtures")]
+    pub sweep_shard_mixtures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +41,20 @@ pub struct ServiceConfig {
 pub struct EngineConfig {
     pub device: String,
     pub threads: i32,
+    /// Memory for unit models kept resident by a worker, in MiB; 0 for a safe share of the
+    /// device's memory.
+    #[serde(default)]
+    pub resident_mb: u64,
+}
+
+/// Settings added after the first release, so that older settings files still read.
+mod defaults {
+    pub fn sweep_max_mixtures() -> u64 {
+        10_000
+    }
+    pub fn sweep_shard_mixtures() -> u64 {
+        32
+    }
 }
 
 impl Default for Config {
@@ -43,6 +63,7 @@ impl Default for Config {
             engine: EngineConfig {
                 device: "auto".into(),
                 threads: 0,
+                resident_mb: 0,
             },
             service: ServiceConfig {
                 database_url: "postgres://postgres@127.0.0.1:5432/mixpool".into(),
@@ -52,6 +73,8 @@ impl Default for Config {
                 max_upload_mb: 1024,
                 max_wait_seconds: 600,
                 lease_seconds: 60,
+                sweep_max_mixtures: defaults::sweep_max_mixtures(),
+                sweep_shard_mixtures: defaults::sweep_shard_mixtures(),
             },
             s3: Default::default(),
         }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod ingest;
+pub mod jobs;
 pub mod local;
 pub mod mixture;
 pub mod registry;

@@ -103,9 +103,74 @@ impl Mixture {
     }
 }
 
+/// How many subsets of `n` items have a size in `min..=max` (saturating).
+pub fn count_subsets(n: usize, min: usize, max: usize) -> u64 {
+    (min..=max.min(n))
+        .map(|k| binomial(n as u64, k as u64))
+        .fold(0u64, u64::saturating_add)
+}
+
+fn binomial(n: u64, k: u64) -> u64 {
+    let k = k.min(n - k);
+    let mut c: u128 = 1;
+    for i in 0..k {
+        c = c * (n - i) as u128 / (i + 1) as u128;
+        if c > u64::MAX as u128 {
+            return u64::MAX;
+        }
+    }
+    c as u64
+}
+
+/// The subsets of `0..n` with a size in `min..=max`, as sorted index lists: by size, then
+/// in lexicographic order, so consecutive subsets share most members.
+pub fn subsets(n: usize, min: usize, max: usize) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for k in min.max(1)..=max.min(n) {
+        let mut pick: Vec<usize> = (0..k).collect();
+        loop {
+            out.push(pick.clone());
+            // The rightmost index that can still move right, moved; the ones after it reset.
+            let Some(i) = (0..k).rev().find(|&i| pick[i] < n - k + i) else {
+                break;
+            };
+            pick[i] += 1;
+            for j in i + 1..k {
+                pick[j] = pick[j - 1] + 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subsets_in_a_size_range_are_all_there_once_and_counted() {
+        let all = subsets(8, 1, 8);
+        assert_eq!(all.len(), 255);
+        assert_eq!(count_subsets(8, 1, 8), 255);
+        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), 255);
+        assert!(all.iter().all(|s| s.windows(2).all(|w| w[0] < w[1])));
+        assert_eq!(
+            subsets(4, 2, 2),
+            vec![
+                vec![0, 1],
+                vec![0, 2],
+                vec![0, 3],
+                vec![1, 2],
+                vec![1, 3],
+                vec![2, 3]
+            ]
+        );
+        assert_eq!(subsets(8, 1, 3).len() as u64, count_subsets(8, 1, 3));
+        assert_eq!(count_subsets(8, 1, 3), 8 + 28 + 56);
+        assert_eq!(count_subsets(100, 1, 100), u64::MAX);
+        assert_eq!(count_subsets(40, 20, 20), 137_846_528_820);
+    }
 
     fn ids(n: u128) -> Vec<Uuid> {
         (1..=n).map(Uuid::from_u128).collect()

@@ -2,16 +2,15 @@
 //! one `score` job per distinct request (identical requests share the job), which a worker
 //! runs by merging the mixture's unit models and evaluating the merge.
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
+use crate::jobs::kind::{MemberJson, Payload, ScoreJob};
 use crate::mixture::{Member, Mixture, MixtureError, Weighting};
 use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::{self, Job, NewJob};
+use crate::registry::jobs::{self, Job};
 use crate::registry::models::{self, UnitModel};
 use crate::registry::scores::{self, Score, ScoreKey};
 
@@ -28,20 +27,6 @@ pub struct ScoreRequest {
     pub weighting: Weighting,
     pub eval_set: Uuid,
     pub eval: EvalConfig,
-}
-
-/// What a score job carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScoreJob {
-    pub key: ScoreKey,
-    pub mixture: Vec<MemberJson>,
-    pub eval: EvalConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberJson {
-    pub partition: Uuid,
-    pub weight: f64,
 }
 
 #[derive(Debug)]
@@ -172,11 +157,7 @@ pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, S
         key: key.clone(),
         eval: eval.clone(),
     };
-    let dedup = hex::encode(Sha256::digest(serde_json::to_vec(&key).unwrap()));
-    let new = NewJob {
-        dedup_key: Some(format!("score:{dedup}")),
-        ..NewJob::new("score", json!(payload))
-    };
+    let new = Payload::Score(payload).new_job();
     // A job that finished between the cache lookup and here is no longer active, so a second
     // one is queued; it finds the stored score's key taken and keeps the first result.
     let (job, created) = jobs::enqueue(&mut *pool.acquire().await?, &new).await?;

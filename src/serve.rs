@@ -13,8 +13,9 @@ use tokio::sync::watch;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
+use crate::jobs::kind::JobKind;
 use crate::local::Engine;
-use crate::registry::{self, jobs};
+use crate::registry;
 use crate::store::Store;
 use crate::worker::Worker;
 
@@ -43,8 +44,12 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Job kinds this worker runs.
-    #[arg(long, value_delimiter = ',', default_value = "pretrain,train,score")]
+    /// Job kinds this worker runs (pretrain, train, score, sweep).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pretrain,train,score,sweep"
+    )]
     pub kinds: Vec<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -90,9 +95,13 @@ fn worker(
     pool: sqlx::PgPool,
     store: Store,
     data: &std::path::Path,
-    kinds: Vec<&'static str>,
+    kinds: Vec<JobKind>,
 ) -> Result<Worker> {
     let device = args.engine.device()?;
+    let resident_bytes = match config.engine.resident_mb {
+        0 => crate::worker::default_resident_bytes(device),
+        mb => mb << 20,
+    };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     Ok(Worker {
         pool,
@@ -106,6 +115,7 @@ fn worker(
         kinds,
         lease: Duration::from_secs(config.service.lease_seconds.max(3)),
         work_dir: data.join("work"),
+        resident_bytes,
     })
 }
 
@@ -148,16 +158,20 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             pool.clone(),
             store.clone(),
             &data,
-            vec!["pretrain", "train", "score"],
+            JobKind::ALL.to_vec(),
         )?;
         Some(tokio::spawn(worker.run(stopped.clone())))
     };
-    let state = AppState::new(
+    let mut state = AppState::new(
         pool,
         store,
         config.service.max_upload_mb << 20,
         Duration::from_secs(config.service.max_wait_seconds),
     );
+    state.sweeps = crate::api::SweepLimits {
+        max_mixtures: config.service.sweep_max_mixtures,
+        shard_mixtures: config.service.sweep_shard_mixtures.max(1) as usize,
+    };
     let listen = args.listen.unwrap_or(config.service.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -184,13 +198,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<()> {
     let kinds = args
         .kinds
         .iter()
-        .map(|k| {
-            jobs::KINDS
-                .iter()
-                .copied()
-                .find(|known| known == k)
-                .with_context(|| format!("unknown job kind {k:?}: use {}", jobs::KINDS.join(", ")))
-        })
+        .map(|k| k.parse::<JobKind>().map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     let pool = database(&config).await?;
     let (store, data) = store(&config, &args.service)?;

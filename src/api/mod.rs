@@ -10,6 +10,7 @@ mod jobs;
 mod metrics;
 mod models;
 pub mod score;
+mod sweeps;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Longest `wait` a score request may ask for.
     pub max_wait: Duration,
+    /// How big sweeps may be and how they are sharded.
+    pub sweeps: SweepLimits,
     /// Score answers already given (see [`score::ScoreCache`]).
     scores: Arc<score::ScoreCache>,
     events: Arc<events::Events>,
@@ -49,9 +52,27 @@ impl AppState {
             store,
             max_upload_bytes,
             max_wait,
+            sweeps: SweepLimits::default(),
             scores,
             events,
             metrics: Default::default(),
+        }
+    }
+}
+
+/// Sweep settings (`sweep_max_mixtures`, `sweep_shard_mixtures`).
+#[derive(Clone, Copy, Debug)]
+pub struct SweepLimits {
+    pub max_mixtures: u64,
+    pub shard_mixtures: usize,
+}
+
+impl Default for SweepLimits {
+    fn default() -> Self {
+        let service = crate::config::Config::default().service;
+        SweepLimits {
+            max_mixtures: service.sweep_max_mixtures,
+            shard_mixtures: service.sweep_shard_mixtures as usize,
         }
     }
 }
@@ -91,6 +112,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/score", get(score::get_score))
         .route("/v1/scores", post(score::post_scores))
         .route("/v1/mixtures/export", get(hf::export_mixture))
+        .route(
+            "/v1/sweeps",
+            post(sweeps::create_sweep).get(sweeps::list_sweeps),
+        )
+        .route("/v1/sweeps/{id}", get(sweeps::get_sweep))
         .route("/metrics", get(metrics::metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

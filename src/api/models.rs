@@ -12,10 +12,10 @@ use super::{ApiError, AppState, ListParams, Page, Q};
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::TrainConfig;
+use crate::jobs::kind::{Payload, PretrainJob};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, jobs, recipes};
 use crate::store::keys;
-use crate::worker::PretrainJob;
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
@@ -85,15 +85,12 @@ pub async fn create_base(
         let base = bases::insert(&mut tx, id, &new.name, &config, None)
             .await
             .map_err(name_taken)?;
-        let payload = PretrainJob {
+        let job = Payload::Pretrain(PretrainJob {
             base: id,
             partition: partition.id,
             config: train,
-        };
-        let job = jobs::NewJob {
-            dedup_key: Some(format!("pretrain:{id}")),
-            ..jobs::NewJob::new("pretrain", json!(payload))
-        };
+        })
+        .new_job();
         let (job, _) = jobs::enqueue(&mut tx, &job).await?;
         tx.commit().await?;
         let view = BaseView {

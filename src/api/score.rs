@@ -61,7 +61,7 @@ impl ScoreCache {
     }
 
     /// The base and recipe names a request means.
-    async fn names(
+    pub(super) async fn names(
         &self,
         pool: &sqlx::PgPool,
         base: Option<&str>,

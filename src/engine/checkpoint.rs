@@ -112,6 +112,22 @@ impl LoadedModel {
         })
     }
 
+    /// A model directory's config and tokenizer with freshly initialised weights, for a
+    /// resident merge to overwrite: no weights file is read.
+    pub fn skeleton(dir: &Path, device: Device) -> Result<Self, CheckpointError> {
+        let config = read_config(dir)?;
+        let tokenizer = load_tokenizer(dir, &config)?;
+        let vs = VarStore::new(device);
+        let model = Model::new(&vs.root(), &config);
+        Ok(LoadedModel {
+            config,
+            vs,
+            model,
+            tokenizer,
+            side_files: side_files(dir),
+        })
+    }
+
     /// Writes the directory; the weights go to a temporary name first and are renamed into
     /// place, so a crash never leaves a truncated `model.safetensors`.
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {

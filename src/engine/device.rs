@@ -49,3 +49,38 @@ pub fn name(device: Device) -> String {
         other => format!("{other:?}").to_lowercase(),
     }
 }
+
+/// Bytes of memory free for tensors on `device`: the kernel's `MemAvailable` on the CPU, the
+/// CUDA runtime's free memory on a GPU; `None` when it cannot be told.
+pub fn free_memory(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib << 10)
+        }
+        Device::Cuda(index) => cuda_free_memory(index),
+        _ => None,
+    }
+}
+
+/// `cudaMemGetInfo` from the CUDA runtime that libtorch's CUDA backend loaded.
+fn cuda_free_memory(index: usize) -> Option<u64> {
+    load_cuda_backend();
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: symbols looked up by name in the loaded CUDA runtime, called with their
+    // documented signatures; a missing symbol gives a null pointer, checked first.
+    unsafe {
+        let set = libc::dlsym(libc::RTLD_DEFAULT, c"cudaSetDevice".as_ptr());
+        let info = libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr());
+        if set.is_null() || info.is_null() {
+            return None;
+        }
+        let set: SetDevice = std::mem::transmute(set);
+        let info: MemGetInfo = std::mem::transmute(info);
+        let (mut free, mut total) = (0usize, 0usize);
+        (set(index as i32) == 0 && info(&mut free, &mut total) == 0).then_some(free as u64)
+    }
+}

@@ -76,79 +76,116 @@ struct Window {
     ids: Vec<i64>,
 }
 
+/// An eval set tokenised and cut into windows for one model's tokenizer and context: made
+/// once, evaluated with any weights of that architecture (every merge of a sweep).
+pub struct Prepared {
+    domains: Vec<String>,
+    /// UTF-8 bytes and documents per domain.
+    sizes: Vec<(u64, u64)>,
+    /// Longest first, so each batch pads little and the order does not depend on the input's.
+    windows: Vec<Window>,
+}
+
+impl Prepared {
+    /// Tokenises `docs` for `model`. Errors only on tokenisation failure or an empty set.
+    pub fn new(
+        model: &LoadedModel,
+        docs: &[Document],
+        config: &EvalConfig,
+    ) -> Result<Prepared, DataError> {
+        let context = config
+            .context
+            .unwrap_or(model.config.context_length() as usize)
+            .max(1);
+        let context = context.min(model.config.context_length() as usize);
+        let mut domains: Vec<String> = Vec::new();
+        let mut sizes: Vec<(u64, u64)> = Vec::new();
+        let mut windows = Vec::new();
+        for doc in docs {
+            let name = doc.domain.as_deref().unwrap_or(DEFAULT_DOMAIN);
+            let domain = domains.iter().position(|d| d == name).unwrap_or_else(|| {
+                domains.push(name.to_string());
+                sizes.push((0, 0));
+                domains.len() - 1
+            });
+            let mut ids = vec![model.tokenizer.bos() as i64];
+            ids.extend(
+                model
+                    .tokenizer
+                    .encode(&doc.text)?
+                    .into_iter()
+                    .map(i64::from),
+            );
+            sizes[domain].0 += doc.text.len() as u64;
+            sizes[domain].1 += 1;
+            let predicted = ids.len() - 1;
+            for start in (0..predicted).step_by(context) {
+                let len = context.min(predicted - start);
+                windows.push(Window {
+                    domain,
+                    ids: ids[start..start + len + 1].to_vec(),
+                });
+            }
+        }
+        if windows.is_empty() {
+            return Err(DataError::Empty);
+        }
+        windows.sort_by_key(|w| std::cmp::Reverse(w.ids.len()));
+        Ok(Prepared {
+            domains,
+            sizes,
+            windows,
+        })
+    }
+
+    /// Predicted tokens in all windows.
+    pub fn tokens(&self) -> u64 {
+        self.windows.iter().map(|w| (w.ids.len() - 1) as u64).sum()
+    }
+
+    /// The model's perplexity on the prepared windows, `batch_size` windows per forward pass.
+    pub fn evaluate(&self, model: &LoadedModel, batch_size: usize) -> EvalResult {
+        let mut sums: Vec<(f64, u64)> = vec![(0.0, 0); self.domains.len()];
+        let device = model.vs.device();
+        tch::no_grad(|| {
+            for batch in self.windows.chunks(batch_size.max(1)) {
+                for (window, nll) in batch.iter().zip(batch_nll(model, batch, device)) {
+                    sums[window.domain].0 += nll;
+                    sums[window.domain].1 += (window.ids.len() - 1) as u64;
+                }
+            }
+        });
+        let per_domain: BTreeMap<String, Totals> = self
+            .domains
+            .iter()
+            .zip(sums.iter().zip(&self.sizes))
+            .map(|(name, (&(nll, tokens), &(bytes, docs)))| {
+                (name.clone(), Totals::new(nll, tokens, bytes, docs))
+            })
+            .collect();
+        let total = Totals::new(
+            sums.iter().map(|s| s.0).sum(),
+            sums.iter().map(|s| s.1).sum(),
+            self.sizes.iter().map(|s| s.0).sum(),
+            self.sizes.iter().map(|s| s.1).sum(),
+        );
+        let n = per_domain.len() as f64;
+        EvalResult {
+            total,
+            macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
+            macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
+            per_domain,
+        }
+    }
+}
+
 /// Evaluates `model` on `docs`. Errors only on tokenisation failure or an empty set.
 pub fn evaluate(
     model: &LoadedModel,
     docs: &[Document],
     config: &EvalConfig,
 ) -> Result<EvalResult, DataError> {
-    let context = config
-        .context
-        .unwrap_or(model.config.context_length() as usize)
-        .max(1);
-    let context = context.min(model.config.context_length() as usize);
-    let mut domains: Vec<String> = Vec::new();
-    let mut sums: Vec<(f64, u64, u64, u64)> = Vec::new();
-    let mut windows = Vec::new();
-    for doc in docs {
-        let name = doc.domain.as_deref().unwrap_or(DEFAULT_DOMAIN);
-        let domain = domains.iter().position(|d| d == name).unwrap_or_else(|| {
-            domains.push(name.to_string());
-            sums.push((0.0, 0, 0, 0));
-            domains.len() - 1
-        });
-        let mut ids = vec![model.tokenizer.bos() as i64];
-        ids.extend(
-            model
-                .tokenizer
-                .encode(&doc.text)?
-                .into_iter()
-                .map(i64::from),
-        );
-        sums[domain].2 += doc.text.len() as u64;
-        sums[domain].3 += 1;
-        let predicted = ids.len() - 1;
-        for start in (0..predicted).step_by(context) {
-            let len = context.min(predicted - start);
-            windows.push(Window {
-                domain,
-                ids: ids[start..start + len + 1].to_vec(),
-            });
-        }
-    }
-    if windows.is_empty() {
-        return Err(DataError::Empty);
-    }
-    // Longest first, so each batch pads little and the order does not depend on the input's.
-    windows.sort_by_key(|w| std::cmp::Reverse(w.ids.len()));
-    let device = model.vs.device();
-    tch::no_grad(|| {
-        for batch in windows.chunks(config.batch_size.max(1)) {
-            for (window, nll) in batch.iter().zip(batch_nll(model, batch, device)) {
-                sums[window.domain].0 += nll;
-                sums[window.domain].1 += (window.ids.len() - 1) as u64;
-            }
-        }
-    });
-    let per_domain: BTreeMap<String, Totals> = domains
-        .into_iter()
-        .zip(&sums)
-        .map(|(name, &(nll, tokens, bytes, docs))| (name, Totals::new(nll, tokens, bytes, docs)))
-        .collect();
-    let add = |f: fn(&(f64, u64, u64, u64)) -> f64| sums.iter().map(f).sum::<f64>();
-    let total = Totals::new(
-        add(|s| s.0),
-        sums.iter().map(|s| s.1).sum(),
-        sums.iter().map(|s| s.2).sum(),
-        sums.iter().map(|s| s.3).sum(),
-    );
-    let n = per_domain.len() as f64;
-    Ok(EvalResult {
-        total,
-        macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
-        macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
-        per_domain,
-    })
+    Ok(Prepared::new(model, docs, config)?.evaluate(model, config.batch_size))
 }
 
 /// Summed NLL of each window's targets: fp32 cross-entropy per position (padding ignored),

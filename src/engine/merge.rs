@@ -191,7 +191,8 @@ pub fn merge_files(
                         .to_device(device),
                 );
             }
-            tch::no_grad(|| average_on_device(&sources, &weights, info.dtype, device))
+            let kind = kind_of(info.dtype).expect("checked");
+            to_bytes(&tch::no_grad(|| average_tensors(&sources, &weights, kind)))
         };
         merged.push((
             name.clone(),
@@ -304,7 +305,7 @@ fn check_compatible(inputs: &[Input]) -> Result<(), MergeError> {
     Ok(())
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+pub(super) fn kind_of(dtype: Dtype) -> Option<Kind> {
     match dtype {
         Dtype::F32 => Some(Kind::Float),
         Dtype::F16 => Some(Kind::Half),
@@ -316,7 +317,7 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// Elements per block on the CPU: the fp64 accumulator (256 KiB) and the read buffer stay
 /// in cache while every input streams through once.
-const CPU_BLOCK: usize = 1 << 15;
+pub(super) const CPU_BLOCK: usize = 1 << 15;
 
 /// Tensor `name` of every input, weighted and summed in fp64 block by block, as raw bytes.
 fn average_cpu(inputs: &[Input], name: &str, weights: &[f64]) -> Result<Vec<u8>, MergeError> {
@@ -344,7 +345,7 @@ fn average_cpu(inputs: &[Input], name: &str, weights: &[f64]) -> Result<Vec<u8>,
 
 /// `acc = w * x` (when `first`) or `acc += w * x`, for `x` the decoded `bytes`. Assigning
 /// instead of adding to zero keeps the sign of negative zeros.
-fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) {
+pub(super) fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) {
     fn apply<T: Copy>(
         acc: &mut [f64],
         xs: impl Iterator<Item = T>,
@@ -395,7 +396,7 @@ fn accumulate(acc: &mut [f64], bytes: &[u8], dtype: Dtype, w: f64, first: bool) 
 
 /// Rounds to the nearest representable value (ties to even); 16-bit types through fp32, as
 /// libtorch casts them.
-fn encode(values: &[f64], dtype: Dtype, out: &mut [u8]) {
+pub(super) fn encode(values: &[f64], dtype: Dtype, out: &mut [u8]) {
     let pairs = values.iter();
     match dtype {
         Dtype::F64 => pairs
@@ -414,19 +415,22 @@ fn encode(values: &[f64], dtype: Dtype, out: &mut [u8]) {
     }
 }
 
-/// The same sum with libtorch on an accelerator, whole tensors at once; the result comes
-/// back as raw bytes.
-fn average_on_device(sources: &[Tensor], weights: &[f64], dtype: Dtype, device: Device) -> Vec<u8> {
+/// The same sum with libtorch on an accelerator, whole tensors at once, in fp64; the result
+/// is rounded to `kind` and stays on the sources' device.
+pub(super) fn average_tensors(sources: &[Tensor], weights: &[f64], kind: Kind) -> Tensor {
     let acc_kind = Kind::Double;
+    let device = sources[0].device();
     let mut acc = sources[0].to_kind(acc_kind) * weights[0];
     for (source, &w) in sources.iter().zip(weights).skip(1) {
         let w = Tensor::from(w).to_kind(acc_kind).to_device(device);
         let _ = acc.addcmul_(&source.to_kind(acc_kind), &w);
     }
-    let out = acc
-        .to_kind(kind_of(dtype).expect("checked"))
-        .to_device(Device::Cpu)
-        .contiguous();
+    acc.to_kind(kind)
+}
+
+/// A tensor's raw bytes, copied to the host.
+fn to_bytes(tensor: &Tensor) -> Vec<u8> {
+    let out = tensor.to_device(Device::Cpu).contiguous();
     let mut data = vec![0u8; out.numel() * out.kind().elt_size_in_bytes()];
     out.copy_data_u8(&mut data, out.numel());
     data
@@ -483,7 +487,9 @@ mod tests {
                 .collect();
             let dtype = inputs[0].tensors["w"].dtype;
             let cpu = average_cpu(&inputs, "w", &weights).unwrap();
-            let torch = tch::no_grad(|| average_on_device(&tensors, &weights, dtype, Device::Cpu));
+            let torch = to_bytes(&tch::no_grad(|| {
+                average_tensors(&tensors, &weights, kind_of(dtype).unwrap())
+            }));
             // libtorch may fuse the multiply-add (one rounding instead of two), which can flip
             // the output's last bit on a rare tie, or leave a residue of 1e-17 where the sum
             // cancels to zero.

@@ -8,5 +8,6 @@ pub mod eval;
 pub mod hf;
 pub mod merge;
 pub mod model;
+pub mod resident;
 pub mod tokenizer;
 pub mod train;

@@ -129,6 +129,20 @@ pub async fn find(pool: &PgPool, kind: Kind, key: &str) -> Result<Option<Dataset
     }
 }
 
+/// The names of rows by id (ids without a row are absent).
+pub async fn names(
+    pool: &PgPool,
+    kind: Kind,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
+    let query = match kind {
+        Kind::Partition => "select id, name from partitions where id = any($1)",
+        Kind::EvalSet => "select id, name from eval_sets where id = any($1)",
+    };
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(query).bind(ids).fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Newest first; pass the last row of a page as `before` for the next.
 pub async fn list(
     pool: &PgPool,
@@ -171,10 +185,13 @@ pub async fn set_object_sha256(
 /// Why a partition cannot be deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
-    #[error("partition {name:?} is needed by {scores} score(s) and {jobs} active job(s)")]
+    #[error(
+        "partition {name:?} is needed by {scores} score(s), {sweeps} sweep(s) and {jobs} active job(s)"
+    )]
     InUse {
         name: String,
         scores: i64,
+        sweeps: i64,
         jobs: i64,
     },
     #[error(transparent)]
@@ -207,10 +224,12 @@ pub async fn delete_partition(
     .bind(&member)
     .fetch_one(&mut *db)
     .await?;
-    if scores > 0 || jobs > 0 {
+    let sweeps = super::sweeps::count_with_partition(&mut *db, partition.id).await?;
+    if scores > 0 || jobs > 0 || sweeps > 0 {
         return Err(DeleteError::InUse {
             name: partition.name.clone(),
             scores,
+            sweeps,
             jobs,
         });
     }

@@ -16,11 +16,11 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::jobs::kind::JobKind;
+
 /// Notifications: the payload is `queued:<kind>` for new work, `done:<job id>` when a job
 /// reaches a final state.
 pub const CHANNEL: &str = "mixpool_jobs";
-
-pub const KINDS: &[&str] = &["pretrain", "train", "score", "validate"];
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Job {
@@ -74,7 +74,7 @@ pub enum QueueError {
 
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub kind: &'static str,
+    pub kind: JobKind,
     pub payload: Value,
     /// Jobs with the same key share one active (queued or running) job.
     pub dedup_key: Option<String>,
@@ -83,7 +83,8 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn new(kind: &'static str, payload: Value) -> Self {
+    /// A job without a dedup key; [`crate::jobs::kind::Payload::new_job`] makes the real ones.
+    pub fn new(kind: JobKind, payload: Value) -> Self {
         NewJob {
             kind,
             payload,
@@ -105,7 +106,7 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
          returning *",
     )
     .bind(Uuid::new_v4())
-    .bind(new.kind)
+    .bind(new.kind.as_str())
     .bind(&new.payload)
     .bind(&new.dedup_key)
     .bind(new.priority)
@@ -130,11 +131,11 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
-    kinds: &[&str],
+    kinds: &[JobKind],
     lease: Duration,
 ) -> Result<Option<Lease>, sqlx::Error> {
     requeue_expired(pool).await?;
-    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let job: Option<Job> = sqlx::query_as(
         "update jobs set state = 'running', attempts = attempts + 1, lease_owner = $1,
                 lease_expires_at = now() + $2, started_at = coalesce(started_at, now()),
@@ -197,8 +198,8 @@ pub async fn heartbeat(
 }
 
 /// Records progress (a fraction in [0, 1], a message, the latest loss).
-pub async fn progress(
-    pool: &PgPool,
+pub async fn progress<'e>(
+    db: impl PgExecutor<'e>,
     lease: &Lease,
     fraction: f32,
     message: &str,
@@ -213,7 +214,7 @@ pub async fn progress(
     .bind(fraction.clamp(0.0, 1.0))
     .bind(message)
     .bind(loss)
-    .execute(pool)
+    .execute(db)
     .await?;
     fenced(done.rows_affected(), lease)
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod models;
 pub mod recipes;
 pub mod scores;
+pub mod sweeps;
 
 use std::time::Duration;
 

@@ -2,12 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Created;
-use super::jobs::{self, NewJob};
+use super::jobs;
+use crate::jobs::kind::{Payload, TrainJob};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct UnitModel {
@@ -66,10 +66,7 @@ pub async fn ensure(
             (model, false)
         }
     };
-    let job = NewJob {
-        dedup_key: Some(format!("train:{}", model.id)),
-        ..NewJob::new("train", json!({ "model": model.id }))
-    };
+    let job = Payload::Train(TrainJob { model: model.id }).new_job();
     let (job, _) = jobs::enqueue(&mut *db, &job).await?;
     let model =
         sqlx::query_as("update models set job_id = $2, state = 'queued' where id = $1 returning *")

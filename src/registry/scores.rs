@@ -89,3 +89,27 @@ pub async fn insert(
         None => by_key(key).fetch_one(&mut *db).await,
     }
 }
+
+/// Which of `mixture_keys` × `eval_sets` are stored, for the base, recipe, weighting, merge
+/// method and evaluation settings of `scope` (its own mixture key and eval set are ignored).
+pub async fn stored_pairs(
+    pool: &PgPool,
+    scope: &ScoreKey,
+    mixture_keys: &[String],
+    eval_sets: &[Uuid],
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "select mixture_key, eval_set_id from scores
+         where base_id = $1 and recipe_id = $2 and weighting = $3 and merge_method = $4
+           and eval_config_sha256 = $5 and mixture_key = any($6) and eval_set_id = any($7)",
+    )
+    .bind(scope.base_id)
+    .bind(scope.recipe_id)
+    .bind(&scope.weighting)
+    .bind(&scope.merge_method)
+    .bind(&scope.eval_config_sha256)
+    .bind(mixture_keys)
+    .bind(eval_sets)
+    .fetch_all(pool)
+    .await
+}

@@ -8,4 +8,5 @@ mod helpers;
 mod hf;
 mod merge;
 mod model;
+mod resident;
 mod train;

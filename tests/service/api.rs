@@ -2,142 +2,10 @@
 
 use std::time::Duration;
 
-use mixpool::api::{AppState, router};
-use mixpool::engine::train::{Schedule, TrainConfig};
-use mixpool::registry::recipes;
-use mixpool::store::{S3Config, Store};
-use mixpool::worker::Worker;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::PgPool;
-use tch::Device;
 
-use crate::helpers::{corpus_path, fresh_db, small_llama, store_base};
-
-struct App {
-    url: String,
-    client: reqwest::Client,
-    pool: PgPool,
-    _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
-}
-
-impl App {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn json(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        Self::json(self.client.post(self.url(path)).body(body)).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        Self::json(self.client.get(self.url(path))).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        Self::json(self.client.delete(self.url(path))).await
-    }
-
-    async fn text(&self, path: &str) -> (StatusCode, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        (response.status(), response.text().await.unwrap())
-    }
-
-    /// Polls until the partition's unit model is trained.
-    async fn trained(&self, partition: &str) {
-        for _ in 0..2400 {
-            let (_, body) = self.get(&format!("/v1/partitions/{partition}")).await;
-            match body["models"][0]["state"].as_str() {
-                Some("ready") => return,
-                Some("failed") => panic!("training {partition} failed: {body}"),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        panic!("{partition} was not trained in two minutes");
-    }
-
-    async fn jobs(&self) -> i64 {
-        sqlx::query_scalar("select count(*) from jobs")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-}
-
-/// A server with a small base and a quick recipe, and one worker running its jobs.
-async fn spawn_app() -> App {
-    let pool = fresh_db().await;
-    let dirs = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let store = Store::open(
-        &format!("file://{}", dirs.0.path().display()),
-        &S3Config::default(),
-    )
-    .unwrap();
-    tch::set_num_threads(1);
-    store_base(&pool, &store, &small_llama(), 1, dirs.2.path()).await;
-    let mut db = pool.acquire().await.unwrap();
-    let recipe = TrainConfig {
-        tokens: 8 * 64,
-        batch_tokens: 4 * 64,
-        micro_batch: 4,
-        seq_len: 64,
-        lr: 3e-3,
-        schedule: Schedule::Constant,
-        ..TrainConfig::default()
-    };
-    recipes::insert(&mut db, "unit", &recipe).await.unwrap();
-    drop(db);
-
-    let state = AppState::new(
-        pool.clone(),
-        store.clone(),
-        1 << 20,
-        Duration::from_secs(120),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    let worker = Worker {
-        pool: pool.clone(),
-        store,
-        device: Device::Cpu,
-        owner: "api-test".into(),
-        kinds: vec!["pretrain", "train", "score"],
-        lease: Duration::from_secs(30),
-        work_dir: dirs.1.path().to_path_buf(),
-    };
-    tokio::spawn(async move {
-        loop {
-            if !matches!(worker.try_run_one().await, Ok(true)) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
-    App {
-        url,
-        client: reqwest::Client::new(),
-        pool,
-        _dirs: dirs,
-    }
-}
-
-fn corpus(domain: &str, skip: usize, lines: usize) -> String {
-    let text = std::fs::read_to_string(corpus_path(domain)).unwrap();
-    text.lines()
-        .skip(skip)
-        .take(lines)
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
+use crate::app::{corpus, spawn_app};
 
 #[tokio::test]
 async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache() {
@@ -1053,7 +921,8 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
     // Imported again, the exported model gives the perplexity the service reported.
     let reimported = dir.path().join("reimported");
     mixpool::engine::hf::import(&exported, &reimported).unwrap();
-    let model = mixpool::engine::checkpoint::LoadedModel::load(&reimported, Device::Cpu).unwrap();
+    let model =
+        mixpool::engine::checkpoint::LoadedModel::load(&reimported, tch::Device::Cpu).unwrap();
     let docs = mixpool::engine::data::parse_documents(
         eval.as_bytes(),
         Some(mixpool::engine::data::Format::Jsonl),

@@ -3,6 +3,7 @@
 //! `make test` starts a server where none answers).
 
 mod api;
+mod app;
 mod helpers;
 mod ingest;
 mod outage;
@@ -10,4 +11,5 @@ mod queue;
 mod registry;
 mod resume;
 mod store;
+mod sweep;
 mod worker;

@@ -1,3 +1,4 @@
+use mixpool::jobs::kind::JobKind;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ async fn enqueue(pool: &PgPool, new: NewJob) -> Job {
 }
 
 async fn claim(pool: &PgPool, owner: &str, lease: Duration) -> Option<Lease> {
-    jobs::claim(pool, owner, jobs::KINDS, lease).await.unwrap()
+    jobs::claim(pool, owner, &JobKind::ALL, lease)
+        .await
+        .unwrap()
 }
 
 async fn succeed(
@@ -37,16 +40,16 @@ async fn job(pool: &PgPool, lease: &Lease) -> Job {
 #[tokio::test]
 async fn claims_take_the_most_urgent_then_the_oldest_job() {
     let pool = fresh_db().await;
-    let old = enqueue(&pool, NewJob::new("train", json!({"n": 1}))).await;
+    let old = enqueue(&pool, NewJob::new(JobKind::Train, json!({"n": 1}))).await;
     let urgent = enqueue(
         &pool,
         NewJob {
             priority: 5,
-            ..NewJob::new("score", json!({"n": 2}))
+            ..NewJob::new(JobKind::Score, json!({"n": 2}))
         },
     )
     .await;
-    let young = enqueue(&pool, NewJob::new("train", json!({"n": 3}))).await;
+    let young = enqueue(&pool, NewJob::new(JobKind::Train, json!({"n": 3}))).await;
     let order: Vec<_> = [
         claim(&pool, "w", LONG).await.unwrap(),
         claim(&pool, "w", LONG).await.unwrap(),
@@ -71,15 +74,15 @@ async fn claims_take_the_most_urgent_then_the_oldest_job() {
 #[tokio::test]
 async fn claims_only_take_the_kinds_a_worker_runs() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new("train", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     assert!(
-        jobs::claim(&pool, "scorer", &["score"], LONG)
+        jobs::claim(&pool, "scorer", &[JobKind::Score], LONG)
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        jobs::claim(&pool, "trainer", &["train"], LONG)
+        jobs::claim(&pool, "trainer", &[JobKind::Train], LONG)
             .await
             .unwrap()
             .is_some()
@@ -90,7 +93,7 @@ async fn claims_only_take_the_kinds_a_worker_runs() {
 async fn concurrent_workers_never_claim_the_same_job() {
     let pool = fresh_db().await;
     for i in 0..200 {
-        enqueue(&pool, NewJob::new("score", json!({ "i": i }))).await;
+        enqueue(&pool, NewJob::new(JobKind::Score, json!({ "i": i }))).await;
     }
     let workers = (0..16).map(|w| {
         let pool = pool.clone();
@@ -120,7 +123,7 @@ async fn identical_work_shares_one_active_job() {
     let pool = fresh_db().await;
     let keyed = || NewJob {
         dedup_key: Some("score:abc".into()),
-        ..NewJob::new("score", json!({}))
+        ..NewJob::new(JobKind::Score, json!({}))
     };
     let mut conn = pool.acquire().await.unwrap();
     let (first, created) = jobs::enqueue(&mut conn, &keyed()).await.unwrap();
@@ -144,7 +147,7 @@ async fn identical_work_shares_one_active_job() {
 #[tokio::test]
 async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new("train", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let a = claim(&pool, "a", SHORT).await.unwrap();
     assert!(
         claim(&pool, "b", SHORT).await.is_none(),
@@ -187,7 +190,7 @@ async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
 #[tokio::test]
 async fn heartbeats_keep_a_lease_alive() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new("train", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let a = claim(&pool, "a", Duration::from_millis(300)).await.unwrap();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -205,7 +208,7 @@ async fn a_job_whose_worker_keeps_dying_fails_after_max_attempts() {
         &pool,
         NewJob {
             max_attempts: 2,
-            ..NewJob::new("train", json!({}))
+            ..NewJob::new(JobKind::Train, json!({}))
         },
     )
     .await;
@@ -227,7 +230,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
         &pool,
         NewJob {
             max_attempts: 2,
-            ..NewJob::new("score", json!({}))
+            ..NewJob::new(JobKind::Score, json!({}))
         },
     )
     .await;
@@ -247,7 +250,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
         .unwrap();
     assert_eq!(job(&pool, &lease).await.state, "failed");
 
-    enqueue(&pool, NewJob::new("score", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Score, json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     jobs::fail(&pool, &lease, "checksum mismatch", false)
         .await
@@ -262,7 +265,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
 #[tokio::test]
 async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker() {
     let pool = fresh_db().await;
-    let queued = enqueue(&pool, NewJob::new("train", json!({}))).await;
+    let queued = enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     assert_eq!(
         jobs::cancel(&mut pool.acquire().await.unwrap(), queued.id)
             .await
@@ -273,7 +276,7 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     );
     assert!(claim(&pool, "w", LONG).await.is_none());
 
-    let running = enqueue(&pool, NewJob::new("train", json!({}))).await;
+    let running = enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     assert_eq!(
         jobs::cancel(&mut pool.acquire().await.unwrap(), running.id)
@@ -304,7 +307,7 @@ async fn a_released_job_is_claimed_again_without_losing_an_attempt() {
         &pool,
         NewJob {
             max_attempts: 1,
-            ..NewJob::new("train", json!({}))
+            ..NewJob::new(JobKind::Train, json!({}))
         },
     )
     .await;
@@ -317,7 +320,7 @@ async fn a_released_job_is_claimed_again_without_losing_an_attempt() {
 #[tokio::test]
 async fn progress_is_recorded_for_the_current_attempt() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new("train", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     jobs::progress(&pool, &lease, 0.25, "step 5/20", Some(2.5))
         .await
@@ -337,7 +340,7 @@ async fn listeners_hear_new_work_and_finished_jobs() {
     let pool = fresh_db().await;
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen(jobs::CHANNEL).await.unwrap();
-    enqueue(&pool, NewJob::new("score", json!({}))).await;
+    enqueue(&pool, NewJob::new(JobKind::Score, json!({}))).await;
     let heard = tokio::time::timeout(LONG, listener.recv())
         .await
         .unwrap()
@@ -358,7 +361,7 @@ async fn the_job_list_pages_newest_first() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            enqueue(&pool, NewJob::new("train", json!({ "i": i })))
+            enqueue(&pool, NewJob::new(JobKind::Train, json!({ "i": i })))
                 .await
                 .id,
         );

@@ -3,6 +3,7 @@
 //! once when the job was released), resumes from the train state mirrored in the store, and
 //! ends with the weights an undisturbed run produces.
 
+use mixpool::jobs::kind::JobKind;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -181,9 +182,10 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         store: store.clone(),
         device: Device::Cpu,
         owner: "survivor".into(),
-        kinds: vec!["train"],
+        kinds: vec![JobKind::Train],
         lease: Duration::from_secs(3),
         work_dir: dirs.3.path().to_path_buf(),
+        resident_bytes: 1 << 30,
     };
     while !worker.try_run_one().await.unwrap() {
         assert!(

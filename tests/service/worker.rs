@@ -1,3 +1,4 @@
+use mixpool::jobs::kind::JobKind;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,9 +54,10 @@ async fn setup() -> Setup {
         store,
         device: Device::Cpu,
         owner: "test-worker".into(),
-        kinds: vec!["train", "score"],
+        kinds: vec![JobKind::Train, JobKind::Score],
         lease: Duration::from_secs(30),
         work_dir: work_dir.path().to_path_buf(),
+        resident_bytes: 1 << 30,
     };
     Setup {
         worker,
@@ -208,20 +210,20 @@ async fn pretrain(
         .await
         .unwrap();
     assert_eq!(base.state, "pending");
-    let payload = mixpool::worker::PretrainJob {
+    let payload = mixpool::jobs::kind::PretrainJob {
         base: id,
         partition,
         config,
     };
     let (job, _) = jobs::enqueue(
         &mut db,
-        &jobs::NewJob::new("pretrain", serde_json::to_value(&payload).unwrap()),
+        &jobs::NewJob::new(JobKind::Pretrain, serde_json::to_value(&payload).unwrap()),
     )
     .await
     .unwrap();
     drop(db);
     let worker = Worker {
-        kinds: vec!["pretrain"],
+        kinds: vec![JobKind::Pretrain],
         ..s.worker.clone()
     };
     assert!(worker.try_run_one().await.unwrap());

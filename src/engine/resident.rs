@@ -1,0 +1,208 @@
+//! Unit models held in memory on the worker's device and merged into one working model in
+//! place: nothing is written to or read from disk per merge. Scores and sweeps take this path.
+//!
+//! The arithmetic is [`super::merge`]'s: an fp64 accumulator over the inputs in their given
+//! order, rounded to the checkpoints' dtype (plain loops on the CPU, libtorch on an
+//! accelerator). A resident merge therefore sets exactly the parameters that `merge_files`
+//! writes and `LoadedModel::load` reads back, and the model evaluates to the same numbers.
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{Device, Tensor};
+
+use super::checkpoint::LoadedModel;
+use super::merge::{
+    CPU_BLOCK, MergeError, accumulate, average_tensors, encode, kind_of, normalize_weights,
+};
+
+/// One unit model's weights, in the working model's parameter order.
+pub struct Unit {
+    tensors: Vec<Held>,
+    bytes: u64,
+}
+
+enum Held {
+    /// Raw little-endian bytes in the checkpoint's dtype (CPU merges run over them).
+    Host(Vec<u8>),
+    /// A tensor in the checkpoint's dtype on the accelerator.
+    Device(Tensor),
+}
+
+impl Unit {
+    /// Memory the unit takes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The model that merges are written into, and the layout every unit must have.
+pub struct Workspace {
+    model: LoadedModel,
+    params: Vec<Param>,
+    acc: Vec<f64>,
+    out: Vec<u8>,
+}
+
+struct Param {
+    name: String,
+    /// Shares its storage with the model's variable.
+    var: Tensor,
+    shape: Vec<usize>,
+    /// The checkpoints' dtype, fixed by the first unit loaded.
+    dtype: Option<Dtype>,
+}
+
+impl Workspace {
+    /// Takes the model whose parameters each merge overwrites (its own values do not matter).
+    pub fn new(model: LoadedModel) -> Workspace {
+        let mut params: Vec<Param> = model
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, var)| Param {
+                shape: var.size().iter().map(|&d| d as usize).collect(),
+                name,
+                var,
+                dtype: None,
+            })
+            .collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        Workspace {
+            model,
+            params,
+            acc: vec![0.0; CPU_BLOCK],
+            out: Vec::new(),
+        }
+    }
+
+    /// The model with the last merge's parameters.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.vs.device()
+    }
+
+    /// What one unit model of this architecture takes in memory, in fp32.
+    pub fn unit_bytes(&self) -> u64 {
+        self.params
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>() as u64 * 4)
+            .sum()
+    }
+
+    /// Reads a unit model's `model.safetensors` bytes onto the workspace's device. Its tensors
+    /// must be exactly the model's parameters, with their shapes, in a floating-point dtype
+    /// shared by every unit; `source` names it in errors.
+    pub fn load_unit(&mut self, bytes: &[u8], source: &str) -> Result<Unit, MergeError> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| MergeError::Read {
+            path: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let mismatch = |message: String| MergeError::Mismatch {
+            path: source.to_string(),
+            first: "the base model".into(),
+            message,
+        };
+        if file.len() != self.params.len() {
+            return Err(mismatch(format!(
+                "{} tensors, not {}",
+                file.len(),
+                self.params.len()
+            )));
+        }
+        let device = self.device();
+        let mut tensors = Vec::with_capacity(self.params.len());
+        let mut total = 0u64;
+        for param in &mut self.params {
+            let view = file
+                .tensor(&param.name)
+                .map_err(|_| mismatch(format!("no tensor {}", param.name)))?;
+            if view.shape() != param.shape.as_slice() {
+                return Err(mismatch(format!(
+                    "{} has shape {:?}, not {:?}",
+                    param.name,
+                    view.shape(),
+                    param.shape
+                )));
+            }
+            let kind = kind_of(view.dtype()).ok_or_else(|| MergeError::Dtype {
+                path: source.to_string(),
+                name: param.name.clone(),
+                dtype: view.dtype(),
+            })?;
+            match param.dtype {
+                Some(dtype) if dtype != view.dtype() => {
+                    return Err(mismatch(format!(
+                        "{} is {:?}, not {dtype:?}",
+                        param.name,
+                        view.dtype()
+                    )));
+                }
+                _ => param.dtype = Some(view.dtype()),
+            }
+            total += view.data().len() as u64;
+            tensors.push(if device == Device::Cpu {
+                Held::Host(view.data().to_vec())
+            } else {
+                let shape: Vec<i64> = param.shape.iter().map(|&d| d as i64).collect();
+                Held::Device(Tensor::from_data_size(view.data(), &shape, kind).to_device(device))
+            });
+        }
+        Ok(Unit {
+            tensors,
+            bytes: total,
+        })
+    }
+
+    /// Sets the model's parameters to the weighted average of `units` (weights checked and
+    /// normalised here).
+    pub fn merge(&mut self, units: &[&Unit], weights: &[f64]) -> Result<(), MergeError> {
+        if units.len() != weights.len() {
+            return Err(MergeError::WeightCount {
+                inputs: units.len(),
+                weights: weights.len(),
+            });
+        }
+        let weights = normalize_weights(weights)?;
+        let (acc, out) = (&mut self.acc, &mut self.out);
+        tch::no_grad(|| {
+            for (p, param) in self.params.iter_mut().enumerate() {
+                let dtype = param.dtype.expect("set when the units were loaded");
+                let kind = kind_of(dtype).expect("checked when loaded");
+                let merged = match &units[0].tensors[p] {
+                    Held::Device(_) => {
+                        let sources: Vec<Tensor> = units
+                            .iter()
+                            .map(|u| match &u.tensors[p] {
+                                Held::Device(t) => t.shallow_clone(),
+                                Held::Host(_) => unreachable!("one workspace, one device"),
+                            })
+                            .collect();
+                        average_tensors(&sources, &weights, kind)
+                    }
+                    Held::Host(_) => {
+                        let numel = param.shape.iter().product::<usize>();
+                        let size = dtype.size();
+                        out.resize(numel * size, 0);
+                        for start in (0..numel).step_by(CPU_BLOCK) {
+                            let len = CPU_BLOCK.min(numel - start);
+                            let bytes = start * size..(start + len) * size;
+                            for (i, (unit, &w)) in units.iter().zip(&weights).enumerate() {
+                                let Held::Host(data) = &unit.tensors[p] else {
+                                    unreachable!("one workspace, one device")
+                                };
+                                accumulate(&mut acc[..len], &data[bytes.clone()], dtype, w, i == 0);
+                            }
+                            encode(&acc[..len], dtype, &mut out[bytes]);
+                        }
+                        let shape: Vec<i64> = param.shape.iter().map(|&d| d as i64).collect();
+                        Tensor::from_data_size(out, &shape, kind)
+                    }
+                };
+                param.var.copy_(&merged);
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Merging and evaluating on a worker with nothing written to disk. One thread owns the
+//! base's model (its config and tokenizer; each merge overwrites the weights), the unit
+//! models fetched into memory on the worker's device, and the eval sets, tokenised once.
+//! Score jobs and sweep shards both run here, so a mixture gets the same numbers either way.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::JobError;
+use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
+use crate::engine::data::{self, Format};
+use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
+use crate::engine::resident::{Unit, Workspace};
+use crate::registry::bases::Base;
+use crate::registry::datasets::Dataset;
+use crate::registry::jobs::Lease;
+use crate::registry::models::UnitModel;
+use crate::store::keys;
+use crate::worker::{Worker, remove_dir};
+
+/// The async side of the merging thread.
+pub(super) struct Merger {
+    commands: mpsc::Sender<Command>,
+    thread: tokio::task::JoinHandle<()>,
+    /// Resident unit models (by model id) and the bytes each takes.
+    resident: HashMap<Uuid, u64>,
+    /// What one unit model of the base's architecture takes.
+    pub unit_bytes: u64,
+    dir: PathBuf,
+}
+
+/// One merge's evaluations, in the order of the eval sets asked for, and where the time went.
+pub(super) struct Scored {
+    pub results: Vec<EvalResult>,
+    pub merge_seconds: f64,
+    pub eval_seconds: f64,
+}
+
+enum Command {
+    Load {
+        id: Uuid,
+        bytes: Bytes,
+        reply: oneshot::Sender<Result<u64, JobError>>,
+    },
+    Forget(Uuid),
+    Score {
+        units: Vec<Uuid>,
+        weights: Vec<f64>,
+        eval_sets: Vec<Uuid>,
+        reply: oneshot::Sender<Result<Scored, JobError>>,
+    },
+}
+
+fn stopped() -> JobError {
+    JobError::Retryable("the merging thread stopped".into())
+}
+
+impl Merger {
+    /// Fetches the base's config and side files and the eval sets (verified), and starts the
+    /// thread, which builds the model and tokenises the eval sets.
+    pub async fn open(
+        worker: &Worker,
+        lease: &Lease,
+        base: &Base,
+        eval_sets: &[Dataset],
+        eval: &EvalConfig,
+    ) -> Result<Merger, JobError> {
+        let dir = worker.job_dir(lease).join("base");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+        checkpoint::write_config(&dir, &base.config.0)
+            .map_err(|e| JobError::Fatal(e.to_string()))?;
+        worker.fetch_base_files(base, &dir).await?;
+        let mut texts = Vec::with_capacity(eval_sets.len());
+        for set in eval_sets {
+            let data = worker
+                .store
+                .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
+                .await?;
+            texts.push((set.id, data));
+        }
+        let (commands, inbox) = mpsc::channel();
+        let (ready, started) = oneshot::channel();
+        let (device, eval, model_dir) = (worker.device, eval.clone(), dir.clone());
+        let thread = tokio::task::spawn_blocking(move || {
+            owner(model_dir, device, texts, eval, inbox, ready)
+        });
+        let unit_bytes = started.await.map_err(|_| stopped())??;
+        Ok(Merger {
+            commands,
+            thread,
+            resident: HashMap::new(),
+            unit_bytes,
+            dir,
+        })
+    }
+
+    pub fn is_resident(&self, model: Uuid) -> bool {
+        self.resident.contains_key(&model)
+    }
+
+    /// Memory the resident unit models take.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident.values().sum()
+    }
+
+    /// Fetches a ready unit model's weights (verified) onto the device.
+    pub async fn load(&mut self, worker: &Worker, unit: &UnitModel) -> Result<(), JobError> {
+        let sha = unit
+            .weights_sha256
+            .as_deref()
+            .ok_or_else(|| JobError::Fatal(format!("unit model {} has no weights yet", unit.id)))?;
+        let bytes = worker
+            .store
+            .get_verified(&keys::model(&unit.id, WEIGHTS_FILE), sha)
+            .await?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Load {
+                id: unit.id,
+                bytes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let size = answer.await.map_err(|_| stopped())??;
+        self.resident.insert(unit.id, size);
+        Ok(())
+    }
+
+    /// Frees a resident unit model.
+    pub fn forget(&mut self, model: Uuid) {
+        if self.resident.remove(&model).is_some() {
+            let _ = self.commands.send(Command::Forget(model));
+        }
+    }
+
+    /// Merges resident unit models with `weights` and evaluates the merge on `eval_sets`.
+    pub async fn score(
+        &self,
+        units: &[Uuid],
+        weights: &[f64],
+        eval_sets: &[Uuid],
+    ) -> Result<Scored, JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Score {
+                units: units.to_vec(),
+                weights: weights.to_vec(),
+                eval_sets: eval_sets.to_vec(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stops the thread (freeing the device's memory) and removes the scratch folder.
+    pub async fn close(self) {
+        drop(self.commands);
+        let _ = self.thread.await;
+        remove_dir(&self.dir).await;
+    }
+}
+
+/// The merging thread: builds the workspace, answers `ready` with a unit model's size, then
+/// serves commands until the async side drops its sender.
+fn owner(
+    dir: PathBuf,
+    device: tch::Device,
+    texts: Vec<(Uuid, Bytes)>,
+    eval: EvalConfig,
+    inbox: mpsc::Receiver<Command>,
+    ready: oneshot::Sender<Result<u64, JobError>>,
+) {
+    let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
+    let setup = || -> Result<(Workspace, HashMap<Uuid, Prepared>), JobError> {
+        let model = LoadedModel::skeleton(&dir, device).map_err(|e| fatal(&e))?;
+        let mut prepared = HashMap::new();
+        for (id, compressed) in texts {
+            let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
+            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+            let windows = Prepared::new(&model, &docs, &eval)
+                .map_err(|e| fatal(&format!("eval set {id}: {e}")))?;
+            prepared.insert(id, windows);
+        }
+        Ok((Workspace::new(model), prepared))
+    };
+    let (mut workspace, prepared) = match setup() {
+        Ok(ready_parts) => ready_parts,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(workspace.unit_bytes()));
+    let mut units: HashMap<Uuid, Unit> = HashMap::new();
+    while let Ok(command) = inbox.recv() {
+        match command {
+            Command::Load { id, bytes, reply } => {
+                let loaded = workspace
+                    .load_unit(&bytes, &format!("unit model {id}"))
+                    .map_err(|e| fatal(&e));
+                let _ = reply.send(loaded.map(|unit| {
+                    let size = unit.bytes();
+                    units.insert(id, unit);
+                    size
+                }));
+            }
+            Command::Forget(id) => {
+                units.remove(&id);
+            }
+            Command::Score {
+                units: ids,
+                weights,
+                eval_sets,
+                reply,
+            } => {
+                let mut score = || -> Result<Scored, JobError> {
+                    let chosen = ids
+                        .iter()
+                        .map(|id| {
+                            units.get(id).ok_or_else(|| {
+                                JobError::Retryable(format!("unit model {id} is not resident"))
+                            })
+                        })
+                        .collect::<Result<Vec<&Unit>, _>>()?;
+                    let started = Instant::now();
+                    workspace.merge(&chosen, &weights).map_err(|e| fatal(&e))?;
+                    let merge_seconds = started.elapsed().as_secs_f64();
+                    let started = Instant::now();
+                    let results = eval_sets
+                        .iter()
+                        .map(|id| {
+                            prepared
+                                .get(id)
+                                .map(|p| p.evaluate(workspace.model(), eval.batch_size))
+                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(Scored {
+                        results,
+                        merge_seconds,
+                        eval_seconds: started.elapsed().as_secs_f64(),
+                    })
+                };
+                let _ = reply.send(score());
+            }
+        }
+    }
+}

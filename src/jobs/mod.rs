@@ -1,0 +1,62 @@
+//! The work of each job kind, one module per kind. The worker claims a job, reads its typed
+//! [`kind::Payload`] and calls that kind's `run`; the API only uses [`kind`] to queue work.
+
+pub mod kind;
+mod merger;
+pub(crate) mod pretrain;
+pub(crate) mod score;
+pub(crate) mod sweep;
+pub(crate) mod train;
+mod training;
+
+/// Whether trying the job again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database or the store failed: another attempt may succeed.
+    #[error("{0}")]
+    Retryable(String),
+    /// The job's inputs are wrong (bad data, bad settings, a missing row): it will fail again.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Retryable(format!("database: {e}"))
+    }
+}
+
+impl From<crate::store::StoreError> for JobError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Checksum { .. } => JobError::Fatal(e.to_string()),
+            e => JobError::Retryable(e.to_string()),
+        }
+    }
+}
+
+/// How a job that did not fail ended.
+pub enum Done {
+    Succeeded,
+    /// Stopped on request (cancel, or the worker shutting down) before it finished.
+    Cancelled,
+    /// Another worker holds the job now: nothing of ours is recorded.
+    LeaseLost,
+}
+
+/// Commits the job's success with the rows the caller wrote in `tx`.
+pub(crate) async fn succeed(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    lease: &crate::registry::jobs::Lease,
+    result: &serde_json::Value,
+) -> Result<Done, JobError> {
+    use crate::registry::jobs::{self, QueueError};
+    match jobs::succeed(&mut tx, lease, result).await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(Done::Succeeded)
+        }
+        Err(QueueError::LeaseLost(_)) => Ok(Done::LeaseLost),
+        Err(QueueError::Database(e)) => Err(e.into()),
+    }
+}

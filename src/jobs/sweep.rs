@@ -1,0 +1,322 @@
+//! `sweep` jobs: one shard of a sweep. The shard's unit models stay resident on the device
+//! while each mixture is merged in memory and evaluated on every eval set of the sweep that
+//! lacks its score. Each mixture's scores are stored (with the job's progress, fenced by its
+//! attempt) as soon as they are computed, so a worker that takes over the shard of a dead one
+//! skips what is stored: nothing is scored twice. Unit models that do not fit the worker's
+//! memory budget together are taken in groups that do.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::kind::{MemberJson, SweepJob};
+use super::merger::Merger;
+use super::{Done, JobError};
+use crate::engine::eval::EvalConfig;
+use crate::registry::datasets::{self, Kind};
+use crate::registry::jobs::{self, Lease, QueueError};
+use crate::registry::models::UnitModel;
+use crate::registry::scores::{self, ScoreKey};
+use crate::registry::sweeps::{self, Sweep};
+use crate::registry::{bases, models};
+use crate::scoring::MERGE_METHOD;
+use crate::worker::Worker;
+
+/// A mixture of the shard with the eval sets it still lacks.
+struct Todo {
+    key: String,
+    members: Vec<MemberJson>,
+    eval_sets: Vec<Uuid>,
+}
+
+/// What the shard did, for the job's result.
+#[derive(Default, serde::Serialize)]
+struct Tally {
+    mixtures: usize,
+    /// Mixtures already scored on every eval set when the shard started.
+    cached: usize,
+    /// Mixtures merged and evaluated by this attempt, and the scores it stored.
+    computed: usize,
+    scores: usize,
+    groups: usize,
+    /// The most memory the resident unit models took at once.
+    peak_resident_bytes: u64,
+    load_seconds: f64,
+    merge_seconds: f64,
+    eval_seconds: f64,
+    seconds: f64,
+}
+
+pub(crate) async fn run(
+    worker: &Worker,
+    lease: &Lease,
+    job: SweepJob,
+    cancel: Arc<AtomicBool>,
+) -> Result<Done, JobError> {
+    let started = Instant::now();
+    let pool = &worker.pool;
+    let sweep = sweeps::get(pool, job.sweep)
+        .await?
+        .ok_or_else(|| JobError::Fatal(format!("sweep {} not found", job.sweep)))?;
+    let base = bases::find(pool, &sweep.base_id.to_string())
+        .await?
+        .ok_or_else(|| JobError::Fatal(format!("base {} not found", sweep.base_id)))?;
+    let mut eval_sets = Vec::with_capacity(sweep.eval_set_ids.len());
+    for id in &sweep.eval_set_ids {
+        let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("eval set {id} not found")))?;
+        eval_sets.push(set);
+    }
+    let eval: EvalConfig = serde_json::from_value(sweep.eval_config.clone())
+        .map_err(|e| JobError::Fatal(format!("sweep {}: evaluation settings: {e}", sweep.id)))?;
+    let scope = ScoreKey {
+        base_id: sweep.base_id,
+        recipe_id: sweep.recipe_id,
+        mixture_key: String::new(),
+        weighting: sweep.weighting.clone(),
+        merge_method: MERGE_METHOD.into(),
+        eval_set_id: Uuid::nil(),
+        eval_config_sha256: sweep.eval_config_sha256.clone(),
+    };
+
+    let rows = sweeps::mixtures_at(pool, sweep.id, &job.items).await?;
+    let keys: Vec<String> = rows.iter().map(|(_, key, _)| key.clone()).collect();
+    let stored: HashSet<(String, Uuid)> =
+        scores::stored_pairs(pool, &scope, &keys, &sweep.eval_set_ids)
+            .await?
+            .into_iter()
+            .collect();
+    let mut todo = Vec::new();
+    for (position, key, members) in rows {
+        let members: Vec<MemberJson> = serde_json::from_value(members)
+            .map_err(|e| JobError::Fatal(format!("sweep {} mixture {position}: {e}", sweep.id)))?;
+        let missing: Vec<Uuid> = sweep
+            .eval_set_ids
+            .iter()
+            .filter(|e| !stored.contains(&(key.clone(), **e)))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            todo.push(Todo {
+                key,
+                members,
+                eval_sets: missing,
+            });
+        }
+    }
+    let mut tally = Tally {
+        mixtures: job.items.len(),
+        cached: job.items.len() - todo.len(),
+        ..Tally::default()
+    };
+    if !todo.is_empty() {
+        let partitions: Vec<Uuid> = todo
+            .iter()
+            .flat_map(|t| t.members.iter().map(|m| m.partition))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let units: HashMap<Uuid, UnitModel> =
+            models::for_partitions(pool, sweep.base_id, sweep.recipe_id, &partitions)
+                .await?
+                .into_iter()
+                .filter(|u| u.state == "ready")
+                .map(|u| (u.partition_id, u))
+                .collect();
+        if let Some(p) = partitions.iter().find(|p| !units.contains_key(p)) {
+            return Err(JobError::Fatal(format!(
+                "partition {p} has no ready unit model"
+            )));
+        }
+        let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
+        let shard = Shard {
+            worker,
+            lease,
+            sweep: &sweep,
+            scope: &scope,
+            units: &units,
+            cancel: &cancel,
+        };
+        let outcome = shard.run(&mut merger, &todo, &mut tally).await;
+        merger.close().await;
+        crate::worker::remove_dir(&worker.job_dir(lease)).await;
+        match outcome? {
+            Done::Succeeded => {}
+            other => return Ok(other),
+        }
+    }
+    tally.seconds = started.elapsed().as_secs_f64();
+    let result = json!({ "sweep": sweep.id, "worker": worker.owner, "shard": tally });
+    super::succeed(pool.begin().await?, lease, &result).await
+}
+
+/// A shard's fixed context while it runs.
+struct Shard<'a> {
+    worker: &'a Worker,
+    lease: &'a Lease,
+    sweep: &'a Sweep,
+    scope: &'a ScoreKey,
+    /// Ready unit models by partition.
+    units: &'a HashMap<Uuid, UnitModel>,
+    cancel: &'a AtomicBool,
+}
+
+impl Shard<'_> {
+    /// Scores every mixture of `todo`, group by group. `Succeeded` once all are stored.
+    async fn run(
+        &self,
+        merger: &mut Merger,
+        todo: &[Todo],
+        tally: &mut Tally,
+    ) -> Result<Done, JobError> {
+        let capacity = self.worker.check_fits(
+            todo.iter().map(|t| t.members.len()).max().unwrap_or(0),
+            merger.unit_bytes,
+        )?;
+        let groups = groups(todo, capacity);
+        tally.groups = groups.len();
+        let mut finished = 0usize;
+        for group in groups {
+            let needed: HashSet<Uuid> = group
+                .iter()
+                .flat_map(|t| t.members.iter().map(|m| self.units[&m.partition].id))
+                .collect();
+            let resident: Vec<Uuid> = self.units.values().map(|u| u.id).collect();
+            for id in resident.iter().filter(|id| !needed.contains(id)) {
+                merger.forget(*id);
+            }
+            let loading = Instant::now();
+            for unit in self.units.values().filter(|u| needed.contains(&u.id)) {
+                if !merger.is_resident(unit.id) {
+                    merger.load(self.worker, unit).await?;
+                }
+            }
+            tally.load_seconds += loading.elapsed().as_secs_f64();
+            tally.peak_resident_bytes = tally.peak_resident_bytes.max(merger.resident_bytes());
+            for item in group {
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Ok(Done::Cancelled);
+                }
+                let ids: Vec<Uuid> = item
+                    .members
+                    .iter()
+                    .map(|m| self.units[&m.partition].id)
+                    .collect();
+                let weights: Vec<f64> = item.members.iter().map(|m| m.weight).collect();
+                let scored = merger.score(&ids, &weights, &item.eval_sets).await?;
+                tally.merge_seconds += scored.merge_seconds;
+                tally.eval_seconds += scored.eval_seconds;
+                finished += 1;
+                let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
+                if !self.store(item, &scored.results, progress).await? {
+                    return Ok(Done::LeaseLost);
+                }
+                tally.computed += 1;
+                tally.scores += scored.results.len();
+            }
+        }
+        Ok(Done::Succeeded)
+    }
+
+    /// Stores one mixture's scores with the job's progress, in one transaction fenced by the
+    /// attempt; `false` when the lease was lost (nothing is stored then).
+    async fn store(
+        &self,
+        item: &Todo,
+        results: &[crate::engine::eval::EvalResult],
+        (fraction, done, total): (f32, usize, usize),
+    ) -> Result<bool, JobError> {
+        let members = serde_json::to_value(&item.members).expect("mixtures serialise");
+        let mut tx = self.worker.pool.begin().await?;
+        for (eval_set, result) in item.eval_sets.iter().zip(results) {
+            let key = ScoreKey {
+                mixture_key: item.key.clone(),
+                eval_set_id: *eval_set,
+                ..self.scope.clone()
+            };
+            let result = serde_json::to_value(result).expect("results serialise");
+            scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
+        }
+        let message = format!("mixture {done}/{total}");
+        match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(true)
+            }
+            Err(QueueError::LeaseLost(_)) => Ok(false),
+            Err(QueueError::Database(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Consecutive mixtures grouped so that each group's unit models number at most `capacity`
+/// (every mixture fits alone: checked before).
+fn groups(todo: &[Todo], capacity: usize) -> Vec<Vec<&Todo>> {
+    let mut groups: Vec<Vec<&Todo>> = Vec::new();
+    let mut units: HashSet<Uuid> = HashSet::new();
+    for item in todo {
+        let mut union = units.clone();
+        union.extend(item.members.iter().map(|m| m.partition));
+        match groups.last_mut() {
+            Some(group) if union.len() <= capacity => {
+                group.push(item);
+                units = union;
+            }
+            _ => {
+                groups.push(vec![item]);
+                units = item.members.iter().map(|m| m.partition).collect();
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn todo(partitions: &[u128]) -> Todo {
+        Todo {
+            key: String::new(),
+            members: partitions
+                .iter()
+                .map(|&p| MemberJson {
+                    partition: Uuid::from_u128(p),
+                    weight: 1.0,
+                })
+                .collect(),
+            eval_sets: vec![],
+        }
+    }
+
+    #[test]
+    fn groups_hold_at_most_the_units_that_fit_and_keep_the_order() {
+        let items = [
+            todo(&[1, 2]),
+            todo(&[1, 3]),
+            todo(&[2, 3]),
+            todo(&[4]),
+            todo(&[1, 4]),
+            todo(&[5, 6]),
+        ];
+        let sizes =
+            |capacity| -> Vec<usize> { groups(&items, capacity).iter().map(|g| g.len()).collect() };
+        assert_eq!(sizes(6), vec![6]);
+        assert_eq!(sizes(3), vec![3, 2, 1]);
+        assert_eq!(sizes(2), vec![1, 1, 1, 2, 1]);
+        for capacity in 2..=6 {
+            for group in groups(&items, capacity) {
+                let units: HashSet<_> = group
+                    .iter()
+                    .flat_map(|t| t.members.iter().map(|m| m.partition))
+                    .collect();
+                assert!(units.len() <= capacity, "capacity {capacity}: {units:?}");
+            }
+        }
+    }
+}

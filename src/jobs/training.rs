@@ -1,0 +1,178 @@
+//! Training runs shared by `train` and `pretrain` jobs: inputs fetched from the store
+//! (verified), the engine on a blocking thread with its train state mirrored into the store,
+//! the weights back to the store.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
+use crate::engine::data::{self, Format};
+use crate::engine::train::{self, Outcome, Progress, TrainOptions};
+use crate::registry::jobs::{self, Lease};
+use crate::registry::{bases, datasets};
+use crate::store::keys;
+use crate::worker::{StateMirror, Worker, remove_dir};
+
+use super::{Done, JobError};
+
+/// Trains: the starting weights and the partition from the store (verified), the engine
+/// on a blocking thread with its train state mirrored into the store, the weights back to
+/// the store. `None` when the job was cancelled (or its lease lost) on the way.
+pub(super) async fn run(
+    worker: &Worker,
+    lease: &Lease,
+    cancel: Arc<AtomicBool>,
+    run: &TrainingRun,
+) -> Result<Option<(crate::store::Stored, train::Summary)>, JobError> {
+    let dir = worker.job_dir(lease);
+    let start_dir = dir.join("start");
+    tokio::fs::create_dir_all(&start_dir)
+        .await
+        .map_err(|e| JobError::Retryable(e.to_string()))?;
+    checkpoint::write_config(&start_dir, &run.model).map_err(|e| JobError::Fatal(e.to_string()))?;
+    if let Start::Stored { base, sha256 } = &run.start {
+        worker
+            .store
+            .download_verified(
+                &keys::base(&base.id, WEIGHTS_FILE),
+                sha256,
+                &start_dir.join(WEIGHTS_FILE),
+            )
+            .await?;
+        worker.fetch_base_files(base, &start_dir).await?;
+    }
+    let compressed = worker
+        .store
+        .get_verified(
+            &keys::partition(&run.partition.sha256),
+            &run.partition.object_sha256,
+        )
+        .await?;
+
+    let mut mirror = StateMirror {
+        store: worker.store.clone(),
+        prefix: run.mirror.clone(),
+        dir: dir.join("train_state"),
+        uploaded: 0,
+    };
+    mirror.restore().await?;
+    let (pool, lease_for_thread, device) = (worker.pool.clone(), lease.clone(), worker.device);
+    let runtime = tokio::runtime::Handle::current();
+    let out_dir = dir.join("out");
+    let (config, model_config) = (run.config.clone(), run.model.clone());
+    let init_seed = run.start.init_seed();
+    let work = dir.clone();
+    let out = out_dir.clone();
+    let summary =
+        tokio::task::spawn_blocking(move || -> Result<Option<train::Summary>, JobError> {
+            let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
+            let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
+            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+            let model = match init_seed {
+                Some(seed) => LoadedModel::init(model_config, seed, device),
+                None => LoadedModel::load(&start_dir, device),
+            }
+            .map_err(|e| fatal(&e))?;
+            let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
+            let every = (config.steps() / 50).max(1);
+            let mut report = |p: &Progress| {
+                // The state saved at the previous step's end goes to the store, for
+                // whichever worker runs this job next.
+                if let Err(e) = runtime.block_on(mirror.push()) {
+                    tracing::warn!("mirroring the train state failed: {e}");
+                }
+                if p.step.is_multiple_of(every) || p.step == p.steps {
+                    let message = format!("step {}/{}", p.step, p.steps);
+                    let fraction = p.step as f32 / p.steps as f32;
+                    // A lost lease shows at the next heartbeat; progress is best effort.
+                    let _ = runtime.block_on(jobs::progress(
+                        &pool,
+                        &lease_for_thread,
+                        fraction,
+                        &message,
+                        Some(p.loss),
+                    ));
+                }
+            };
+            let state = work.join("train_state");
+            let options = TrainOptions {
+                state_dir: Some(&state),
+                cancel: Some(&cancel),
+                progress: Some(&mut report),
+            };
+            match train::train(&model, &tokens, &config, options).map_err(|e| fatal(&e))? {
+                Outcome::Finished(summary) => {
+                    model
+                        .save(&out)
+                        .map_err(|e| JobError::Retryable(e.to_string()))?;
+                    Ok(Some(summary))
+                }
+                Outcome::Cancelled { .. } => {
+                    // The state saved at the stop goes to the store for the next worker.
+                    if let Err(e) = runtime.block_on(mirror.push()) {
+                        tracing::warn!("mirroring the train state failed: {e}");
+                    }
+                    Ok(None)
+                }
+            }
+        })
+        .await
+        .map_err(|e| JobError::Retryable(format!("the training thread failed: {e}")))??;
+    let Some(summary) = summary else {
+        return Ok(None);
+    };
+    let stored = worker
+        .store
+        .put_file(&out_dir.join(WEIGHTS_FILE), &run.output)
+        .await?;
+    Ok(Some((stored, summary)))
+}
+
+/// Commits the job's success with the rows the caller wrote in `tx`, then removes the
+/// scratch folder and the mirrored train state.
+pub(super) async fn finish(
+    worker: &Worker,
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    lease: &Lease,
+    result: &serde_json::Value,
+    run: &TrainingRun,
+) -> Result<Done, JobError> {
+    let done = super::succeed(tx, lease, result).await?;
+    if let Done::Succeeded = done {
+        remove_dir(&worker.job_dir(lease)).await;
+        StateMirror::forget(&worker.store, &run.mirror).await;
+    }
+    Ok(done)
+}
+
+/// One training job's inputs and outputs in the store.
+pub(super) struct TrainingRun {
+    pub model: crate::engine::model::ModelConfig,
+    pub start: Start,
+    pub partition: datasets::Dataset,
+    pub config: train::TrainConfig,
+    /// Where the trained weights go.
+    pub output: String,
+    /// Where the train state is mirrored while the job runs.
+    pub mirror: String,
+}
+
+/// The weights a training run starts from.
+pub(super) enum Start {
+    /// A base's stored weights (and side files), verified when read.
+    Stored {
+        base: Box<bases::Base>,
+        sha256: String,
+    },
+    /// A random initialisation (pre-training a base).
+    Init { seed: u64 },
+}
+
+impl Start {
+    fn init_seed(&self) -> Option<u64> {
+        match self {
+            Start::Init { seed } => Some(*seed),
+            Start::Stored { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+use std::path::Path;
+
+use mixpool::engine::checkpoint::LoadedModel;
+use mixpool::engine::eval::{EvalConfig, Prepared, evaluate};
+use mixpool::engine::merge::merge_model_dirs;
+use mixpool::engine::resident::Workspace;
+use tch::{Device, Kind, Tensor};
+
+use crate::helpers::{assert_same_weights, corpus_docs, init, small_gpt2, small_llama, tensors};
+
+/// Three different checkpoints of `config` saved as model directories under `dir`.
+fn units(config: &mixpool::engine::model::ModelConfig, dir: &Path) -> Vec<std::path::PathBuf> {
+    (0..3)
+        .map(|i| {
+            let path = dir.join(format!("unit{i}"));
+            init(config.clone(), 40 + i).save(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn workspace(unit: &Path) -> Workspace {
+    Workspace::new(LoadedModel::skeleton(unit, Device::Cpu).unwrap())
+}
+
+#[test]
+fn a_resident_merge_sets_the_parameters_a_merged_file_holds_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in [small_llama(), small_gpt2()] {
+        let paths = units(&config, dir.path());
+        let mut ws = workspace(&paths[0]);
+        let loaded: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
+                ws.load_unit(&bytes, &p.display().to_string()).unwrap()
+            })
+            .collect();
+        for (members, weights) in [
+            (vec![0, 1, 2], vec![1.0, 1.0, 1.0]),
+            (vec![2, 0], vec![0.3, 0.7]),
+            (vec![1], vec![1.0]),
+        ] {
+            let inputs: Vec<_> = members.iter().map(|&i| paths[i].clone()).collect();
+            let merged = dir.path().join("merged");
+            merge_model_dirs(&inputs, &weights, Device::Cpu, &merged).unwrap();
+            let from_file = LoadedModel::load(&merged, Device::Cpu).unwrap();
+            let chosen: Vec<_> = members.iter().map(|&i| &loaded[i]).collect();
+            ws.merge(&chosen, &weights).unwrap();
+            assert_same_weights(ws.model(), &from_file);
+        }
+    }
+}
+
+#[test]
+fn bf16_units_merge_resident_as_they_do_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = units(&small_llama(), dir.path());
+    for p in &paths {
+        let weights = p.join("model.safetensors");
+        let halved: Vec<(String, Tensor)> = Tensor::read_safetensors(&weights)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_kind(Kind::BFloat16)))
+            .collect();
+        Tensor::write_safetensors(&halved, &weights).unwrap();
+    }
+    let mut ws = workspace(&paths[0]);
+    let loaded: Vec<_> = paths
+        .iter()
+        .map(|p| ws.load_unit(&std::fs::read(p.join("model.safetensors")).unwrap(), "u"))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let merged = dir.path().join("merged");
+    merge_model_dirs(&paths, &[1.0, 2.0, 3.0], Device::Cpu, &merged).unwrap();
+    ws.merge(&loaded.iter().collect::<Vec<_>>(), &[1.0, 2.0, 3.0])
+        .unwrap();
+    assert_same_weights(
+        ws.model(),
+        &LoadedModel::load(&merged, Device::Cpu).unwrap(),
+    );
+    for (name, t) in tensors(ws.model()) {
+        assert_eq!(t.kind(), Kind::Float, "{name}: the model computes in fp32");
+        assert!(
+            t.equal(&t.to_kind(Kind::BFloat16).to_kind(Kind::Float)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_prepared_eval_set_gives_what_evaluating_the_documents_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = units(&small_llama(), dir.path());
+    let model = LoadedModel::load(&paths[1], Device::Cpu).unwrap();
+    let docs: Vec<_> = corpus_docs("fiction").into_iter().take(20).collect();
+    let config = EvalConfig::default();
+    let prepared = Prepared::new(&model, &docs, &config).unwrap();
+    let direct = evaluate(&model, &docs, &config).unwrap();
+    assert_eq!(prepared.evaluate(&model, config.batch_size), direct);
+    assert_eq!(prepared.tokens(), direct.total.tokens);
+}
+
+#[test]
+fn a_unit_that_does_not_fit_the_base_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = units(&small_llama(), &dir.path().join("l"));
+    let gpt2 = units(&small_gpt2(), &dir.path().join("g"));
+    let mut ws = workspace(&llama[0]);
+    let foreign = std::fs::read(gpt2[0].join("model.safetensors")).unwrap();
+    let err = ws
+        .load_unit(&foreign, "gpt2-unit")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("gpt2-unit") && err.contains("tensors"),
+        "{err}"
+    );
+    let err = ws
+        .load_unit(b"not safetensors", "junk")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("junk: "), "{err}");
+    let unit = ws
+        .load_unit(
+            &std::fs::read(llama[0].join("model.safetensors")).unwrap(),
+            "u",
+        )
+        .unwrap();
+    let err = ws.merge(&[&unit], &[1.0, 1.0]).err().unwrap().to_string();
+    assert_eq!(err, "1 checkpoints but 2 weights");
+    let err = ws.merge(&[&unit], &[0.0]).err().unwrap().to_string();
+    assert_eq!(err, "all weights are zero");
+}

@@ -1,0 +1,174 @@
+//! A real server on a random port with a small base and a quick recipe, and the workers that
+//! run its jobs: the harness of the HTTP tests.
+
+use std::time::Duration;
+
+use mixpool::api::{AppState, SweepLimits, router};
+use mixpool::engine::train::{Schedule, TrainConfig};
+use mixpool::jobs::kind::JobKind;
+use mixpool::registry::recipes;
+use mixpool::store::{S3Config, Store};
+use mixpool::worker::Worker;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tch::Device;
+
+use crate::helpers::{corpus_path, fresh_db, small_llama, store_base};
+
+pub struct App {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub store: Store,
+    /// The store folder, the workers' scratch folder, the base's folder.
+    pub _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
+}
+
+impl App {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn json(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        Self::json(self.client.post(self.url(path)).body(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        Self::json(self.client.get(self.url(path))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        Self::json(self.client.delete(self.url(path))).await
+    }
+
+    pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Polls until the partition's unit model is trained.
+    pub async fn trained(&self, partition: &str) {
+        for _ in 0..2400 {
+            let (_, body) = self.get(&format!("/v1/partitions/{partition}")).await;
+            match body["models"][0]["state"].as_str() {
+                Some("ready") => return,
+                Some("failed") => panic!("training {partition} failed: {body}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("{partition} was not trained in two minutes");
+    }
+
+    pub async fn jobs(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from jobs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A CPU worker of every kind on this app's database and store.
+    pub fn worker(&self, owner: &str) -> Worker {
+        Worker {
+            pool: self.pool.clone(),
+            store: self.store.clone(),
+            device: Device::Cpu,
+            owner: owner.into(),
+            kinds: JobKind::ALL.to_vec(),
+            lease: Duration::from_secs(30),
+            work_dir: self._dirs.1.path().join(owner),
+            resident_bytes: 1 << 30,
+        }
+    }
+
+    /// Runs `worker` in the background until the test ends.
+    pub fn start(worker: Worker) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if !matches!(worker.try_run_one().await, Ok(true)) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    }
+
+    /// The database's URL, for processes the test starts.
+    pub async fn database_url(&self) -> String {
+        let database: String = sqlx::query_scalar("select current_database()")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let admin = std::env::var("MIXPOOL_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+    }
+}
+
+/// A server with one worker running its jobs.
+pub async fn spawn_app() -> App {
+    let app = spawn_app_with(SweepLimits::default()).await;
+    App::start(app.worker("api-test"));
+    app
+}
+
+/// A server without workers (tests start their own), with the given sweep settings.
+pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
+    let pool = fresh_db().await;
+    let dirs = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let store = Store::open(
+        &format!("file://{}", dirs.0.path().display()),
+        &S3Config::default(),
+    )
+    .unwrap();
+    tch::set_num_threads(1);
+    store_base(&pool, &store, &small_llama(), 1, dirs.2.path()).await;
+    let mut db = pool.acquire().await.unwrap();
+    let recipe = TrainConfig {
+        tokens: 8 * 64,
+        batch_tokens: 4 * 64,
+        micro_batch: 4,
+        seq_len: 64,
+        lr: 3e-3,
+        schedule: Schedule::Constant,
+        ..TrainConfig::default()
+    };
+    recipes::insert(&mut db, "unit", &recipe).await.unwrap();
+    drop(db);
+
+    let mut state = AppState::new(
+        pool.clone(),
+        store.clone(),
+        1 << 20,
+        Duration::from_secs(120),
+    );
+    state.sweeps = sweeps;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    App {
+        url,
+        client: reqwest::Client::new(),
+        pool,
+        store,
+        _dirs: dirs,
+    }
+}
+
+/// `lines` documents of a corpus domain, after skipping `skip`.
+pub fn corpus(domain: &str, skip: usize, lines: usize) -> String {
+    let text = std::fs::read_to_string(corpus_path(domain)).unwrap();
+    text.lines()
+        .skip(skip)
+        .take(lines)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}

@@ -1,0 +1,410 @@
+//! Sweeps over HTTP: every subset of a partition list scored in shards by resident merges,
+//! ranked per eval set, equal to single scores, shared by two workers, and finished by
+//! another worker when one is killed mid-shard.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mixpool::api::SweepLimits;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::app::{App, corpus, spawn_app, spawn_app_with};
+
+const DOMAINS: [&str; 4] = ["code_python", "fiction", "religion", "tech_docs"];
+
+/// Uploads one partition per domain (`n` of them) and two eval sets; returns the names.
+async fn pool_of(app: &App, n: usize, eval_docs: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for domain in &DOMAINS[..n] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/partitions?name={domain}"),
+                corpus(domain, 0, 8),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        names.push(domain.to_string());
+    }
+    let mixed: String = DOMAINS.iter().map(|d| corpus(d, 100, eval_docs)).collect();
+    for (name, text) in [
+        ("mixed", mixed),
+        ("legal", corpus("legal_licenses", 0, eval_docs)),
+    ] {
+        let (status, body) = app.post(&format!("/v1/eval-sets?name={name}"), text).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    names
+}
+
+/// Polls the sweep until it has succeeded; fails on failure or after two minutes.
+async fn finished(app: &App, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, sweep) = app.get(&format!("/v1/sweeps/{id}?limit=1000")).await;
+        assert_eq!(status, StatusCode::OK, "{sweep}");
+        match sweep["state"].as_str().unwrap() {
+            "succeeded" => return sweep,
+            "failed" | "cancelled" => panic!("the sweep ended badly: {sweep}"),
+            _ => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{sweep}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sweep_jobs(app: &App) -> Vec<(String, i32, Value)> {
+    sqlx::query_as("select state, attempts, result from jobs where kind = 'sweep'")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(state, attempts, result): (String, i32, Option<Value>)| {
+            (state, attempts, result.unwrap_or_default())
+        })
+        .collect()
+}
+
+fn mixture_names(entry: &Value) -> Vec<String> {
+    entry["mixture"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["partition"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sweep_ranks_every_subset_and_equals_single_scores() {
+    let app = spawn_app().await;
+    let names = pool_of(&app, 3, 2).await;
+    for name in &names {
+        app.trained(name).await;
+    }
+    let request = json!({"partitions": names, "sizes": [1, 3], "eval_sets": ["mixed", "legal"]});
+    let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["mixtures"], 7);
+    assert_eq!(created["progress"]["total"], 14);
+    let id = created["id"].as_str().unwrap();
+    let sweep = finished(&app, id).await;
+    assert_eq!(sweep["progress"]["scored"], 14);
+
+    let mut swept: HashMap<(Vec<String>, String), f64> = HashMap::new();
+    for result in sweep["results"].as_array().unwrap() {
+        let eval = result["eval_set"].as_str().unwrap().to_string();
+        let ranking = result["ranking"].as_array().unwrap();
+        assert_eq!((result["scored"].as_u64(), ranking.len()), (Some(7), 7));
+        let ppls: Vec<f64> = ranking
+            .iter()
+            .map(|r| r["perplexity"].as_f64().unwrap())
+            .collect();
+        assert!(
+            ppls.windows(2).all(|w| w[0] <= w[1]),
+            "best first: {ppls:?}"
+        );
+        assert_eq!(result["best"], ranking[0]);
+        assert_eq!(ranking[0]["rank"], 1);
+        let subsets: HashSet<Vec<String>> = ranking.iter().map(mixture_names).collect();
+        assert_eq!(subsets.len(), 7, "each subset once");
+        for entry in ranking {
+            swept.insert(
+                (mixture_names(entry), eval.clone()),
+                entry["perplexity"].as_f64().unwrap(),
+            );
+        }
+    }
+
+    // Every score is an ordinary one: GET /v1/score answers it from the cache, no new job.
+    let jobs = app.jobs().await;
+    for ((mixture, eval), ppl) in &swept {
+        let path = format!(
+            "/v1/score?partitions={}&eval={eval}&wait=0",
+            mixture.join(",")
+        );
+        let (status, score) = app.get(&path).await;
+        assert_eq!(
+            (status, &score["cached"]),
+            (StatusCode::OK, &json!(true)),
+            "{score}"
+        );
+        assert_eq!(score["perplexity"].as_f64().unwrap(), *ppl);
+    }
+    assert_eq!(app.jobs().await, jobs);
+
+    // The same mixtures scored one job each (the stored scores and every server's answer
+    // cache cleared) give the same numbers.
+    sqlx::query("delete from scores")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("select pg_notify('mixpool_registry', 'deleted:partition:test')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for ((mixture, eval), ppl) in &swept {
+        let path = format!(
+            "/v1/score?partitions={}&eval={eval}&wait=60",
+            mixture.join(",")
+        );
+        let (status, score) = app.get(&path).await;
+        assert_eq!(
+            (status, &score["cached"]),
+            (StatusCode::OK, &json!(false)),
+            "{score}"
+        );
+        let single = score["perplexity"].as_f64().unwrap();
+        assert!(
+            (single - ppl).abs() <= 1e-9 * ppl,
+            "{mixture:?} on {eval}: {single} vs {ppl}"
+        );
+    }
+
+    // A second, overlapping sweep finds everything in the cache and queues nothing.
+    let again =
+        json!({"mixtures": [["fiction", "code_python"], ["religion"]], "eval_sets": ["legal"]});
+    let (status, created) = app.post("/v1/sweeps", again.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (
+            created["state"].as_str(),
+            created["progress"]["scored"].as_u64()
+        ),
+        (Some("succeeded"), Some(2))
+    );
+    let (status, list) = app.get("/v1/sweeps").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"][1]["id"], json!(id));
+}
+
+#[tokio::test]
+async fn a_sweep_shared_by_two_workers_scores_each_mixture_once() {
+    let app = spawn_app_with(SweepLimits {
+        max_mixtures: 100,
+        shard_mixtures: 2,
+    })
+    .await;
+    let owners = ["worker-a", "worker-b"];
+    let workers: Vec<_> = owners.iter().map(|o| App::start(app.worker(o))).collect();
+    let names = pool_of(&app, 4, 2).await;
+    for name in &names {
+        app.trained(name).await;
+    }
+    let request = json!({"partitions": names, "eval_sets": ["mixed", "legal"]});
+    let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["mixtures"], 15);
+    finished(&app, created["id"].as_str().unwrap()).await;
+
+    let shards = sweep_jobs(&app).await;
+    assert_eq!(shards.len(), 8, "15 mixtures in shards of 2");
+    let computed: u64 = shards
+        .iter()
+        .map(|(_, _, r)| r["shard"]["computed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(computed, 15, "each mixture merged and evaluated once");
+    let by: HashSet<&str> = shards
+        .iter()
+        .map(|(_, _, r)| r["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, owners.into_iter().collect(), "both workers ran shards");
+    let scores: i64 = sqlx::query_scalar("select count(*) from scores")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(scores, 30);
+    workers.iter().for_each(|w| w.abort());
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_shard_leaves_the_rest_to_another_and_nothing_is_scored_twice() {
+    let app = spawn_app_with(SweepLimits::default()).await;
+    let trainer = App::start(app.worker("trainer"));
+    let names = pool_of(&app, 4, 12).await;
+    for name in &names {
+        app.trained(name).await;
+    }
+    trainer.abort();
+    let request = json!({"partitions": names, "eval_sets": ["mixed", "legal"]});
+    let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    // A worker process with a 3-second lease, killed once it has stored some mixtures.
+    let config_file = app._dirs.1.path().join("mixpool.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+            .unwrap();
+    std::fs::write(
+        &config_file,
+        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args([
+            "worker",
+            "--kinds",
+            "sweep",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .arg("--store")
+        .arg(format!("file://{}", app._dirs.0.path().display()))
+        .arg("--data")
+        .arg(app._dirs.1.path().join("process"))
+        .env("DATABASE_URL", app.database_url().await)
+        .env("MIXPOOL_CONFIG", &config_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from scores")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let started = Instant::now();
+    while count().await < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stored = count().await;
+    assert!(stored < 30, "the worker finished before it could be killed");
+    assert_eq!(stored % 2, 0, "a mixture's scores are stored together");
+
+    let other = App::start(app.worker("survivor"));
+    let sweep = finished(&app, created["id"].as_str().unwrap()).await;
+    other.abort();
+    assert_eq!(sweep["progress"]["scored"], 30);
+    let shards = sweep_jobs(&app).await;
+    assert_eq!(shards.len(), 1);
+    let (state, attempts, result) = &shards[0];
+    assert_eq!((state.as_str(), *attempts), ("succeeded", 2));
+    assert_eq!(result["worker"], "survivor");
+    assert_eq!(result["shard"]["cached"].as_i64().unwrap(), stored / 2);
+    assert_eq!(
+        result["shard"]["computed"].as_i64().unwrap(),
+        15 - stored / 2
+    );
+    assert_eq!(count().await, 30);
+}
+
+#[tokio::test]
+async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
+    let app = spawn_app_with(SweepLimits {
+        max_mixtures: 10,
+        shard_mixtures: 4,
+    })
+    .await;
+    let names = pool_of(&app, 4, 1).await;
+    let cases = [
+        (
+            json!({"partitions": names, "eval_sets": ["mixed"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_mixtures",
+            "15 mixtures",
+        ),
+        (
+            json!({"partitions": names, "sizes": [0, 2], "eval_sets": ["mixed"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_sizes",
+            "[0, 2]",
+        ),
+        (
+            json!({"partitions": names, "sizes": [2, 5], "eval_sets": ["mixed"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_sizes",
+            "4 partitions",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "mixtures": [["fiction"]], "eval_sets": ["mixed"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_sweep",
+            "not both",
+        ),
+        (
+            json!({"partitions": ["fiction"], "mixtures": [["religion"]], "eval_sets": ["mixed"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_sweep",
+            "\"religion\"",
+        ),
+        (
+            json!({"mixtures": [["fiction", "fiction"]], "eval_sets": ["mixed"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+            "more than once",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "eval_sets": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_eval_sets",
+            "at least one",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["nope"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "\"nope\"",
+        ),
+        (
+            json!({"partitions": ["nope"], "eval_sets": ["mixed"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "\"nope\"",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"], "weighting": "bytes"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_weighting",
+            "\"bytes\"",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "eval_set": ["mixed"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "eval_set",
+        ),
+        (
+            json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"]}),
+            StatusCode::CONFLICT,
+            "models_not_ready",
+            "fiction",
+        ),
+    ];
+    for (body, status, code, says) in cases {
+        let (got, answer) = app.post("/v1/sweeps", body.to_string()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let sweeps: i64 = sqlx::query_scalar("select count(*) from sweeps")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let jobs: i64 = sqlx::query_scalar("select count(*) from jobs where kind = 'sweep'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((sweeps, jobs), (0, 0));
+    let (status, missing) = app
+        .get("/v1/sweeps/6a1f5e9e-0000-4000-8000-000000000000")
+        .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
