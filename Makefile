@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test bench bench-service build lint gpu-bundle
+.PHONY: demo test bench bench-service bench-sweep build lint gpu-bundle
 
 build:
 	$(TORCH) && cargo build --release
@@ -44,6 +44,12 @@ gpu-bundle:
 bench-service:
 	scripts/postgres.sh
 	$(TORCH) && cargo bench --bench score -- $(ARGS)
+
+## Sweep cost: 255 mixtures as one sweep, as one score job each, and by the earlier
+## file-based steps, side by side (needs PostgreSQL).
+bench-sweep:
+	scripts/postgres.sh
+	$(TORCH) && $(CORPUS) && cargo bench --bench sweep -- $(ARGS)
 
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings

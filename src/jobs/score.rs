@@ -13,6 +13,7 @@ use crate::registry::{bases, models, scores};
 use crate::worker::Worker;
 
 pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result<Done, JobError> {
+    let started = std::time::Instant::now();
     let key = &job.key;
     let pool = &worker.pool;
     let base = bases::find(pool, &key.base_id.to_string())
@@ -60,7 +61,13 @@ pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result
     let mixture = serde_json::to_value(&job.mixture).expect("mixtures serialise");
     let eval_config = serde_json::to_value(&job.eval).expect("settings serialise");
     let score = scores::insert(&mut tx, key, &mixture, &eval_config, &result).await?;
-    let done = super::succeed(tx, lease, &json!({ "score": score.id })).await?;
+    let seconds = json!({
+        "merge": scored.merge_seconds,
+        "eval": scored.eval_seconds,
+        "total": started.elapsed().as_secs_f64(),
+    });
+    let result = json!({ "score": score.id, "seconds": seconds });
+    let done = super::succeed(tx, lease, &result).await?;
     crate::worker::remove_dir(&worker.job_dir(lease)).await;
     Ok(done)
 }

@@ -408,3 +408,69 @@ async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+#[tokio::test]
+async fn unit_models_beyond_the_memory_budget_are_taken_in_groups_that_fit() {
+    let app = spawn_app_with(SweepLimits::default()).await;
+    let trainer = App::start(app.worker("trainer"));
+    let names = pool_of(&app, 4, 1).await;
+    for name in &names {
+        app.trained(name).await;
+    }
+    trainer.abort();
+    let unit = mixpool::engine::checkpoint::LoadedModel::init(
+        crate::helpers::small_llama(),
+        0,
+        tch::Device::Cpu,
+    )
+    .unwrap()
+    .parameters() as u64
+        * 4;
+    // Room for the two unit models of a pair, not for the four of the sweep.
+    let tight = mixpool::worker::Worker {
+        resident_bytes: unit * 5 / 2,
+        ..app.worker("tight")
+    };
+    let request = json!({"partitions": names, "sizes": [1, 2], "eval_sets": ["legal"]});
+    let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(tight.try_run_one().await.unwrap());
+    let sweep = finished(&app, created["id"].as_str().unwrap()).await;
+    assert_eq!(sweep["progress"]["scored"], 10);
+    let (_, _, result) = &sweep_jobs(&app).await[0];
+    let shard = &result["shard"];
+    assert_eq!(shard["computed"], 10);
+    assert!(shard["groups"].as_u64().unwrap() > 1, "{shard}");
+    assert!(
+        shard["peak_resident_bytes"].as_u64().unwrap() <= unit * 2,
+        "{shard}"
+    );
+
+    // A budget smaller than one mixture's unit models fails the shard and says why.
+    let tiny = mixpool::worker::Worker {
+        resident_bytes: unit,
+        ..app.worker("tiny")
+    };
+    let request =
+        json!({"mixtures": [["fiction", "religion", "tech_docs"]], "eval_sets": ["legal"]});
+    let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(tiny.try_run_one().await.unwrap());
+    let (status, sweep) = app
+        .get(&format!("/v1/sweeps/{}", created["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (status, sweep["state"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{sweep}"
+    );
+    let error: String =
+        sqlx::query_scalar("select error from jobs where kind = 'sweep' and state = 'failed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        error.contains("3 unit models") && error.contains("resident_mb"),
+        "{error}"
+    );
+}
