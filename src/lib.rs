@@ -12,5 +12,7 @@ pub mod mixture;
 pub mod registry;
 pub mod scoring;
 pub mod serve;
+pub mod stats;
 pub mod store;
+pub mod validation;
 pub mod worker;

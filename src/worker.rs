@@ -106,6 +106,7 @@ impl Worker {
             Ok(Payload::Train(job)) => jobs::train::run(self, &lease, job, cancel).await,
             Ok(Payload::Score(job)) => jobs::score::run(self, &lease, job).await,
             Ok(Payload::Sweep(job)) => jobs::sweep::run(self, &lease, job, cancel).await,
+            Ok(Payload::Validate(job)) => jobs::validate::run(self, &lease, job, cancel).await,
         };
         heartbeat.abort();
         if let Some(task) = on_stop {
@@ -145,6 +146,7 @@ impl Worker {
         match payload {
             Some(Payload::Train(job)) => jobs::train::failed(self, &job).await,
             Some(Payload::Pretrain(job)) => jobs::pretrain::failed(self, &job).await,
+            Some(Payload::Validate(job)) => jobs::validate::failed(self, &job).await,
             Some(Payload::Score(_) | Payload::Sweep(_)) | None => Ok(()),
         }
     }

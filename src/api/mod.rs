@@ -11,6 +11,7 @@ mod metrics;
 mod models;
 pub mod score;
 mod sweeps;
+mod validations;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,12 @@ pub fn router(state: AppState) -> Router {
             post(sweeps::create_sweep).get(sweeps::list_sweeps),
         )
         .route("/v1/sweeps/{id}", get(sweeps::get_sweep))
+        .route(
+            "/v1/validations",
+            post(validations::create_validations).get(validations::list_validations),
+        )
+        .route("/v1/validations/report", get(validations::report))
+        .route("/v1/validations/{id}", get(validations::get_validation))
         .route("/metrics", get(metrics::metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -26,14 +26,18 @@ pub enum JobKind {
     Score,
     /// One shard of a sweep: many mixtures on many eval sets, unit models kept resident.
     Sweep,
+    /// Trains a model on the union of a mixture's partitions and evaluates it beside the
+    /// mixture's proxies.
+    Validate,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Pretrain,
         JobKind::Train,
         JobKind::Score,
         JobKind::Sweep,
+        JobKind::Validate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::Score => "score",
             JobKind::Sweep => "sweep",
+            JobKind::Validate => "validate",
         }
     }
 }
@@ -101,6 +106,13 @@ pub struct SweepJob {
     pub items: Vec<i32>,
 }
 
+/// `validate`: the validation to train (once) and evaluate on `eval_sets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidateJob {
+    pub validation: Uuid,
+    pub eval_sets: Vec<Uuid>,
+}
+
 /// A job's payload, typed by its kind.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -108,6 +120,7 @@ pub enum Payload {
     Train(TrainJob),
     Score(ScoreJob),
     Sweep(SweepJob),
+    Validate(ValidateJob),
 }
 
 impl Payload {
@@ -117,6 +130,7 @@ impl Payload {
             Payload::Train(_) => JobKind::Train,
             Payload::Score(_) => JobKind::Score,
             Payload::Sweep(_) => JobKind::Sweep,
+            Payload::Validate(_) => JobKind::Validate,
         }
     }
 
@@ -138,6 +152,15 @@ impl Payload {
                     p.items.first().copied().unwrap_or(-1)
                 ),
             ),
+            Payload::Validate(p) => {
+                let mut sets = p.eval_sets.clone();
+                sets.sort();
+                let sets = Sha256::digest(serde_json::to_vec(&sets).expect("ids serialise"));
+                (
+                    json(p),
+                    format!("validate:{}:{}", p.validation, hex::encode(sets)),
+                )
+            }
         };
         NewJob {
             dedup_key: Some(dedup),
@@ -155,6 +178,7 @@ impl Payload {
             JobKind::Train => Payload::Train(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Score => Payload::Score(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Sweep => Payload::Sweep(serde_json::from_value(payload).map_err(bad)?),
+            JobKind::Validate => Payload::Validate(serde_json::from_value(payload).map_err(bad)?),
         })
     }
 }

@@ -117,20 +117,27 @@ impl Merger {
             .weights_sha256
             .as_deref()
             .ok_or_else(|| JobError::Fatal(format!("unit model {} has no weights yet", unit.id)))?;
+        self.load_model(worker, unit.id, sha).await
+    }
+
+    /// Fetches the weights stored under `models/<id>/` (a unit or a validation model),
+    /// verified against `sha256`, onto the device.
+    pub async fn load_model(
+        &mut self,
+        worker: &Worker,
+        id: Uuid,
+        sha256: &str,
+    ) -> Result<(), JobError> {
         let bytes = worker
             .store
-            .get_verified(&keys::model(&unit.id, WEIGHTS_FILE), sha)
+            .get_verified(&keys::model(&id, WEIGHTS_FILE), sha256)
             .await?;
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Load {
-                id: unit.id,
-                bytes,
-                reply,
-            })
+            .send(Command::Load { id, bytes, reply })
             .map_err(|_| stopped())?;
         let size = answer.await.map_err(|_| stopped())??;
-        self.resident.insert(unit.id, size);
+        self.resident.insert(id, size);
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod score;
 pub(crate) mod sweep;
 pub(crate) mod train;
 mod training;
+pub(crate) mod validate;
 
 /// Whether trying the job again can help.
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,7 @@ pub(crate) async fn run(
         start: Start::Init {
             seed: job.config.seed,
         },
-        partition,
+        partitions: vec![partition],
         config: job.config,
         output: keys::base(&base.id, WEIGHTS_FILE),
         mirror: keys::base(&base.id, "train_state"),

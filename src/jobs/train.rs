@@ -44,7 +44,7 @@ pub(crate) async fn run(
             base: Box::new(base.clone()),
             sha256: weights_sha,
         },
-        partition,
+        partitions: vec![partition],
         config: recipe.config.0.clone(),
         output: keys::model(&id, WEIGHTS_FILE),
         mirror: keys::model(&id, "train_state"),

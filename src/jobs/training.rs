@@ -15,7 +15,7 @@ use crate::worker::{StateMirror, Worker, remove_dir};
 
 use super::{Done, JobError};
 
-/// Trains: the starting weights and the partition from the store (verified), the engine
+/// Trains: the starting weights and the partitions from the store (verified), the engine
 /// on a blocking thread with its train state mirrored into the store, the weights back to
 /// the store. `None` when the job was cancelled (or its lease lost) on the way.
 pub(super) async fn run(
@@ -41,13 +41,17 @@ pub(super) async fn run(
             .await?;
         worker.fetch_base_files(base, &start_dir).await?;
     }
-    let compressed = worker
-        .store
-        .get_verified(
-            &keys::partition(&run.partition.sha256),
-            &run.partition.object_sha256,
-        )
-        .await?;
+    let mut compressed = Vec::with_capacity(run.partitions.len());
+    for partition in &run.partitions {
+        let data = worker
+            .store
+            .get_verified(
+                &keys::partition(&partition.sha256),
+                &partition.object_sha256,
+            )
+            .await?;
+        compressed.push(data);
+    }
 
     let mut mirror = StateMirror {
         store: worker.store.clone(),
@@ -66,8 +70,15 @@ pub(super) async fn run(
     let summary =
         tokio::task::spawn_blocking(move || -> Result<Option<train::Summary>, JobError> {
             let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
-            let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
-            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+            // The union of the partitions: their documents one after another, in the order
+            // given; training packs and shuffles them with the recipe's seed.
+            let mut docs = Vec::new();
+            for object in compressed {
+                let text = data::decompress(object.to_vec()).map_err(|e| fatal(&e))?;
+                docs.extend(
+                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?,
+                );
+            }
             let model = match init_seed {
                 Some(seed) => LoadedModel::init(model_config, seed, device),
                 None => LoadedModel::load(&start_dir, device),
@@ -149,7 +160,8 @@ pub(super) async fn finish(
 pub(super) struct TrainingRun {
     pub model: crate::engine::model::ModelConfig,
     pub start: Start,
-    pub partition: datasets::Dataset,
+    /// The training data: one partition, or the union of a mixture's.
+    pub partitions: Vec<datasets::Dataset>,
     pub config: train::TrainConfig,
     /// Where the trained weights go.
     pub output: String,

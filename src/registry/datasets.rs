@@ -143,6 +143,19 @@ pub async fn names(
     Ok(rows.into_iter().collect())
 }
 
+/// Partition sizes in UTF-8 bytes by id (ids without a row are absent).
+pub async fn partition_bytes(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, i64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("select id, bytes from partitions where id = any($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Newest first; pass the last row of a page as `before` for the next.
 pub async fn list(
     pool: &PgPool,
@@ -186,7 +199,7 @@ pub async fn set_object_sha256(
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
     #[error(
-        "partition {name:?} is needed by {scores} score(s), {sweeps} sweep(s) and {jobs} active job(s)"
+        "partition {name:?} is needed by {scores} score(s), {sweeps} sweep(s) or validation(s) and {jobs} active job(s)"
     )]
     InUse {
         name: String,
@@ -224,7 +237,8 @@ pub async fn delete_partition(
     .bind(&member)
     .fetch_one(&mut *db)
     .await?;
-    let sweeps = super::sweeps::count_with_partition(&mut *db, partition.id).await?;
+    let sweeps = super::sweeps::count_with_partition(&mut *db, partition.id).await?
+        + super::validations::count_with_partition(&mut *db, partition.id).await?;
     if scores > 0 || jobs > 0 || sweeps > 0 {
         return Err(DeleteError::InUse {
             name: partition.name.clone(),

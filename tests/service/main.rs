@@ -12,4 +12,5 @@ mod registry;
 mod resume;
 mod store;
 mod sweep;
+mod validation;
 mod worker;

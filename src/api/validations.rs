@@ -1,0 +1,280 @@
+//! Validations: `POST /v1/validations` trains a model on the union of each mixture's
+//! partitions and evaluates it beside the mixture's proxies; `GET /v1/validations/report`
+//! says, per eval set and proxy, how well the proxy ranks mixtures as training would.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_recipe};
+use crate::engine::eval::EvalConfig;
+use crate::mixture::{Mixture, Weighting};
+use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::models;
+use crate::registry::validations::{self, NewValidation, Validation};
+use crate::scoring::eval_config_sha256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewValidations {
+    /// One mixture (a list of partitions) ...
+    mixture: Option<Vec<String>>,
+    /// ... or several.
+    mixtures: Option<Vec<Vec<String>>>,
+    eval_sets: Vec<String>,
+    base: Option<String>,
+    recipe: Option<String>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(code, message)
+}
+
+/// `POST /v1/validations {"mixture" | "mixtures", "eval_sets", "base"?, "recipe"?}`: all
+/// checked first (names, repeated partitions, ready unit models), then each validation
+/// created or found, with the job that trains and evaluates what it lacks. 202 when a job
+/// was queued, 200 when everything asked for is already there.
+pub async fn create_validations(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new: NewValidations =
+        serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
+    let mixtures = match (new.mixture, new.mixtures) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many,
+        _ => {
+            return Err(bad(
+                "invalid_body",
+                "give one mixture (\"mixture\") or a non-empty list (\"mixtures\")",
+            ));
+        }
+    };
+    if new.eval_sets.is_empty() {
+        return Err(bad(
+            "invalid_eval_sets",
+            "eval_sets names at least one eval set",
+        ));
+    }
+    let mut eval_sets: Vec<Dataset> = Vec::new();
+    for key in &new.eval_sets {
+        let set = datasets::find(&state.pool, Kind::EvalSet, key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?;
+        if !eval_sets.iter().any(|s| s.id == set.id) {
+            eval_sets.push(set);
+        }
+    }
+    let (base_key, recipe_key) = state
+        .scores
+        .names(&state.pool, new.base.as_deref(), new.recipe.as_deref())
+        .await?;
+    let base = resolve_base(&state.pool, Some(&base_key)).await?;
+    let recipe = resolve_recipe(&state.pool, Some(&recipe_key)).await?;
+
+    let mut resolved: Vec<(Mixture, Vec<Dataset>)> = Vec::new();
+    for (i, names) in mixtures.iter().enumerate() {
+        let mut rows = Vec::with_capacity(names.len());
+        for key in names {
+            let row = datasets::find(&state.pool, Kind::Partition, key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
+            rows.push(row);
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mixture = Mixture::new(&ids, None, Weighting::Uniform).map_err(|e| {
+            ApiError::status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_mixture",
+                format!("mixtures[{i}]: {e}"),
+            )
+        })?;
+        resolved.push((mixture, rows));
+    }
+    let used: Vec<Uuid> = resolved
+        .iter()
+        .flat_map(|(m, _)| m.members.iter().map(|m| m.partition))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let units = models::for_partitions(&state.pool, base.id, recipe.id, &used).await?;
+    let not_ready: Vec<&Dataset> = resolved
+        .iter()
+        .flat_map(|(_, rows)| rows)
+        .filter(|p| {
+            !units
+                .iter()
+                .any(|u| u.partition_id == p.id && u.state == "ready")
+        })
+        .collect();
+    if let Some(first) = not_ready.first() {
+        let names: Vec<&str> = not_ready.iter().map(|p| p.name.as_str()).collect();
+        return Err(ApiError::Client {
+            status: StatusCode::CONFLICT,
+            code: "models_not_ready",
+            message: format!(
+                "no ready unit model for: {} (the proxies need them)",
+                names.join(", ")
+            ),
+            details: Some(json!({ "partition": first.name })),
+        });
+    }
+
+    let sha = eval_config_sha256(&EvalConfig::default());
+    let set_ids: Vec<Uuid> = eval_sets.iter().map(|s| s.id).collect();
+    let mut tx = state.pool.begin().await?;
+    let mut out = Vec::with_capacity(resolved.len());
+    let mut queued = false;
+    for (mixture, _) in &resolved {
+        let partitions: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
+        let new = NewValidation {
+            base: base.id,
+            recipe: recipe.id,
+            mixture_key: &mixture.key(),
+            partitions: &partitions,
+            tokens: recipe.config.0.tokens as i64 * partitions.len() as i64,
+        };
+        let (validation, job) = validations::ensure(&mut tx, &new, &set_ids, &sha).await?;
+        queued |= job.is_some();
+        out.push((validation, job));
+    }
+    tx.commit().await?;
+    let mut items = Vec::with_capacity(out.len());
+    for (validation, job) in &out {
+        let mut item = view(&state, validation).await?;
+        item["job"] = json!(job);
+        items.push(item);
+    }
+    let status = if queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "items": items }))))
+}
+
+/// A validation as the API shows it: its mixture by name, state, budget, training summary
+/// and its perplexity on each eval set evaluated so far.
+async fn view(state: &AppState, v: &Validation) -> Result<Value, ApiError> {
+    let names = datasets::names(&state.pool, Kind::Partition, &v.partition_ids).await?;
+    let sha = eval_config_sha256(&EvalConfig::default());
+    let scores = validations::scores(&state.pool, &sha, Some(&[v.id])).await?;
+    let set_ids: Vec<Uuid> = scores.iter().map(|s| s.eval_set_id).collect();
+    let set_names = datasets::names(&state.pool, Kind::EvalSet, &set_ids).await?;
+    let results: Vec<Value> = scores
+        .iter()
+        .map(|s| {
+            json!({
+                "eval_set": set_names.get(&s.eval_set_id),
+                "perplexity": s.result["perplexity"],
+                "bits_per_byte": s.result["bits_per_byte"],
+                "per_domain": s.result["per_domain"],
+            })
+        })
+        .collect();
+    Ok(json!({
+        "id": v.id,
+        "mixture": v.partition_ids.iter().map(|p| names.get(p)).collect::<Vec<_>>(),
+        "state": v.state,
+        "tokens": v.tokens,
+        "job_id": v.job_id,
+        "train": v.train,
+        "results": results,
+        "created_at": v.created_at,
+    }))
+}
+
+pub async fn get_validation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let found = match parse_uuid(&id) {
+        Some(uuid) => validations::get(&state.pool, uuid).await?,
+        None => None,
+    };
+    let v = found.ok_or_else(|| ApiError::not_found(format!("validation {id:?}")))?;
+    Ok(Json(view(&state, &v).await?))
+}
+
+pub async fn list_validations(
+    State(state): State<AppState>,
+    Q(params): Q<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let rows = validations::list(&state.pool, page.before, page.limit).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for v in &rows {
+        items.push(view(&state, v).await?);
+    }
+    let keys: Vec<_> = rows.iter().map(|v| (v.created_at, v.id)).collect();
+    let Json(mut answer) = page.answer(&keys, |k| *k);
+    answer["items"] = json!(items);
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    /// One eval set (name or id); all by default.
+    eval: Option<String>,
+}
+
+/// `GET /v1/validations/report[?eval=]`: per eval set, n and each proxy's Pearson r (of log
+/// perplexity) and Spearman ρ against the union models, with the points behind them.
+pub async fn report(
+    State(state): State<AppState>,
+    Q(params): Q<ReportParams>,
+) -> Result<Json<Value>, ApiError> {
+    let only = match &params.eval {
+        Some(key) => Some(
+            datasets::find(&state.pool, Kind::EvalSet, key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?
+                .id,
+        ),
+        None => None,
+    };
+    let sets = crate::validation::report(&state.pool, only).await?;
+    let set_ids: Vec<Uuid> = sets.iter().map(|s| s.eval_set).collect();
+    let set_names = datasets::names(&state.pool, Kind::EvalSet, &set_ids).await?;
+    let partition_ids: Vec<Uuid> = sets
+        .iter()
+        .flat_map(|s| s.points.iter().flat_map(|p| p.partitions.clone()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let names = datasets::names(&state.pool, Kind::Partition, &partition_ids).await?;
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|s| {
+            let points: Vec<Value> = s
+                .points
+                .iter()
+                .map(|p| {
+                    json!({
+                        "validation": p.validation,
+                        "mixture": p.partitions.iter().map(|id| names.get(id)).collect::<Vec<_>>(),
+                        "true": p.truth,
+                        "merged_uniform": p.merged_uniform,
+                        "merged_tokens": p.merged_tokens,
+                        "mean_of_units": p.mean_of_units,
+                    })
+                })
+                .collect();
+            json!({
+                "eval_set": set_names.get(&s.eval_set),
+                "n": s.n,
+                "proxies": s.proxies,
+                "note": s.note,
+                "points": points,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sets": sets })))
+}

@@ -1,0 +1,211 @@
+//! `validate` jobs: the ground truth for one mixture. A model is trained on the union of the
+//! mixture's partitions, from the same base with the same recipe, for the partitions' summed
+//! budget (the paper's k-partition mixture trains k× the unit steps), with its train state
+//! mirrored like a unit model's. It is then evaluated on the requested eval sets, beside the
+//! mixture's proxies (merged uniform, merged token-weighted, each unit alone), which are
+//! stored as ordinary scores where they are missing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::kind::{MemberJson, ValidateJob};
+use super::merger::Merger;
+use super::training::{self, Start, TrainingRun};
+use super::{Done, JobError};
+use crate::engine::checkpoint::WEIGHTS_FILE;
+use crate::engine::eval::EvalConfig;
+use crate::registry::datasets::{self, Kind};
+use crate::registry::jobs::Lease;
+use crate::registry::scores::{self, ScoreKey};
+use crate::registry::{bases, models, recipes, validations};
+use crate::scoring::{MERGE_METHOD, eval_config_sha256};
+use crate::store::keys;
+use crate::validation::{Proxies, weighting_name};
+use crate::worker::{StateMirror, Worker};
+
+pub(crate) async fn run(
+    worker: &Worker,
+    lease: &Lease,
+    job: ValidateJob,
+    cancel: Arc<AtomicBool>,
+) -> Result<Done, JobError> {
+    let pool = &worker.pool;
+    let fatal = |what: String| JobError::Fatal(format!("validation {}: {what}", job.validation));
+    let validation = validations::get(pool, job.validation)
+        .await?
+        .ok_or_else(|| fatal("not found".into()))?;
+    let base = bases::find(pool, &validation.base_id.to_string())
+        .await?
+        .ok_or_else(|| fatal("base not found".into()))?;
+    let recipe = recipes::find(pool, &validation.recipe_id.to_string())
+        .await?
+        .ok_or_else(|| fatal("recipe not found".into()))?;
+    let mut partitions = Vec::new();
+    for id in &validation.partition_ids {
+        let p = datasets::find(pool, Kind::Partition, &id.to_string())
+            .await?
+            .ok_or_else(|| fatal(format!("partition {id} not found")))?;
+        partitions.push(p);
+    }
+    let mut eval_sets = Vec::new();
+    for id in &job.eval_sets {
+        let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
+            .await?
+            .ok_or_else(|| fatal(format!("eval set {id} not found")))?;
+        eval_sets.push(set);
+    }
+
+    // The union model, once.
+    let (weights_sha, trained) = match validation.weights_sha256.clone() {
+        Some(sha) if validation.state == "ready" => (sha, None),
+        _ => {
+            let weights = base
+                .weights_sha256
+                .clone()
+                .ok_or_else(|| fatal(format!("base {} has no weights yet", base.name)))?;
+            let mut config = recipe.config.0.clone();
+            config.tokens = validation.tokens as u64;
+            let run = TrainingRun {
+                model: base.config.0.clone(),
+                start: Start::Stored {
+                    base: Box::new(base.clone()),
+                    sha256: weights,
+                },
+                partitions: partitions.clone(),
+                config,
+                output: keys::model(&validation.id, WEIGHTS_FILE),
+                mirror: keys::model(&validation.id, "train_state"),
+            };
+            let Some((stored, summary)) = training::run(worker, lease, cancel, &run).await? else {
+                return Ok(Done::Cancelled);
+            };
+            let summary = serde_json::to_value(&summary).expect("summaries serialise");
+            let mut db = pool.acquire().await?;
+            validations::mark_ready(&mut db, validation.id, &stored.sha256, &summary).await?;
+            StateMirror::forget(&worker.store, &run.mirror).await;
+            (stored.sha256, Some(summary))
+        }
+    };
+
+    // The union model and the proxies on every requested eval set.
+    let units = models::for_partitions(
+        pool,
+        validation.base_id,
+        validation.recipe_id,
+        &validation.partition_ids,
+    )
+    .await?;
+    let eval = EvalConfig::default();
+    let eval_json = serde_json::to_value(&eval).expect("settings serialise");
+    let sha = eval_config_sha256(&eval);
+    let sizes: Vec<(Uuid, i64)> = partitions.iter().map(|p| (p.id, p.bytes)).collect();
+    let proxies = Proxies::of(&sizes).map_err(|e| fatal(e.to_string()))?;
+    let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
+    let outcome = async {
+        worker.check_fits(units.len() + 1, merger.unit_bytes)?;
+        merger
+            .load_model(worker, validation.id, &weights_sha)
+            .await?;
+        let union = merger
+            .score(&[validation.id], &[1.0], &job.eval_sets)
+            .await?;
+        let mut unit_of = std::collections::HashMap::new();
+        for p in &validation.partition_ids {
+            let unit = units
+                .iter()
+                .find(|u| u.partition_id == *p && u.state == "ready")
+                .ok_or_else(|| fatal(format!("partition {p} has no ready unit model")))?;
+            merger.load(worker, unit).await?;
+            unit_of.insert(*p, unit.id);
+        }
+        let mut proxy_scores = Vec::new();
+        for mixture in proxies.mixtures() {
+            let scope = ScoreKey {
+                base_id: validation.base_id,
+                recipe_id: validation.recipe_id,
+                mixture_key: mixture.key(),
+                weighting: weighting_name(mixture),
+                merge_method: MERGE_METHOD.into(),
+                eval_set_id: Uuid::nil(),
+                eval_config_sha256: sha.clone(),
+            };
+            let stored: HashSet<Uuid> = scores::stored_pairs(
+                pool,
+                &scope,
+                std::slice::from_ref(&scope.mixture_key),
+                &job.eval_sets,
+            )
+            .await?
+            .into_iter()
+            .map(|(_, set)| set)
+            .collect();
+            let missing: Vec<Uuid> = job
+                .eval_sets
+                .iter()
+                .filter(|e| !stored.contains(e))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let ids: Vec<Uuid> = mixture
+                .members
+                .iter()
+                .map(|m| unit_of[&m.partition])
+                .collect();
+            let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
+            let scored = merger.score(&ids, &weights, &missing).await?;
+            let members: Vec<MemberJson> = mixture
+                .members
+                .iter()
+                .map(|m| MemberJson {
+                    partition: m.partition,
+                    weight: m.weight,
+                })
+                .collect();
+            for (set, result) in missing.into_iter().zip(scored.results) {
+                proxy_scores.push((
+                    ScoreKey {
+                        eval_set_id: set,
+                        ..scope.clone()
+                    },
+                    serde_json::to_value(&members).expect("mixtures serialise"),
+                    result,
+                ));
+            }
+        }
+        Ok::<_, JobError>((union, proxy_scores))
+    }
+    .await;
+    merger.close().await;
+    let (union, proxy_scores) = outcome?;
+
+    let mut tx = pool.begin().await?;
+    for (set, result) in job.eval_sets.iter().zip(&union.results) {
+        let result = serde_json::to_value(result).expect("results serialise");
+        validations::insert_score(&mut tx, validation.id, *set, &eval_json, &sha, &result).await?;
+    }
+    for (key, members, result) in &proxy_scores {
+        let result = serde_json::to_value(result).expect("results serialise");
+        scores::insert(&mut tx, key, members, &eval_json, &result).await?;
+    }
+    let result = json!({
+        "validation": validation.id,
+        "weights_sha256": weights_sha,
+        "train": trained,
+        "evaluated": job.eval_sets.len(),
+        "proxy_scores": proxy_scores.len(),
+    });
+    let done = super::succeed(tx, lease, &result).await?;
+    crate::worker::remove_dir(&worker.job_dir(lease)).await;
+    Ok(done)
+}
+
+/// A validation whose job ended without weights is `failed`, so asking again queues it.
+pub(crate) async fn failed(worker: &Worker, job: &ValidateJob) -> Result<(), sqlx::Error> {
+    validations::mark_failed(&mut *worker.pool.acquire().await?, job.validation).await
+}

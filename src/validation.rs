@@ -1,0 +1,202 @@
+//! Validations seen from the scores: a mixture's proxies (its merged-uniform and
+//! merged-token-weighted scores, and the mean of its unit models' own perplexities) and the
+//! report that correlates each proxy with the union model's perplexity, per eval set.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::engine::eval::EvalConfig;
+use crate::mixture::{Mixture, MixtureError, Weighting};
+use crate::registry::datasets;
+use crate::registry::{scores, validations};
+use crate::scoring::{MERGE_METHOD, eval_config_sha256};
+use crate::stats;
+
+/// The proxies, in report order.
+pub const PROXIES: [&str; 3] = ["merged_uniform", "merged_tokens", "mean_of_units"];
+
+/// The scores a validation is compared with: the mixture merged with uniform and with
+/// token-proportional weights, and each partition's unit model alone.
+pub struct Proxies {
+    pub uniform: Mixture,
+    pub tokens: Mixture,
+    pub singles: Vec<Mixture>,
+}
+
+impl Proxies {
+    /// From the mixture's partitions and their sizes in bytes (the token counts of
+    /// byte-level models, as `weighting=tokens` takes them).
+    pub fn of(partitions: &[(Uuid, i64)]) -> Result<Proxies, MixtureError> {
+        let ids: Vec<Uuid> = partitions.iter().map(|(p, _)| *p).collect();
+        let sizes: Vec<f64> = partitions.iter().map(|(_, b)| *b as f64).collect();
+        Ok(Proxies {
+            uniform: Mixture::new(&ids, None, Weighting::Uniform)?,
+            tokens: Mixture::new(&ids, Some(&sizes), Weighting::Tokens)?,
+            singles: ids
+                .iter()
+                .map(|p| Mixture::new(&[*p], None, Weighting::Uniform))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Every mixture whose score the proxies need.
+    pub fn mixtures(&self) -> impl Iterator<Item = &Mixture> {
+        [&self.uniform, &self.tokens]
+            .into_iter()
+            .chain(self.singles.iter())
+    }
+}
+
+/// The `weighting` column of a mixture's score.
+pub fn weighting_name(mixture: &Mixture) -> String {
+    serde_json::to_value(mixture.weighting)
+        .expect("weightings serialise")
+        .as_str()
+        .expect("a string")
+        .to_string()
+}
+
+/// One validated mixture on one eval set: the union model's perplexity and each proxy's
+/// (`None` where its scores are not all stored yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub validation: Uuid,
+    pub partitions: Vec<Uuid>,
+    pub truth: f64,
+    pub merged_uniform: Option<f64>,
+    pub merged_tokens: Option<f64>,
+    pub mean_of_units: Option<f64>,
+}
+
+impl Point {
+    fn proxy(&self, name: &str) -> Option<f64> {
+        match name {
+            "merged_uniform" => self.merged_uniform,
+            "merged_tokens" => self.merged_tokens,
+            _ => self.mean_of_units,
+        }
+    }
+}
+
+/// A proxy's agreement with the truth on one eval set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    pub n: usize,
+    /// Pearson's r between the logs of proxy and true perplexity.
+    pub pearson_log_ppl: Option<f64>,
+    pub spearman: Option<f64>,
+}
+
+/// The report for one eval set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetReport {
+    pub eval_set: Uuid,
+    pub n: usize,
+    pub proxies: BTreeMap<&'static str, Agreement>,
+    /// Why a correlation is missing, when one is.
+    pub note: Option<String>,
+    pub points: Vec<Point>,
+}
+
+/// Perplexities by (mixture key, weighting, eval set).
+type PerplexityTable = HashMap<(String, String, Uuid), f64>;
+
+/// Per eval set (all, or `only`), every ready validation's point and each proxy's
+/// correlation with the truth. Correlations need at least 3 points.
+pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>, sqlx::Error> {
+    let eval = EvalConfig::default();
+    let sha = eval_config_sha256(&eval);
+    let ready = validations::ready(pool).await?;
+    let truths = validations::scores(pool, &sha, None).await?;
+    let all_partitions: Vec<Uuid> = ready.iter().flat_map(|v| v.partition_ids.clone()).collect();
+    let sizes = datasets::partition_bytes(pool, &all_partitions).await?;
+    // Stored scores by (base, recipe): (mixture key, weighting, eval set) → perplexity.
+    let mut stored: HashMap<(Uuid, Uuid), PerplexityTable> = HashMap::new();
+    for v in &ready {
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            stored.entry((v.base_id, v.recipe_id))
+        {
+            let rows = scores::all_for(pool, v.base_id, v.recipe_id, MERGE_METHOD, &sha).await?;
+            entry.insert(
+                rows.into_iter()
+                    .filter_map(|(key, weighting, set, result)| {
+                        Some(((key, weighting, set), result["perplexity"].as_f64()?))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    let mut sets: BTreeMap<Uuid, Vec<Point>> = BTreeMap::new();
+    for truth in &truths {
+        if only.is_some_and(|e| e != truth.eval_set_id) {
+            continue;
+        }
+        let Some(v) = ready.iter().find(|v| v.id == truth.validation_id) else {
+            continue;
+        };
+        let Some(ppl) = truth.result["perplexity"].as_f64() else {
+            continue;
+        };
+        let parts: Vec<(Uuid, i64)> = v
+            .partition_ids
+            .iter()
+            .map(|p| (*p, sizes.get(p).copied().unwrap_or(0)))
+            .collect();
+        let Ok(proxies) = Proxies::of(&parts) else {
+            continue;
+        };
+        let table = &stored[&(v.base_id, v.recipe_id)];
+        let score = |m: &Mixture| {
+            table
+                .get(&(m.key(), weighting_name(m), truth.eval_set_id))
+                .copied()
+        };
+        let singles: Option<Vec<f64>> = proxies.singles.iter().map(score).collect();
+        sets.entry(truth.eval_set_id).or_default().push(Point {
+            validation: v.id,
+            partitions: v.partition_ids.clone(),
+            truth: ppl,
+            merged_uniform: score(&proxies.uniform),
+            merged_tokens: score(&proxies.tokens),
+            mean_of_units: singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
+        });
+    }
+    Ok(sets
+        .into_iter()
+        .map(|(eval_set, points)| {
+            let proxies = PROXIES
+                .into_iter()
+                .map(|name| {
+                    let pairs: Vec<(f64, f64)> = points
+                        .iter()
+                        .filter_map(|p| Some((p.proxy(name)?, p.truth)))
+                        .collect();
+                    let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+                    let log = |v: &[f64]| v.iter().map(|p| p.ln()).collect::<Vec<_>>();
+                    let agreement = Agreement {
+                        n: pairs.len(),
+                        pearson_log_ppl: stats::pearson(&log(&x), &log(&y)),
+                        spearman: stats::spearman(&x, &y),
+                    };
+                    (name, agreement)
+                })
+                .collect();
+            let note = (points.len() < 3).then(|| {
+                format!(
+                    "{} validated mixture(s): correlations need at least 3",
+                    points.len()
+                )
+            });
+            SetReport {
+                eval_set,
+                n: points.len(),
+                proxies,
+                note,
+                points,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,312 @@
+//! Validations over HTTP: union models trained for the summed budget, evaluated beside the
+//! mixture's proxies, and the proxy-vs-truth report.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use mixpool::api::SweepLimits;
+
+use crate::app::{App, corpus, spawn_app, spawn_app_with};
+
+async fn setup() -> App {
+    let app = spawn_app().await;
+    for domain in ["code_python", "fiction", "religion"] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/partitions?name={domain}"),
+                corpus(domain, 0, 8),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mixed: String = ["code_python", "fiction", "religion"]
+        .iter()
+        .map(|d| corpus(d, 100, 2))
+        .collect();
+    for (name, text) in [
+        ("mixed", mixed),
+        ("legal", corpus("legal_licenses", 0, 2)),
+        ("extra", corpus("tech_docs", 0, 2)),
+    ] {
+        let (status, body) = app.post(&format!("/v1/eval-sets?name={name}"), text).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for domain in ["code_python", "fiction", "religion"] {
+        app.trained(domain).await;
+    }
+    app
+}
+
+/// Polls until every listed validation is evaluated on `sets` eval sets.
+async fn evaluated(app: &App, count: usize, sets: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let (status, list) = app.get("/v1/validations").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let items = list["items"].as_array().unwrap().clone();
+        if let Some(bad) = items.iter().find(|v| v["state"] == "failed") {
+            panic!("a validation failed: {bad}");
+        }
+        let done = items
+            .iter()
+            .filter(|v| v["results"].as_array().unwrap().len() >= sets)
+            .count();
+        let jobs_active: i64 = sqlx::query_scalar(
+            "select count(*) from jobs where kind = 'validate' and state in ('queued', 'running')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if items.len() == count && done == count && jobs_active == 0 {
+            return items;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn result_on(validation: &Value, eval: &str) -> f64 {
+    validation["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["eval_set"] == eval)
+        .and_then(|r| r["perplexity"].as_f64())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn validations_train_the_union_for_the_summed_budget_and_report_against_the_proxies() {
+    let app = setup().await;
+    let mixtures = json!([
+        ["code_python"],
+        ["code_python", "fiction"],
+        ["fiction", "religion"],
+        ["religion", "code_python", "fiction"]
+    ]);
+    let request = json!({"mixtures": mixtures, "eval_sets": ["mixed", "legal"]});
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    assert_eq!(created["items"].as_array().unwrap().len(), 4);
+    assert!(created["items"][3]["job"]["id"].is_string());
+    let items = evaluated(&app, 4, 2).await;
+    let by_size = |k: usize| {
+        items
+            .iter()
+            .find(|v| v["mixture"].as_array().unwrap().len() == k)
+            .unwrap()
+    };
+
+    // The union budget is the recipe's (8 × 64 tokens) per partition.
+    for k in 1..=3 {
+        let v = by_size(k);
+        assert_eq!(v["tokens"], 512 * k as u64, "{v}");
+        assert_eq!(v["train"]["tokens"], 512 * k as u64, "{v}");
+        assert_eq!(v["state"], "ready");
+    }
+    // One partition's "union" is its unit model's training again: the same perplexity.
+    for eval in ["mixed", "legal"] {
+        let (status, unit) = app
+            .get(&format!(
+                "/v1/score?partitions=code_python&eval={eval}&wait=0"
+            ))
+            .await;
+        assert_eq!(
+            (status, &unit["cached"]),
+            (StatusCode::OK, &json!(true)),
+            "{unit}"
+        );
+        assert_eq!(
+            unit["perplexity"].as_f64().unwrap(),
+            result_on(by_size(1), eval)
+        );
+    }
+
+    let (status, report) = app.get("/v1/validations/report").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let sets = report["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 2, "{report}");
+    for set in sets {
+        let eval = set["eval_set"].as_str().unwrap();
+        assert_eq!(set["n"], 4);
+        assert!(set["note"].is_null());
+        let points = set["points"].as_array().unwrap();
+        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+            let agreement = &set["proxies"][proxy];
+            assert_eq!(agreement["n"], 4, "{proxy}: {agreement}");
+            let (x, y): (Vec<f64>, Vec<f64>) = points
+                .iter()
+                .map(|p| {
+                    (
+                        p[proxy].as_f64().unwrap().ln(),
+                        p["true"].as_f64().unwrap().ln(),
+                    )
+                })
+                .unzip();
+            let r = mixpool::stats::pearson(&x, &y).unwrap();
+            assert!((agreement["pearson_log_ppl"].as_f64().unwrap() - r).abs() < 1e-12);
+            assert!(agreement["spearman"].as_f64().unwrap().abs() <= 1.0);
+        }
+        // The merged proxy is the ordinary score of the mixture, cached for GET /v1/score.
+        let pair = points
+            .iter()
+            .find(|p| {
+                p["mixture"] == json!(["code_python", "fiction"])
+                    || p["mixture"] == json!(["fiction", "code_python"])
+            })
+            .unwrap();
+        let (status, score) = app
+            .get(&format!(
+                "/v1/score?partitions=fiction,code_python&eval={eval}&wait=0"
+            ))
+            .await;
+        assert_eq!(
+            (status, &score["cached"]),
+            (StatusCode::OK, &json!(true)),
+            "{score}"
+        );
+        assert_eq!(score["perplexity"], pair["merged_uniform"]);
+        let (_, a) = app
+            .get(&format!(
+                "/v1/score?partitions=code_python&eval={eval}&wait=0"
+            ))
+            .await;
+        let (_, b) = app
+            .get(&format!("/v1/score?partitions=fiction&eval={eval}&wait=0"))
+            .await;
+        let mean = (a["perplexity"].as_f64().unwrap() + b["perplexity"].as_f64().unwrap()) / 2.0;
+        assert!((pair["mean_of_units"].as_f64().unwrap() - mean).abs() < 1e-12);
+        let single = points
+            .iter()
+            .find(|p| p["mixture"].as_array().unwrap().len() == 1)
+            .unwrap();
+        assert_eq!(
+            single["true"], single["merged_uniform"],
+            "one partition: truth = proxy"
+        );
+    }
+
+    // Asked again: nothing new to do.
+    let jobs = app.jobs().await;
+    let (status, again) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(app.jobs().await, jobs);
+
+    // Two validations on a third eval set: too few for correlations, and the report says so.
+    let request = json!({"mixtures": [["code_python", "fiction"], ["fiction", "religion"]], "eval_sets": ["extra"]});
+    let (status, _) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let started = Instant::now();
+    let extra = loop {
+        let (_, report) = app.get("/v1/validations/report?eval=extra").await;
+        if report["sets"][0]["n"] == 2 {
+            break report;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let set = &extra["sets"][0];
+    assert!(
+        set["note"].as_str().unwrap().contains("at least 3"),
+        "{set}"
+    );
+    assert!(set["proxies"]["merged_uniform"]["pearson_log_ppl"].is_null());
+    let (status, missing) = app.get("/v1/validations/report?eval=nope").await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn bad_validations_are_refused_by_name_and_queue_nothing() {
+    // No worker: the unit models stay queued.
+    let app = spawn_app_with(SweepLimits::default()).await;
+    for domain in ["fiction", "religion"] {
+        app.post(
+            &format!("/v1/partitions?name={domain}"),
+            corpus(domain, 0, 4),
+        )
+        .await;
+    }
+    app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 0, 1))
+        .await;
+    let cases = [
+        (
+            json!({"mixture": ["fiction"], "mixtures": [["religion"]], "eval_sets": ["e"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "one mixture",
+        ),
+        (
+            json!({"eval_sets": ["e"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "one mixture",
+        ),
+        (
+            json!({"mixture": ["fiction"], "eval_sets": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_eval_sets",
+            "at least one",
+        ),
+        (
+            json!({"mixture": ["nope"], "eval_sets": ["e"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "\"nope\"",
+        ),
+        (
+            json!({"mixture": ["fiction"], "eval_sets": ["nope"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "\"nope\"",
+        ),
+        (
+            json!({"mixture": ["fiction", "fiction"], "eval_sets": ["e"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+            "more than once",
+        ),
+        (
+            json!({"mixture": ["fiction"], "eval_sets": ["e"], "weights": [1]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "weights",
+        ),
+    ];
+    for (body, status, code, says) in cases {
+        let (got, answer) = app.post("/v1/validations", body.to_string()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let (status, answer) = app
+        .post(
+            "/v1/validations",
+            json!({"mixture": ["fiction", "religion"], "eval_sets": ["e"]}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("models_not_ready")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fiction, religion")
+    );
+    let validations: i64 = sqlx::query_scalar("select count(*) from validations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(validations, 0);
+}
