@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test bench bench-service bench-sweep build lint gpu-bundle
+.PHONY: demo test experiment bench bench-service bench-sweep build lint gpu-bundle
 
 build:
 	$(TORCH) && cargo build --release
@@ -23,6 +23,14 @@ demo: build
 	scripts/postgres.sh
 	$(CORPUS) && export DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/mixpool_demo} && \
 	$(BIN) demo --data $(CACHE)/demo-service $(ARGS)
+
+## The paper's protocol through the service on the eight-domain corpus; the report goes to
+## docs/results/ (database mixpool_paper unless DATABASE_URL is set). ARGS="--preset
+## base-130m --device cuda" is the GPU version.
+experiment: build
+	scripts/postgres.sh
+	$(CORPUS) && export DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/mixpool_paper} && \
+	$(BIN) experiment paper --listen 127.0.0.1:0 --data $(CACHE)/paper $(ARGS)
 
 ## Every test, on the CPU, against a real PostgreSQL (started here where none answers) and a
 ## real S3 server (SeaweedFS on loopback, started for the run).

@@ -67,7 +67,7 @@ async fn seed(
     let mut seed_docs = Vec::new();
     let mut partitions = Vec::new();
     for (name, docs) in domains {
-        let (held_out, train) = split(&name, docs);
+        let (held_out, train) = split(&name, docs, EVAL_BYTES, EVAL_DOC);
         eval_docs.extend(held_out);
         seed_docs.extend(take_bytes(&train, SEED_BYTES));
         partitions.push((name, train));
@@ -169,14 +169,15 @@ async fn seed(
     Ok(())
 }
 
-struct Client {
-    url: String,
-    http: reqwest::Client,
+/// A JSON client of the API, for the demo and the experiment.
+pub(crate) struct Client {
+    pub url: String,
+    pub http: reqwest::Client,
 }
 
 impl Client {
     /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error.
-    async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
+    pub async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let response = self
             .http
@@ -194,18 +195,18 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub async fn get(&self, path: &str) -> Result<Value> {
         self.send("GET", path, String::new()).await
     }
 }
 
-fn jsonl(docs: &[Document]) -> String {
+pub(crate) fn jsonl(docs: &[Document]) -> String {
     docs.iter()
         .map(|d| format!("{}\n", json!({"text": d.text, "domain": d.domain})))
         .collect()
 }
 
-fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {
+pub(crate) fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| {
             format!(
@@ -234,27 +235,32 @@ fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {
         .collect()
 }
 
-/// The first documents (cut to `EVAL_DOC` bytes) until `EVAL_BYTES` are held out for
-/// evaluation, labelled with the domain; the rest is training data.
-fn split(domain: &str, docs: Vec<Document>) -> (Vec<Document>, Vec<Document>) {
+/// The first documents (cut to `doc_bytes`) until `eval_bytes` are held out for evaluation,
+/// labelled with the domain; the rest is training data.
+pub(crate) fn split(
+    domain: &str,
+    docs: Vec<Document>,
+    eval_bytes: usize,
+    doc_bytes: usize,
+) -> (Vec<Document>, Vec<Document>) {
     let mut held_out = Vec::new();
     let mut bytes = 0;
     let mut rest = docs.into_iter();
     for doc in rest.by_ref() {
-        let text = truncate(&doc.text, EVAL_DOC).to_string();
+        let text = truncate(&doc.text, doc_bytes).to_string();
         bytes += text.len();
         held_out.push(Document {
             text,
             domain: Some(domain.to_string()),
         });
-        if bytes >= EVAL_BYTES {
+        if bytes >= eval_bytes {
             break;
         }
     }
     (held_out, rest.collect())
 }
 
-fn take_bytes(docs: &[Document], limit: usize) -> Vec<Document> {
+pub(crate) fn take_bytes(docs: &[Document], limit: usize) -> Vec<Document> {
     let mut bytes = 0;
     docs.iter()
         .take_while(|d| {

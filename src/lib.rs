@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod experiment;
 pub mod ingest;
 pub mod jobs;
 pub mod local;

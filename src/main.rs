@@ -38,6 +38,9 @@ enum Command {
     /// The service on a multi-domain corpus: a pre-trained tiny base, one partition per
     /// domain and an eval set, uploaded through the API; prints the scores of all pairs.
     Demo(DemoArgs),
+    /// A reproducible experiment through the service: `paper` runs the paper's protocol on
+    /// the multi-domain corpus and writes a report under docs/results/.
+    Experiment(mixpool::experiment::ExperimentArgs),
     /// The HTTP API, with one in-process worker unless --no-worker.
     Serve(ServeArgs),
     /// A standalone worker: start one per GPU, on any number of machines.
@@ -65,6 +68,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Local(command) => local::run(*command),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Experiment(args) => runtime()?.block_on(mixpool::experiment::run(args)),
         Command::Serve(args) => runtime()?.block_on(serve::serve(args)),
         Command::Worker(args) => runtime()?.block_on(serve::run_worker(args)),
         Command::Migrate => runtime()?.block_on(serve::migrate()),
