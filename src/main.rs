@@ -50,6 +50,10 @@ enum Command {
     /// Bases on a running server.
     #[command(subcommand)]
     Bases(client::BasesCommand),
+    /// Score every subset of partitions (or a list of mixtures) on eval sets, ranked.
+    Sweep(client::SweepArgs),
+    /// Train models on mixtures' unions and report how well the proxies rank them.
+    Validate(client::ValidateArgs),
     /// Download a mixture's merged model from a running server as a Hugging Face directory.
     Export(client::ExportArgs),
 }
@@ -73,6 +77,8 @@ fn main() -> Result<()> {
         Command::Worker(args) => runtime()?.block_on(serve::run_worker(args)),
         Command::Migrate => runtime()?.block_on(serve::migrate()),
         Command::Bases(command) => runtime()?.block_on(client::bases(command)),
+        Command::Sweep(args) => runtime()?.block_on(client::sweep(args)),
+        Command::Validate(args) => runtime()?.block_on(client::validate(args)),
         Command::Export(args) => runtime()?.block_on(client::export(args)),
     }
 }

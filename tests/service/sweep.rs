@@ -474,3 +474,77 @@ async fn unit_models_beyond_the_memory_budget_are_taken_in_groups_that_fit() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
+    let app = spawn_app().await;
+    let names = pool_of(&app, 2, 1).await;
+    for name in &names {
+        app.trained(name).await;
+    }
+    let run = |args: Vec<String>| {
+        let url = app.url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_mixpool"))
+                    .args(&args)
+                    .args(["--url", &url])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+    let swept = run(args(
+        "sweep --partitions code_python,fiction --eval legal --eval mixed --json",
+    ))
+    .await;
+    assert!(
+        swept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swept.stderr)
+    );
+    let sweep: Value = serde_json::from_slice(&swept.stdout).unwrap();
+    assert_eq!(
+        (sweep["state"].as_str(), sweep["mixtures"].as_u64()),
+        (Some("succeeded"), Some(3))
+    );
+    let (_, served) = app
+        .get(&format!(
+            "/v1/sweeps/{}?limit=10",
+            sweep["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(sweep["results"], served["results"]);
+
+    let table = run(args(
+        "sweep --mixture code_python,fiction --mixture fiction --eval legal",
+    ))
+    .await;
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("code_python + fiction") && text.contains("legal (best first)"),
+        "{text}"
+    );
+
+    let validated = run(args(
+        "validate --mixture code_python,fiction --eval legal --json",
+    ))
+    .await;
+    assert!(
+        validated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let out: Value = serde_json::from_slice(&validated.stdout).unwrap();
+    assert_eq!(out["validations"][0]["results"][0]["eval_set"], "legal");
+    assert_eq!(out["report"]["sets"][0]["n"], 1);
+
+    let refused = run(args("sweep --partitions code_python --eval nope")).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("404") && said.contains("\"nope\""), "{said}");
+}

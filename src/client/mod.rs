@@ -1,11 +1,15 @@
 //! Client verbs: the command line talking to a running server (`--url`, or `MIXPOOL_URL`,
 //! default http://127.0.0.1:8080). Errors print the server's message and exit non-zero.
 
+mod sweep;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
+
+pub use sweep::{SweepArgs, ValidateArgs, sweep, validate};
 
 #[derive(Args, Clone)]
 pub struct Server {
