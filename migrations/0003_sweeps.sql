@@ -1,9 +1,10 @@
--- Sweeps: many mixtures scored on many eval sets at once, in shards run by `sweep` jobs.
+-- Sweeps: many mixtures scored on many eval sets at once, in shards run by `sweep` jobs;
+-- the job kinds of sweeps, validations and exports.
 -- A sweep's results are ordinary scores, found by their keys; the sweep keeps its list.
 
 alter table jobs drop constraint jobs_kind_check;
 alter table jobs add constraint jobs_kind_check
-    check (kind in ('pretrain', 'train', 'score', 'sweep', 'validate'));
+    check (kind in ('pretrain', 'train', 'score', 'sweep', 'validate', 'export'));
 
 create table sweeps (
     id uuid primary key,

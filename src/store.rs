@@ -36,6 +36,11 @@ pub mod keys {
     pub fn eval_set(sha256: &str) -> String {
         format!("evalsets/{sha256}/data.jsonl.zst")
     }
+    /// A merged model exported as a tar of a Hugging Face directory, named by a digest of
+    /// what was merged.
+    pub fn export(digest: &str) -> String {
+        format!("exports/{digest}.tar")
+    }
 }
 
 /// S3 settings; unset ones fall back to the usual `AWS_*` environment variables.

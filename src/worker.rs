@@ -107,6 +107,7 @@ impl Worker {
             Ok(Payload::Score(job)) => jobs::score::run(self, &lease, job).await,
             Ok(Payload::Sweep(job)) => jobs::sweep::run(self, &lease, job, cancel).await,
             Ok(Payload::Validate(job)) => jobs::validate::run(self, &lease, job, cancel).await,
+            Ok(Payload::Export(job)) => jobs::export::run(self, &lease, job).await,
         };
         heartbeat.abort();
         if let Some(task) = on_stop {
@@ -147,7 +148,7 @@ impl Worker {
             Some(Payload::Train(job)) => jobs::train::failed(self, &job).await,
             Some(Payload::Pretrain(job)) => jobs::pretrain::failed(self, &job).await,
             Some(Payload::Validate(job)) => jobs::validate::failed(self, &job).await,
-            Some(Payload::Score(_) | Payload::Sweep(_)) | None => Ok(()),
+            Some(Payload::Score(_) | Payload::Sweep(_) | Payload::Export(_)) | None => Ok(()),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -19,7 +21,8 @@ use super::score::{resolve_mixture, scoring_error};
 use super::{ApiError, AppState, Q};
 use crate::engine::checkpoint::{self, WEIGHTS_FILE};
 use crate::engine::hf::{self, HfError};
-use crate::registry::{RegistryError, bases, models};
+use crate::jobs::kind::{ExportJob, MemberJson, Payload};
+use crate::registry::{RegistryError, bases, jobs, models};
 use crate::store::keys;
 
 #[derive(Deserialize)]
@@ -240,12 +243,15 @@ pub struct ExportParams {
     weighting: Option<String>,
     base: Option<String>,
     recipe: Option<String>,
+    /// Seconds to wait for the merge (default and limit: the server's `max_wait_seconds`).
+    wait: Option<f64>,
 }
 
-/// `GET /v1/mixtures/export?partitions=a,b[&weights=][&weighting=][&base=][&recipe=]`: the
-/// merged model of the mixture's unit models (one unit model alone for one partition) as a
-/// tar of a Hugging Face directory, in the base's dtype with its tokenizer. The merge runs
-/// here, on the CPU, one tensor at a time: it reads and writes weights, it runs no model.
+/// `GET /v1/mixtures/export?partitions=a,b[&weights=][&weighting=][&base=][&recipe=][&wait=]`:
+/// the merged model of the mixture's unit models (one unit model alone for one partition) as
+/// a tar of a Hugging Face directory, in the base's dtype with its tokenizer. A worker merges
+/// it (an `export` job, on its device, in memory) and stores the tar; the same export asked
+/// again is streamed from the store. 202 with the job when it is not done within `wait`.
 pub async fn export_mixture(
     State(state): State<AppState>,
     Q(params): Q<ExportParams>,
@@ -259,6 +265,16 @@ pub async fn export_mixture(
         params.recipe.as_deref(),
     )
     .await?;
+    let wait = match params.wait {
+        Some(w) if !(w.is_finite() && w >= 0.0) => {
+            return Err(ApiError::bad_request(
+                "invalid_wait",
+                "wait is a number of seconds, 0 or more",
+            ));
+        }
+        Some(w) => Duration::from_secs_f64(w).min(state.max_wait),
+        None => state.max_wait,
+    };
     let ids: Vec<Uuid> = spec.partitions.iter().map(|p| p.id).collect();
     let mixture = crate::scoring::canonical_mixture(
         &state.pool,
@@ -293,53 +309,67 @@ pub async fn export_mixture(
         ));
     }
 
-    let scratch = tempfile::tempdir().map_err(internal)?;
-    let mut dirs = Vec::new();
-    let mut weights = Vec::new();
-    for member in &mixture.members {
-        let unit = units
+    // What is merged names the stored tar: the same export is made once.
+    let digest = hex::encode(Sha256::digest(
+        json!([spec.base.id, spec.recipe.id, mixture.key()]).to_string(),
+    ));
+    let payload = Payload::Export(ExportJob {
+        base: spec.base.id,
+        recipe: spec.recipe.id,
+        mixture: mixture
+            .members
             .iter()
-            .find(|u| u.partition_id == member.partition)
-            .expect("checked above");
-        let dir = scratch.path().join(unit.id.to_string());
-        tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
-        checkpoint::write_config(&dir, &spec.base.config.0).map_err(internal)?;
-        for (file, sha256) in spec.base.files.iter() {
-            state
-                .store
-                .download_verified(&keys::base(&spec.base.id, file), sha256, &dir.join(file))
-                .await?;
+            .map(|m| MemberJson {
+                partition: m.partition,
+                weight: m.weight,
+            })
+            .collect(),
+        object: keys::export(&digest),
+    });
+    let new = payload.new_job();
+    let dedup = new.dedup_key.clone().expect("exports are deduplicated");
+    let job = match jobs::latest_succeeded(&state.pool, &dedup).await? {
+        Some(done) => done,
+        None => {
+            let (queued, _) = jobs::enqueue(&mut *state.pool.acquire().await?, &new).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            let job = state
+                .events
+                .wait_for_job(&state.pool, queued.id, deadline)
+                .await?
+                .ok_or_else(|| ApiError::Internal("an export job vanished".into()))?;
+            match job.state.as_str() {
+                "succeeded" => job,
+                "failed" | "cancelled" => {
+                    return Err(ApiError::status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "export_failed",
+                        format!(
+                            "the export job {} {}: {}",
+                            job.id,
+                            job.state,
+                            job.error.as_deref().unwrap_or("no error recorded")
+                        ),
+                    ));
+                }
+                _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
+            }
         }
-        state
-            .store
-            .download_verified(
-                &keys::model(&unit.id, WEIGHTS_FILE),
-                unit.weights_sha256.as_deref().unwrap_or_default(),
-                &dir.join(WEIGHTS_FILE),
-            )
-            .await?;
-        dirs.push(dir);
-        weights.push(member.weight);
-    }
-    let work = scratch.path().to_path_buf();
-    let tar_path = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
-        let merged = work.join("merged");
-        crate::engine::merge::merge_model_dirs(&dirs, &weights, tch::Device::Cpu, &merged)
-            .map_err(|e| e.to_string())?;
-        let export = work.join("export");
-        hf::export(&merged, &export).map_err(|e| e.to_string())?;
-        let tar_path = work.join("model.tar");
-        let mut builder =
-            tar::Builder::new(std::fs::File::create(&tar_path).map_err(|e| e.to_string())?);
-        builder
-            .append_dir_all("model", &export)
-            .and_then(|_| builder.finish())
-            .map_err(|e| e.to_string())?;
-        Ok(tar_path)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(ApiError::Internal)?;
+    };
+    let result = job.result.unwrap_or_default();
+    let (Some(object), Some(sha256)) = (result["object"].as_str(), result["sha256"].as_str())
+    else {
+        return Err(ApiError::Internal(format!(
+            "export job {} left no object",
+            job.id
+        )));
+    };
+    let scratch = tempfile::tempdir().map_err(internal)?;
+    let tar_path = scratch.path().join("model.tar");
+    state
+        .store
+        .download_verified(object, sha256, &tar_path)
+        .await?;
     // The open file outlives the scratch folder, which is removed now.
     let file = tokio::fs::File::open(&tar_path).await.map_err(internal)?;
     let length = file.metadata().await.map_err(internal)?.len();

@@ -250,7 +250,7 @@ pub async fn report(
         .into_iter()
         .collect();
     let names = datasets::names(&state.pool, Kind::Partition, &partition_ids).await?;
-    let sets: Vec<Value> = sets
+    let mut sets: Vec<Value> = sets
         .iter()
         .map(|s| {
             let points: Vec<Value> = s
@@ -276,5 +276,6 @@ pub async fn report(
             })
         })
         .collect();
+    sets.sort_by(|a, b| a["eval_set"].as_str().cmp(&b["eval_set"].as_str()));
     Ok(Json(json!({ "sets": sets })))
 }

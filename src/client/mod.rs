@@ -124,15 +124,28 @@ pub async fn export(a: ExportArgs) -> Result<()> {
             query.push((key, v.clone()));
         }
     }
-    let mut response = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/mixtures/export",
-            a.server.url.trim_end_matches('/')
-        ))
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("no answer from {}", a.server.url))?;
+    // A worker merges the export; until it is stored the server answers 202 with the job.
+    let client = reqwest::Client::new();
+    let mut response = loop {
+        let response = client
+            .get(format!(
+                "{}/v1/mixtures/export",
+                a.server.url.trim_end_matches('/')
+            ))
+            .query(&query)
+            .send()
+            .await
+            .with_context(|| format!("no answer from {}", a.server.url))?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            break response;
+        }
+        let pending: Value = response.json().await.unwrap_or(Value::Null);
+        eprintln!(
+            "merging: export job {} {}",
+            pending["job"]["id"].as_str().unwrap_or("?"),
+            pending["job"]["state"].as_str().unwrap_or("queued")
+        );
+    };
     if !response.status().is_success() {
         return print_answer(response).await;
     }

@@ -29,15 +29,18 @@ pub enum JobKind {
     /// Trains a model on the union of a mixture's partitions and evaluates it beside the
     /// mixture's proxies.
     Validate,
+    /// Merges a mixture's unit models into a Hugging Face directory in the store.
+    Export,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Pretrain,
         JobKind::Train,
         JobKind::Score,
         JobKind::Sweep,
         JobKind::Validate,
+        JobKind::Export,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl JobKind {
             JobKind::Score => "score",
             JobKind::Sweep => "sweep",
             JobKind::Validate => "validate",
+            JobKind::Export => "export",
         }
     }
 }
@@ -113,6 +117,16 @@ pub struct ValidateJob {
     pub eval_sets: Vec<Uuid>,
 }
 
+/// `export`: a canonical mixture of one base and recipe, merged and written to `object`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportJob {
+    pub base: Uuid,
+    pub recipe: Uuid,
+    pub mixture: Vec<MemberJson>,
+    /// The store key of the tar (`exports/<digest>.tar`).
+    pub object: String,
+}
+
 /// A job's payload, typed by its kind.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -121,6 +135,7 @@ pub enum Payload {
     Score(ScoreJob),
     Sweep(SweepJob),
     Validate(ValidateJob),
+    Export(ExportJob),
 }
 
 impl Payload {
@@ -131,6 +146,7 @@ impl Payload {
             Payload::Score(_) => JobKind::Score,
             Payload::Sweep(_) => JobKind::Sweep,
             Payload::Validate(_) => JobKind::Validate,
+            Payload::Export(_) => JobKind::Export,
         }
     }
 
@@ -161,6 +177,7 @@ impl Payload {
                     format!("validate:{}:{}", p.validation, hex::encode(sets)),
                 )
             }
+            Payload::Export(p) => (json(p), format!("export:{}", p.object)),
         };
         NewJob {
             dedup_key: Some(dedup),
@@ -179,6 +196,7 @@ impl Payload {
             JobKind::Score => Payload::Score(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Sweep => Payload::Sweep(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Validate => Payload::Validate(serde_json::from_value(payload).map_err(bad)?),
+            JobKind::Export => Payload::Export(serde_json::from_value(payload).map_err(bad)?),
         })
     }
 }

@@ -55,6 +55,10 @@ enum Command {
         eval_sets: Vec<Uuid>,
         reply: oneshot::Sender<Result<Scored, JobError>>,
     },
+    Save {
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    },
 }
 
 fn stopped() -> JobError {
@@ -167,6 +171,15 @@ impl Merger {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Writes the last merge as a model directory (config, weights, the base's side files).
+    pub async fn save(&self, dir: PathBuf) -> Result<(), JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Save { dir, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Stops the thread (freeing the device's memory) and removes the scratch folder.
     pub async fn close(self) {
         drop(self.commands);
@@ -257,6 +270,9 @@ fn owner(
                     })
                 };
                 let _ = reply.send(score());
+            }
+            Command::Save { dir, reply } => {
+                let _ = reply.send(workspace.model().save(&dir).map_err(|e| fatal(&e)));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The work of each job kind, one module per kind. The worker claims a job, reads its typed
 //! [`kind::Payload`] and calls that kind's `run`; the API only uses [`kind`] to queue work.
 
+pub(crate) mod export;
 pub mod kind;
 mod merger;
 pub(crate) mod pretrain;

@@ -380,3 +380,14 @@ fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
         microseconds: d.as_micros() as i64,
     }
 }
+
+/// The most recent job with this dedup key that succeeded (its result names what it made).
+pub async fn latest_succeeded(pool: &PgPool, dedup_key: &str) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(
+        "select * from jobs where dedup_key = $1 and state = 'succeeded'
+         order by finished_at desc limit 1",
+    )
+    .bind(dedup_key)
+    .fetch_optional(pool)
+    .await
+}

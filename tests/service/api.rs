@@ -918,6 +918,39 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         std::fs::read(hf_fixture("gpt2").join("config.json")).unwrap(),
         "the checkpoint's own config"
     );
+    // A worker merged it once (an `export` job); asked again, it comes from the store.
+    let exports = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from jobs where kind = 'export'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(exports().await, 1);
+    let again = app
+        .client
+        .get(app.url("/v1/mixtures/export?partitions=law,py"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let tar = again.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&tar[..]);
+    let weights = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("model.safetensors"))
+        .map(|mut e| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+            bytes
+        })
+        .unwrap();
+    assert_eq!(
+        weights,
+        std::fs::read(exported.join("model.safetensors")).unwrap()
+    );
+    assert_eq!(exports().await, 1);
     // Imported again, the exported model gives the perplexity the service reported.
     let reimported = dir.path().join("reimported");
     mixpool::engine::hf::import(&exported, &reimported).unwrap();

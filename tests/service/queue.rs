@@ -382,3 +382,14 @@ async fn the_job_list_pages_newest_first() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_queue_takes_a_job_of_every_kind() {
+    let pool = fresh_db().await;
+    for kind in JobKind::ALL {
+        let job = enqueue(&pool, NewJob::new(kind, json!({}))).await;
+        assert_eq!(job.kind, kind.as_str());
+    }
+    let claimed = jobs::claim(&pool, "w", &JobKind::ALL, LONG).await.unwrap();
+    assert!(claimed.is_some());
+}
