@@ -93,7 +93,7 @@ fn a_prepared_eval_set_gives_what_evaluating_the_documents_gives() {
     let dir = tempfile::tempdir().unwrap();
     let paths = units(&small_llama(), dir.path());
     let model = LoadedModel::load(&paths[1], Device::Cpu).unwrap();
-    let docs: Vec<_> = corpus_docs("fiction").into_iter().take(20).collect();
+    let docs: Vec<_> = corpus_docs("tech_docs").into_iter().take(20).collect();
     let config = EvalConfig::default();
     let prepared = Prepared::new(&model, &docs, &config).unwrap();
     let direct = evaluate(&model, &docs, &config).unwrap();

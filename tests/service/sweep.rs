@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::app::{App, corpus, spawn_app, spawn_app_with};
 
-const DOMAINS: [&str; 4] = ["code_python", "fiction", "religion", "tech_docs"];
+const DOMAINS: [&str; 4] = ["code_python", "code_c", "legal_licenses", "tech_docs"];
 
 /// Uploads one partition per domain (`n` of them) and two eval sets; returns the names.
 async fn pool_of(app: &App, n: usize, eval_docs: usize) -> Vec<String> {
@@ -30,7 +30,7 @@ async fn pool_of(app: &App, n: usize, eval_docs: usize) -> Vec<String> {
     let mixed: String = DOMAINS.iter().map(|d| corpus(d, 100, eval_docs)).collect();
     for (name, text) in [
         ("mixed", mixed),
-        ("legal", corpus("legal_licenses", 0, eval_docs)),
+        ("legal", corpus("legal_licenses", 150, eval_docs)),
     ] {
         let (status, body) = app.post(&format!("/v1/eval-sets?name={name}"), text).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -163,8 +163,7 @@ async fn a_sweep_ranks_every_subset_and_equals_single_scores() {
     }
 
     // A second, overlapping sweep finds everything in the cache and queues nothing.
-    let again =
-        json!({"mixtures": [["fiction", "code_python"], ["religion"]], "eval_sets": ["legal"]});
+    let again = json!({"mixtures": [["code_c", "code_python"], ["legal_licenses"]], "eval_sets": ["legal"]});
     let (status, created) = app.post("/v1/sweeps", again.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(
@@ -327,19 +326,19 @@ async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
             "4 partitions",
         ),
         (
-            json!({"partitions": names, "sizes": [1, 1], "mixtures": [["fiction"]], "eval_sets": ["mixed"]}),
+            json!({"partitions": names, "sizes": [1, 1], "mixtures": [["code_c"]], "eval_sets": ["mixed"]}),
             StatusCode::BAD_REQUEST,
             "invalid_sweep",
             "not both",
         ),
         (
-            json!({"partitions": ["fiction"], "mixtures": [["religion"]], "eval_sets": ["mixed"]}),
+            json!({"partitions": ["code_c"], "mixtures": [["legal_licenses"]], "eval_sets": ["mixed"]}),
             StatusCode::BAD_REQUEST,
             "invalid_sweep",
-            "\"religion\"",
+            "\"legal_licenses\"",
         ),
         (
-            json!({"mixtures": [["fiction", "fiction"]], "eval_sets": ["mixed"]}),
+            json!({"mixtures": [["code_c", "code_c"]], "eval_sets": ["mixed"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_mixture",
             "more than once",
@@ -378,7 +377,7 @@ async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
             json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"]}),
             StatusCode::CONFLICT,
             "models_not_ready",
-            "fiction",
+            "code_c",
         ),
     ];
     for (body, status, code, says) in cases {
@@ -452,7 +451,7 @@ async fn unit_models_beyond_the_memory_budget_are_taken_in_groups_that_fit() {
         ..app.worker("tiny")
     };
     let request =
-        json!({"mixtures": [["fiction", "religion", "tech_docs"]], "eval_sets": ["legal"]});
+        json!({"mixtures": [["code_c", "legal_licenses", "tech_docs"]], "eval_sets": ["legal"]});
     let (status, created) = app.post("/v1/sweeps", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert!(tiny.try_run_one().await.unwrap());
@@ -498,7 +497,7 @@ async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
     };
     let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
     let swept = run(args(
-        "sweep --partitions code_python,fiction --eval legal --eval mixed --json",
+        "sweep --partitions code_python,code_c --eval legal --eval mixed --json",
     ))
     .await;
     assert!(
@@ -520,16 +519,16 @@ async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
     assert_eq!(sweep["results"], served["results"]);
 
     let table = run(args(
-        "sweep --mixture code_python,fiction --mixture fiction --eval legal",
+        "sweep --mixture code_python,code_c --mixture code_c --eval legal",
     ))
     .await;
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
-    let pair = text.contains("code_python + fiction") || text.contains("fiction + code_python");
+    let pair = text.contains("code_python + code_c") || text.contains("code_c + code_python");
     assert!(pair && text.contains("legal (best first)"), "{text}");
 
     let validated = run(args(
-        "validate --mixture code_python,fiction --eval legal --json",
+        "validate --mixture code_python,code_c --eval legal --json",
     ))
     .await;
     assert!(

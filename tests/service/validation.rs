@@ -12,7 +12,7 @@ use crate::app::{App, corpus, spawn_app, spawn_app_with};
 
 async fn setup() -> App {
     let app = spawn_app().await;
-    for domain in ["code_python", "fiction", "religion"] {
+    for domain in ["code_python", "code_c", "legal_licenses"] {
         let (status, body) = app
             .post(
                 &format!("/v1/partitions?name={domain}"),
@@ -21,19 +21,19 @@ async fn setup() -> App {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let mixed: String = ["code_python", "fiction", "religion"]
+    let mixed: String = ["code_python", "code_c", "legal_licenses"]
         .iter()
         .map(|d| corpus(d, 100, 2))
         .collect();
     for (name, text) in [
         ("mixed", mixed),
-        ("legal", corpus("legal_licenses", 0, 2)),
+        ("legal", corpus("legal_licenses", 150, 2)),
         ("extra", corpus("tech_docs", 0, 2)),
     ] {
         let (status, body) = app.post(&format!("/v1/eval-sets?name={name}"), text).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    for domain in ["code_python", "fiction", "religion"] {
+    for domain in ["code_python", "code_c", "legal_licenses"] {
         app.trained(domain).await;
     }
     app
@@ -82,9 +82,9 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
     let app = setup().await;
     let mixtures = json!([
         ["code_python"],
-        ["code_python", "fiction"],
-        ["fiction", "religion"],
-        ["religion", "code_python", "fiction"]
+        ["code_python", "code_c"],
+        ["code_c", "legal_licenses"],
+        ["legal_licenses", "code_python", "code_c"]
     ]);
     let request = json!({"mixtures": mixtures, "eval_sets": ["mixed", "legal"]});
     let (status, created) = app.post("/v1/validations", request.to_string()).await;
@@ -153,13 +153,13 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
         let pair = points
             .iter()
             .find(|p| {
-                p["mixture"] == json!(["code_python", "fiction"])
-                    || p["mixture"] == json!(["fiction", "code_python"])
+                p["mixture"] == json!(["code_python", "code_c"])
+                    || p["mixture"] == json!(["code_c", "code_python"])
             })
             .unwrap();
         let (status, score) = app
             .get(&format!(
-                "/v1/score?partitions=fiction,code_python&eval={eval}&wait=0"
+                "/v1/score?partitions=code_c,code_python&eval={eval}&wait=0"
             ))
             .await;
         assert_eq!(
@@ -174,7 +174,7 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             ))
             .await;
         let (_, b) = app
-            .get(&format!("/v1/score?partitions=fiction&eval={eval}&wait=0"))
+            .get(&format!("/v1/score?partitions=code_c&eval={eval}&wait=0"))
             .await;
         let mean = (a["perplexity"].as_f64().unwrap() + b["perplexity"].as_f64().unwrap()) / 2.0;
         assert!((pair["mean_of_units"].as_f64().unwrap() - mean).abs() < 1e-12);
@@ -195,7 +195,7 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
     assert_eq!(app.jobs().await, jobs);
 
     // Two validations on a third eval set: too few for correlations, and the report says so.
-    let request = json!({"mixtures": [["code_python", "fiction"], ["fiction", "religion"]], "eval_sets": ["extra"]});
+    let request = json!({"mixtures": [["code_python", "code_c"], ["code_c", "legal_licenses"]], "eval_sets": ["extra"]});
     let (status, _) = app.post("/v1/validations", request.to_string()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let started = Instant::now();
@@ -224,18 +224,18 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
 async fn bad_validations_are_refused_by_name_and_queue_nothing() {
     // No worker: the unit models stay queued.
     let app = spawn_app_with(SweepLimits::default()).await;
-    for domain in ["fiction", "religion"] {
+    for domain in ["code_c", "legal_licenses"] {
         app.post(
             &format!("/v1/partitions?name={domain}"),
             corpus(domain, 0, 4),
         )
         .await;
     }
-    app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 0, 1))
+    app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 150, 1))
         .await;
     let cases = [
         (
-            json!({"mixture": ["fiction"], "mixtures": [["religion"]], "eval_sets": ["e"]}),
+            json!({"mixture": ["code_c"], "mixtures": [["legal_licenses"]], "eval_sets": ["e"]}),
             StatusCode::BAD_REQUEST,
             "invalid_body",
             "one mixture",
@@ -247,7 +247,7 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
             "one mixture",
         ),
         (
-            json!({"mixture": ["fiction"], "eval_sets": []}),
+            json!({"mixture": ["code_c"], "eval_sets": []}),
             StatusCode::BAD_REQUEST,
             "invalid_eval_sets",
             "at least one",
@@ -259,19 +259,19 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
             "\"nope\"",
         ),
         (
-            json!({"mixture": ["fiction"], "eval_sets": ["nope"]}),
+            json!({"mixture": ["code_c"], "eval_sets": ["nope"]}),
             StatusCode::NOT_FOUND,
             "not_found",
             "\"nope\"",
         ),
         (
-            json!({"mixture": ["fiction", "fiction"], "eval_sets": ["e"]}),
+            json!({"mixture": ["code_c", "code_c"], "eval_sets": ["e"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_mixture",
             "more than once",
         ),
         (
-            json!({"mixture": ["fiction"], "eval_sets": ["e"], "weights": [1]}),
+            json!({"mixture": ["code_c"], "eval_sets": ["e"], "weights": [1]}),
             StatusCode::BAD_REQUEST,
             "invalid_body",
             "weights",
@@ -290,7 +290,7 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
     let (status, answer) = app
         .post(
             "/v1/validations",
-            json!({"mixture": ["fiction", "religion"], "eval_sets": ["e"]}).to_string(),
+            json!({"mixture": ["code_c", "legal_licenses"], "eval_sets": ["e"]}).to_string(),
         )
         .await;
     assert_eq!(
@@ -302,7 +302,7 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
         answer["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("fiction, religion")
+            .contains("code_c, legal_licenses")
     );
     let validations: i64 = sqlx::query_scalar("select count(*) from validations")
         .fetch_one(&app.pool)
