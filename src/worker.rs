@@ -117,14 +117,19 @@ impl Worker {
             Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
             Ok(Done::Cancelled) if releasing.load(Ordering::SeqCst) => {
                 tracing::info!(job = %lease.id(), "released for another worker to resume");
+                // What the next worker needs is in the store; the local copy goes.
+                remove_dir(&self.job_dir(&lease)).await;
                 queue::release(&self.pool, &lease).await
             }
             // Only the job's owner marks its model or base failed (the stop may have been a
             // lost lease, with another worker now training it).
-            Ok(Done::Cancelled) => match queue::cancelled(&self.pool, &lease).await {
-                Ok(()) => Ok(self.target_failed(payload.ok()).await?),
-                lost => lost,
-            },
+            Ok(Done::Cancelled) => {
+                remove_dir(&self.job_dir(&lease)).await;
+                match queue::cancelled(&self.pool, &lease).await {
+                    Ok(()) => Ok(self.target_failed(payload.ok()).await?),
+                    lost => lost,
+                }
+            }
             Err(JobError::Retryable(message)) => {
                 queue::fail(&self.pool, &lease, &message, true).await
             }
@@ -242,7 +247,8 @@ impl StateMirror {
     }
 
     /// Uploads the local state when it is newer than the last one mirrored; the manifest is
-    /// written last, so it only ever names complete files.
+    /// written last, so it only ever names complete files, and the states it no longer
+    /// names are removed after it (at most two states exist, and only for that moment).
     pub async fn push(&mut self) -> Result<(), crate::store::StoreError> {
         let Ok(text) = tokio::fs::read(self.dir.join("train_state.json")).await else {
             return Ok(());
@@ -268,6 +274,13 @@ impl StateMirror {
             .put_bytes(&self.key("manifest.json"), manifest.into())
             .await?;
         self.uploaded = step;
+        // The manifest names the new state now: earlier ones are of no use to anyone.
+        for key in self.store.list(&self.prefix).await? {
+            let file = key.rsplit('/').next().unwrap_or_default();
+            if file.starts_with("state-") && file != tensors {
+                self.store.delete(&key).await?;
+            }
+        }
         Ok(())
     }
 
@@ -301,8 +314,12 @@ async fn heartbeat(pool: PgPool, lease: Lease, every: Duration, cancel: Arc<Atom
     }
 }
 
+/// Removes a scratch folder (one that is not there is fine).
 pub(crate) async fn remove_dir(dir: &Path) {
-    if let Err(e) = tokio::fs::remove_dir_all(dir).await {
-        tracing::warn!("could not remove {}: {e}", dir.display());
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("could not remove {}: {e}", dir.display())
+        }
+        _ => {}
     }
 }

@@ -135,13 +135,39 @@ async fn resolve_base(pool: &PgPool, key: Option<&str>) -> Result<bases::Base, A
         Some(key) => bases::find(pool, key)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("base {key:?}"))),
-        None => bases::latest_ready(pool).await?.ok_or_else(|| {
-            ApiError::status(
-                axum::http::StatusCode::CONFLICT,
-                "no_base",
-                "no base model yet: create one first",
-            )
-        }),
+        None => {
+            if let Some(base) = bases::latest_ready(pool).await? {
+                return Ok(base);
+            }
+            // No base is ready: say whether one is on its way, and which job makes it.
+            let Some(pending) = bases::latest_pending(pool).await? else {
+                return Err(ApiError::status(
+                    axum::http::StatusCode::CONFLICT,
+                    "no_base",
+                    "no base model yet: create one first",
+                ));
+            };
+            let job = bases::pretrain_job(pool, pending.id).await?;
+            let progress = job.as_ref().map_or(String::new(), |j| {
+                format!(
+                    " (job {}, {}, {:.0}% done)",
+                    j.id,
+                    j.state,
+                    j.progress * 100.0
+                )
+            });
+            Err(ApiError::Client {
+                status: axum::http::StatusCode::CONFLICT,
+                code: "base_pending",
+                message: format!(
+                    "base {:?} is still being pre-trained{progress}: ask again once it is ready",
+                    pending.name
+                ),
+                details: Some(
+                    serde_json::json!({ "base": pending.name, "job": job.map(|j| j.id) }),
+                ),
+            })
+        }
     }
 }
 

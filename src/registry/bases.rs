@@ -124,6 +124,15 @@ pub async fn latest_ready(pool: &PgPool) -> Result<Option<Base>, sqlx::Error> {
     .await
 }
 
+/// The most recent base still being pre-trained.
+pub async fn latest_pending(pool: &PgPool) -> Result<Option<Base>, sqlx::Error> {
+    sqlx::query_as(
+        "select * from bases where state = 'pending' order by created_at desc, id desc limit 1",
+    )
+    .fetch_optional(pool)
+    .await
+}
+
 /// Newest first; pass the last row of a page as `before` for the next.
 pub async fn list(
     pool: &PgPool,

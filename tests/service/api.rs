@@ -992,3 +992,28 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
     assert_eq!(status, StatusCode::CREATED, "{imported}");
     assert_eq!(imported["import"]["architecture"], "MistralForCausalLM");
 }
+
+#[tokio::test]
+async fn a_score_asked_while_the_only_base_pretrains_names_the_base_and_its_job() {
+    let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    let base: uuid::Uuid = sqlx::query_scalar("update bases set state = 'pending' returning id")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let new = mixpool::registry::jobs::NewJob::new(
+        mixpool::jobs::kind::JobKind::Pretrain,
+        serde_json::json!({ "base": base }),
+    );
+    let (job, _) = mixpool::registry::jobs::enqueue(&mut app.pool.acquire().await.unwrap(), &new)
+        .await
+        .unwrap();
+    let (status, body) = app.get("/v1/score?partitions=a&eval=e").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "base_pending");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"base\"") && message.contains(&job.id.to_string()),
+        "{message}"
+    );
+    assert_eq!(body["error"]["details"]["job"], serde_json::json!(job.id));
+}

@@ -173,6 +173,24 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
                 ("queued", 0),
                 "released without counting the attempt"
             );
+            let mirrored = store
+                .list(&keys::model(&model.id, "train_state"))
+                .await
+                .unwrap();
+            let states: Vec<_> = mirrored
+                .iter()
+                .filter(|k| k.ends_with(".safetensors"))
+                .collect();
+            assert_eq!(
+                states.len(),
+                1,
+                "only the latest train state is kept: {mirrored:?}"
+            );
+            let scratch = dirs.2.path().join("work").join(format!("job-{job_id}"));
+            assert!(
+                !scratch.exists(),
+                "the released job's scratch folder is removed"
+            );
             1
         }
     };
