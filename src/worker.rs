@@ -126,7 +126,7 @@ impl Worker {
             Ok(Done::Cancelled) => {
                 remove_dir(&self.job_dir(&lease)).await;
                 match queue::cancelled(&self.pool, &lease).await {
-                    Ok(()) => Ok(self.target_failed(payload.ok()).await?),
+                    Ok(()) => Ok(self.target_cancelled(payload.ok()).await?),
                     lost => lost,
                 }
             }
@@ -154,6 +154,18 @@ impl Worker {
             Some(Payload::Pretrain(job)) => jobs::pretrain::failed(self, &job).await,
             Some(Payload::Validate(job)) => jobs::validate::failed(self, &job).await,
             Some(Payload::Score(_) | Payload::Sweep(_) | Payload::Export(_)) | None => Ok(()),
+        }
+    }
+
+    /// A cancelled training leaves its model `cancelled` (a base or a validation `failed`);
+    /// asking for it again queues it anew.
+    async fn target_cancelled(&self, payload: Option<Payload>) -> Result<(), sqlx::Error> {
+        match payload {
+            Some(Payload::Train(job)) => {
+                crate::registry::models::mark_cancelled(&mut *self.pool.acquire().await?, job.model)
+                    .await
+            }
+            other => self.target_failed(other).await,
         }
     }
 

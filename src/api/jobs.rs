@@ -4,7 +4,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiError, AppState, Page, Q, parse_uuid};
+use crate::jobs::kind::Payload;
 use crate::registry::jobs::{self, Job};
+use crate::registry::models;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +60,17 @@ pub async fn cancel_job(
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_uuid(&id)
         .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a job id")))?;
-    jobs::cancel(&mut *state.pool.acquire().await?, id)
+    let mut tx = state.pool.begin().await?;
+    let job = jobs::cancel(&mut tx, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    // A training cancelled before it ran shows on its model at once (a running one when its
+    // worker stops it).
+    if job.state == "cancelled"
+        && let Ok(Payload::Train(train)) = Payload::of(&job)
+    {
+        models::mark_cancelled(&mut tx, train.model).await?;
+    }
+    tx.commit().await?;
+    Ok(Json(job))
 }

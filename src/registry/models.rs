@@ -15,7 +15,7 @@ pub struct UnitModel {
     pub base_id: Uuid,
     pub recipe_id: Uuid,
     pub partition_id: Uuid,
-    /// queued (a job will train it), ready (weights stored) or failed.
+    /// queued (a job will train it), ready (weights stored), failed or cancelled.
     pub state: String,
     pub job_id: Option<Uuid>,
     pub weights_sha256: Option<String>,
@@ -98,6 +98,15 @@ pub async fn mark_ready(
 
 pub async fn mark_failed(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("update models set state = 'failed' where id = $1 and state = 'queued'")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A model whose training job was cancelled (before it ran, or by its worker).
+pub async fn mark_cancelled(db: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update models set state = 'cancelled' where id = $1 and state = 'queued'")
         .bind(id)
         .execute(db)
         .await?;

@@ -1017,3 +1017,28 @@ async fn a_score_asked_while_the_only_base_pretrains_names_the_base_and_its_job(
     );
     assert_eq!(body["error"]["details"]["job"], serde_json::json!(job.id));
 }
+
+#[tokio::test]
+async fn a_cancelled_training_shows_on_its_model_and_asking_again_queues_it_anew() {
+    // No worker: the training stays queued until cancelled.
+    let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    let text = corpus("code_c", 0, 4);
+    let (status, created) = app.post("/v1/partitions?name=c", text.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let job = created["models"][0]["job_id"].as_str().unwrap().to_string();
+    let (status, cancelled) = app.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (_, partition) = app.get("/v1/partitions/c").await;
+    assert_eq!(partition["models"][0]["state"], "cancelled", "{partition}");
+
+    // The same bytes uploaded again queue the unit model with a new job.
+    let (status, again) = app.post("/v1/partitions?name=c", text).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let (_, partition) = app.get("/v1/partitions/c").await;
+    let model = &partition["models"][0];
+    assert_eq!(model["state"], "queued", "{partition}");
+    assert_ne!(model["job_id"].as_str(), Some(job.as_str()));
+}
