@@ -187,6 +187,34 @@ async fn resolve_recipe(pool: &PgPool, key: Option<&str>) -> Result<recipes::Rec
     }
 }
 
+/// The eval sets a request names (at least one, each once), resolved by name or id.
+async fn resolve_eval_sets(
+    pool: &PgPool,
+    keys: &[String],
+) -> Result<Vec<crate::registry::datasets::Dataset>, ApiError> {
+    use crate::registry::datasets::{self, Kind};
+    if keys.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_eval_sets",
+            "eval_sets names at least one eval set",
+        ));
+    }
+    let mut sets: Vec<datasets::Dataset> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let set = datasets::find(pool, Kind::EvalSet, key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?;
+        if sets.iter().any(|s| s.id == set.id) {
+            return Err(ApiError::bad_request(
+                "invalid_eval_sets",
+                format!("eval set {key:?} is named twice"),
+            ));
+        }
+        sets.push(set);
+    }
+    Ok(sets)
+}
+
 /// `Query`, with malformed query strings answered in the API's JSON error shape.
 pub struct Q<T>(pub T);
 

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_recipe};
+use super::{
+    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
+    resolve_recipe,
+};
 use crate::engine::eval::EvalConfig;
 use crate::jobs::kind::MemberJson;
 use crate::mixture::{self, Mixture, Weighting};
@@ -54,25 +57,7 @@ pub async fn create_sweep(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewSweep =
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
-    if new.eval_sets.is_empty() {
-        return Err(bad(
-            "invalid_eval_sets",
-            "eval_sets names at least one eval set",
-        ));
-    }
-    let mut eval_sets: Vec<Dataset> = Vec::new();
-    for key in &new.eval_sets {
-        let set = datasets::find(&state.pool, Kind::EvalSet, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?;
-        if eval_sets.iter().any(|s| s.id == set.id) {
-            return Err(bad(
-                "invalid_eval_sets",
-                format!("eval set {key:?} is named twice"),
-            ));
-        }
-        eval_sets.push(set);
-    }
+    let eval_sets = resolve_eval_sets(&state.pool, &new.eval_sets).await?;
     let weighting = match new.weighting.as_deref() {
         None | Some("uniform") => Weighting::Uniform,
         Some("tokens") => Weighting::Tokens,

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_recipe};
+use super::{
+    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
+    resolve_recipe,
+};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -56,21 +59,7 @@ pub async fn create_validations(
             ));
         }
     };
-    if new.eval_sets.is_empty() {
-        return Err(bad(
-            "invalid_eval_sets",
-            "eval_sets names at least one eval set",
-        ));
-    }
-    let mut eval_sets: Vec<Dataset> = Vec::new();
-    for key in &new.eval_sets {
-        let set = datasets::find(&state.pool, Kind::EvalSet, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?;
-        if !eval_sets.iter().any(|s| s.id == set.id) {
-            eval_sets.push(set);
-        }
-    }
+    let eval_sets = resolve_eval_sets(&state.pool, &new.eval_sets).await?;
     let (base_key, recipe_key) = state
         .scores
         .names(&state.pool, new.base.as_deref(), new.recipe.as_deref())

@@ -11,7 +11,7 @@ use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::engine::hf;
 use crate::registry::jobs::Lease;
-use crate::registry::{bases, models};
+use crate::registry::bases;
 use crate::worker::Worker;
 
 pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ExportJob) -> Result<Done, JobError> {
@@ -20,17 +20,7 @@ pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ExportJob) -> Resul
         .await?
         .ok_or_else(|| JobError::Fatal(format!("base {} not found", job.base)))?;
     let partitions: Vec<Uuid> = job.mixture.iter().map(|m| m.partition).collect();
-    let units = models::for_partitions(pool, job.base, job.recipe, &partitions).await?;
-    let mut members = Vec::with_capacity(partitions.len());
-    for partition in &partitions {
-        let unit = units
-            .iter()
-            .find(|u| u.partition_id == *partition && u.state == "ready")
-            .ok_or_else(|| {
-                JobError::Fatal(format!("partition {partition} has no ready unit model"))
-            })?;
-        members.push(unit);
-    }
+    let members = super::ready_units(pool, job.base, job.recipe, &partitions).await?;
     let dir = worker.job_dir(lease);
     let merged = dir.join("merged");
     let mut merger = Merger::open(worker, lease, &base, &[], &EvalConfig::default()).await?;

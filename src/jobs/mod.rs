@@ -62,3 +62,24 @@ pub(crate) async fn succeed(
         Err(QueueError::Database(e)) => Err(e.into()),
     }
 }
+
+/// The ready unit models of `partitions` for a base and recipe, in the partitions' order; a
+/// partition without one fails the job for good.
+pub(crate) async fn ready_units(
+    pool: &sqlx::PgPool,
+    base: uuid::Uuid,
+    recipe: uuid::Uuid,
+    partitions: &[uuid::Uuid],
+) -> Result<Vec<crate::registry::models::UnitModel>, JobError> {
+    let units = crate::registry::models::for_partitions(pool, base, recipe, partitions).await?;
+    partitions
+        .iter()
+        .map(|p| {
+            units
+                .iter()
+                .find(|u| u.partition_id == *p && u.state == "ready")
+                .cloned()
+                .ok_or_else(|| JobError::Fatal(format!("partition {p} has no ready unit model")))
+        })
+        .collect()
+}

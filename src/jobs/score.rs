@@ -9,7 +9,7 @@ use super::merger::Merger;
 use super::{Done, JobError};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::Lease;
-use crate::registry::{bases, models, scores};
+use crate::registry::{bases, scores};
 use crate::worker::Worker;
 
 pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result<Done, JobError> {
@@ -23,17 +23,7 @@ pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result
         .await?
         .ok_or_else(|| JobError::Fatal(format!("eval set {} not found", key.eval_set_id)))?;
     let partitions: Vec<Uuid> = job.mixture.iter().map(|m| m.partition).collect();
-    let units = models::for_partitions(pool, key.base_id, key.recipe_id, &partitions).await?;
-    let mut members = Vec::with_capacity(partitions.len());
-    for partition in &partitions {
-        let unit = units
-            .iter()
-            .find(|u| u.partition_id == *partition && u.state == "ready")
-            .ok_or_else(|| {
-                JobError::Fatal(format!("partition {partition} has no ready unit model"))
-            })?;
-        members.push(unit);
-    }
+    let members = super::ready_units(pool, key.base_id, key.recipe_id, &partitions).await?;
 
     let mut merger = Merger::open(
         worker,
