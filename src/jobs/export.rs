@@ -10,8 +10,8 @@ use super::merger::Merger;
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::engine::hf;
-use crate::registry::jobs::Lease;
 use crate::registry::bases;
+use crate::registry::jobs::Lease;
 use crate::worker::Worker;
 
 pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ExportJob) -> Result<Done, JobError> {

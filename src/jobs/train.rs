@@ -13,7 +13,7 @@ use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::Lease;
 use crate::registry::{bases, models, recipes};
 use crate::store::keys;
-use crate::worker::Worker;
+use crate::worker::{StateMirror, Worker};
 
 pub(crate) async fn run(
     worker: &Worker,
@@ -24,7 +24,10 @@ pub(crate) async fn run(
     let id = job.model;
     let pool = &worker.pool;
     let fatal = |what: &str| JobError::Fatal(format!("{what} of model {id} not found"));
-    let model = models::get(pool, id).await?.ok_or_else(|| fatal("row"))?;
+    // A model whose partition was deleted is not trained: the job ends cancelled.
+    let Some(model) = models::get(pool, id).await? else {
+        return Ok(Done::Cancelled);
+    };
     let base = bases::find(pool, &model.base_id.to_string())
         .await?
         .ok_or_else(|| fatal("base"))?;
@@ -50,10 +53,24 @@ pub(crate) async fn run(
         mirror: keys::model(&id, "train_state"),
     };
     let Some((stored, summary)) = training::run(worker, lease, cancel, &run).await? else {
+        if models::get(pool, id).await?.is_none() {
+            // Deleted while it trained: the state mirrored at the stop has no owner.
+            StateMirror::forget(&worker.store, &run.mirror).await;
+        }
         return Ok(Done::Cancelled);
     };
     let mut tx = pool.begin().await?;
-    models::mark_ready(&mut tx, id, &stored.sha256).await?;
+    if models::mark_ready(&mut tx, id, &stored.sha256)
+        .await?
+        .is_none()
+    {
+        // Deleted while it trained (the deletion removed what was stored before): what this
+        // job wrote since goes too, and the job ends cancelled, not retried.
+        drop(tx);
+        let _ = worker.store.delete(&run.output).await;
+        StateMirror::forget(&worker.store, &run.mirror).await;
+        return Ok(Done::Cancelled);
+    }
     let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
     training::finish(worker, tx, lease, &result, &run).await
 }

@@ -81,18 +81,19 @@ pub async fn ensure(
     })
 }
 
-/// Records the stored weights (in the training job's success transaction).
+/// Records the stored weights (in the training job's success transaction); `None` when the
+/// row is gone (its partition was deleted while it trained).
 pub async fn mark_ready(
     db: &mut PgConnection,
     id: Uuid,
     weights_sha256: &str,
-) -> Result<UnitModel, sqlx::Error> {
+) -> Result<Option<UnitModel>, sqlx::Error> {
     sqlx::query_as(
         "update models set state = 'ready', weights_sha256 = $2 where id = $1 returning *",
     )
     .bind(id)
     .bind(weights_sha256)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 

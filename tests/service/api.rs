@@ -1042,3 +1042,48 @@ async fn a_cancelled_training_shows_on_its_model_and_asking_again_queues_it_anew
     assert_eq!(model["state"], "queued", "{partition}");
     assert_ne!(model["job_id"].as_str(), Some(job.as_str()));
 }
+
+#[tokio::test]
+async fn a_partition_deleted_while_its_unit_model_trains_cancels_the_job_and_leaves_nothing() {
+    // No background worker: the test runs one, with a short lease so that it hears the
+    // cancellation within a second, on a recipe long enough to be caught mid-training.
+    let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    let recipe = serde_json::json!({"name": "long", "tokens": 400 * 64, "batch_tokens": 4 * 64,
+        "micro_batch": 4, "seq_len": 64, "checkpoint_every": 2});
+    let (status, body) = app.post("/v1/recipes", recipe.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, created) = app
+        .post("/v1/partitions?name=doomed", corpus("code_c", 0, 20))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let model = created["models"][0]["id"].as_str().unwrap().to_string();
+    let job = created["models"][0]["job_id"].as_str().unwrap().to_string();
+    let worker = mixpool::worker::Worker {
+        lease: Duration::from_secs(3),
+        ..app.worker("trainer")
+    };
+    let running = tokio::spawn(async move { worker.try_run_one().await.unwrap() });
+    let started = std::time::Instant::now();
+    loop {
+        let (_, j) = app.get(&format!("/v1/jobs/{job}")).await;
+        let state = j["state"].as_str().unwrap();
+        assert!(state == "queued" || state == "running", "{j}");
+        if j["progress"].as_f64().unwrap_or(0.0) > 0.05 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, deleted) = app.delete("/v1/partitions/doomed").await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert!(running.await.unwrap(), "the worker ran the job");
+
+    let (_, j) = app.get(&format!("/v1/jobs/{job}")).await;
+    assert_eq!(
+        (j["state"].as_str(), j["attempts"].as_i64()),
+        (Some("cancelled"), Some(1)),
+        "cancelled, never retried: {j}"
+    );
+    let left = app.store.list(&format!("models/{model}")).await.unwrap();
+    assert!(left.is_empty(), "nothing of the model survives: {left:?}");
+}
