@@ -1,7 +1,9 @@
 //! `GET /metrics`: Prometheus text — the pool and the queue from the registry, and this
 //! server's score answers.
 
+use std::collections::HashSet;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
@@ -10,22 +12,60 @@ use axum::response::IntoResponse;
 
 use super::{ApiError, AppState};
 
+/// How a score request was answered.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// From a stored score no job of this client computed.
+    Cached,
+    /// By a job this request (or its earlier 202) waited on.
+    Computed,
+    /// 202: the job is still running.
+    Pending,
+    /// 409: unit models missing.
+    ModelsNotReady,
+    /// Any other error.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [(Outcome, &'static str); 5] = [
+        (Outcome::Cached, "cached"),
+        (Outcome::Computed, "computed"),
+        (Outcome::Pending, "pending"),
+        (Outcome::ModelsNotReady, "models_not_ready"),
+        (Outcome::Error, "error"),
+    ];
+}
+
+/// Past this many scores answered 202 and not asked for again, the set starts over.
+const MAX_AWAITED: usize = 100_000;
+
 /// This server's counters since it started.
 #[derive(Default)]
 pub struct Counters {
-    scores_from_cache: AtomicU64,
-    scores_computed: AtomicU64,
+    answers: [AtomicU64; 5],
+    /// Scores this server answered 202 for, by key: the answer that later finds them stored
+    /// counts as computed.
+    awaited: Mutex<HashSet<String>>,
 }
 
 impl Counters {
-    /// Counts a score answer: `cached` when no job ran for it.
-    pub fn score_answered(&self, cached: bool) {
-        let counter = if cached {
-            &self.scores_from_cache
-        } else {
-            &self.scores_computed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn score_answered(&self, outcome: Outcome) {
+        self.answers[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers a score answered 202.
+    pub fn await_later(&self, key: String) {
+        let mut awaited = self.awaited.lock().unwrap();
+        if awaited.len() >= MAX_AWAITED {
+            awaited.clear();
+        }
+        awaited.insert(key);
+    }
+
+    /// Whether the score was answered 202 before (and forgets it).
+    pub fn awaited(&self, key: &str) -> bool {
+        self.awaited.lock().unwrap().remove(key)
     }
 }
 
@@ -71,20 +111,19 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         family(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {n}");
     }
-    let c = &state.metrics;
     family(
         &mut out,
         "mixpool_score_answers_total",
         "counter",
-        "Score answers given by this server.",
+        "Score answers given by this server, by outcome.",
     );
-    let _ = writeln!(
-        out,
-        "mixpool_score_answers_total{{cached=\"true\"}} {}\n\
-         mixpool_score_answers_total{{cached=\"false\"}} {}",
-        c.scores_from_cache.load(Ordering::Relaxed),
-        c.scores_computed.load(Ordering::Relaxed),
-    );
+    for (outcome, label) in Outcome::ALL {
+        let n = state.metrics.answers[outcome as usize].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "mixpool_score_answers_total{{outcome=\"{label}\"}} {n}"
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

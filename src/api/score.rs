@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::metrics::Outcome;
 use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Weighting;
@@ -278,7 +279,6 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
         ScoreStatus::Cached(score) => {
             let answer = body(&score, true, &name, &r.context);
             state.scores.put(r.cache_key.clone(), answer.clone());
-            state.metrics.score_answered(true);
             return Ok(Answer::Score(answer));
         }
         ScoreStatus::ModelsNotReady(missing) => {
@@ -324,7 +324,6 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
             state
                 .scores
                 .put(r.cache_key.clone(), body(&score, true, &name, &r.context));
-            state.metrics.score_answered(false);
             Ok(Answer::Score(body(&score, false, &name, &r.context)))
         }
         "failed" | "cancelled" => Err(ApiError::status(
@@ -334,6 +333,34 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
         )),
         _ => Ok(Answer::Pending(Box::new(job))),
     }
+}
+
+/// Counts an answer by its outcome. A stored score counts as computed, not cached, when this
+/// server answered the same score 202 before (the client came back for the job it started).
+fn count(state: &AppState, r: &Resolved, answer: &Result<Answer, ApiError>) {
+    let key = serde_json::to_string(&r.prepared.key).expect("keys serialise");
+    let outcome = match answer {
+        Ok(Answer::Score(score)) if score["cached"] == true => {
+            if state.metrics.awaited(&key) {
+                Outcome::Computed
+            } else {
+                Outcome::Cached
+            }
+        }
+        Ok(Answer::Score(_)) => {
+            state.metrics.awaited(&key);
+            Outcome::Computed
+        }
+        Ok(Answer::Pending(_)) => {
+            state.metrics.await_later(key);
+            Outcome::Pending
+        }
+        Err(ApiError::Client { code, .. }) if *code == "models_not_ready" => {
+            Outcome::ModelsNotReady
+        }
+        Err(_) => Outcome::Error,
+    };
+    state.metrics.score_answered(outcome);
 }
 
 /// The deadline of a request's `wait` (default 30 s, at most the configured maximum).
@@ -361,12 +388,14 @@ pub async fn get_score(
         )
         .await?;
     if let Some(answer) = state.scores.get(&cache_key(&names.0, &names.1, &params)) {
-        state.metrics.score_answered(true);
+        state.metrics.score_answered(Outcome::Cached);
         return Ok(Json(answer).into_response());
     }
     let deadline = deadline(&state, params.wait)?;
     let resolved = resolve(&state, &params, &names).await?;
-    Ok(match answer(&state, &resolved, deadline).await? {
+    let answered = answer(&state, &resolved, deadline).await;
+    count(&state, &resolved, &answered);
+    Ok(match answered? {
         Answer::Score(score) => Json(score).into_response(),
         Answer::Pending(job) => (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response(),
     })
@@ -469,14 +498,19 @@ pub async fn post_scores(
     let mut pending = Vec::new();
     let now = Instant::now();
     for (i, r) in resolved.iter().enumerate() {
-        let item = batch_item(answer(&state, r, now).await)?;
-        if item["status"] == "pending" {
+        let first = answer(&state, r, now).await;
+        if matches!(first, Ok(Answer::Pending(_))) {
             pending.push(i);
+            results.push(Value::Null);
+        } else {
+            count(&state, r, &first);
+            results.push(batch_item(first)?);
         }
-        results.push(item);
     }
     for i in pending {
-        results[i] = batch_item(answer(&state, &resolved[i], deadline).await)?;
+        let last = answer(&state, &resolved[i], deadline).await;
+        count(&state, &resolved[i], &last);
+        results[i] = batch_item(last)?;
     }
     let count = |status: &str| results.iter().filter(|r| r["status"] == status).count();
     let (done, waiting) = (count("done"), count("pending"));

@@ -700,13 +700,21 @@ async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
         "{metrics}"
     );
     assert!(metrics.contains("mixpool_partitions 3"), "{metrics}");
-    let cached: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mixpool_score_answers_total{cached=\"true\"} "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(cached >= 7, "{metrics}");
+    let answers = |outcome: &str| -> u64 {
+        let prefix = format!("mixpool_score_answers_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {outcome} answers line: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(answers("cached") >= 7, "{metrics}");
+    assert_eq!(
+        answers("computed"),
+        7,
+        "each subset computed once: {metrics}"
+    );
 
     // A partition that scores need stays; one that none needs goes, with its unit model.
     let (status, body) = app.delete("/v1/partitions/legal").await;
@@ -1086,4 +1094,46 @@ async fn a_partition_deleted_while_its_unit_model_trains_cancels_the_job_and_lea
     );
     let left = app.store.list(&format!("models/{model}")).await.unwrap();
     assert!(left.is_empty(), "nothing of the model survives: {left:?}");
+}
+
+#[tokio::test]
+async fn score_answers_are_counted_by_outcome() {
+    let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    let worker = app.worker("w");
+    app.post("/v1/partitions?name=c", corpus("code_c", 0, 4))
+        .await;
+    app.post("/v1/eval-sets?name=e", corpus("tech_docs", 0, 1))
+        .await;
+    let answers = |metrics: &str, outcome: &str| -> u64 {
+        let prefix = format!("mixpool_score_answers_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let path = "/v1/score?partitions=c&eval=e&wait=0";
+    let (status, _) = app.get(path).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(worker.try_run_one().await.unwrap(), "the unit model trains");
+    let (status, pending) = app.get(path).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
+    assert!(worker.try_run_one().await.unwrap(), "the score job runs");
+    // The client comes back for the score its 202 started: computed, not cached.
+    let (status, score) = app.get(path).await;
+    assert_eq!(
+        (status, &score["cached"]),
+        (StatusCode::OK, &serde_json::json!(true))
+    );
+    let (_, metrics) = app.text("/metrics").await;
+    let counts: Vec<u64> = ["models_not_ready", "pending", "computed", "cached", "error"]
+        .iter()
+        .map(|o| answers(&metrics, o))
+        .collect();
+    assert_eq!(counts, vec![1, 1, 1, 0, 0], "{metrics}");
+    // Asked again, it is an ordinary cached answer.
+    app.get(path).await;
+    let (_, metrics) = app.text("/metrics").await;
+    assert_eq!(answers(&metrics, "cached"), 1, "{metrics}");
 }
