@@ -328,50 +328,64 @@ pub async fn export_mixture(
     });
     let new = payload.new_job();
     let dedup = new.dedup_key.clone().expect("exports are deduplicated");
-    let job = match jobs::latest_succeeded(&state.pool, &dedup).await? {
-        Some(done) => done,
-        None => {
-            let (queued, _) = jobs::enqueue(&mut *state.pool.acquire().await?, &new).await?;
-            let deadline = tokio::time::Instant::now() + wait;
-            let job = state
-                .events
-                .wait_for_job(&state.pool, queued.id, deadline)
-                .await?
-                .ok_or_else(|| ApiError::Internal("an export job vanished".into()))?;
-            match job.state.as_str() {
-                "succeeded" => job,
-                "failed" | "cancelled" => {
-                    return Err(ApiError::status(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "export_failed",
-                        format!(
-                            "the export job {} {}: {}",
-                            job.id,
-                            job.state,
-                            job.error.as_deref().unwrap_or("no error recorded")
-                        ),
-                    ));
-                }
-                _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
-            }
+    let scratch = tempfile::tempdir().map_err(internal)?;
+    let tar_path = scratch.path().join("model.tar");
+    // An export made before is streamed from the store, unless its tar was removed since.
+    if let Some(done) = jobs::latest_succeeded(&state.pool, &dedup).await?
+        && fetch_export(&state, &done, &tar_path).await?
+    {
+        return stream_tar(scratch, &tar_path).await;
+    }
+    let (queued, _) = jobs::enqueue(&mut *state.pool.acquire().await?, &new).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let job = state
+        .events
+        .wait_for_job(&state.pool, queued.id, deadline)
+        .await?
+        .ok_or_else(|| ApiError::Internal("an export job vanished".into()))?;
+    match job.state.as_str() {
+        "succeeded" => {}
+        "failed" | "cancelled" => {
+            return Err(ApiError::status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "export_failed",
+                format!(
+                    "the export job {} {}: {}",
+                    job.id,
+                    job.state,
+                    job.error.as_deref().unwrap_or("no error recorded")
+                ),
+            ));
         }
-    };
-    let result = job.result.unwrap_or_default();
-    let (Some(object), Some(sha256)) = (result["object"].as_str(), result["sha256"].as_str())
-    else {
+        _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
+    }
+    if !fetch_export(&state, &job, &tar_path).await? {
         return Err(ApiError::Internal(format!(
             "export job {} left no object",
             job.id
         )));
+    }
+    stream_tar(scratch, &tar_path).await
+}
+
+/// Downloads (verified) the tar a succeeded export job stored; `false` when the job names
+/// none or the store no longer has it.
+async fn fetch_export(state: &AppState, job: &jobs::Job, path: &Path) -> Result<bool, ApiError> {
+    let result = job.result.clone().unwrap_or_default();
+    let (Some(object), Some(sha256)) = (result["object"].as_str(), result["sha256"].as_str())
+    else {
+        return Ok(false);
     };
-    let scratch = tempfile::tempdir().map_err(internal)?;
-    let tar_path = scratch.path().join("model.tar");
-    state
-        .store
-        .download_verified(object, sha256, &tar_path)
-        .await?;
-    // The open file outlives the scratch folder, which is removed now.
-    let file = tokio::fs::File::open(&tar_path).await.map_err(internal)?;
+    match state.store.download_verified(object, sha256, path).await {
+        Ok(()) => Ok(true),
+        Err(crate::store::StoreError::Backend(object_store::Error::NotFound { .. })) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The tar as the response body; the open file outlives the scratch folder.
+async fn stream_tar(scratch: tempfile::TempDir, tar_path: &Path) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(tar_path).await.map_err(internal)?;
     let length = file.metadata().await.map_err(internal)?.len();
     drop(scratch);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));

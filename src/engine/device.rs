@@ -58,7 +58,13 @@ pub fn free_memory(device: Device) -> Option<u64> {
             let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
             let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib << 10)
+            // In a container the kernel reports the host's memory; the cgroup's limit is what
+            // this process may actually use.
+            let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+            let limit = read("memory.max")
+                .zip(read("memory.current"))
+                .and_then(|(max, current)| cgroup_headroom(&max, &current));
+            Some(limit.map_or(kib << 10, |l| l.min(kib << 10)))
         }
         Device::Cuda(index) => cuda_free_memory(index),
         _ => None,
@@ -82,5 +88,29 @@ fn cuda_free_memory(index: usize) -> Option<u64> {
         let info: MemGetInfo = std::mem::transmute(info);
         let (mut free, mut total) = (0usize, 0usize);
         (set(index as i32) == 0 && info(&mut free, &mut total) == 0).then_some(free as u64)
+    }
+}
+
+/// What a cgroup (v2) still allows: `memory.max` less `memory.current`; `None` without a
+/// limit (`max`) or when the files do not parse.
+fn cgroup_headroom(max: &str, current: &str) -> Option<u64> {
+    let max: u64 = max.trim().parse().ok()?;
+    let current: u64 = current.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_limit_bounds_the_memory_and_no_limit_does_not() {
+        assert_eq!(cgroup_headroom("max\n", "123\n"), None);
+        assert_eq!(
+            cgroup_headroom("1073741824\n", "73741824\n"),
+            Some(1_000_000_000)
+        );
+        assert_eq!(cgroup_headroom("100\n", "200\n"), Some(0));
+        assert_eq!(cgroup_headroom("", "1"), None);
     }
 }

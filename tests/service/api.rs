@@ -959,6 +959,29 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         std::fs::read(exported.join("model.safetensors")).unwrap()
     );
     assert_eq!(exports().await, 1);
+    // A stored tar removed by hand is merged again, not answered with an error.
+    for key in app.store.list("exports").await.unwrap() {
+        app.store.delete(&key).await.unwrap();
+    }
+    let remade = app
+        .client
+        .get(app.url("/v1/mixtures/export?partitions=law,py"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(remade.status(), StatusCode::OK);
+    let remade = remade.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&remade[..]);
+    let mut entry = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("model.safetensors"))
+        .unwrap();
+    let mut again = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut again).unwrap();
+    assert_eq!(again, weights, "the same merge");
+    assert_eq!(exports().await, 2);
     // Imported again, the exported model gives the perplexity the service reported.
     let reimported = dir.path().join("reimported");
     mixpool::engine::hf::import(&exported, &reimported).unwrap();
