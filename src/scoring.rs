@@ -131,17 +131,7 @@ pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, S
         return Ok(ScoreStatus::Cached(score));
     }
     let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
-    let found = models::for_partitions(pool, key.base_id, key.recipe_id, &ids).await?;
-    let missing: Vec<(Uuid, Option<UnitModel>)> = ids
-        .iter()
-        .filter_map(|p| {
-            let model = found.iter().find(|m| m.partition_id == *p).cloned();
-            match &model {
-                Some(m) if m.state == "ready" => None,
-                _ => Some((*p, model)),
-            }
-        })
-        .collect();
+    let missing = models::not_ready(pool, key.base_id, key.recipe_id, &ids).await?;
     if !missing.is_empty() {
         return Ok(ScoreStatus::ModelsNotReady(missing));
     }

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::score::{resolve_mixture, scoring_error};
-use super::{ApiError, AppState, Q};
+use super::{ApiError, AppState, Q, models_not_ready};
 use crate::engine::checkpoint::{self, WEIGHTS_FILE};
 use crate::engine::hf::{self, HfError};
 use crate::jobs::kind::{ExportJob, MemberJson, Payload};
@@ -284,29 +284,15 @@ pub async fn export_mixture(
     )
     .await
     .map_err(scoring_error)?;
-    let units = models::for_partitions(&state.pool, spec.base.id, spec.recipe.id, &ids).await?;
+    let missing = models::not_ready(&state.pool, spec.base.id, spec.recipe.id, &ids).await?;
     let name = |id: Uuid| {
         spec.partitions
             .iter()
             .find(|p| p.id == id)
             .map_or(String::new(), |p| p.name.clone())
     };
-    let missing: Vec<String> = mixture
-        .members
-        .iter()
-        .filter(|m| {
-            !units
-                .iter()
-                .any(|u| u.partition_id == m.partition && u.state == "ready")
-        })
-        .map(|m| name(m.partition))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::status(
-            StatusCode::CONFLICT,
-            "models_not_ready",
-            format!("no ready unit model for: {}", missing.join(", ")),
-        ));
+    if let Some(e) = models_not_ready(&missing, name) {
+        return Err(e);
     }
 
     // What is merged names the stored tar: the same export is made once.

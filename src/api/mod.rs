@@ -187,6 +187,34 @@ async fn resolve_recipe(pool: &PgPool, key: Option<&str>) -> Result<recipes::Rec
     }
 }
 
+/// 409 `models_not_ready` naming the partitions (by `name`) whose unit models are not ready,
+/// with each model's state and job; `None` when none is missing.
+fn models_not_ready(
+    missing: &[(Uuid, Option<crate::registry::models::UnitModel>)],
+    name: impl Fn(Uuid) -> String,
+) -> Option<ApiError> {
+    if missing.is_empty() {
+        return None;
+    }
+    let details: Vec<serde_json::Value> = missing
+        .iter()
+        .map(|(p, model)| {
+            serde_json::json!({
+                "partition": name(*p),
+                "model_state": model.as_ref().map(|m| m.state.clone()),
+                "job": model.as_ref().and_then(|m| m.job_id),
+            })
+        })
+        .collect();
+    let names: Vec<String> = missing.iter().map(|(p, _)| name(*p)).collect();
+    Some(ApiError::Client {
+        status: axum::http::StatusCode::CONFLICT,
+        code: "models_not_ready",
+        message: format!("no ready unit model for: {}", names.join(", ")),
+        details: Some(serde_json::json!(details)),
+    })
+}
+
 /// The eval sets a request names (at least one, each once), resolved by name or id.
 async fn resolve_eval_sets(
     pool: &PgPool,

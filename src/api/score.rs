@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::metrics::Outcome;
-use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, Q, models_not_ready, resolve_base, resolve_recipe};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Weighting;
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -282,30 +282,7 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
             return Ok(Answer::Score(answer));
         }
         ScoreStatus::ModelsNotReady(missing) => {
-            let details: Vec<Value> = missing
-                .iter()
-                .map(|(p, model)| {
-                    json!({
-                        "partition": name(*p),
-                        "model_state": model.as_ref().map(|m| m.state.clone()),
-                        "job": model.as_ref().and_then(|m| m.job_id),
-                    })
-                })
-                .collect();
-            let message = format!(
-                "no ready unit model for: {}",
-                missing
-                    .iter()
-                    .map(|(p, _)| name(*p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            return Err(ApiError::Client {
-                status: StatusCode::CONFLICT,
-                code: "models_not_ready",
-                message,
-                details: Some(json!(details)),
-            });
+            return Err(models_not_ready(&missing, name).expect("some are missing"));
         }
         ScoreStatus::Pending { job, .. } => job,
     };

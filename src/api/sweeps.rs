@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
-    resolve_recipe,
+    ApiError, AppState, ListParams, Page, Q, models_not_ready, parse_uuid, resolve_base,
+    resolve_eval_sets, resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
 use crate::jobs::kind::MemberJson;
@@ -184,31 +184,9 @@ pub async fn create_sweep(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let units = models::for_partitions(&state.pool, base.id, recipe.id, &used).await?;
-    let missing: Vec<Value> = used
-        .iter()
-        .filter_map(|p| {
-            let unit = units.iter().find(|u| u.partition_id == *p);
-            (unit.map(|u| u.state.as_str()) != Some("ready")).then(|| {
-                json!({
-                    "partition": partitions.name(*p),
-                    "model_state": unit.map(|u| u.state.clone()),
-                    "job": unit.and_then(|u| u.job_id),
-                })
-            })
-        })
-        .collect();
-    if !missing.is_empty() {
-        let names: Vec<&str> = missing
-            .iter()
-            .filter_map(|m| m["partition"].as_str())
-            .collect();
-        return Err(ApiError::Client {
-            status: StatusCode::CONFLICT,
-            code: "models_not_ready",
-            message: format!("no ready unit model for: {}", names.join(", ")),
-            details: Some(json!(missing)),
-        });
+    let missing = models::not_ready(&state.pool, base.id, recipe.id, &used).await?;
+    if let Some(e) = models_not_ready(&missing, |p| partitions.name(p).to_string()) {
+        return Err(e);
     }
 
     let eval = EvalConfig::default();

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
-    resolve_recipe,
+    ApiError, AppState, ListParams, Page, Q, models_not_ready, parse_uuid, resolve_base,
+    resolve_eval_sets, resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
@@ -86,33 +86,24 @@ pub async fn create_validations(
         })?;
         resolved.push((mixture, rows));
     }
-    let used: Vec<Uuid> = resolved
-        .iter()
-        .flat_map(|(m, _)| m.members.iter().map(|m| m.partition))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let units = models::for_partitions(&state.pool, base.id, recipe.id, &used).await?;
-    let not_ready: Vec<&Dataset> = resolved
-        .iter()
-        .flat_map(|(_, rows)| rows)
-        .filter(|p| {
-            !units
-                .iter()
-                .any(|u| u.partition_id == p.id && u.state == "ready")
-        })
-        .collect();
-    if let Some(first) = not_ready.first() {
-        let names: Vec<&str> = not_ready.iter().map(|p| p.name.as_str()).collect();
-        return Err(ApiError::Client {
-            status: StatusCode::CONFLICT,
-            code: "models_not_ready",
-            message: format!(
-                "no ready unit model for: {} (the proxies need them)",
-                names.join(", ")
-            ),
-            details: Some(json!({ "partition": first.name })),
-        });
+    // Each partition once, in the order the request names them.
+    let mut used: Vec<Uuid> = Vec::new();
+    for row in resolved.iter().flat_map(|(_, rows)| rows) {
+        if !used.contains(&row.id) {
+            used.push(row.id);
+        }
+    }
+    // The proxies need the unit models.
+    let missing = models::not_ready(&state.pool, base.id, recipe.id, &used).await?;
+    let name = |id: Uuid| {
+        resolved
+            .iter()
+            .flat_map(|(_, rows)| rows)
+            .find(|r| r.id == id)
+            .map_or(String::new(), |r| r.name.clone())
+    };
+    if let Some(e) = models_not_ready(&missing, name) {
+        return Err(e);
     }
 
     let sha = eval_config_sha256(&EvalConfig::default());

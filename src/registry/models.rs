@@ -138,6 +138,27 @@ pub async fn for_partitions(
     .await
 }
 
+/// The partitions among `partitions` without a ready unit model for the base and recipe, in
+/// the given order, each with its model when one exists (queued, failed or cancelled).
+pub async fn not_ready(
+    pool: &PgPool,
+    base: Uuid,
+    recipe: Uuid,
+    partitions: &[Uuid],
+) -> Result<Vec<(Uuid, Option<UnitModel>)>, sqlx::Error> {
+    let found = for_partitions(pool, base, recipe, partitions).await?;
+    Ok(partitions
+        .iter()
+        .filter_map(|p| {
+            let model = found.iter().find(|m| m.partition_id == *p).cloned();
+            match &model {
+                Some(m) if m.state == "ready" => None,
+                _ => Some((*p, model)),
+            }
+        })
+        .collect())
+}
+
 /// Every unit model trained (or queued) on a partition, oldest first.
 pub async fn for_partition(pool: &PgPool, partition: Uuid) -> Result<Vec<UnitModel>, sqlx::Error> {
     sqlx::query_as("select * from models where partition_id = $1 order by created_at")
