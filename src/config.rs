@@ -34,6 +34,9 @@ pub struct ServiceConfig {
     /// Mixtures per sweep shard (one `sweep` job each).
     #[serde(default = "defaults::sweep_shard_mixtures")]
     pub sweep_shard_mixtures: u64,
+    /// Seconds `serve` gives open requests and event streams to end after a stop signal.
+    #[serde(default = "defaults::shutdown_seconds")]
+    pub shutdown_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +58,9 @@ mod defaults {
     pub fn sweep_shard_mixtures() -> u64 {
         32
     }
+    pub fn shutdown_seconds() -> u64 {
+        10
+    }
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
                 lease_seconds: 60,
                 sweep_max_mixtures: defaults::sweep_max_mixtures(),
                 sweep_shard_mixtures: defaults::sweep_shard_mixtures(),
+                shutdown_seconds: defaults::shutdown_seconds(),
             },
             s3: Default::default(),
         }

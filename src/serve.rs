@@ -59,19 +59,70 @@ pub struct WorkerArgs {
 /// missing, and applies the migrations.
 pub async fn database(config: &Config) -> Result<sqlx::PgPool> {
     let url = &config.service.database_url;
+    let shown = without_password(url);
     if !sqlx::Postgres::database_exists(url)
         .await
-        .with_context(|| format!("connecting to {url}"))?
+        .with_context(|| format!("connecting to {shown}"))?
     {
         sqlx::Postgres::create_database(url)
             .await
-            .with_context(|| format!("creating the database {url}"))?;
+            .with_context(|| format!("creating the database {shown}"))?;
     }
     let options =
-        PgConnectOptions::from_str(url).with_context(|| format!("invalid DATABASE_URL {url}"))?;
+        PgConnectOptions::from_str(url).with_context(|| format!("invalid DATABASE_URL {shown}"))?;
     registry::connect(options)
         .await
         .context("connecting to the registry database")
+}
+
+/// `postgres://user:***@host/db` for `postgres://user:secret@host/db`, for messages.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+const STARTUP_RETRY: Duration = Duration::from_secs(2);
+
+/// The registry's database and the object store, waited for at start-up: while either cannot
+/// be used, one line every few seconds says why. Settings that cannot work (a malformed URL,
+/// a refused password) end the start at once.
+async fn storage(config: &Config, args: &ServiceArgs) -> Result<(sqlx::PgPool, Store, PathBuf)> {
+    let (store, data) = store(config, args)?;
+    let pool = loop {
+        match database(config).await {
+            Ok(pool) => break pool,
+            Err(e)
+                if e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<sqlx::Error>()
+                        .is_some_and(registry::is_outage)
+                }) =>
+            {
+                tracing::warn!(
+                    "the database cannot be used: {e:#}; retrying in {} s",
+                    STARTUP_RETRY.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(STARTUP_RETRY).await;
+    };
+    while let Err(e) = store.ready().await {
+        tracing::warn!(
+            "the object store cannot be used: {e}; retrying in {} s",
+            STARTUP_RETRY.as_secs()
+        );
+        tokio::time::sleep(STARTUP_RETRY).await;
+    }
+    Ok((pool, store, data))
 }
 
 fn store(config: &Config, args: &ServiceArgs) -> Result<(Store, PathBuf)> {
@@ -146,8 +197,7 @@ impl Running {
 /// background.
 pub async fn start(args: ServeArgs) -> Result<Running> {
     let config = Config::load()?;
-    let pool = database(&config).await?;
-    let (store, data) = store(&config, &args.service)?;
+    let (pool, store, data) = storage(&config, &args.service).await?;
     let stopped = stop_on_signal();
     let background = if args.no_worker {
         None
@@ -178,19 +228,45 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("mixpool serving on http://{addr}");
-    let mut on_stop = stopped.clone();
+    state.shutdown = stopped.clone();
+    tokio::spawn(heal(state.pool.clone()));
+    let grace = Duration::from_secs(config.service.shutdown_seconds);
     let task = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
+        let mut on_stop = stopped.clone();
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            let _ = on_stop.wait_for(|stop| *stop).await;
+        });
+        let mut on_stop = stopped.clone();
+        tokio::select! {
+            served = server => served?,
+            _ = async {
                 let _ = on_stop.wait_for(|stop| *stop).await;
-            })
-            .await?;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!("connections still open {} s after the stop signal: closed", grace.as_secs()),
+        }
         if let Some(worker) = background {
             worker.await??;
         }
         Ok(())
     });
     Ok(Running { addr, task })
+}
+
+/// How often `serve` looks for partitions without their unit model (and at start-up).
+const HEAL_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the healing pass ([`registry::models::heal`]) at start-up and every
+/// [`HEAL_EVERY`], for as long as the server runs.
+async fn heal(pool: sqlx::PgPool) {
+    let mut every = tokio::time::interval(HEAL_EVERY);
+    loop {
+        every.tick().await;
+        match registry::models::heal(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("queued the unit models of {n} partitions that had none"),
+            Err(e) => tracing::warn!("healing pass: {e}"),
+        }
+    }
 }
 
 pub async fn run_worker(args: WorkerArgs) -> Result<()> {
@@ -200,8 +276,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<()> {
         .iter()
         .map(|k| k.parse::<JobKind>().map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let pool = database(&config).await?;
-    let (store, data) = store(&config, &args.service)?;
+    let (pool, store, data) = storage(&config, &args.service).await?;
     let worker = worker(&config, &args.service, pool, store, &data, kinds)?;
     tracing::info!(owner = worker.owner, "worker started");
     worker.run(stop_on_signal()).await

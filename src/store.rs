@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::ClientConfigKey;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
@@ -78,10 +79,25 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
-    #[error("object store: {0}")]
+    #[error("object store: {}", causes(.0))]
     Backend(#[from] object_store::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// An error with the causes that its own message leaves out ("HTTP error: builder error"
+/// says little without "URL scheme is not allowed").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A stored object: its key, content hash and size.
@@ -124,21 +140,33 @@ impl Store {
                 retry_timeout: std::time::Duration::from_secs(10),
                 ..Default::default()
             };
-            let client = object_store::ClientOptions::new()
-                .with_connect_timeout(std::time::Duration::from_secs(5));
+            // The environment's settings (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, …) stay; only
+            // what it leaves unset, or what the settings file names, is added.
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_retry(retry)
-                .with_client_options(client);
-            if let Some(endpoint) = &s3.endpoint {
+                .with_retry(retry);
+            let client = |key| AmazonS3ConfigKey::Client(key);
+            if builder
+                .get_config_value(&client(ClientConfigKey::ConnectTimeout))
+                .is_none()
+            {
+                builder = builder.with_config(client(ClientConfigKey::ConnectTimeout), "5s");
+            }
+            let endpoint = s3
+                .endpoint
+                .clone()
+                .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+            if let Some(endpoint) = &endpoint {
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                     return Err(bad(format!(
                         "S3 endpoint {endpoint:?} must be an http:// or https:// URL"
                     )));
                 }
-                builder = builder
-                    .with_endpoint(endpoint)
-                    .with_allow_http(endpoint.starts_with("http://"));
+                // An http:// endpoint is plain HTTP by choice, wherever it was named.
+                if endpoint.starts_with("http://") {
+                    builder = builder.with_allow_http(true);
+                }
+                builder = builder.with_endpoint(endpoint);
             }
             if let Some(region) = &s3.region {
                 builder = builder.with_region(region);

@@ -8,11 +8,11 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, ListParams, Page, Q};
 use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
-use crate::registry::{Created, RegistryError, models};
+use crate::registry::{Created, RegistryError, bases, models, recipes};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,11 +43,13 @@ pub async fn upload_partition(
     let partition = created.into_inner();
     let mut models = Vec::new();
     if train {
-        // Without a base and a recipe there is nothing to train yet: the partition is kept.
-        if let (Ok(base), Ok(recipe)) = (
-            resolve_base(&state.pool, None).await,
-            resolve_recipe(&state.pool, None).await,
-        ) {
+        // Without a ready base and a recipe there is nothing to train yet: the partition is
+        // kept (a score, `POST /v1/models` or the healing pass queues its model later). A
+        // database that fails here fails the request, which the client retries: the same
+        // bytes are the same partition, and its model is queued then.
+        let base = bases::latest_ready(&state.pool).await?;
+        let recipe = recipes::latest(&state.pool).await?;
+        if let (Some(base), Some(recipe)) = (base, recipe) {
             let mut tx = state.pool.begin().await?;
             let model = models::ensure(&mut tx, base.id, recipe.id, partition.id)
                 .await?

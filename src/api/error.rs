@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 #[derive(Debug)]
 pub enum ApiError {
-    /// 400, 404, 409, 413, 415, 422: the caller can fix it.
+    /// 400, 404, 409, 413, 415, 422: the caller can fix it; 503 `shutting_down`: the caller
+    /// retries.
     Client {
         status: StatusCode,
         code: &'static str,
@@ -88,17 +89,7 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // Connection exceptions (08…) and a server shutting down (57P…) are outages too.
-        let outage = match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-            _ => false,
-        };
+        let outage = crate::registry::is_outage(&e);
         if outage {
             ApiError::Unavailable(e.to_string())
         } else {

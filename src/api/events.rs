@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -106,7 +107,8 @@ fn is_final(state: &str) -> bool {
 }
 
 /// `GET /v1/jobs/{id}/events`: server-sent events, one `job` event with the whole job each
-/// time it changes (state, progress, loss), ending after its final state.
+/// time it changes (state, progress, loss), ending after its final state, or with a
+/// `shutdown` event when the server stops first.
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -146,14 +148,18 @@ pub async fn job_events(
                         return Some((Ok(event), (w, None)));
                     }
                 }
+                if w.state.is_stopping() {
+                    w.ended = true;
+                    let event = Event::default().event("shutdown").json_data(json!({
+                        "job": w.id,
+                        "message": "the server is shutting down; reconnect to follow the job",
+                    }));
+                    return Some((Ok(event.ok()?), (w, None)));
+                }
                 let deadline = Instant::now() + POLL;
-                // The job's final state wakes this at once; progress shows within POLL.
-                match w
-                    .state
-                    .events
-                    .wait_for_job(&w.state.pool, w.id, deadline)
-                    .await
-                {
+                // The job's final state (or the server stopping) wakes this at once;
+                // progress shows within POLL.
+                match w.state.wait_for_job(w.id, deadline).await {
                     Ok(Some(job)) => next = Some(job),
                     Ok(None) => return None,
                     Err(e) => {

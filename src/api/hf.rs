@@ -18,7 +18,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::score::{resolve_mixture, scoring_error};
-use super::{ApiError, AppState, Q, models_not_ready};
+use super::units::train_missing;
+use super::{ApiError, AppState, Q};
 use crate::engine::checkpoint::{self, WEIGHTS_FILE};
 use crate::engine::hf::{self, HfError};
 use crate::jobs::kind::{ExportJob, MemberJson, Payload};
@@ -31,6 +32,8 @@ pub struct ImportParams {
     name: String,
     /// A folder in the object store holding the checkpoint, instead of a tar body.
     from_store: Option<String>,
+    /// `all`: queue every partition's unit model (for the default recipe) with the base.
+    train: Option<super::units::All>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -41,6 +44,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// of a Hugging Face checkpoint directory, or empty with `from_store` naming a folder in
 /// the object store. The checkpoint is checked and converted like `mixpool local import`,
 /// its weights and side files stored, then the base row written: 201 with the base.
+/// `train=all` queues every partition's unit model for the default recipe with the row.
 pub async fn import_base(
     State(state): State<AppState>,
     Q(params): Q<ImportParams>,
@@ -61,6 +65,10 @@ pub async fn import_base(
     if bases::find(&state.pool, &params.name).await?.is_some() {
         return Err(name_taken(&params.name));
     }
+    let recipe = match params.train {
+        Some(_) => Some(super::resolve_recipe(&state.pool, None).await?),
+        None => None,
+    };
     received?;
     match &params.from_store {
         Some(prefix) => fetch_folder(&state, prefix, &source).await?,
@@ -108,10 +116,17 @@ pub async fn import_base(
             RegistryError::Database(e) => e.into(),
         })?;
     let base = bases::set_files(&mut tx, id, &files).await?;
+    let training = match &recipe {
+        Some(recipe) => Some(super::units::train_all(&mut tx, id, recipe.id).await?),
+        None => None,
+    };
     tx.commit().await?;
     state.scores.defaults_changed();
     let mut answer = json!(base);
     answer["import"] = json!(imported);
+    if let Some(training) = training {
+        answer["training"] = json!(training);
+    }
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -245,6 +260,9 @@ pub struct ExportParams {
     recipe: Option<String>,
     /// Seconds to wait for the merge (default and limit: the server's `max_wait_seconds`).
     wait: Option<f64>,
+    /// Whether missing unit models are queued for training (default true: 202 with
+    /// `training`; false: 409).
+    train: Option<bool>,
 }
 
 /// `GET /v1/mixtures/export?partitions=a,b[&weights=][&weighting=][&base=][&recipe=][&wait=]`:
@@ -291,8 +309,11 @@ pub async fn export_mixture(
             .find(|p| p.id == id)
             .map_or(String::new(), |p| p.name.clone())
     };
-    if let Some(e) = models_not_ready(&missing, name) {
-        return Err(e);
+    let train = params.train.unwrap_or(true);
+    if let Some(training) =
+        train_missing(&state, spec.base.id, spec.recipe.id, &missing, &name, train).await?
+    {
+        return Ok((StatusCode::ACCEPTED, Json(training)).into_response());
     }
 
     // What is merged names the stored tar: the same export is made once.
@@ -325,8 +346,7 @@ pub async fn export_mixture(
     let (queued, _) = jobs::enqueue(&mut *state.pool.acquire().await?, &new).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let job = state
-        .events
-        .wait_for_job(&state.pool, queued.id, deadline)
+        .wait_for_job(queued.id, deadline)
         .await?
         .ok_or_else(|| ApiError::Internal("an export job vanished".into()))?;
     match job.state.as_str() {
@@ -343,6 +363,7 @@ pub async fn export_mixture(
                 ),
             ));
         }
+        _ if state.is_stopping() => return Err(AppState::shutting_down(job.id)),
         _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
     }
     if !fetch_export(&state, &job, &tar_path).await? {

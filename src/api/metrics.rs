@@ -21,19 +21,22 @@ pub enum Outcome {
     Computed,
     /// 202: the job is still running.
     Pending,
-    /// 409: unit models missing.
+    /// 409: unit models missing (`train=false`) or failed.
     ModelsNotReady,
     /// Any other error.
     Error,
+    /// 202: unit models queued or training first.
+    Training,
 }
 
 impl Outcome {
-    const ALL: [(Outcome, &'static str); 5] = [
+    const ALL: [(Outcome, &'static str); 6] = [
         (Outcome::Cached, "cached"),
         (Outcome::Computed, "computed"),
         (Outcome::Pending, "pending"),
         (Outcome::ModelsNotReady, "models_not_ready"),
         (Outcome::Error, "error"),
+        (Outcome::Training, "training"),
     ];
 }
 
@@ -43,7 +46,7 @@ const MAX_AWAITED: usize = 100_000;
 /// This server's counters since it started.
 #[derive(Default)]
 pub struct Counters {
-    answers: [AtomicU64; 5],
+    answers: [AtomicU64; 6],
     /// Scores this server answered 202 for, by key: the answer that later finds them stored
     /// counts as computed.
     awaited: Mutex<HashSet<String>>,

@@ -11,6 +11,7 @@ mod metrics;
 mod models;
 pub mod score;
 mod sweeps;
+mod units;
 mod validations;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// How big sweeps may be and how they are sharded.
     pub sweeps: SweepLimits,
+    /// Turns true when the server stops: waits and event streams then end at once.
+    pub shutdown: watch::Receiver<bool>,
     /// Score answers already given (see [`score::ScoreCache`]).
     scores: Arc<score::ScoreCache>,
     events: Arc<events::Events>,
@@ -54,9 +58,46 @@ impl AppState {
             max_upload_bytes,
             max_wait,
             sweeps: SweepLimits::default(),
+            // Never stops unless the server sets its own signal.
+            shutdown: watch::channel(false).1,
             scores,
             events,
             metrics: Default::default(),
+        }
+    }
+
+    /// Resolves once the server is stopping (never, for a server without a stop signal).
+    pub(crate) async fn stopping(&self) {
+        let mut shutdown = self.shutdown.clone();
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits until job `id` is final, `deadline` passes or the server stops; the job as it
+    /// then is (`None` when there is no such job).
+    async fn wait_for_job(
+        &self,
+        id: Uuid,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<crate::registry::jobs::Job>, sqlx::Error> {
+        tokio::select! {
+            job = self.events.wait_for_job(&self.pool, id, deadline) => job,
+            _ = self.stopping() => crate::registry::jobs::get(&self.pool, id).await,
+        }
+    }
+
+    /// What a request that was waiting on `job` answers when the server stops meanwhile.
+    fn shutting_down(job: Uuid) -> ApiError {
+        ApiError::Client {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: "shutting_down",
+            message: format!("this server is shutting down; retry the request (job {job} goes on)"),
+            details: Some(serde_json::json!({ "job": job })),
         }
     }
 }
@@ -93,6 +134,10 @@ pub fn router(state: AppState) -> Router {
             post(models::create_recipe).get(models::list_recipes),
         )
         .route("/v1/recipes/{key}", get(models::get_recipe))
+        .route(
+            "/v1/models",
+            post(units::train_models).get(units::list_models),
+        )
         .route(
             "/v1/partitions",
             post(datasets::upload_partition).get(datasets::list_partitions),
@@ -185,34 +230,6 @@ async fn resolve_recipe(pool: &PgPool, key: Option<&str>) -> Result<recipes::Rec
             )
         }),
     }
-}
-
-/// 409 `models_not_ready` naming the partitions (by `name`) whose unit models are not ready,
-/// with each model's state and job; `None` when none is missing.
-fn models_not_ready(
-    missing: &[(Uuid, Option<crate::registry::models::UnitModel>)],
-    name: impl Fn(Uuid) -> String,
-) -> Option<ApiError> {
-    if missing.is_empty() {
-        return None;
-    }
-    let details: Vec<serde_json::Value> = missing
-        .iter()
-        .map(|(p, model)| {
-            serde_json::json!({
-                "partition": name(*p),
-                "model_state": model.as_ref().map(|m| m.state.clone()),
-                "job": model.as_ref().and_then(|m| m.job_id),
-            })
-        })
-        .collect();
-    let names: Vec<String> = missing.iter().map(|(p, _)| name(*p)).collect();
-    Some(ApiError::Client {
-        status: axum::http::StatusCode::CONFLICT,
-        code: "models_not_ready",
-        message: format!("no ready unit model for: {}", names.join(", ")),
-        details: Some(serde_json::json!(details)),
-    })
 }
 
 /// The eval sets a request names (at least one, each once), resolved by name or id.

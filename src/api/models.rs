@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, ListParams, Page, Q};
+use super::units::{All, train_all as train_all_partitions};
+use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recipe};
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::TrainConfig;
@@ -44,6 +45,9 @@ struct NewBase {
     pretrain_tokens: Option<u64>,
     /// Pre-training settings that differ from the defaults (see `TrainConfig::pretrain`).
     pretrain: Option<serde_json::Map<String, Value>>,
+    /// `"all"`: queue the unit models of every partition (for the default recipe) once the
+    /// base is ready.
+    train: Option<All>,
 }
 
 /// A base with the job that pre-trains it, when there is one.
@@ -52,12 +56,17 @@ pub struct BaseView {
     #[serde(flatten)]
     base: bases::Base,
     job: Option<jobs::Job>,
+    /// Unit models queued by `"train": "all"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    training: Option<usize>,
 }
 
 /// `POST /v1/bases {"name", "preset", "seed"?, "pretrain_on"?, "pretrain_tokens"?,
-/// "pretrain"?}`: a base from a preset. Without `pretrain_on` its random initialisation is
-/// stored before its row is written (ready at once); with it, the base is `pending` and a
-/// `pretrain` job, queued in the same transaction, trains and stores it.
+/// "pretrain"?, "train"?}`: a base from a preset. Without `pretrain_on` its random
+/// initialisation is stored before its row is written (ready at once); with it, the base is
+/// `pending` and a `pretrain` job, queued in the same transaction, trains and stores it.
+/// `"train": "all"` queues every partition's unit model for the default recipe, with the
+/// base's row (or, for a pre-trained base, when its pre-training succeeds).
 pub async fn create_base(
     State(state): State<AppState>,
     body: Bytes,
@@ -73,6 +82,11 @@ pub async fn create_base(
         )
     })?;
     let pretrain = pretrain_settings(&state, &new, &config).await?;
+    let train_all = new.train.is_some();
+    let recipe = match train_all {
+        true => Some(resolve_recipe(&state.pool, None).await?),
+        false => None,
+    };
     if bases::find(&state.pool, &new.name).await?.is_some() {
         return Err(name_taken(RegistryError::NameTaken {
             kind: "base",
@@ -89,6 +103,7 @@ pub async fn create_base(
             base: id,
             partition: partition.id,
             config: train,
+            train_all,
         })
         .new_job();
         let (job, _) = jobs::enqueue(&mut tx, &job).await?;
@@ -96,6 +111,7 @@ pub async fn create_base(
         let view = BaseView {
             base,
             job: Some(job),
+            training: None,
         };
         return Ok((StatusCode::CREATED, Json(view)));
     }
@@ -115,12 +131,22 @@ pub async fn create_base(
             &keys::base(&id, WEIGHTS_FILE),
         )
         .await?;
-    let mut db = state.pool.acquire().await?;
-    let base = bases::insert(&mut db, id, &new.name, &config, Some(&stored.sha256))
+    let mut tx = state.pool.begin().await?;
+    let base = bases::insert(&mut tx, id, &new.name, &config, Some(&stored.sha256))
         .await
         .map_err(name_taken)?;
+    let training = match &recipe {
+        Some(recipe) => Some(train_all_partitions(&mut tx, base.id, recipe.id).await?),
+        None => None,
+    };
+    tx.commit().await?;
     state.scores.defaults_changed();
-    Ok((StatusCode::CREATED, Json(BaseView { base, job: None })))
+    let view = BaseView {
+        base,
+        job: None,
+        training,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// The partition and settings a new base is pre-trained with, checked; `None` without
@@ -176,7 +202,11 @@ pub async fn get_base(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("base {key:?}")))?;
     let job = bases::pretrain_job(&state.pool, base.id).await?;
-    Ok(Json(BaseView { base, job }))
+    Ok(Json(BaseView {
+        base,
+        job,
+        training: None,
+    }))
 }
 
 pub async fn list_bases(
@@ -204,6 +234,20 @@ pub async fn create_recipe(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut fields: serde_json::Map<String, Value> = parse(&body)?;
+    let train_all = match fields.remove("train") {
+        None => false,
+        Some(Value::String(all)) if all == "all" => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("train is \"all\" or absent, not {other}"),
+            ));
+        }
+    };
+    let base = match train_all {
+        true => Some(resolve_base(&state.pool, None).await?),
+        false => None,
+    };
     let name = match fields.remove("name") {
         Some(Value::String(name)) => name,
         _ => {
@@ -220,10 +264,20 @@ pub async fn create_recipe(
     config
         .validate()
         .map_err(|e| ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, "invalid_recipe", e))?;
-    let mut db = state.pool.acquire().await?;
-    let created = recipes::insert(&mut db, &name, &config)
+    let mut tx = state.pool.begin().await?;
+    let created = recipes::insert(&mut tx, &name, &config)
         .await
         .map_err(name_taken)?;
+    let training = match &base {
+        Some(base) => {
+            let recipe = match &created {
+                Created::New(r) | Created::Existing(r) => r.id,
+            };
+            Some(train_all_partitions(&mut tx, base.id, recipe).await?)
+        }
+        None => None,
+    };
+    tx.commit().await?;
     state.scores.defaults_changed();
     let status = if created.is_new() {
         StatusCode::CREATED
@@ -233,7 +287,11 @@ pub async fn create_recipe(
     let recipe = match created {
         Created::New(r) | Created::Existing(r) => r,
     };
-    Ok((status, Json(json!(recipe))))
+    let mut body = json!(recipe);
+    if let Some(training) = training {
+        body["training"] = json!(training);
+    }
+    Ok((status, Json(body)))
 }
 
 pub async fn get_recipe(

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::metrics::Outcome;
-use super::{ApiError, AppState, Q, models_not_ready, resolve_base, resolve_recipe};
+use super::units::train_missing;
+use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Weighting;
 use crate::registry::datasets::{self, Dataset, Kind};
@@ -39,6 +40,9 @@ pub struct ScoreParams {
     recipe: Option<String>,
     /// Seconds to wait for a score being computed (default 30).
     wait: Option<f64>,
+    /// Whether missing unit models are queued for training (default true; false answers
+    /// 409 instead).
+    train: Option<bool>,
 }
 
 /// Answers already given, by request. A score never changes and a name always means the
@@ -120,11 +124,16 @@ struct Resolved {
     names: HashMap<Uuid, String>,
     /// The eval set, base and recipe names the answer shows.
     context: Value,
+    /// Whether missing unit models are queued.
+    train: bool,
 }
 
 enum Answer {
     Score(Value),
+    /// The score job is still running.
     Pending(Box<jobs::Job>),
+    /// Unit models are training first ([`train_missing`]'s body).
+    Training(Value),
 }
 
 /// The key of the answer cache: the request's own words, with the defaults filled in.
@@ -254,6 +263,7 @@ async fn resolve(
             .map(|p| (p.id, p.name))
             .collect(),
         context: json!({ "eval_set": eval_set.name, "base": spec.base.name, "recipe": spec.recipe.name }),
+        train: params.train.unwrap_or(true),
     })
 }
 
@@ -269,7 +279,8 @@ pub(super) fn scoring_error(e: ScoringError) -> ApiError {
 }
 
 /// The score from the registry, or from the job that computes it if that ends before
-/// `deadline`; otherwise the job. Missing unit models are a 409 naming them.
+/// `deadline`; otherwise the job. Missing unit models are queued for training (or, with
+/// `train=false`, a 409 naming them).
 async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Answer, ApiError> {
     let name = |id: Uuid| r.names.get(&id).cloned().unwrap_or_default();
     let status = scoring::submit(&state.pool, &r.prepared)
@@ -282,13 +293,17 @@ async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Ans
             return Ok(Answer::Score(answer));
         }
         ScoreStatus::ModelsNotReady(missing) => {
-            return Err(models_not_ready(&missing, name).expect("some are missing"));
+            let key = &r.prepared.key;
+            let training =
+                train_missing(state, key.base_id, key.recipe_id, &missing, &name, r.train)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("no unit model was missing".into()))?;
+            return Ok(Answer::Training(training));
         }
         ScoreStatus::Pending { job, .. } => job,
     };
     let job = state
-        .events
-        .wait_for_job(&state.pool, job.id, deadline)
+        .wait_for_job(job.id, deadline)
         .await?
         .ok_or_else(|| ApiError::Internal("a score job vanished".into()))?;
     match job.state.as_str() {
@@ -332,12 +347,28 @@ fn count(state: &AppState, r: &Resolved, answer: &Result<Answer, ApiError>) {
             state.metrics.await_later(key);
             Outcome::Pending
         }
-        Err(ApiError::Client { code, .. }) if *code == "models_not_ready" => {
+        Ok(Answer::Training(_)) => Outcome::Training,
+        Err(ApiError::Client { code, .. })
+            if *code == "models_not_ready" || *code == "models_failed" =>
+        {
             Outcome::ModelsNotReady
         }
         Err(_) => Outcome::Error,
     };
     state.metrics.score_answered(outcome);
+}
+
+/// Waits for the training jobs that a [`train_missing`] body names; whether all succeeded
+/// before `deadline` (and before the server stops).
+async fn trained(state: &AppState, training: &Value, deadline: Instant) -> Result<bool, ApiError> {
+    let jobs = training["training"].as_array().into_iter().flatten();
+    for id in jobs.filter_map(|t| t["job"].as_str()?.parse::<Uuid>().ok()) {
+        let job = state.wait_for_job(id, deadline).await?;
+        if job.is_none_or(|j| j.state != "succeeded") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The deadline of a request's `wait` (default 30 s, at most the configured maximum).
@@ -370,10 +401,22 @@ pub async fn get_score(
     }
     let deadline = deadline(&state, params.wait)?;
     let resolved = resolve(&state, &params, &names).await?;
-    let answered = answer(&state, &resolved, deadline).await;
+    let mut answered = answer(&state, &resolved, deadline).await;
+    // Unit models that train within the wait are followed by the score itself.
+    if let Ok(Answer::Training(training)) = &answered
+        && Instant::now() < deadline
+        && trained(&state, training, deadline).await?
+    {
+        answered = answer(&state, &resolved, deadline).await;
+    }
     count(&state, &resolved, &answered);
     Ok(match answered? {
+        Answer::Training(training) => (StatusCode::ACCEPTED, Json(training)).into_response(),
         Answer::Score(score) => Json(score).into_response(),
+        // The job goes on elsewhere; this server cannot tell the client when it ends.
+        Answer::Pending(job) if state.is_stopping() => {
+            return Err(AppState::shutting_down(job.id));
+        }
         Answer::Pending(job) => (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response(),
     })
 }
@@ -399,6 +442,8 @@ pub struct Batch {
     recipe: Option<String>,
     /// Seconds to wait for the scores being computed, all together (default 30).
     wait: Option<f64>,
+    /// Whether missing unit models are queued for training (default true).
+    train: Option<bool>,
 }
 
 /// The most mixture × eval set pairs one batch may ask for.
@@ -407,7 +452,8 @@ const MAX_BATCH: usize = 10_000;
 /// `POST /v1/scores {"mixtures": [...], "eval_sets": [...], "base"?, "recipe"?, "wait"?}`:
 /// every mixture on every eval set. All requests are checked before any job is queued (a
 /// bad one is a 4xx naming it); then each is answered like `GET /v1/score`, in order, with a
-/// `status` of `done`, `pending` (with its job) or `models_not_ready`.
+/// `status` of `done`, `pending` (with its job), `training` (with the unit models' jobs; ask
+/// again once they end) or `models_not_ready` / `models_failed`.
 pub async fn post_scores(
     State(state): State<AppState>,
     body: axum::body::Bytes,
@@ -438,6 +484,7 @@ pub async fn post_scores(
         };
         for eval in &batch.eval_sets {
             let params = ScoreParams {
+                train: batch.train,
                 partitions: partitions.join(","),
                 eval: eval.clone(),
                 weights: weights.map(|w| {
@@ -490,11 +537,11 @@ pub async fn post_scores(
         results[i] = batch_item(last)?;
     }
     let count = |status: &str| results.iter().filter(|r| r["status"] == status).count();
-    let (done, waiting) = (count("done"), count("pending"));
     Ok(Json(json!({
         "results": results,
-        "done": done,
-        "pending": waiting,
+        "done": count("done"),
+        "pending": count("pending"),
+        "training": count("training"),
     })))
 }
 
@@ -504,6 +551,11 @@ fn batch_item(answer: Result<Answer, ApiError>) -> Result<Value, ApiError> {
     Ok(match answer {
         Ok(Answer::Score(score)) => json!({ "status": "done", "score": score }),
         Ok(Answer::Pending(job)) => json!({ "status": "pending", "job": job }),
+        Ok(Answer::Training(training)) => json!({
+            "status": "training",
+            "training": training["training"],
+            "message": training["message"],
+        }),
         Err(ApiError::Client {
             code,
             message,

@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::units::train_missing;
 use super::{
-    ApiError, AppState, ListParams, Page, Q, models_not_ready, parse_uuid, resolve_base,
-    resolve_eval_sets, resolve_recipe,
+    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
+    resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
 use crate::jobs::kind::MemberJson;
@@ -39,6 +40,9 @@ struct NewSweep {
     weighting: Option<String>,
     base: Option<String>,
     recipe: Option<String>,
+    /// Whether missing unit models are queued for training (default true: the answer is then
+    /// 202 naming their jobs, and the sweep is asked for again once they end).
+    train: Option<bool>,
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -50,7 +54,8 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// `POST /v1/sweeps`: everything is checked (names, sizes, the mixture count against the
-/// limit, ready unit models) before the sweep and its shards are queued in one transaction.
+/// limit) before the sweep and its shards are queued in one transaction. When unit models
+/// are missing they are queued instead (202, see [`train_missing`]) and nothing else is.
 pub async fn create_sweep(
     State(state): State<AppState>,
     body: Bytes,
@@ -176,7 +181,7 @@ pub async fn create_sweep(
             members: serde_json::to_value(members).expect("mixtures serialise"),
         });
     }
-    // Every unit model must be ready (training on demand comes with `POST /v1/models`).
+    // Every unit model must be ready; missing ones are queued first.
     let used: Vec<Uuid> = chosen
         .iter()
         .flatten()
@@ -185,8 +190,12 @@ pub async fn create_sweep(
         .into_iter()
         .collect();
     let missing = models::not_ready(&state.pool, base.id, recipe.id, &used).await?;
-    if let Some(e) = models_not_ready(&missing, |p| partitions.name(p).to_string()) {
-        return Err(e);
+    let name = |p: Uuid| partitions.name(p).to_string();
+    let train = new.train.unwrap_or(true);
+    if let Some(training) =
+        train_missing(&state, base.id, recipe.id, &missing, &name, train).await?
+    {
+        return Ok((StatusCode::ACCEPTED, Json(training)));
     }
 
     let eval = EvalConfig::default();

@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::units::train_missing;
 use super::{
-    ApiError, AppState, ListParams, Page, Q, models_not_ready, parse_uuid, resolve_base,
-    resolve_eval_sets, resolve_recipe,
+    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
+    resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
@@ -33,16 +34,20 @@ struct NewValidations {
     eval_sets: Vec<String>,
     base: Option<String>,
     recipe: Option<String>,
+    /// Whether missing unit models are queued for training (default true: the answer is then
+    /// 202 with `training`, and the validations are asked for again once those jobs end).
+    train: Option<bool>,
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
-/// `POST /v1/validations {"mixture" | "mixtures", "eval_sets", "base"?, "recipe"?}`: all
-/// checked first (names, repeated partitions, ready unit models), then each validation
-/// created or found, with the job that trains and evaluates what it lacks. 202 when a job
-/// was queued, 200 when everything asked for is already there.
+/// `POST /v1/validations {"mixture" | "mixtures", "eval_sets", "base"?, "recipe"?,
+/// "train"?}`: all checked first (names, repeated partitions), then missing unit models
+/// queued (202 with `training`, nothing else created), else each validation created or
+/// found, with the job that trains and evaluates what it lacks. 202 when a job was queued,
+/// 200 when everything asked for is already there.
 pub async fn create_validations(
     State(state): State<AppState>,
     body: Bytes,
@@ -102,8 +107,11 @@ pub async fn create_validations(
             .find(|r| r.id == id)
             .map_or(String::new(), |r| r.name.clone())
     };
-    if let Some(e) = models_not_ready(&missing, name) {
-        return Err(e);
+    let train = new.train.unwrap_or(true);
+    if let Some(training) =
+        train_missing(&state, base.id, recipe.id, &missing, &name, train).await?
+    {
+        return Ok((StatusCode::ACCEPTED, Json(training)));
     }
 
     let sha = eval_config_sha256(&EvalConfig::default());

@@ -140,6 +140,12 @@ pub async fn export(a: ExportArgs) -> Result<()> {
             break response;
         }
         let pending: Value = response.json().await.unwrap_or(Value::Null);
+        if let Some(message) = pending["message"].as_str() {
+            // Unit models train first; the server answers at once, so ask again later.
+            eprintln!("{message}");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            continue;
+        }
         eprintln!(
             "merging: export job {} {}",
             pending["job"]["id"].as_str().unwrap_or("?"),

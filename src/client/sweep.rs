@@ -99,6 +99,43 @@ impl Api {
         }
         Ok(answer)
     }
+
+    /// POSTs `body` to `path`; while the server answers that unit models train first, waits
+    /// for their jobs and asks again.
+    async fn create(&self, path: &str, body: Value) -> Result<Value> {
+        loop {
+            let answer = self
+                .call(reqwest::Method::POST, path, Some(body.clone()))
+                .await?;
+            let Some(training) = answer["training"].as_array() else {
+                return Ok(answer);
+            };
+            let jobs: Vec<&str> = training.iter().filter_map(|t| t["job"].as_str()).collect();
+            let mut progress = Progress::new("training unit models");
+            loop {
+                let mut done = 0;
+                for id in &jobs {
+                    let job = self
+                        .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+                        .await?;
+                    match job["state"].as_str() {
+                        Some("succeeded") => done += 1,
+                        Some(state @ ("failed" | "cancelled")) => {
+                            progress.finish();
+                            bail!("training job {id} {state}: {}", job["error"]);
+                        }
+                        _ => {}
+                    }
+                }
+                progress.set(done, jobs.len() as u64);
+                if done == jobs.len() as u64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            progress.finish();
+        }
+    }
 }
 
 /// Progress on stderr: a bar on a terminal, otherwise a line every ten seconds.
@@ -172,9 +209,7 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
             request[key] = json!(v);
         }
     }
-    let created = api
-        .call(reqwest::Method::POST, "/v1/sweeps", Some(request))
-        .await?;
+    let created = api.create("/v1/sweeps", request).await?;
     let id = created["id"]
         .as_str()
         .context("the server gave no sweep id")?;
@@ -241,9 +276,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
             request[key] = json!(v);
         }
     }
-    let created = api
-        .call(reqwest::Method::POST, "/v1/validations", Some(request))
-        .await?;
+    let created = api.create("/v1/validations", request).await?;
     let ids: Vec<String> = created["items"]
         .as_array()
         .into_iter()

@@ -81,6 +81,9 @@ pub struct PretrainJob {
     pub base: Uuid,
     pub partition: Uuid,
     pub config: TrainConfig,
+    /// Queue every partition's unit model (for the newest recipe) once the base is ready.
+    #[serde(default)]
+    pub train_all: bool,
 }
 
 /// `train`: the unit model row to train (its base, recipe and partition say how).

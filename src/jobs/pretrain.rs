@@ -10,9 +10,9 @@ use super::kind::PretrainJob;
 use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
-use crate::registry::bases;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::Lease;
+use crate::registry::{bases, models, recipes};
 use crate::store::keys;
 use crate::worker::Worker;
 
@@ -44,6 +44,13 @@ pub(crate) async fn run(
     };
     let mut tx = pool.begin().await?;
     bases::mark_ready(&mut tx, base.id, &stored.sha256).await?;
+    if job.train_all
+        && let Some(recipe) = recipes::latest(&mut *tx).await?
+    {
+        let partitions: Vec<_> = datasets::all_partitions(&mut *tx).await?;
+        let ids: Vec<_> = partitions.into_iter().map(|(id, _)| id).collect();
+        models::train(&mut tx, base.id, recipe.id, &ids, false).await?;
+    }
     let result = json!({ "base": base.id, "weights_sha256": stored.sha256, "train": summary });
     training::finish(worker, tx, lease, &result, &run).await
 }

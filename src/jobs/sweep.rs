@@ -244,8 +244,11 @@ impl Shard<'_> {
         }
         let message = format!("mixture {done}/{total}");
         match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
-            Ok(()) => {
+            Ok(cancel_requested) => {
                 tx.commit().await?;
+                if cancel_requested {
+                    self.cancel.store(true, Ordering::SeqCst);
+                }
                 Ok(true)
             }
             Err(QueueError::LeaseLost(_)) => Ok(false),

@@ -3,7 +3,7 @@
 //! the weights back to the store.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
@@ -96,13 +96,16 @@ pub(super) async fn run(
                     let message = format!("step {}/{}", p.step, p.steps);
                     let fraction = p.step as f32 / p.steps as f32;
                     // A lost lease shows at the next heartbeat; progress is best effort.
-                    let _ = runtime.block_on(jobs::progress(
+                    let asked = runtime.block_on(jobs::progress(
                         &pool,
                         &lease_for_thread,
                         fraction,
                         &message,
                         Some(p.loss),
                     ));
+                    if matches!(asked, Ok(true)) {
+                        cancel.store(true, Ordering::SeqCst);
+                    }
                 }
             };
             let state = work.join("train_state");

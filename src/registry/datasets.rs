@@ -143,6 +143,15 @@ pub async fn names(
     Ok(rows.into_iter().collect())
 }
 
+/// Every partition's id and name, oldest first.
+pub async fn all_partitions<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("select id, name from partitions order by created_at, id")
+        .fetch_all(db)
+        .await
+}
+
 /// Partition sizes in UTF-8 bytes by id (ids without a row are absent).
 pub async fn partition_bytes(
     pool: &PgPool,

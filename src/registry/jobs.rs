@@ -197,26 +197,28 @@ pub async fn heartbeat(
     row.map(|(c,)| c).ok_or(QueueError::LeaseLost(lease.id()))
 }
 
-/// Records progress (a fraction in [0, 1], a message, the latest loss).
+/// Records progress (a fraction in [0, 1], a message, the latest loss); `true` when the job's
+/// cancellation was requested (the worker stops at once rather than at its next heartbeat).
 pub async fn progress<'e>(
     db: impl PgExecutor<'e>,
     lease: &Lease,
     fraction: f32,
     message: &str,
     loss: Option<f64>,
-) -> Result<(), QueueError> {
-    let done = sqlx::query(
+) -> Result<bool, QueueError> {
+    let row: Option<(bool,)> = sqlx::query_as(
         "update jobs set progress = $3, message = $4, loss = coalesce($5, loss), updated_at = now()
-         where id = $1 and attempts = $2 and state = 'running'",
+         where id = $1 and attempts = $2 and state = 'running'
+         returning cancel_requested",
     )
     .bind(lease.id())
     .bind(lease.attempt())
     .bind(fraction.clamp(0.0, 1.0))
     .bind(message)
     .bind(loss)
-    .execute(db)
+    .fetch_optional(db)
     .await?;
-    fenced(done.rows_affected(), lease)
+    row.map(|(c,)| c).ok_or(QueueError::LeaseLost(lease.id()))
 }
 
 /// Marks the job succeeded with `result`. Pass the transaction that writes the job's domain

@@ -33,6 +33,21 @@ pub async fn connect(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
     Ok(pool)
 }
 
+/// Whether an error says the database cannot be reached now (connection exceptions 08…, a
+/// server shutting down or starting up 57P…) rather than that a statement was wrong.
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// An insert that found an identical row already there says so, so that the API can answer
 /// 201 for new rows and 200 for existing ones.
 #[derive(Debug, Clone)]

@@ -122,8 +122,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<UnitModel>, sqlx::Err
 }
 
 /// The unit models of `partitions` for one base and recipe (missing ones are absent).
-pub async fn for_partitions(
-    pool: &PgPool,
+pub async fn for_partitions<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     base: Uuid,
     recipe: Uuid,
     partitions: &[Uuid],
@@ -134,19 +134,19 @@ pub async fn for_partitions(
     .bind(base)
     .bind(recipe)
     .bind(partitions)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// The partitions among `partitions` without a ready unit model for the base and recipe, in
 /// the given order, each with its model when one exists (queued, failed or cancelled).
-pub async fn not_ready(
-    pool: &PgPool,
+pub async fn not_ready<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     base: Uuid,
     recipe: Uuid,
     partitions: &[Uuid],
 ) -> Result<Vec<(Uuid, Option<UnitModel>)>, sqlx::Error> {
-    let found = for_partitions(pool, base, recipe, partitions).await?;
+    let found = for_partitions(db, base, recipe, partitions).await?;
     Ok(partitions
         .iter()
         .filter_map(|p| {
@@ -157,6 +157,92 @@ pub async fn not_ready(
             }
         })
         .collect())
+}
+
+/// Queues (in the caller's transaction) the training of every unit model of `partitions`
+/// for one base and recipe that is neither ready nor training: missing, cancelled, or failed
+/// when `retry_failed`. Returns the models that are not ready, as they now are, in the given
+/// order.
+pub async fn train(
+    db: &mut PgConnection,
+    base: Uuid,
+    recipe: Uuid,
+    partitions: &[Uuid],
+    retry_failed: bool,
+) -> Result<Vec<UnitModel>, sqlx::Error> {
+    let missing = not_ready(&mut *db, base, recipe, partitions).await?;
+    let mut models = Vec::with_capacity(missing.len());
+    for (partition, model) in missing {
+        match model {
+            Some(failed) if failed.state == "failed" && !retry_failed => models.push(failed),
+            _ => models.push(ensure(db, base, recipe, partition).await?.into_inner()),
+        }
+    }
+    Ok(models)
+}
+
+/// The healing pass: queues the unit model of every partition that has none for the default
+/// base (the newest ready one) and recipe (the newest), so that no gap left by a crash
+/// between storing a partition and queueing its model survives. Cancelled and failed models
+/// are left as they are. How many were queued.
+pub async fn heal(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let (Some(base), Some(recipe)) = (
+        super::bases::latest_ready(pool).await?,
+        super::recipes::latest(pool).await?,
+    ) else {
+        return Ok(0);
+    };
+    let lacking: Vec<Uuid> = sqlx::query_scalar(
+        "select p.id from partitions p where not exists (
+             select 1 from models m
+             where m.partition_id = p.id and m.base_id = $1 and m.recipe_id = $2)
+         order by p.created_at",
+    )
+    .bind(base.id)
+    .bind(recipe.id)
+    .fetch_all(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    for partition in &lacking {
+        ensure(&mut tx, base.id, recipe.id, *partition).await?;
+    }
+    tx.commit().await?;
+    Ok(lacking.len())
+}
+
+/// Which unit models [`list`] returns; unset fields match every model.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub base: Option<Uuid>,
+    pub recipe: Option<Uuid>,
+    pub partition: Option<Uuid>,
+    pub state: Option<String>,
+}
+
+/// A page of unit models, newest first (keyset on creation time and id).
+pub async fn list(
+    pool: &PgPool,
+    filter: &Filter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<UnitModel>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(
+        "select * from models
+         where ($1::uuid is null or base_id = $1) and ($2::uuid is null or recipe_id = $2)
+           and ($3::uuid is null or partition_id = $3) and ($4::text is null or state = $4)
+           and ($5::timestamptz is null or (created_at, id) < ($5, $6))
+         order by created_at desc, id desc limit $7",
+    )
+    .bind(filter.base)
+    .bind(filter.recipe)
+    .bind(filter.partition)
+    .bind(&filter.state)
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Every unit model trained (or queued) on a partition, oldest first.

@@ -74,9 +74,9 @@ pub async fn find(pool: &PgPool, key: &str) -> Result<Option<Recipe>, sqlx::Erro
 }
 
 /// The most recently created recipe: the server's default when none is configured.
-pub async fn latest(pool: &PgPool) -> Result<Option<Recipe>, sqlx::Error> {
+pub async fn latest<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<Option<Recipe>, sqlx::Error> {
     sqlx::query_as("select * from recipes order by created_at desc, id desc limit 1")
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 

@@ -43,7 +43,12 @@ fn loading_a_directory_with_missing_or_broken_files_names_the_problem() {
         serde_json::to_string(&small_llama()).unwrap(),
     )
     .unwrap();
-    assert!(LoadedModel::load(dir.path(), Device::Cpu).is_err());
+    let err = LoadedModel::load(dir.path(), Device::Cpu).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("cannot find the tensor named model.layers."),
+        "{err}"
+    );
 
     std::fs::write(
         dir.path().join("config.json"),

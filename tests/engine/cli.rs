@@ -136,6 +136,29 @@ fn local_commands_pretrain_train_evaluate_and_merge_model_directories() {
         ],
     ));
     assert_eq!(merged["tensors"], 1 + 4 * 9 + 1);
+    // Every merged tensor is the weighted average ¼·base + ¾·unit.
+    let read = |model: &str| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(dir.path().join(model).join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (b, u, m) = (read("base"), read("unit"), read("merged"));
+    assert_eq!(m.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, merged) in &m {
+        let double = |t: &tch::Tensor| t.to_kind(tch::Kind::Double);
+        let expected = double(&b[name]) * 0.25 + double(&u[name]) * 0.75;
+        let error = (double(merged) - &expected).abs().max().double_value(&[]);
+        let scale = expected.abs().max().double_value(&[]).max(1e-3);
+        assert!(
+            error <= scale * 1e-6,
+            "{name}: off the weighted average by {error}"
+        );
+    }
+    assert!(
+        u.iter().any(|(name, t)| !t.equal(&b[name])),
+        "training changed the unit model"
+    );
     let unit = eval("unit");
     let mix = eval("merged");
     assert!(mix["perplexity"] != base["perplexity"] && mix["perplexity"] != unit["perplexity"]);

@@ -140,7 +140,11 @@ fn hugging_face_tokenizer_json_is_used_as_is() {
     assert_eq!(stream, vec![3, 1, 2, 1]);
 
     std::fs::write(&path, "{ not a tokenizer").unwrap();
-    assert!(Tokenizer::from_file(&path, 1, 1).is_err());
+    let err = Tokenizer::from_file(&path, 1, 1).err().unwrap();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]

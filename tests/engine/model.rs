@@ -125,7 +125,8 @@ fn invalid_shapes_are_refused() {
         num_key_value_heads: 3,
         ..LlamaConfig::default()
     });
-    assert!(LoadedModel::init(bad, 0, Device::Cpu).is_err());
+    let err = LoadedModel::init(bad, 0, Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("num_key_value_heads"), "{err}");
 }
 
 /// Changing a later token must not change the logits at earlier positions.

@@ -5,11 +5,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::app::{corpus, spawn_app};
+use crate::app::{corpus, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache() {
-    let app = spawn_app().await;
+    // The worker starts once the first score has been refused.
+    let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
     let (status, a) = app
         .post(
             "/v1/partitions?name=python&domain=code",
@@ -29,7 +30,7 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
         (StatusCode::OK, &a["partition"]["id"]),
         "identical bytes"
     );
-    let (status, _) = app
+    let (status, c) = app
         .post("/v1/partitions?name=c", corpus("code_c", 0, 10))
         .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -44,9 +45,23 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
     let (status, body) = app
         .get("/v1/score?partitions=python,c&eval=held-out&wait=0")
         .await;
-    if status == StatusCode::CONFLICT {
-        assert_eq!(body["error"]["code"], "models_not_ready", "{body}");
-    }
+    // The score waits on the unit models' training: 202 naming the jobs queued at upload.
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut training: Vec<_> = body["training"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["partition"].as_str().unwrap(), t["job"].clone()))
+        .collect();
+    training.sort_by_key(|(p, _)| p.to_string());
+    assert_eq!(
+        training,
+        [
+            ("c", c["models"][0]["job_id"].clone()),
+            ("python", a["models"][0]["job_id"].clone())
+        ]
+    );
+    crate::app::App::start(app.worker("api-test"));
     app.trained("python").await;
     app.trained("c").await;
     let (status, score) = app
@@ -107,7 +122,7 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, body) = app
-        .get("/v1/score?partitions=c,python&eval=held-out&wait=0")
+        .get("/v1/score?partitions=c,python&eval=held-out&wait=0&train=false")
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -141,8 +156,8 @@ async fn partitions_are_trained_and_mixtures_scored_then_served_from_the_cache()
 }
 
 #[tokio::test]
-async fn a_mixture_with_untrained_partitions_is_a_conflict_naming_them() {
-    let app = spawn_app().await;
+async fn a_score_of_untrained_partitions_trains_them_first_unless_told_not_to() {
+    let app = spawn_app_with(mixpool::api::SweepLimits::default()).await;
     app.post(
         "/v1/partitions?name=kept&train=false",
         corpus("tech_docs", 0, 5),
@@ -150,11 +165,36 @@ async fn a_mixture_with_untrained_partitions_is_a_conflict_naming_them() {
     .await;
     app.post("/v1/eval-sets?name=e", corpus("legal_licenses", 0, 2))
         .await;
-    let (status, body) = app.get("/v1/score?partitions=kept&eval=e&wait=0").await;
+    let (status, body) = app
+        .get("/v1/score?partitions=kept&eval=e&wait=0&train=false")
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "models_not_ready");
     assert!(body["error"]["message"].as_str().unwrap().contains("kept"));
     assert_eq!(body["error"]["details"][0]["model_state"], Value::Null);
+    assert_eq!(app.jobs().await, 0, "train=false queues nothing");
+
+    // Asked without train=false: the unit model is queued, and asked again, the same job.
+    let (status, body) = app.get("/v1/score?partitions=kept&eval=e&wait=0").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["training"][0]["partition"], "kept");
+    let job = body["training"][0]["job"].as_str().unwrap().to_string();
+    let (status, again) = app.get("/v1/score?partitions=kept&eval=e&wait=0").await;
+    assert_eq!(
+        (status, again["training"][0]["job"].as_str()),
+        (StatusCode::ACCEPTED, Some(job.as_str()))
+    );
+    assert_eq!(app.jobs().await, 1);
+    // A request that waits follows the training with the score.
+    crate::app::App::start(app.worker("w"));
+    let (status, score) = app.get("/v1/score?partitions=kept&eval=e&wait=120").await;
+    assert_eq!(
+        (status, &score["cached"]),
+        (StatusCode::OK, &Value::Bool(false)),
+        "{score}"
+    );
+    let (_, trained) = app.get(&format!("/v1/jobs/{job}")).await;
+    assert_eq!(trained["state"], "succeeded");
 }
 
 #[tokio::test]
@@ -657,6 +697,7 @@ async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
         );
         perplexities.push(score["perplexity"].as_f64().unwrap());
     }
+    perplexities.sort_by(f64::total_cmp);
     perplexities.dedup();
     assert_eq!(perplexities.len(), 7, "each mixture has its own score");
     assert_eq!(score_jobs().await, 7, "cached answers run no job");
@@ -699,7 +740,10 @@ async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
         metrics.contains("mixpool_jobs{kind=\"score\",state=\"succeeded\"} 7"),
         "{metrics}"
     );
-    assert!(metrics.contains("mixpool_partitions 3"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "mixpool_partitions 3"),
+        "{metrics}"
+    );
     let answers = |outcome: &str| -> u64 {
         let prefix = format!("mixpool_score_answers_total{{outcome=\"{outcome}\"}} ");
         metrics
@@ -729,9 +773,25 @@ async fn every_subset_is_scored_in_one_batch_then_served_from_the_cache() {
     assert_eq!(status, StatusCode::CREATED);
     let (status, deleted) = app.delete("/v1/partitions/extra").await;
     assert_eq!(status, StatusCode::OK, "{deleted}");
-    assert_eq!(deleted["models"][0], extra["models"][0]["id"]);
+    let model = extra["models"][0]["id"].as_str().unwrap();
+    assert_eq!(deleted["models"][0], model);
     let (status, _) = app.get("/v1/partitions/extra").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Its training ends (cancelled, or done just before), and the store keeps nothing of it.
+    let job = extra["models"][0]["job_id"].as_str().unwrap();
+    let ended = loop {
+        let (_, j) = app.get(&format!("/v1/jobs/{job}")).await;
+        match j["state"].as_str().unwrap() {
+            "queued" | "running" => tokio::time::sleep(Duration::from_millis(20)).await,
+            state => break state.to_string(),
+        }
+    };
+    assert!(ended == "cancelled" || ended == "succeeded", "{ended}");
+    let sha = extra["partition"]["sha256"].as_str().unwrap();
+    let partition_key = mixpool::store::keys::partition(sha);
+    assert_eq!(app.store.get_optional(&partition_key).await.unwrap(), None);
+    let left = app.store.list(&format!("models/{model}")).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
     let (status, _) = app.delete("/v1/partitions/extra").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let models: i64 = sqlx::query_scalar("select count(*) from models")
@@ -898,8 +958,19 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         .await;
     assert_eq!(status, StatusCode::OK, "{score}");
 
-    let (status, _) = app.get("/v1/mixtures/export?partitions=py,idle").await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = app
+        .get("/v1/mixtures/export?partitions=py,idle&train=false")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("models_not_ready"))
+    );
+    let (status, body) = app.get("/v1/mixtures/export?partitions=py,idle").await;
+    assert_eq!(
+        (status, body["training"][0]["partition"].as_str()),
+        (StatusCode::ACCEPTED, Some("idle")),
+        "the missing unit model is queued: {body}"
+    );
     let (status, _) = app.get("/v1/mixtures/export?partitions=py,nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let dir = tempfile::tempdir().unwrap();
@@ -1076,6 +1147,20 @@ async fn a_cancelled_training_shows_on_its_model_and_asking_again_queues_it_anew
 
 #[tokio::test]
 async fn a_partition_deleted_while_its_unit_model_trains_cancels_the_job_and_leaves_nothing() {
+    interrupted_training(Interruption::Delete).await;
+}
+
+#[tokio::test]
+async fn a_training_cancelled_while_it_runs_shows_cancelled_on_its_model() {
+    interrupted_training(Interruption::Cancel).await;
+}
+
+enum Interruption {
+    Delete,
+    Cancel,
+}
+
+async fn interrupted_training(how: Interruption) {
     // No background worker: the test runs one, with a short lease so that it hears the
     // cancellation within a second, on a recipe long enough to be caught mid-training.
     let app = crate::app::spawn_app_with(mixpool::api::SweepLimits::default()).await;
@@ -1105,8 +1190,16 @@ async fn a_partition_deleted_while_its_unit_model_trains_cancels_the_job_and_lea
         assert!(started.elapsed() < Duration::from_secs(60), "{j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, deleted) = app.delete("/v1/partitions/doomed").await;
-    assert_eq!(status, StatusCode::OK, "{deleted}");
+    match how {
+        Interruption::Delete => {
+            let (status, deleted) = app.delete("/v1/partitions/doomed").await;
+            assert_eq!(status, StatusCode::OK, "{deleted}");
+        }
+        Interruption::Cancel => {
+            let (status, asked) = app.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+            assert_eq!(status, StatusCode::OK, "{asked}");
+        }
+    }
     assert!(running.await.unwrap(), "the worker ran the job");
 
     let (_, j) = app.get(&format!("/v1/jobs/{job}")).await;
@@ -1115,8 +1208,22 @@ async fn a_partition_deleted_while_its_unit_model_trains_cancels_the_job_and_lea
         (Some("cancelled"), Some(1)),
         "cancelled, never retried: {j}"
     );
-    let left = app.store.list(&format!("models/{model}")).await.unwrap();
-    assert!(left.is_empty(), "nothing of the model survives: {left:?}");
+    match how {
+        Interruption::Delete => {
+            let left = app.store.list(&format!("models/{model}")).await.unwrap();
+            assert!(left.is_empty(), "nothing of the model survives: {left:?}");
+        }
+        Interruption::Cancel => {
+            let (_, partition) = app.get("/v1/partitions/doomed").await;
+            assert_eq!(partition["models"][0]["state"], "cancelled", "{partition}");
+            let weights = app
+                .store
+                .list(&format!("models/{model}/model"))
+                .await
+                .unwrap();
+            assert!(weights.is_empty(), "no weights stored: {weights:?}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -1137,8 +1244,10 @@ async fn score_answers_are_counted_by_outcome() {
             .unwrap()
     };
     let path = "/v1/score?partitions=c&eval=e&wait=0";
-    let (status, _) = app.get(path).await;
+    let (status, _) = app.get(&format!("{path}&train=false")).await;
     assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = app.get(path).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     assert!(worker.try_run_one().await.unwrap(), "the unit model trains");
     let (status, pending) = app.get(path).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
@@ -1150,11 +1259,18 @@ async fn score_answers_are_counted_by_outcome() {
         (StatusCode::OK, &serde_json::json!(true))
     );
     let (_, metrics) = app.text("/metrics").await;
-    let counts: Vec<u64> = ["models_not_ready", "pending", "computed", "cached", "error"]
-        .iter()
-        .map(|o| answers(&metrics, o))
-        .collect();
-    assert_eq!(counts, vec![1, 1, 1, 0, 0], "{metrics}");
+    let counts: Vec<u64> = [
+        "models_not_ready",
+        "training",
+        "pending",
+        "computed",
+        "cached",
+        "error",
+    ]
+    .iter()
+    .map(|o| answers(&metrics, o))
+    .collect();
+    assert_eq!(counts, vec![1, 1, 1, 1, 0, 0], "{metrics}");
     // Asked again, it is an ordinary cached answer.
     app.get(path).await;
     let (_, metrics) = app.text("/metrics").await;

@@ -99,13 +99,7 @@ impl App {
 
     /// The database's URL, for processes the test starts.
     pub async fn database_url(&self) -> String {
-        let database: String = sqlx::query_scalar("select current_database()")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-        let admin = std::env::var("MIXPOOL_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+        crate::helpers::database_url(&self.pool).await
     }
 }
 

@@ -21,6 +21,85 @@ pub async fn fresh_db() -> PgPool {
         .unwrap()
 }
 
+/// The URL of `pool`'s database, for processes a test starts.
+pub async fn database_url(pool: &PgPool) -> String {
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let admin = std::env::var("MIXPOOL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+}
+
+/// A `mixpool serve` process on a free port, killed when dropped; its log goes to a file.
+pub struct Server {
+    pub url: String,
+    pub process: std::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Server {
+    /// Starts `mixpool serve --no-worker` with `env` (over this process's environment, less
+    /// its AWS_* and MIXPOOL_* variables) and waits until it answers /healthz.
+    pub async fn start(data: &std::path::Path, env: &[(String, String)]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"));
+        command
+            .args(["serve", "--no-worker", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AWS_") || name.starts_with("MIXPOOL_") {
+                command.env_remove(name);
+            }
+        }
+        let mut server = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            process: command.envs(env.iter().cloned()).spawn().unwrap(),
+            log,
+        };
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        while client
+            .get(format!("{}/healthz", server.url))
+            .send()
+            .await
+            .is_err()
+        {
+            if let Some(status) = server.process.try_wait().unwrap() {
+                panic!("serve exited ({status}): {}", server.log());
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "serve did not start in 30 s: {}",
+                server.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 /// A domain file of the corpus (`MIXPOOL_CORPUS`, else `../shared/corpus`).
 pub fn corpus_path(domain: &str) -> std::path::PathBuf {
     let dir = std::env::var_os("MIXPOOL_CORPUS")

@@ -10,7 +10,27 @@ use sqlx::postgres::PgListener;
 use crate::helpers::fresh_db;
 
 const LONG: Duration = Duration::from_secs(60);
-const SHORT: Duration = Duration::from_millis(100);
+/// Long enough that a claim made right after another sees its lease valid on a busy machine;
+/// tests wait for expiry on the database's clock, not by sleeping.
+const SHORT: Duration = Duration::from_secs(1);
+
+/// Waits until the database's clock has passed the job's current lease expiry.
+async fn until_expired(pool: &PgPool, lease: &Lease) {
+    until_past(pool, job(pool, lease).await.lease_expires_at.unwrap()).await
+}
+
+async fn until_past(pool: &PgPool, expires: chrono::DateTime<chrono::Utc>) {
+    loop {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if now > expires {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 async fn enqueue(pool: &PgPool, new: NewJob) -> Job {
     jobs::enqueue(&mut pool.acquire().await.unwrap(), &new)
@@ -153,7 +173,7 @@ async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
         claim(&pool, "b", SHORT).await.is_none(),
         "the lease is still valid"
     );
-    tokio::time::sleep(SHORT * 2).await;
+    until_expired(&pool, &a).await;
     let b = claim(&pool, "b", LONG).await.unwrap();
     assert_eq!((b.id(), b.attempt()), (a.id(), 2));
 
@@ -191,14 +211,18 @@ async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
 async fn heartbeats_keep_a_lease_alive() {
     let pool = fresh_db().await;
     enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
-    let a = claim(&pool, "a", Duration::from_millis(300)).await.unwrap();
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        jobs::heartbeat(&pool, &a, Duration::from_millis(300))
-            .await
-            .unwrap();
-        assert!(claim(&pool, "b", LONG).await.is_none());
-    }
+    let a = claim(&pool, "a", SHORT).await.unwrap();
+    let before = job(&pool, &a).await;
+    // The heartbeat moves the expiry on: past the first one, the lease still holds.
+    jobs::heartbeat(&pool, &a, SHORT * 3).await.unwrap();
+    let after = job(&pool, &a).await;
+    assert!(after.lease_expires_at > before.lease_expires_at);
+    until_past(&pool, before.lease_expires_at.unwrap()).await;
+    assert!(claim(&pool, "b", LONG).await.is_none());
+    // Without further heartbeats it expires, and another worker takes the job.
+    until_expired(&pool, &a).await;
+    let b = claim(&pool, "b", LONG).await.unwrap();
+    assert_eq!((b.id(), b.attempt()), (a.id(), 2));
 }
 
 #[tokio::test]
@@ -212,10 +236,10 @@ async fn a_job_whose_worker_keeps_dying_fails_after_max_attempts() {
         },
     )
     .await;
-    claim(&pool, "a", SHORT).await.unwrap();
-    tokio::time::sleep(SHORT * 2).await;
+    let a = claim(&pool, "a", SHORT).await.unwrap();
+    until_expired(&pool, &a).await;
     let b = claim(&pool, "b", SHORT).await.unwrap();
-    tokio::time::sleep(SHORT * 2).await;
+    until_expired(&pool, &b).await;
     assert!(claim(&pool, "c", SHORT).await.is_none());
     let failed = job(&pool, &b).await;
     assert_eq!((failed.state.as_str(), failed.attempts), ("failed", 2));
@@ -278,6 +302,11 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
 
     let running = enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
+    assert!(
+        !jobs::progress(&pool, &lease, 0.1, "step 1", None)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         jobs::cancel(&mut pool.acquire().await.unwrap(), running.id)
             .await
@@ -289,6 +318,12 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     assert!(
         jobs::heartbeat(&pool, &lease, LONG).await.unwrap(),
         "the worker learns of the request"
+    );
+    assert!(
+        jobs::progress(&pool, &lease, 0.2, "step 2", None)
+            .await
+            .unwrap(),
+        "and at its next progress report"
     );
     jobs::cancelled(&pool, &lease).await.unwrap();
     assert_eq!(job(&pool, &lease).await.state, "cancelled");

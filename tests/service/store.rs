@@ -183,3 +183,129 @@ fn s3_secrets_are_not_printed() {
     };
     assert!(!format!("{config:?}").contains("hunter2"));
 }
+
+/// The environment `docker-compose.yml` gives the service's containers (its `x-pool` block).
+fn compose_environment() -> Vec<(String, String)> {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap();
+    compose
+        .lines()
+        .skip_while(|l| !l.starts_with("x-pool:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (name, value) = l.trim().split_once(": ").unwrap();
+            (name.to_string(), value.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_uses_the_s3_store_through_the_compose_files_environment() {
+    let endpoint = std::env::var("MIXPOOL_TEST_S3_ENDPOINT").unwrap();
+    let pool = crate::helpers::fresh_db().await;
+    let database = crate::helpers::database_url(&pool).await;
+    let compose = compose_environment();
+    let get = |name: &str| {
+        compose
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        (get("AWS_ENDPOINT_URL"), get("AWS_ALLOW_HTTP")),
+        (Some("http://s3:8333"), Some("true")),
+        "the compose file's store settings: {compose:?}"
+    );
+    // The compose file's variables as they are, but for the hosts' names; then the same
+    // with the older AWS_ENDPOINT.
+    for endpoint_variable in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"] {
+        let prefix = uuid::Uuid::new_v4().to_string();
+        let env: Vec<(String, String)> = compose
+            .iter()
+            .map(|(name, value)| match name.as_str() {
+                "AWS_ENDPOINT_URL" => (endpoint_variable.to_string(), endpoint.clone()),
+                "MIXPOOL_STORE" => (name.clone(), format!("s3://mixpool-test/{prefix}")),
+                "DATABASE_URL" => (name.clone(), database.clone()),
+                _ => (name.clone(), value.clone()),
+            })
+            .collect();
+        let data = tempfile::tempdir().unwrap();
+        let server = crate::helpers::Server::start(data.path(), &env).await;
+        let client = reqwest::Client::new();
+        let ready = client
+            .get(format!("{}/readyz", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "{endpoint_variable}: {}", server.log());
+        let uploaded = client
+            .post(format!("{}/v1/partitions?name=p{prefix}", server.url))
+            .body(format!(
+                "{{\"text\": \"stored through {endpoint_variable}\"}}\n"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(uploaded.status(), 201, "{}", server.log());
+        let config = S3Config {
+            endpoint: Some(endpoint.clone()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("mixpool".into()),
+            secret_access_key: Some("mixpool-secret".into()),
+        };
+        let store = Store::open(&format!("s3://mixpool-test/{prefix}"), &config).unwrap();
+        let stored = store.list("partitions").await.unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_used_at_start_up_is_named_with_its_cause() {
+    // Nothing listens on port 1: serve waits, saying why in one line, and does not listen.
+    let pool = crate::helpers::fresh_db().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args(["serve", "--no-worker", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("DATABASE_URL", crate::helpers::database_url(&pool).await)
+        .env("MIXPOOL_STORE", "s3://mixpool-test/unreachable")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .env("AWS_ACCESS_KEY_ID", "mixpool")
+        .env("AWS_SECRET_ACCESS_KEY", "mixpool-secret")
+        .env("AWS_REGION", "us-east-1")
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let said = loop {
+        let said = std::fs::read_to_string(log.path()).unwrap();
+        if said.contains("retrying") || started.elapsed() > std::time::Duration::from_secs(30) {
+            break said;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let line = said
+        .lines()
+        .find(|l| l.contains("the object store cannot be used"))
+        .unwrap_or_else(|| panic!("no line names the store: {said}"));
+    assert!(
+        line.contains("Connection refused") || line.contains("connect"),
+        "the underlying cause: {line}"
+    );
+    assert!(!line.contains("mixpool-secret"), "{line}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "serve does not listen before its store can be used"
+    );
+}

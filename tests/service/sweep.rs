@@ -374,7 +374,7 @@ async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
             "eval_set",
         ),
         (
-            json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"]}),
+            json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"], "train": false}),
             StatusCode::CONFLICT,
             "models_not_ready",
             "code_c",
@@ -399,6 +399,25 @@ async fn bad_sweeps_are_refused_by_name_and_queue_nothing() {
         .await
         .unwrap();
     assert_eq!((sweeps, jobs), (0, 0));
+    // By default the missing unit models are what is queued, and the sweep is asked again.
+    let body = json!({"partitions": names, "sizes": [1, 1], "eval_sets": ["mixed"]});
+    let (status, answer) = app.post("/v1/sweeps", body.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let mut training: Vec<&str> = answer["training"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["partition"].as_str().unwrap())
+        .collect();
+    training.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(training, expected, "{answer}");
+    let sweeps: i64 = sqlx::query_scalar("select count(*) from sweeps")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sweeps, 0, "no sweep before its unit models");
     let (status, missing) = app
         .get("/v1/sweeps/6a1f5e9e-0000-4000-8000-000000000000")
         .await;
@@ -477,10 +496,8 @@ async fn unit_models_beyond_the_memory_budget_are_taken_in_groups_that_fit() {
 #[tokio::test]
 async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
     let app = spawn_app().await;
-    let names = pool_of(&app, 2, 1).await;
-    for name in &names {
-        app.trained(name).await;
-    }
+    // The unit models are still training: the sweep verb waits for them, then sweeps.
+    pool_of(&app, 2, 1).await;
     let run = |args: Vec<String>| {
         let url = app.url.clone();
         async move {

@@ -290,7 +290,8 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
     let (status, answer) = app
         .post(
             "/v1/validations",
-            json!({"mixture": ["code_c", "legal_licenses"], "eval_sets": ["e"]}).to_string(),
+            json!({"mixture": ["code_c", "legal_licenses"], "eval_sets": ["e"], "train": false})
+                .to_string(),
         )
         .await;
     assert_eq!(

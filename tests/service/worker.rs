@@ -214,6 +214,7 @@ async fn pretrain(
         base: id,
         partition,
         config,
+        train_all: false,
     };
     let (job, _) = jobs::enqueue(
         &mut db,
