@@ -335,3 +335,69 @@ pub(crate) async fn remove_dir(dir: &Path) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_mirror_keeps_only_the_latest_complete_state_at_every_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &format!("file://{}", root.path().join("store").display()),
+            &crate::store::S3Config::default(),
+        )
+        .unwrap();
+        let dir = root.path().join("local");
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = "models/m/train_state".to_string();
+        let mut mirror = StateMirror {
+            store: store.clone(),
+            prefix: prefix.clone(),
+            dir: dir.clone(),
+            uploaded: 0,
+        };
+        for step in [3u64, 6, 9] {
+            // As the engine saves: the new tensors, then the file naming them, then the old
+            // tensors go.
+            let tensors = format!("state-{step}.safetensors");
+            std::fs::write(dir.join(&tensors), vec![step as u8; 1000]).unwrap();
+            let named = serde_json::json!({"step": step, "tensors": tensors});
+            std::fs::write(dir.join("train_state.json"), named.to_string()).unwrap();
+            if step > 3 {
+                std::fs::remove_file(dir.join(format!("state-{}.safetensors", step - 3))).unwrap();
+            }
+            mirror.push().await.unwrap();
+            let states: Vec<String> = store
+                .list(&prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.contains("/state-"))
+                .collect();
+            assert_eq!(states, [format!("{prefix}/{tensors}")], "step {step}");
+            let manifest: Manifest = serde_json::from_slice(
+                &store
+                    .get_optional(&mirror.key("manifest.json"))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(manifest.step, step);
+        }
+        // A fresh worker restores the latest state.
+        let mut other = StateMirror {
+            store,
+            prefix,
+            dir: root.path().join("other"),
+            uploaded: 0,
+        };
+        other.restore().await.unwrap();
+        assert_eq!(other.uploaded, 9);
+        assert_eq!(
+            std::fs::read(other.dir.join("state-9.safetensors")).unwrap(),
+            vec![9u8; 1000]
+        );
+    }
+}

@@ -148,6 +148,26 @@ async fn bases_and_recipes_created_with_train_all_queue_every_partitions_unit_mo
         (StatusCode::BAD_REQUEST, Some("invalid_body"))
     );
     assert_eq!(app.jobs().await, 4);
+
+    // A base still to be pre-trained queues them when its pre-training succeeds.
+    let (status, pending) = app
+        .post(
+            "/v1/bases",
+            json!({"name": "fourth", "preset": "tiny", "pretrain_on": "python",
+                "pretrain_tokens": 512, "train": "all",
+                "pretrain": {"batch_tokens": 256, "micro_batch": 4, "seq_len": 64}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{pending}");
+    assert!(models(&app, "base=fourth").await.is_empty());
+    let pretrainer = mixpool::worker::Worker {
+        kinds: vec![mixpool::jobs::kind::JobKind::Pretrain],
+        ..app.worker("pretrainer")
+    };
+    assert!(pretrainer.try_run_one().await.unwrap());
+    let queued = models(&app, "base=fourth&recipe=longer&state=queued").await;
+    assert_eq!(queued.len(), 2, "{pending}");
 }
 
 #[tokio::test]
