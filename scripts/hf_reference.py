@@ -1,6 +1,6 @@
 """Reference fixtures from Hugging Face `transformers` for mixpool's import/export tests.
 
-    python scripts/hf_reference.py generate OUT_DIR        # tiny random models + expected outputs
+    python scripts/hf_reference.py generate OUT_DIR [NAME…]  # tiny random models + expected outputs
     python scripts/hf_reference.py perplexity MODEL_DIR TEXT_FILE
                                                            # perplexity as mixpool computes it
 
@@ -93,7 +93,62 @@ def old_style(config_path: Path) -> None:
     config_path.write_text(json.dumps(c, indent=2) + "\n")
 
 
-def generate(out: Path) -> None:
+# What transformers 4.x writes for every config when asked for all fields
+# (`to_json_string(use_diff=False)`, as conversion tools do): generation settings, labels,
+# output switches. Taken from transformers 4.57's `PretrainedConfig().to_dict()`.
+PRETRAINED_CONFIG_4X = {
+    "return_dict": True, "output_hidden_states": False, "torchscript": False,
+    "pruned_heads": {}, "chunk_size_feed_forward": 0, "is_encoder_decoder": False,
+    "is_decoder": False, "cross_attention_hidden_size": None, "add_cross_attention": False,
+    "tie_encoder_decoder": False, "finetuning_task": None,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "task_specific_params": None, "problem_type": None, "tokenizer_class": None,
+    "prefix": None, "sep_token_id": None, "decoder_start_token_id": None, "max_length": 20,
+    "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+    "temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0,
+    "repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "num_return_sequences": 1,
+    "output_scores": False, "return_dict_in_generate": False, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "remove_invalid_values": False,
+    "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "num_beam_groups": 1, "diversity_penalty": 0.0,
+    "tf_legacy_loss": False, "use_bfloat16": False, "output_attentions": False,
+}
+
+# Fields that other tools add (a model loaded from GGUF and saved again, nanotron's Llama
+# conversion), none of which changes the outputs at these values.
+CONVERTER_FIELDS = {
+    "_model_name_or_path": "HuggingFaceTB/SmolLM2-135M",
+    "unk_token_id": 0,
+    "is_llama_config": True,
+    "rope_interleaved": False,
+    "pretraining_tp": 1,
+}
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<s>{{ message['role'] }}\n{{ message['content'] }}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def converted(d: Path) -> None:
+    """Makes `d` a checkpoint as found in the wild: every default field, converters' extra
+    fields, and a tokenizer saved by transformers with its chat template (chat_template.jinja
+    beside tokenizer_config.json)."""
+    from transformers import PreTrainedTokenizerFast
+
+    c = json.loads((d / "config.json").read_text())
+    c.update(PRETRAINED_CONFIG_4X)
+    c.update(CONVERTER_FIELDS)
+    (d / "config.json").write_text(json.dumps(c, indent=2) + "\n")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(d / "tokenizer.json"), bos_token="<s>", eos_token="</s>", unk_token="<s>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(d)
+
+
+def generate(out: Path, only: list[str]) -> None:
     torch.manual_seed(0)
     text = reference_text()
     common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1)
@@ -146,8 +201,15 @@ def generate(out: Path) -> None:
             torch.float32,
             {},
         ),
+        "llama_converted": (
+            LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **llama)),
+            torch.float32,
+            {},
+        ),
     }
     for seed, (name, (model, dtype, save_args)) in enumerate(cases.items()):
+        if only and name not in only:
+            continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         for old in d.iterdir():
@@ -158,6 +220,8 @@ def generate(out: Path) -> None:
         model.save_pretrained(d, **save_args)
         if name == "llama_tied_rope":
             old_style(d / "config.json")
+        if name == "llama_converted":
+            converted(d)
         # The stored weights as a user loads them, computed in fp32 (buffers such as RoPE's
         # frequencies are recomputed, not the rounded copies of the model in memory).
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
@@ -191,7 +255,7 @@ def check_perplexity(model_dir: Path, text_file: Path) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["generate"]:
-        generate(Path(sys.argv[2]))
+        generate(Path(sys.argv[2]), sys.argv[3:])
     elif sys.argv[1:2] == ["perplexity"]:
         check_perplexity(Path(sys.argv[2]), Path(sys.argv[3]))
     else:

@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod experiment;
+pub mod fsck;
 pub mod ingest;
 pub mod jobs;
 pub mod local;

@@ -219,8 +219,13 @@ pub struct MergeArgs {
 pub struct ImportArgs {
     /// The Hugging Face directory: config.json, model.safetensors (or sharded), tokenizer.json.
     pub dir: PathBuf,
+    /// The model directory to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Refuse every config field the engine does not read (beyond a few known harmless
+    /// ones), instead of accepting those at their default behaviour.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args)]
@@ -282,7 +287,13 @@ pub fn run(command: LocalCommand) -> Result<()> {
             let stats = merge::merge_model_dirs(&a.models, &weights, device, &a.out)?;
             print_json(&stats)
         }
-        LocalCommand::Import(a) => print_json(&hf::import(&a.dir, &a.out)?),
+        LocalCommand::Import(a) => {
+            let strictness = match a.strict {
+                true => hf::Strictness::Strict,
+                false => hf::Strictness::ByEffect,
+            };
+            print_json(&hf::import(&a.dir, &a.out, strictness)?)
+        }
         LocalCommand::Export(a) => {
             hf::export(&a.model, &a.out)?;
             print_json(&serde_json::json!({ "exported": a.out }))

@@ -56,6 +56,9 @@ enum Command {
     Validate(client::ValidateArgs),
     /// Download a mixture's merged model from a running server as a Hugging Face directory.
     Export(client::ExportArgs),
+    /// Check the registry against the object store (missing, corrupt and orphaned objects,
+    /// ready models without weights, expired leases); exit 0 clean, 1 problems, 2 error.
+    Fsck(mixpool::fsck::FsckArgs),
 }
 
 fn main() -> Result<()> {
@@ -80,6 +83,13 @@ fn main() -> Result<()> {
         Command::Sweep(args) => runtime()?.block_on(client::sweep(args)),
         Command::Validate(args) => runtime()?.block_on(client::validate(args)),
         Command::Export(args) => runtime()?.block_on(client::export(args)),
+        Command::Fsck(args) => match runtime()?.block_on(mixpool::fsck::run(args)) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2);
+            }
+        },
     }
 }
 

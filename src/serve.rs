@@ -125,7 +125,9 @@ async fn storage(config: &Config, args: &ServiceArgs) -> Result<(sqlx::PgPool, S
     Ok((pool, store, data))
 }
 
-fn store(config: &Config, args: &ServiceArgs) -> Result<(Store, PathBuf)> {
+/// The settings' object store (`--store`, else the settings file, else DATA/store) and the
+/// data folder.
+pub fn store(config: &Config, args: &ServiceArgs) -> Result<(Store, PathBuf)> {
     let data = args
         .data
         .clone()

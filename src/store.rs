@@ -100,6 +100,15 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Since it was last written (`None` when the clocks disagree).
+    pub age: Option<std::time::Duration>,
+}
+
 /// A stored object: its key, content hash and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -306,6 +315,37 @@ impl Store {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    /// Every object under `prefix` with its size and age, by key.
+    pub async fn list_meta(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut objects = Vec::new();
+        let mut listing = self.inner.list(Some(&Key::from(prefix)));
+        let now = chrono::Utc::now();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            objects.push(ObjectMeta {
+                key: meta.location.to_string(),
+                size: meta.size,
+                age: (now - meta.last_modified).to_std().ok(),
+            });
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    /// The sha256 of an object, streamed; `None` when there is no such object.
+    pub async fn sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut stream = match self.inner.get(&Key::from(key)).await {
+            Ok(got) => got.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(Some(hex::encode(hasher.finalize())))
     }
 
     /// Whether the store answers (readiness): a missing object is an answer.

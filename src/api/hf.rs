@@ -34,6 +34,9 @@ pub struct ImportParams {
     from_store: Option<String>,
     /// `all`: queue every partition's unit model (for the default recipe) with the base.
     train: Option<super::units::All>,
+    /// Refuse every config field the engine does not read (default false: fields at their
+    /// architecture's default behaviour are accepted and reported as `ignored`).
+    strict: Option<bool>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -81,7 +84,11 @@ pub async fn import_base(
     }
     let converted = scratch.path().join("converted");
     let (from, to) = (checkpoint_root(&source), converted.clone());
-    let imported = tokio::task::spawn_blocking(move || hf::import(&from, &to))
+    let strictness = match params.strict.unwrap_or(false) {
+        true => hf::Strictness::Strict,
+        false => hf::Strictness::ByEffect,
+    };
+    let imported = tokio::task::spawn_blocking(move || hf::import(&from, &to, strictness))
         .await
         .map_err(internal)?
         .map_err(|e| match e {

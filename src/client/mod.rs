@@ -31,6 +31,10 @@ pub struct ImportArgs {
     /// The base's name (default: the directory's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Refuse every config field the engine does not read (beyond a few known harmless
+    /// ones), instead of accepting those at their default behaviour.
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub server: Server,
 }
@@ -100,7 +104,7 @@ async fn import(a: ImportArgs) -> Result<()> {
             "{}/v1/bases/import",
             a.server.url.trim_end_matches('/')
         ))
-        .query(&[("name", &name)])
+        .query(&[("name", name.as_str()), ("strict", &a.strict.to_string())])
         .header("content-type", "application/x-tar")
         .body(file)
         .send()

@@ -17,10 +17,20 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The imported checkpoint's `config.json`, verbatim: what export writes back.
 pub const HF_CONFIG_FILE: &str = "hf_config.json";
 /// Files besides the config and the weights that belong to a model directory.
+/// The tokenizer's files as `transformers` and `tokenizers` write them (the chat template
+/// in `chat_template.jinja` since transformers 5), the generation settings, and the imported
+/// config: carried unchanged through training, merging and export.
 pub const SIDE_FILES: &[&str] = &[
     TOKENIZER_FILE,
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
     "generation_config.json",
     HF_CONFIG_FILE,
 ];
@@ -189,6 +199,20 @@ pub fn side_files(dir: &Path) -> Vec<PathBuf> {
         .map(|f| dir.join(f))
         .filter(|p| p.exists())
         .collect()
+}
+
+/// Runs `write` to fill the folder `out`; when it fails and `out` did not exist before, the
+/// folder is removed again, so that a refused import or merge leaves no output behind.
+pub fn fresh_dir<T, E: From<CheckpointError>>(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let existed = out.exists();
+    let result = write(out);
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    result
 }
 
 /// Copies side files into `dir` (each under its own name).

@@ -65,9 +65,133 @@ pub struct Imported {
     pub parameters: i64,
     pub vocab_size: i64,
     pub context_length: i64,
+    /// Config fields this engine does not know, accepted because their values are what the
+    /// architecture does anyway (kept in `hf_config.json` for export).
+    pub ignored: Vec<Ignored>,
 }
 
-/// Fields of any `transformers` config that do not change a causal LM's outputs.
+/// A config field an import accepted without reading it, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Ignored {
+    pub field: String,
+    pub value: Value,
+    pub why: String,
+}
+
+/// How strictly config fields are judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Strictness {
+    /// Fields that `PretrainedConfig` writes, token ids, private metadata and fields at
+    /// their architecture's default behaviour are accepted (the unknown ones reported).
+    #[default]
+    ByEffect,
+    /// Only the fields the engine reads and a short list of known harmless ones.
+    Strict,
+}
+
+/// Every attribute `transformers`' `PretrainedConfig` writes by default (4.x and 5.x), less
+/// those that change a causal LM's outputs, which are read and checked like any other
+/// (`tie_word_embeddings`, `add_cross_attention`, `is_encoder_decoder`, `pruned_heads`).
+/// Generation settings, labels and output switches do not change the logits.
+const PRETRAINED_CONFIG: &[&str] = &[
+    "_name_or_path",
+    "_commit_hash",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "architectures",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "bos_token_id",
+    "chunk_size_feed_forward",
+    "cross_attention_hidden_size",
+    "decoder_start_token_id",
+    "diversity_penalty",
+    "do_sample",
+    "dtype",
+    "early_stopping",
+    "encoder_no_repeat_ngram_size",
+    "eos_token_id",
+    "exponential_decay_length_penalty",
+    "finetuning_task",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "gradient_checkpointing",
+    "id2label",
+    "is_decoder",
+    "label2id",
+    "length_penalty",
+    "max_length",
+    "min_length",
+    "model_type",
+    "no_repeat_ngram_size",
+    "num_beam_groups",
+    "num_beams",
+    "num_labels",
+    "num_return_sequences",
+    "output_attentions",
+    "output_hidden_states",
+    "output_past",
+    "output_scores",
+    "pad_token_id",
+    "prefix",
+    "problem_type",
+    "remove_invalid_values",
+    "repetition_penalty",
+    "return_dict",
+    "return_dict_in_generate",
+    "sep_token_id",
+    "suppress_tokens",
+    "task_specific_params",
+    "temperature",
+    "tf_legacy_loss",
+    "tie_encoder_decoder",
+    "tokenizer_class",
+    "top_k",
+    "top_p",
+    "torch_dtype",
+    "torchscript",
+    "transformers_version",
+    "typical_p",
+    "use_bfloat16",
+    "xla_device",
+];
+
+/// Fields outside `transformers`' own configs that converters write: (field, the value as
+/// JSON that means what this engine does, why). Another value is refused with the reason.
+const NEUTRAL: &[(&str, &str, &str)] = &[
+    ("is_llama_config", "true", "marks a Llama config"),
+    (
+        "rope_interleaved",
+        "false",
+        "rotary embeddings on the two halves of each head, as implemented",
+    ),
+    (
+        "use_qk_norm",
+        "false",
+        "no normalisation of queries and keys",
+    ),
+    (
+        "qk_layernorm",
+        "false",
+        "no normalisation of queries and keys",
+    ),
+    (
+        "use_scaled_rope",
+        "false",
+        "rotary scaling comes from rope_scaling alone",
+    ),
+    (
+        "embedding_multiplier",
+        "1.0",
+        "no scaling of the embeddings",
+    ),
+    ("logits_scaling", "1.0", "no scaling of the logits"),
+    ("residual_multiplier", "1.0", "no scaling of the residuals"),
+];
+
+/// Fields of any `transformers` config that do not change a causal LM's outputs (all that
+/// `--strict` accepts besides what the engine reads).
 const HARMLESS: &[&str] = &[
     "_name_or_path",
     "architectures",
@@ -101,8 +225,48 @@ const HARMLESS: &[&str] = &[
     "max_window_layers",
 ];
 
+/// Whether an unread field may stay unread: `None` to refuse it, `Some(None)` to accept it
+/// silently, `Some(Some(why))` to accept it and report it.
+fn judge(field: &str, value: &Value, strictness: Strictness) -> Result<Option<String>, String> {
+    if HARMLESS.contains(&field) {
+        return Ok(None);
+    }
+    if strictness == Strictness::Strict {
+        return Err("this field is not understood, so the model could differ (--strict)".into());
+    }
+    if PRETRAINED_CONFIG.contains(&field) {
+        return Ok(None);
+    }
+    if let Some((_, neutral, why)) = NEUTRAL.iter().find(|(name, _, _)| *name == field) {
+        let neutral: Value = serde_json::from_str(neutral).expect("valid JSON");
+        // 1 and 1.0 are the same number to the tool that wrote the file.
+        let same =
+            *value == neutral || (value.as_f64().is_some() && value.as_f64() == neutral.as_f64());
+        return if same {
+            Ok(Some(why.to_string()))
+        } else {
+            Err(format!("only {neutral} is implemented: {why}"))
+        };
+    }
+    if field.ends_with("_token_id") || field.ends_with("_token_ids") {
+        return Ok(Some("a token id: the forward pass does not read it".into()));
+    }
+    if field.starts_with('_') {
+        return Ok(Some(
+            "private metadata of the tool that wrote the file".into(),
+        ));
+    }
+    if value.is_null() {
+        return Ok(Some("unset".into()));
+    }
+    Err("this field is not understood, so the model could differ".into())
+}
+
 /// Reads a config.json the way `transformers` means it.
-fn hf_to_engine(config: &Map<String, Value>) -> Result<(ModelConfig, String), HfError> {
+fn hf_to_engine(
+    config: &Map<String, Value>,
+    strictness: Strictness,
+) -> Result<(ModelConfig, String, Vec<Ignored>), HfError> {
     let architecture = match config.get("architectures") {
         Some(Value::Array(a)) if a.len() == 1 => a[0].as_str().unwrap_or_default().to_string(),
         other => {
@@ -136,17 +300,42 @@ fn hf_to_engine(config: &Map<String, Value>) -> Result<(ModelConfig, String), Hf
             });
         }
     };
-    if let Some(field) = config
-        .keys()
-        .find(|k| !fields.used.contains(k.as_str()) && !HARMLESS.contains(&k.as_str()))
+    // Fields that change outputs unless at their usual values, for any architecture.
+    fields.expect(
+        "is_encoder_decoder",
+        Value::Bool(false),
+        "encoder-decoder models are not causal language models",
+    )?;
+    fields.expect(
+        "add_cross_attention",
+        Value::Bool(false),
+        "cross-attention is not implemented",
+    )?;
+    if fields
+        .get("pruned_heads")
+        .is_some_and(|h| h.as_object().is_none_or(|h| !h.is_empty()))
     {
-        return Err(fields.unsupported(
-            field,
-            "this field is not understood, so the model could differ",
-        ));
+        return Err(
+            fields.unsupported("pruned_heads", "pruned attention heads are not implemented")
+        );
+    }
+    let mut ignored = Vec::new();
+    for (field, value) in config {
+        if fields.used.contains(field.as_str()) {
+            continue;
+        }
+        match judge(field, value, strictness) {
+            Ok(None) => {}
+            Ok(Some(why)) => ignored.push(Ignored {
+                field: field.clone(),
+                value: value.clone(),
+                why,
+            }),
+            Err(why) => return Err(fields.unsupported(field, &why)),
+        }
     }
     model.validate().map_err(HfError::Config)?;
-    Ok((model, dtype))
+    Ok((model, dtype, ignored))
 }
 
 /// The config's fields, remembering which were read.
@@ -373,11 +562,6 @@ fn gpt2(f: &mut Fields) -> Result<Gpt2Config, HfError> {
         "not implemented",
     )?;
     f.expect(
-        "add_cross_attention",
-        Value::Bool(false),
-        "cross-attention is not implemented",
-    )?;
-    f.expect(
         "tie_word_embeddings",
         Value::Bool(true),
         "GPT-2 here always ties its embeddings",
@@ -442,8 +626,11 @@ fn read_weights(dir: &Path, model: &ModelConfig) -> Result<BTreeMap<String, Tens
             path: path.display().to_string(),
             message,
         };
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| weights_error(e.to_string()))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            weights_error(format!(
+                "not a complete safetensors file (truncated or corrupt): {e}"
+            ))
+        })?;
         for (name, view) in file.tensors() {
             let kind = match view.dtype() {
                 safetensors::Dtype::F32 => Kind::Float,
@@ -485,8 +672,13 @@ fn engine_name(model: &ModelConfig, name: &str) -> Option<String> {
     }
 }
 
-/// Imports the Hugging Face directory `src` into the engine model directory `out`.
-pub fn import(src: &Path, out: &Path) -> Result<Imported, HfError> {
+/// Imports the Hugging Face directory `src` into the engine model directory `out` (created;
+/// nothing is left there when the import is refused).
+pub fn import(src: &Path, out: &Path, strictness: Strictness) -> Result<Imported, HfError> {
+    super::checkpoint::fresh_dir(out, |out| import_into(src, out, strictness))
+}
+
+fn import_into(src: &Path, out: &Path, strictness: Strictness) -> Result<Imported, HfError> {
     let config_path = src.join(CONFIG_FILE);
     if !config_path.exists() {
         return Err(HfError::Missing(config_path.display().to_string()));
@@ -499,7 +691,7 @@ pub fn import(src: &Path, out: &Path) -> Result<Imported, HfError> {
     let text = std::fs::read(&config_path).map_err(io(&config_path))?;
     let hf: Map<String, Value> = serde_json::from_slice(&text)
         .map_err(|e| HfError::Config(format!("not a JSON object: {e}")))?;
-    let (config, dtype) = hf_to_engine(&hf)?;
+    let (config, dtype, ignored) = hf_to_engine(&hf, strictness)?;
     let tokenizer = load_tokenizer(src, &config)?;
 
     let mut checkpoint = read_weights(src, &config)?;
@@ -579,6 +771,7 @@ pub fn import(src: &Path, out: &Path) -> Result<Imported, HfError> {
         parameters: loaded.parameters(),
         vocab_size: config.vocab_size(),
         context_length: config.context_length(),
+        ignored,
     })
 }
 

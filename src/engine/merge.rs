@@ -226,6 +226,15 @@ pub fn merge_model_dirs(
     device: Device,
     out: &Path,
 ) -> Result<MergeStats, MergeError> {
+    super::checkpoint::fresh_dir(out, |out| merge_into(models, weights, device, out))
+}
+
+fn merge_into(
+    models: &[PathBuf],
+    weights: &[f64],
+    device: Device,
+    out: &Path,
+) -> Result<MergeStats, MergeError> {
     use super::checkpoint::{WEIGHTS_FILE, copy_side_files, read_config, side_files, write_config};
     let first = models.first().ok_or(MergeError::NoInputs)?;
     let config = read_config(first)?;

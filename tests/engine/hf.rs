@@ -20,6 +20,7 @@ const FIXTURES: &[&str] = &[
     "mistral",
     "qwen2_bias",
     "gpt2",
+    "llama_converted",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -46,7 +47,8 @@ fn stored_tensors(dir: &Path) -> BTreeMap<String, Tensor> {
 
 fn import(name: &str) -> (tempfile::TempDir, LoadedModel) {
     let out = tempfile::tempdir().unwrap();
-    hf::import(&fixture(name), out.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    hf::import(&fixture(name), out.path(), Default::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let model = LoadedModel::load(out.path(), Device::Cpu).unwrap();
     (out, model)
 }
@@ -133,7 +135,11 @@ fn export_after_import_gives_back_the_checkpoint() {
             assert_eq!(back.kind(), tensor.kind(), "{name}: {key} keeps its dtype");
             assert!(back.equal(tensor), "{name}: {key} differs");
         }
-        for file in ["config.json", "tokenizer.json", "generation_config.json"] {
+        for file in mixpool::engine::checkpoint::SIDE_FILES
+            .iter()
+            .chain(&["config.json"])
+            .filter(|f| fixture(name).join(f).exists())
+        {
             assert_eq!(
                 std::fs::read(fixture(name).join(file)).unwrap(),
                 std::fs::read(out.path().join(file)).unwrap(),
@@ -227,25 +233,123 @@ fn malformed_or_unsupported_checkpoints_are_refused_by_name() {
     ];
     for (dir, needle) in &cases {
         let out = tempfile::tempdir().unwrap();
-        let err = hf::import(dir.path(), out.path()).unwrap_err().to_string();
+        let err = hf::import(dir.path(), out.path(), Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
     }
 
     let dir = edited("gpt2", |_| {});
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
-    let err = hf::import(dir.path(), tempfile::tempdir().unwrap().path()).unwrap_err();
+    let err = hf::import(
+        dir.path(),
+        tempfile::tempdir().unwrap().path(),
+        Default::default(),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, HfError::Missing(ref p) if p.ends_with("tokenizer.json")),
         "{err}"
     );
     let dir = edited("gpt2", |_| {});
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let err = hf::import(dir.path(), tempfile::tempdir().unwrap().path()).unwrap_err();
+    let err = hf::import(
+        dir.path(),
+        tempfile::tempdir().unwrap().path(),
+        Default::default(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("model.safetensors: missing"),
         "{err}"
     );
     let empty = tempfile::tempdir().unwrap();
-    let err = hf::import(empty.path(), tempfile::tempdir().unwrap().path()).unwrap_err();
+    let err = hf::import(
+        empty.path(),
+        tempfile::tempdir().unwrap().path(),
+        Default::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("config.json: missing"), "{err}");
+}
+
+/// llama_converted: a checkpoint as found — every field transformers 4.x writes, fields
+/// that converters add, a chat template in chat_template.jinja.
+#[test]
+fn fields_are_judged_by_what_they_do_and_unknown_ones_at_their_default_are_reported() {
+    let out = tempfile::tempdir().unwrap();
+    let imported = hf::import(
+        &fixture("llama_converted"),
+        &out.path().join("m"),
+        Default::default(),
+    )
+    .unwrap();
+    let ignored: Vec<&str> = imported.ignored.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(
+        ignored,
+        [
+            "_model_name_or_path",
+            "is_llama_config",
+            "rope_interleaved",
+            "unk_token_id"
+        ]
+    );
+    assert!(imported.ignored.iter().all(|i| !i.why.is_empty()));
+
+    // --strict refuses what it does not know.
+    let err = hf::import(
+        &fixture("llama_converted"),
+        &out.path().join("strict"),
+        hf::Strictness::Strict,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("_model_name_or_path") && err.contains("--strict"),
+        "{err}"
+    );
+
+    // A field at a value that changes the outputs is still refused by name.
+    let cases: Vec<(&str, Value)> = vec![
+        ("rope_interleaved", true.into()),
+        ("is_encoder_decoder", true.into()),
+        ("add_cross_attention", true.into()),
+        ("pruned_heads", serde_json::json!({"0": [1]})),
+        ("embedding_multiplier", 12.0.into()),
+        ("pretraining_tp", 2.into()),
+        ("sliding_window_pattern", 6.into()),
+    ];
+    for (field, value) in cases {
+        let dir = edited("llama_converted", |c| {
+            c.insert(field.into(), value.clone());
+        });
+        let err = hf::import(dir.path(), &out.path().join(field), Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("unsupported {field} = ")),
+            "{field}: {err}"
+        );
+        assert!(
+            !out.path().join(field).exists(),
+            "{field}: no output folder"
+        );
+    }
+}
+
+#[test]
+fn a_truncated_weights_file_is_named_and_leaves_no_output() {
+    let dir = edited("llama_converted", |_| {});
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tempfile::tempdir().unwrap().path().join("never");
+    let err = hf::import(dir.path(), &out, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&weights.display().to_string()) && err.contains("truncated or corrupt"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

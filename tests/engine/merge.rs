@@ -169,3 +169,22 @@ fn weights_must_be_finite_non_negative_and_not_all_zero() {
         }
     ));
 }
+
+#[test]
+fn a_refused_merge_of_model_directories_leaves_no_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init(small_llama(), 1).save(&a).unwrap();
+    init(small_llama(), 2).save(&b).unwrap();
+    let weights = b.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let out = dir.path().join("merged");
+    let err = mixpool::engine::merge::merge_model_dirs(&[a, b], &[1.0, 1.0], Device::Cpu, &out)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&weights.display().to_string()),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output folder after a refused merge");
+}

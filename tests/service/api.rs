@@ -903,10 +903,29 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         bases_before
     );
 
-    // The command line's import, against this server.
+    // The command line's import, against this server, of a checkpoint as found (fields
+    // converters add, a chat template): refused with --strict, accepted and reported without.
+    let strict = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args([
+            "bases",
+            "import",
+            "--url",
+            &app.url,
+            "--name",
+            "converted",
+            "--strict",
+        ])
+        .arg(hf_fixture("llama_converted"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        !strict.status.success() && stderr.contains("_model_name_or_path"),
+        "{stderr}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
-        .args(["bases", "import", "--url", &app.url, "--name", "gpt2-tiny"])
-        .arg(hf_fixture("gpt2"))
+        .args(["bases", "import", "--url", &app.url, "--name", "converted"])
+        .arg(hf_fixture("llama_converted"))
         .output()
         .unwrap();
     assert!(
@@ -920,12 +939,19 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
             base["state"].as_str(),
             base["import"]["architecture"].as_str()
         ),
-        (Some("ready"), Some("GPT2LMHeadModel"))
+        (Some("ready"), Some("LlamaForCausalLM"))
     );
-    assert!(base["files"]["tokenizer.json"].is_string(), "{base}");
+    assert!(base["files"]["chat_template.jinja"].is_string(), "{base}");
+    let ignored: Vec<&str> = base["import"]["ignored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["field"].as_str().unwrap())
+        .collect();
+    assert!(ignored.contains(&"rope_interleaved"), "{base}");
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
-        .args(["bases", "import", "--url", &app.url, "--name", "gpt2-tiny"])
-        .arg(hf_fixture("gpt2"))
+        .args(["bases", "import", "--url", &app.url, "--name", "converted"])
+        .arg(hf_fixture("llama_converted"))
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -992,11 +1018,18 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        std::fs::read(exported.join("config.json")).unwrap(),
-        std::fs::read(hf_fixture("gpt2").join("config.json")).unwrap(),
-        "the checkpoint's own config"
-    );
+    for file in [
+        "config.json",
+        "chat_template.jinja",
+        "tokenizer_config.json",
+        "tokenizer.json",
+    ] {
+        assert_eq!(
+            std::fs::read(exported.join(file)).unwrap(),
+            std::fs::read(hf_fixture("llama_converted").join(file)).unwrap(),
+            "the checkpoint's own {file}, through import, training, merging and export"
+        );
+    }
     // A worker merged it once (an `export` job); asked again, it comes from the store.
     let exports = || async {
         sqlx::query_scalar::<_, i64>("select count(*) from jobs where kind = 'export'")
@@ -1055,7 +1088,7 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
     assert_eq!(exports().await, 2);
     // Imported again, the exported model gives the perplexity the service reported.
     let reimported = dir.path().join("reimported");
-    mixpool::engine::hf::import(&exported, &reimported).unwrap();
+    mixpool::engine::hf::import(&exported, &reimported, Default::default()).unwrap();
     let model =
         mixpool::engine::checkpoint::LoadedModel::load(&reimported, tch::Device::Cpu).unwrap();
     let docs = mixpool::engine::data::parse_documents(

@@ -1,0 +1,286 @@
+//! `mixpool fsck [--repair]`: the registry and the object store checked against each other.
+//! Every row's objects exist with their recorded sha256; every object belongs to a row or to
+//! work in progress; ready unit models have weights; no running job has an expired lease.
+//! `--repair` removes orphaned objects and returns expired jobs to the queue; a missing or
+//! corrupt object is reported, never "repaired" away.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::engine::checkpoint::WEIGHTS_FILE;
+use crate::registry::jobs;
+use crate::store::{Store, keys};
+
+/// A staged upload younger than this may still be in flight.
+const STAGING_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Args)]
+pub struct FsckArgs {
+    /// Remove orphaned objects and return jobs with expired leases to the queue.
+    #[arg(long)]
+    pub repair: bool,
+    /// The report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub service: crate::serve::ServiceArgs,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A row names an object the store does not have.
+    Missing,
+    /// The object's sha256 is not the one recorded.
+    Corrupt,
+    /// An object no row or running job owns.
+    Orphan,
+    /// A unit model or validation marked ready without weights.
+    NoWeights,
+    /// A running job whose worker stopped renewing its lease.
+    ExpiredLease,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: Kind,
+    /// The object's key or the job's id.
+    pub subject: String,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub objects: usize,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// Problems that are still there after the run.
+    pub fn unresolved(&self) -> usize {
+        self.problems.iter().filter(|p| !p.repaired).count()
+    }
+
+    fn found(&mut self, kind: Kind, subject: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem {
+            kind,
+            subject: subject.into(),
+            detail: detail.into(),
+            repaired: false,
+        });
+    }
+}
+
+/// An object a row expects: its recorded sha256 (none for caches that may be remade) and
+/// what owns it.
+struct Expected {
+    sha256: Option<String>,
+    owner: String,
+}
+
+/// A base's id, name, weights and side files (file name → sha256).
+type BaseRow = (
+    Uuid,
+    String,
+    Option<String>,
+    sqlx::types::Json<BTreeMap<String, String>>,
+);
+
+/// Checks the pool; with `repair`, removes orphans and requeues expired jobs.
+pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
+    let mut expect = |key: String, sha256: Option<String>, owner: String| {
+        expected.insert(key, Expected { sha256, owner });
+    };
+
+    for (table, key_of) in [
+        ("partitions", keys::partition as fn(&str) -> String),
+        ("eval_sets", keys::eval_set),
+    ] {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as(&format!("select name, sha256, object_sha256 from {table}"))
+                .fetch_all(pool)
+                .await?;
+        for (name, sha, object_sha) in rows {
+            expect(key_of(&sha), Some(object_sha), format!("{table} {name:?}"));
+        }
+    }
+    let bases: Vec<BaseRow> = sqlx::query_as("select id, name, weights_sha256, files from bases")
+        .fetch_all(pool)
+        .await?;
+    for (id, name, weights, files) in &bases {
+        if let Some(sha) = weights {
+            expect(
+                keys::base(id, WEIGHTS_FILE),
+                Some(sha.clone()),
+                format!("base {name:?}"),
+            );
+        }
+        for (file, sha) in files.iter() {
+            expect(
+                keys::base(id, file),
+                Some(sha.clone()),
+                format!("base {name:?}"),
+            );
+        }
+    }
+    // Unit models and validations keep their weights under models/<id>/.
+    for (table, what) in [("models", "unit model"), ("validations", "validation")] {
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(&format!(
+            "select id, weights_sha256 from {table} where state = 'ready'"
+        ))
+        .fetch_all(pool)
+        .await?;
+        for (id, weights) in rows {
+            match weights {
+                Some(sha) => expect(
+                    keys::model(&id, WEIGHTS_FILE),
+                    Some(sha),
+                    format!("{what} {id}"),
+                ),
+                None => report.found(
+                    Kind::NoWeights,
+                    format!("{what} {id}"),
+                    "ready without weights",
+                ),
+            }
+        }
+    }
+    // Exports are a cache (a removed one is merged again): owned, not required.
+    let exports: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+        "select id, result->>'object', result->>'sha256' from jobs
+         where kind = 'export' and state = 'succeeded'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut cached: HashSet<String> = HashSet::new();
+    for (job, object, sha) in exports {
+        if let (Some(object), Some(sha)) = (object, sha) {
+            cached.insert(object.clone());
+            expect(object, Some(sha), format!("export job {job}"));
+        }
+    }
+    // Work in progress: the train-state mirrors of jobs that will still run.
+    let active: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select kind, payload->>'model', payload->>'base' from jobs
+         where state in ('queued', 'running')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut in_progress: Vec<String> = Vec::new();
+    let validating: Vec<(Uuid,)> =
+        sqlx::query_as("select id from validations where state = 'queued'")
+            .fetch_all(pool)
+            .await?;
+    for (kind, model, base) in active {
+        match (kind.as_str(), model, base) {
+            ("train", Some(model), _) => in_progress.push(format!("models/{model}/train_state/")),
+            ("pretrain", _, Some(base)) => in_progress.push(format!("bases/{base}/train_state/")),
+            _ => {}
+        }
+    }
+    for (id,) in validating {
+        in_progress.push(format!("models/{id}/train_state/"));
+    }
+
+    for meta in store.list_meta("").await? {
+        report.objects += 1;
+        report.bytes += meta.size;
+        let key = meta.key;
+        if let Some(want) = expected.remove(&key) {
+            let Some(sha) = want.sha256 else { continue };
+            match store.sha256(&key).await? {
+                Some(actual) if actual == sha => {}
+                Some(actual) => report.found(
+                    Kind::Corrupt,
+                    key,
+                    format!("{}: sha256 {actual}, recorded {sha}", want.owner),
+                ),
+                None => report.found(Kind::Missing, key, want.owner),
+            }
+            continue;
+        }
+        let young_staging =
+            key.starts_with("staging/") && meta.age.is_some_and(|age| age < STAGING_GRACE);
+        if young_staging || in_progress.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
+        let detail = if key.starts_with("staging/") {
+            "a staged upload of a request that never finished"
+        } else if key.contains("/train_state/") {
+            "the train state of a job that will not run again"
+        } else {
+            "no row owns it"
+        };
+        let repaired = repair && store.delete(&key).await.is_ok();
+        report.problems.push(Problem {
+            kind: Kind::Orphan,
+            subject: key,
+            detail: detail.into(),
+            repaired,
+        });
+    }
+    for (key, want) in expected {
+        if !cached.contains(&key) {
+            report.found(Kind::Missing, key, want.owner);
+        }
+    }
+
+    let expired: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "select id, kind, lease_owner from jobs where state = 'running' and lease_expires_at < now()",
+    )
+    .fetch_all(pool)
+    .await?;
+    let requeued = match (repair, expired.is_empty()) {
+        (true, false) => jobs::requeue_expired(pool).await? > 0,
+        _ => false,
+    };
+    for (id, kind, owner) in expired {
+        report.problems.push(Problem {
+            kind: Kind::ExpiredLease,
+            subject: id.to_string(),
+            detail: format!(
+                "{kind} job of {} whose lease expired",
+                owner.unwrap_or_default()
+            ),
+            repaired: requeued,
+        });
+    }
+    Ok(report)
+}
+
+/// `mixpool fsck`: exit 0 when clean (or everything found was repaired), 1 when problems
+/// remain, 2 on an error (the caller's `Err`).
+pub async fn run(args: FsckArgs) -> Result<i32> {
+    let config = crate::config::Config::load()?;
+    let pool = crate::serve::database(&config).await?;
+    let (store, _) = crate::serve::store(&config, &args.service)?;
+    let report = check(&pool, &store, args.repair).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            let state = if p.repaired { " (repaired)" } else { "" };
+            let kind = serde_json::to_value(&p.kind)?;
+            let kind = kind.as_str().unwrap_or_default();
+            println!("{kind}: {} — {}{state}", p.subject, p.detail);
+        }
+        println!(
+            "{} objects ({:.1} MB) checked; {} problems, {} unresolved",
+            report.objects,
+            report.bytes as f64 / 1e6,
+            report.problems.len(),
+            report.unresolved()
+        );
+    }
+    Ok(if report.unresolved() == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,164 @@
+//! `mixpool fsck`: a pool checked against its store finds what was planted — an orphan, a
+//! missing object, a corrupted object, an expired lease — and `--repair` mends only what can
+//! be mended (the orphan is removed, the expired job requeued).
+
+use std::process::Command;
+use std::time::Duration;
+
+use mixpool::jobs::kind::JobKind;
+use mixpool::registry::jobs::{self, NewJob};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::app::{corpus, spawn_app_with};
+
+fn fsck(app_url: &str, store: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .arg("fsck")
+        .args(args)
+        .args(["--store", store])
+        .env("DATABASE_URL", app_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The report on stdout; an error's message (exit 2) on stderr.
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (
+        out.status.code().unwrap(),
+        stdout + &stderr_if_error(&out.status, &stderr),
+    )
+}
+
+fn stderr_if_error(status: &std::process::ExitStatus, stderr: &str) -> String {
+    match status.code() {
+        Some(2) => stderr.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn kinds(report: &Value) -> Vec<(String, bool)> {
+    let mut kinds: Vec<(String, bool)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["repaired"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[tokio::test]
+async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
+    let app = spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    let worker = app.worker("w");
+    let (status, python) = app
+        .post("/v1/partitions?name=python", corpus("code_python", 0, 6))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, c) = app
+        .post("/v1/partitions?name=c", corpus("code_c", 0, 6))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    while worker.try_run_one().await.unwrap() {}
+    app.trained("python").await;
+    app.trained("c").await;
+    let database = app.database_url().await;
+    let store_url = format!("file://{}", app._dirs.0.path().display());
+
+    let (code, out) = fsck(&database, &store_url, &["--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(
+        (code, kinds(&report)),
+        (0, vec![]),
+        "a fresh pool is clean: {out}"
+    );
+    assert!(report["objects"].as_u64().unwrap() >= 5, "{report}");
+
+    // Planted: the train state of a deleted partition's model, python's weights gone,
+    // c's stored partition overwritten, a job whose worker died.
+    let orphan = format!(
+        "models/{}/train_state/state-4.safetensors",
+        uuid::Uuid::new_v4()
+    );
+    app.store
+        .put_bytes(&orphan, bytes::Bytes::from_static(b"left behind"))
+        .await
+        .unwrap();
+    let model = python["models"][0]["id"].as_str().unwrap();
+    let weights = format!("models/{model}/model.safetensors");
+    app.store.delete(&weights).await.unwrap();
+    let sha = c["partition"]["sha256"].as_str().unwrap();
+    let partition = mixpool::store::keys::partition(sha);
+    app.store
+        .put_bytes(
+            &partition,
+            bytes::Bytes::from_static(b"not what was uploaded"),
+        )
+        .await
+        .unwrap();
+    jobs::enqueue(
+        &mut app.pool.acquire().await.unwrap(),
+        &NewJob::new(JobKind::Export, serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    let lease = jobs::claim(
+        &app.pool,
+        "died",
+        &[JobKind::Export],
+        Duration::from_millis(1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (code, out) = fsck(&database, &store_url, &["--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    let found = vec![
+        ("corrupt".to_string(), false),
+        ("expired_lease".to_string(), false),
+        ("missing".to_string(), false),
+        ("orphan".to_string(), false),
+    ];
+    assert_eq!((code, kinds(&report)), (1, found), "{out}");
+    let subjects: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["subject"].as_str().unwrap())
+        .collect();
+    for planted in [orphan.as_str(), weights.as_str(), partition.as_str()] {
+        assert!(subjects.contains(&planted), "{planted} in {out}");
+    }
+
+    let (code, out) = fsck(&database, &store_url, &["--repair"]);
+    assert_eq!(code, 1, "the missing and corrupt objects remain: {out}");
+    assert!(out.contains("(repaired)"), "{out}");
+    assert_eq!(app.store.get_optional(&orphan).await.unwrap(), None);
+    assert!(
+        app.store.get_optional(&partition).await.unwrap().is_some(),
+        "kept"
+    );
+    let job = jobs::get(&app.pool, lease.id()).await.unwrap().unwrap();
+    assert_eq!(job.state, "queued");
+    let (_, out) = fsck(&database, &store_url, &["--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        kinds(&report),
+        vec![
+            ("corrupt".to_string(), false),
+            ("missing".to_string(), false)
+        ]
+    );
+
+    // An unreachable database is an error, not a verdict.
+    let (code, out) = fsck("postgres://postgres@127.0.0.1:1/nowhere", &store_url, &[]);
+    assert_eq!(code, 2, "{out}");
+}
