@@ -17,7 +17,7 @@ pub enum ApiError {
         details: Option<Value>,
     },
     /// 503: the database or the store is unreachable; retry later.
-    Unavailable(String),
+    Unavailable { backend: Backend, cause: String },
     /// 500.
     Internal(String),
 }
@@ -60,14 +60,17 @@ impl IntoResponse for ApiError {
                 message,
                 details,
             } => (status, code, message, details),
-            ApiError::Unavailable(cause) => {
-                tracing::warn!("unavailable: {cause}");
-                (
+            ApiError::Unavailable { backend, cause } => {
+                tracing::warn!("unavailable ({}): {cause}", backend.as_str());
+                let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database or the object store is unreachable; retry later".into(),
+                    format!("the {} is unreachable; retry later", backend.what()),
                     None,
-                )
+                );
+                // For the request metrics, which count 503s by their cause.
+                response.extensions_mut().insert(backend);
+                return response;
             }
             ApiError::Internal(cause) => {
                 tracing::error!("internal error: {cause}");
@@ -79,11 +82,43 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut error = json!({ "code": code, "message": message });
-        if let Some(details) = details {
-            error["details"] = details;
+        error_response(status, code, message, details)
+    }
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    details: Option<Value>,
+) -> Response {
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(details) = details {
+        error["details"] = details;
+    }
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+/// What a 503 could not reach.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Database,
+    Store,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Database => "database",
+            Backend::Store => "store",
         }
-        (status, Json(json!({ "error": error }))).into_response()
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Backend::Database => "database",
+            Backend::Store => "object store",
+        }
     }
 }
 
@@ -91,7 +126,10 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         let outage = crate::registry::is_outage(&e);
         if outage {
-            ApiError::Unavailable(e.to_string())
+            ApiError::Unavailable {
+                backend: Backend::Database,
+                cause: e.to_string(),
+            }
         } else {
             ApiError::Internal(e.to_string())
         }
@@ -100,6 +138,9 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable {
+            backend: Backend::Store,
+            cause: e.to_string(),
+        }
     }
 }

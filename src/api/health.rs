@@ -13,7 +13,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     sqlx::query("select 1")
         .execute(&state.pool)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable {
+            backend: super::error::Backend::Database,
+            cause: e.to_string(),
+        })?;
     state.store.ready().await?;
     Ok(Json(json!({ "status": "ready" })))
 }

@@ -1,14 +1,22 @@
-//! `GET /metrics`: Prometheus text — the pool and the queue from the registry, and this
-//! server's score answers.
+//! `GET /metrics`: Prometheus text from the `prometheus` crate, one registry per server.
+//! This server's own work — requests by route and status (latency histograms), score
+//! answers by outcome, database and store errors — and the pool as the registry holds it at
+//! each scrape: jobs by kind and state, unit models by state, pool sizes, the duration and
+//! queue wait of jobs finished since this server started, the heartbeat age of running jobs.
 
 use std::collections::HashSet;
-use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use super::{ApiError, AppState};
 
@@ -30,31 +38,147 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [(Outcome, &'static str); 6] = [
-        (Outcome::Cached, "cached"),
-        (Outcome::Computed, "computed"),
-        (Outcome::Pending, "pending"),
-        (Outcome::ModelsNotReady, "models_not_ready"),
-        (Outcome::Error, "error"),
-        (Outcome::Training, "training"),
-    ];
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Cached => "cached",
+            Outcome::Computed => "computed",
+            Outcome::Pending => "pending",
+            Outcome::ModelsNotReady => "models_not_ready",
+            Outcome::Error => "error",
+            Outcome::Training => "training",
+        }
+    }
 }
 
 /// Past this many scores answered 202 and not asked for again, the set starts over.
 const MAX_AWAITED: usize = 100_000;
 
-/// This server's counters since it started.
-#[derive(Default)]
-pub struct Counters {
-    answers: [AtomicU64; 6],
+/// Seconds: from a cached answer to a long training job.
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 14400.0,
+];
+
+/// This server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    answers: IntCounterVec,
+    requests: HistogramVec,
+    backend_errors: IntCounterVec,
+    jobs: IntGaugeVec,
+    unit_models: IntGaugeVec,
+    /// Bases, partitions, eval sets, stored scores.
+    sizes: [IntGauge; 4],
+    job_seconds: HistogramVec,
+    queue_wait: HistogramVec,
+    heartbeat_age: IntGaugeVec,
+    /// Jobs finished (and started) after these instants are still to be observed.
+    seen: Mutex<(DateTime<Utc>, DateTime<Utc>)>,
     /// Scores this server answered 202 for, by key: the answer that later finds them stored
     /// counts as computed.
     awaited: Mutex<HashSet<String>>,
 }
 
-impl Counters {
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let answers = counter(
+            "mixpool_score_answers_total",
+            "Score answers given by this server, by outcome.",
+            &["outcome"],
+        );
+        for outcome in [
+            Outcome::Cached,
+            Outcome::Computed,
+            Outcome::Pending,
+            Outcome::ModelsNotReady,
+            Outcome::Error,
+            Outcome::Training,
+        ] {
+            answers.with_label_values(&[outcome.label()]);
+        }
+        let backend_errors = counter(
+            "mixpool_backend_errors_total",
+            "Requests answered 503 because the database or the object store failed.",
+            &["backend"],
+        );
+        for backend in ["database", "store"] {
+            backend_errors.with_label_values(&[backend]);
+        }
+        let now = Utc::now();
+        Metrics {
+            answers,
+            requests: histogram(
+                "mixpool_http_request_duration_seconds",
+                "Requests by method, route and status.",
+                &["method", "route", "status"],
+            ),
+            backend_errors,
+            jobs: gauge(
+                "mixpool_jobs",
+                "Jobs by kind and state.",
+                &["kind", "state"],
+            ),
+            unit_models: gauge("mixpool_unit_models", "Unit models by state.", &["state"]),
+            sizes: [
+                ("mixpool_bases", "Base models."),
+                ("mixpool_partitions", "Partitions."),
+                ("mixpool_eval_sets", "Evaluation sets."),
+                ("mixpool_scores", "Scores computed and kept."),
+            ]
+            .map(|(name, help)| {
+                let g = IntGauge::new(name, help).expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            }),
+            job_seconds: histogram(
+                "mixpool_job_duration_seconds",
+                "Jobs finished since this server started, from start to end, by kind and state.",
+                &["kind", "state"],
+            ),
+            queue_wait: histogram(
+                "mixpool_job_queue_wait_seconds",
+                "Jobs started since this server started, from queued to first start, by kind.",
+                &["kind"],
+            ),
+            heartbeat_age: gauge(
+                "mixpool_worker_heartbeat_age_seconds",
+                "Seconds since each running job's worker last renewed its lease.",
+                &["worker", "kind"],
+            ),
+            registry,
+            seen: Mutex::new((now, now)),
+            awaited: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
     pub fn score_answered(&self, outcome: Outcome) {
-        self.answers[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.answers.with_label_values(&[outcome.label()]).inc();
     }
 
     /// Remembers a score answered 202.
@@ -70,66 +194,120 @@ impl Counters {
     pub fn awaited(&self, key: &str) -> bool {
         self.awaited.lock().unwrap().remove(key)
     }
+
+    /// Reads the pool's state into the gauges, and observes the jobs that finished or
+    /// started since the last scrape.
+    async fn refresh(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let jobs: Vec<(String, String, i64)> =
+            sqlx::query_as("select kind, state, count(*) from jobs group by kind, state")
+                .fetch_all(pool)
+                .await?;
+        self.jobs.reset();
+        for (kind, state, n) in jobs {
+            self.jobs.with_label_values(&[&kind, &state]).set(n);
+        }
+        let models: Vec<(String, i64)> =
+            sqlx::query_as("select state, count(*) from models group by state")
+                .fetch_all(pool)
+                .await?;
+        self.unit_models.reset();
+        for (state, n) in models {
+            self.unit_models.with_label_values(&[&state]).set(n);
+        }
+        let sizes: (i64, i64, i64, i64) = sqlx::query_as(
+            "select (select count(*) from bases), (select count(*) from partitions),
+                    (select count(*) from eval_sets), (select count(*) from scores)",
+        )
+        .fetch_one(pool)
+        .await?;
+        for (gauge, n) in self.sizes.iter().zip([sizes.0, sizes.1, sizes.2, sizes.3]) {
+            gauge.set(n);
+        }
+        let running: Vec<(String, String, f64)> = sqlx::query_as(
+            "select coalesce(lease_owner, ''), kind,
+                    extract(epoch from now() - updated_at)::float8
+             from jobs where state = 'running'",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.heartbeat_age.reset();
+        for (worker, kind, age) in running {
+            self.heartbeat_age
+                .with_label_values(&[&worker, &kind])
+                .set(age as i64);
+        }
+        // Each job observed once: the watermarks move to the newest instant read.
+        let (finished_after, started_after) = *self.seen.lock().unwrap();
+        let finished: Vec<(String, String, f64, DateTime<Utc>)> = sqlx::query_as(
+            "select kind, state, extract(epoch from finished_at - coalesce(started_at, created_at))::float8,
+                    finished_at
+             from jobs where finished_at > $1 order by finished_at",
+        )
+        .bind(finished_after)
+        .fetch_all(pool)
+        .await?;
+        let started: Vec<(String, f64, DateTime<Utc>)> = sqlx::query_as(
+            "select kind, extract(epoch from started_at - created_at)::float8, started_at
+             from jobs where started_at > $1 order by started_at",
+        )
+        .bind(started_after)
+        .fetch_all(pool)
+        .await?;
+        let mut seen = self.seen.lock().unwrap();
+        for (kind, state, seconds, at) in finished {
+            if at > seen.0 {
+                self.job_seconds
+                    .with_label_values(&[&kind, &state])
+                    .observe(seconds.max(0.0));
+                seen.0 = at;
+            }
+        }
+        for (kind, seconds, at) in started {
+            if at > seen.1 {
+                self.queue_wait
+                    .with_label_values(&[&kind])
+                    .observe(seconds.max(0.0));
+                seen.1 = at;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Times every routed request, by method, route (the pattern, not the path) and status.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(backend) = response.extensions().get::<super::error::Backend>() {
+        metrics
+            .backend_errors
+            .with_label_values(&[backend.as_str()])
+            .inc();
+    }
+    response
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let jobs: Vec<(String, String, i64)> =
-        sqlx::query_as("select kind, state, count(*) from jobs group by kind, state order by 1, 2")
-            .fetch_all(&state.pool)
-            .await?;
-    let models: Vec<(String, i64)> =
-        sqlx::query_as("select state, count(*) from models group by state order by 1")
-            .fetch_all(&state.pool)
-            .await?;
-    let (bases, partitions, eval_sets, scores): (i64, i64, i64, i64) = sqlx::query_as(
-        "select (select count(*) from bases), (select count(*) from partitions),
-                (select count(*) from eval_sets), (select count(*) from scores)",
-    )
-    .fetch_one(&state.pool)
-    .await?;
-
-    let mut out = String::new();
-    family(&mut out, "mixpool_jobs", "gauge", "Jobs by kind and state.");
-    for (kind, job_state, n) in &jobs {
-        let _ = writeln!(
-            out,
-            "mixpool_jobs{{kind=\"{kind}\",state=\"{job_state}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
-        "mixpool_unit_models",
-        "gauge",
-        "Unit models by state.",
-    );
-    for (model_state, n) in &models {
-        let _ = writeln!(out, "mixpool_unit_models{{state=\"{model_state}\"}} {n}");
-    }
-    for (name, help, n) in [
-        ("mixpool_bases", "Base models.", bases),
-        ("mixpool_partitions", "Partitions.", partitions),
-        ("mixpool_eval_sets", "Evaluation sets.", eval_sets),
-        ("mixpool_scores", "Scores computed and kept.", scores),
-    ] {
-        family(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {n}");
-    }
-    family(
-        &mut out,
-        "mixpool_score_answers_total",
-        "counter",
-        "Score answers given by this server, by outcome.",
-    );
-    for (outcome, label) in Outcome::ALL {
-        let n = state.metrics.answers[outcome as usize].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "mixpool_score_answers_total{{outcome=\"{label}\"}} {n}"
-        );
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    state.metrics.refresh(&state.pool).await?;
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&state.metrics.registry.gather(), &mut out)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            TextEncoder::new().format_type().to_string(),
+        )],
+        out,
+    ))
 }

@@ -44,7 +44,7 @@ pub struct AppState {
     /// Score answers already given (see [`score::ScoreCache`]).
     scores: Arc<score::ScoreCache>,
     events: Arc<events::Events>,
-    metrics: Arc<metrics::Counters>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -120,6 +120,7 @@ impl Default for SweepLimits {
 }
 
 pub fn router(state: AppState) -> Router {
+    let tracked = state.clone();
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -170,8 +171,37 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/validations/report", get(validations::report))
         .route("/v1/validations/{id}", get(validations::get_validation))
         .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tracked,
+            metrics::track,
+        ))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// An unknown route: 404 in the JSON error shape.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::Client {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "no_route",
+        message: format!(
+            "no route {method} {}: see the API table in README.md",
+            uri.path()
+        ),
+        details: None,
+    }
+}
+
+/// A known route asked with another method: 405 in the JSON error shape.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::Client {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("{} does not take {method}", uri.path()),
+        details: None,
+    }
 }
 
 /// The base named `key`, or the most recent ready base.
