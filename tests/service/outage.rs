@@ -122,6 +122,28 @@ impl Server {
         panic!("{path} did not recover");
     }
 
+    /// The 503s this server counted, caused by the database and by the store.
+    async fn backend_errors(&self) -> (u64, u64) {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |backend: &str| -> u64 {
+            let prefix = format!("mixpool_backend_errors_total{{backend=\"{backend}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no {backend} line: {text}"))
+                .parse()
+                .unwrap()
+        };
+        (count("database"), count("store"))
+    }
+
     async fn names(&self) -> Vec<String> {
         let list = self.recovers("/v1/partitions").await;
         let mut names: Vec<String> = list["items"]
@@ -176,6 +198,11 @@ async fn a_database_outage_is_a_503_and_the_server_recovers_when_it_returns() {
     assert_eq!(server.names().await, ["before"], "nothing half-written");
     assert_eq!(server.upload("after", 5).await.0, StatusCode::CREATED);
     assert_eq!(server.names().await, ["after", "before"]);
+    let (database, store) = server.backend_errors().await;
+    assert!(
+        database >= 3 && store == 0,
+        "{database} database, {store} store errors"
+    );
 }
 
 #[tokio::test]
@@ -216,4 +243,9 @@ async fn an_object_store_outage_is_a_503_and_the_server_recovers_when_it_returns
     server.recovers("/readyz").await;
     assert_eq!(server.upload("after", 5).await.0, StatusCode::CREATED);
     assert_eq!(server.names().await, ["after", "before"]);
+    let (database, store) = server.backend_errors().await;
+    assert!(
+        database == 0 && store >= 2,
+        "{database} database, {store} store errors"
+    );
 }
