@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test experiment bench bench-service bench-sweep build lint gpu-bundle
+.PHONY: demo test experiment bench bench-service bench-sweep build lint gpu-bundle chaos
 
 build:
 	$(TORCH) && cargo build --release
@@ -61,3 +61,13 @@ bench-sweep:
 
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings
+
+## The chaos run (not part of `make test`): a pool built undisturbed, then again by two
+## workers SIGKILLed 20 times while PostgreSQL restarts twice and the S3 server once (both
+## the run's own, on ports of their own) under client requests; checks and prints the
+## figures. ARGS="KILLS SEED".
+chaos: build
+	$(TORCH) && $(CORPUS) && cargo build --release --example chaos && \
+	scripts/s3.sh >/dev/null && scripts/s3.sh stop && \
+	MIXPOOL_BIN=$(BIN) MIXPOOL_WEED=$(CACHE)/s3-venv/bin/weed \
+	$(CARGO_TARGET_DIR)/release/examples/chaos $(ARGS)

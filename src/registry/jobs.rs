@@ -31,7 +31,11 @@ pub struct Job {
     /// queued, running, succeeded, failed or cancelled.
     pub state: String,
     pub priority: i32,
+    /// Leases taken so far (each claim's number fences its writes).
     pub attempts: i32,
+    /// Attempts that count against `max_attempts`: retryable failures, and expired leases
+    /// during which the job made no progress.
+    pub strikes: i32,
     pub max_attempts: i32,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
@@ -139,7 +143,7 @@ pub async fn claim(
     let job: Option<Job> = sqlx::query_as(
         "update jobs set state = 'running', attempts = attempts + 1, lease_owner = $1,
                 lease_expires_at = now() + $2, started_at = coalesce(started_at, now()),
-                updated_at = now(), error = null
+                claimed_progress = progress, updated_at = now(), error = null
          where state = 'queued' and id = (
              select id from jobs where state = 'queued' and kind = any($3)
              order by priority desc, created_at limit 1
@@ -157,18 +161,26 @@ pub async fn claim(
     }))
 }
 
-/// Running jobs whose lease expired: back to the queue, or failed after `max_attempts`.
+/// Running jobs whose lease expired: back to the queue. An expiry during which the job made
+/// no progress is a strike; at `max_attempts` strikes the job fails (a job that kills its
+/// workers is not retried for ever, one whose workers die while it advances is finished).
 pub async fn requeue_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done: Vec<(Uuid,)> = sqlx::query_as(
-        "update jobs set
-             state = case when attempts >= max_attempts then 'failed' else 'queued' end,
-             error = case when attempts >= max_attempts
-                 then 'the worker stopped responding (lease expired) on each of ' || attempts || ' attempts'
+        "with expired as (
+             select id, strikes + case when progress > claimed_progress then 0 else 1 end as s
+             from jobs where state = 'running' and lease_expires_at < now()
+             for update skip locked)
+         update jobs set
+             strikes = expired.s,
+             state = case when expired.s >= max_attempts then 'failed' else 'queued' end,
+             error = case when expired.s >= max_attempts
+                 then 'the worker stopped responding (lease expired) without progress '
+                      || expired.s || ' times'
                  else error end,
-             finished_at = case when attempts >= max_attempts then now() end,
+             finished_at = case when expired.s >= max_attempts then now() end,
              lease_owner = null, lease_expires_at = null, updated_at = now()
-         where state = 'running' and lease_expires_at < now()
-         returning id",
+         from expired where jobs.id = expired.id
+         returning jobs.id",
     )
     .fetch_all(pool)
     .await?;
@@ -238,11 +250,11 @@ pub async fn fail(
     error: &str,
     retryable: bool,
 ) -> Result<(), QueueError> {
-    let retry = retryable && lease.attempt() < lease.job.max_attempts;
+    let retry = retryable && lease.job.strikes + 1 < lease.job.max_attempts;
     if retry {
         let done = sqlx::query(
             "update jobs set state = 'queued', error = $3, lease_owner = null, lease_expires_at = null,
-                    updated_at = now()
+                    strikes = strikes + 1, updated_at = now()
              where id = $1 and attempts = $2 and state = 'running'",
         )
         .bind(lease.id())

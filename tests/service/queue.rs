@@ -428,3 +428,49 @@ async fn the_queue_takes_a_job_of_every_kind() {
     let claimed = jobs::claim(&pool, "w", &JobKind::ALL, LONG).await.unwrap();
     assert!(claimed.is_some());
 }
+
+#[tokio::test]
+async fn only_leases_that_expire_without_progress_count_against_max_attempts() {
+    let pool = fresh_db().await;
+    let queued = enqueue(
+        &pool,
+        NewJob {
+            max_attempts: 2,
+            ..NewJob::new(JobKind::Train, json!({}))
+        },
+    )
+    .await;
+    // Four workers die in turn, each after moving the job on: it is never used up.
+    let mut first = None;
+    for step in 1..=4 {
+        let lease = claim(&pool, &format!("w{step}"), SHORT).await.unwrap();
+        jobs::progress(&pool, &lease, step as f32 * 0.2, "advancing", None)
+            .await
+            .unwrap();
+        until_expired(&pool, &lease).await;
+        first.get_or_insert(lease);
+    }
+    assert_eq!(jobs::requeue_expired(&pool).await.unwrap(), 1);
+    let job = jobs::get(&pool, queued.id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempts, job.strikes),
+        ("queued", 4, 0)
+    );
+    // The first worker, were it only slow, is still fenced off.
+    assert!(matches!(
+        jobs::progress(&pool, &first.unwrap(), 0.9, "stale", None).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    // Two deaths without progress use it up.
+    for owner in ["w5", "w6"] {
+        let lease = claim(&pool, owner, SHORT).await.unwrap();
+        until_expired(&pool, &lease).await;
+    }
+    jobs::requeue_expired(&pool).await.unwrap();
+    let job = jobs::get(&pool, queued.id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempts, job.strikes),
+        ("failed", 6, 2)
+    );
+    assert!(job.error.unwrap().contains("without progress 2 times"));
+}
