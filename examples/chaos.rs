@@ -449,11 +449,21 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
                 // Extra uploads are eval sets, so that they add no training.
                 let name = format!("extra-{extra}");
                 let text = format!("{{\"text\": \"an extra document, number {extra}\"}}\n");
-                let request = client
-                    .post(format!("{url}/v1/eval-sets?name={name}"))
-                    .body(text);
-                if let Some((200 | 201, _)) = call(&seen, request).await {
-                    seen.uploaded.lock().unwrap().push(name);
+                // Retried on a 503, as a client does.
+                for _ in 0..50 {
+                    let request = client
+                        .post(format!("{url}/v1/eval-sets?name={name}"))
+                        .body(text.clone());
+                    match call(&seen, request).await {
+                        Some((200 | 201, _)) => {
+                            seen.uploaded.lock().unwrap().push(name);
+                            break;
+                        }
+                        Some((503, _)) | None => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Some(_) => break,
+                    }
                 }
                 let (a, b) = (
                     &parts[extra % PARTITIONS].0,

@@ -17,8 +17,9 @@ use crate::engine::checkpoint::WEIGHTS_FILE;
 use crate::registry::jobs;
 use crate::store::{Store, keys};
 
-/// A staged upload younger than this may still be in flight.
-const STAGING_GRACE: Duration = Duration::from_secs(3600);
+/// A staged upload, or a stored partition or eval set without its row, younger than this may
+/// belong to an upload still in flight (its row is written after its object).
+const IN_FLIGHT: Duration = Duration::from_secs(3600);
 
 #[derive(Args)]
 pub struct FsckArgs {
@@ -209,9 +210,11 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
             }
             continue;
         }
-        let young_staging =
-            key.starts_with("staging/") && meta.age.is_some_and(|age| age < STAGING_GRACE);
-        if young_staging || in_progress.iter().any(|p| key.starts_with(p)) {
+        let uploading = ["staging/", "partitions/", "evalsets/"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            && meta.age.is_none_or(|age| age < IN_FLIGHT);
+        if uploading || in_progress.iter().any(|p| key.starts_with(p)) {
             continue;
         }
         let detail = if key.starts_with("staging/") {

@@ -243,7 +243,14 @@ impl Shard<'_> {
             scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
         }
         let message = format!("mixture {done}/{total}");
-        match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
+        let recorded = match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
+            // The mixtures are stored with this transaction: kept for the next worker.
+            Ok(cancel) => jobs::saved(&mut *tx, self.lease, fraction)
+                .await
+                .map(|()| cancel),
+            lost => lost,
+        };
+        match recorded {
             Ok(cancel_requested) => {
                 tx.commit().await?;
                 if cancel_requested {

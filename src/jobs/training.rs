@@ -89,8 +89,14 @@ pub(super) async fn run(
             let mut report = |p: &Progress| {
                 // The state saved at the previous step's end goes to the store, for
                 // whichever worker runs this job next.
-                if let Err(e) = runtime.block_on(mirror.push()) {
-                    tracing::warn!("mirroring the train state failed: {e}");
+                let before = mirror.uploaded;
+                match runtime.block_on(mirror.push()) {
+                    Err(e) => tracing::warn!("mirroring the train state failed: {e}"),
+                    Ok(()) if mirror.uploaded > before => {
+                        let kept = mirror.uploaded as f32 / p.steps as f32;
+                        let _ = runtime.block_on(jobs::saved(&pool, &lease_for_thread, kept));
+                    }
+                    Ok(()) => {}
                 }
                 if p.step.is_multiple_of(every) || p.step == p.steps {
                     let message = format!("step {}/{}", p.step, p.steps);
@@ -151,10 +157,12 @@ pub(super) async fn finish(
     result: &serde_json::Value,
     run: &TrainingRun,
 ) -> Result<Done, JobError> {
+    // The mirror goes before the success is recorded: a worker killed in between leaves a job
+    // that trains again (to the same weights), never a finished job's train state behind.
+    StateMirror::forget(&worker.store, &run.mirror).await;
     let done = super::succeed(tx, lease, result).await?;
     if let Done::Succeeded = done {
         remove_dir(&worker.job_dir(lease)).await;
-        StateMirror::forget(&worker.store, &run.mirror).await;
     }
     Ok(done)
 }

@@ -88,13 +88,19 @@ pub struct NewJob {
 
 impl NewJob {
     /// A job without a dedup key; [`crate::jobs::kind::Payload::new_job`] makes the real ones.
+    /// Trainings save their progress only at checkpoints, so a worker can die between two
+    /// without the job being at fault: they may strike out five times, other jobs three.
     pub fn new(kind: JobKind, payload: Value) -> Self {
+        let max_attempts = match kind {
+            JobKind::Pretrain | JobKind::Train | JobKind::Validate => 5,
+            _ => 3,
+        };
         NewJob {
             kind,
             payload,
             dedup_key: None,
             priority: 0,
-            max_attempts: 3,
+            max_attempts,
         }
     }
 }
@@ -143,7 +149,7 @@ pub async fn claim(
     let job: Option<Job> = sqlx::query_as(
         "update jobs set state = 'running', attempts = attempts + 1, lease_owner = $1,
                 lease_expires_at = now() + $2, started_at = coalesce(started_at, now()),
-                claimed_progress = progress, updated_at = now(), error = null
+                claimed_saved = saved, updated_at = now(), error = null
          where state = 'queued' and id = (
              select id from jobs where state = 'queued' and kind = any($3)
              order by priority desc, created_at limit 1
@@ -161,20 +167,21 @@ pub async fn claim(
     }))
 }
 
-/// Running jobs whose lease expired: back to the queue. An expiry during which the job made
-/// no progress is a strike; at `max_attempts` strikes the job fails (a job that kills its
-/// workers is not retried for ever, one whose workers die while it advances is finished).
+/// Running jobs whose lease expired: back to the queue. An expiry during which the job saved
+/// nothing new ([`saved`]) is a strike; at `max_attempts` strikes the job fails (a job that
+/// kills its workers is not retried for ever, one whose workers die while it advances is
+/// finished).
 pub async fn requeue_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done: Vec<(Uuid,)> = sqlx::query_as(
         "with expired as (
-             select id, strikes + case when progress > claimed_progress then 0 else 1 end as s
+             select id, strikes + case when saved > claimed_saved then 0 else 1 end as s
              from jobs where state = 'running' and lease_expires_at < now()
              for update skip locked)
          update jobs set
              strikes = expired.s,
              state = case when expired.s >= max_attempts then 'failed' else 'queued' end,
              error = case when expired.s >= max_attempts
-                 then 'the worker stopped responding (lease expired) without progress '
+                 then 'the worker stopped responding (lease expired) before saving progress '
                       || expired.s || ' times'
                  else error end,
              finished_at = case when expired.s >= max_attempts then now() end,
@@ -231,6 +238,25 @@ pub async fn progress<'e>(
     .fetch_optional(db)
     .await?;
     row.map(|(c,)| c).ok_or(QueueError::LeaseLost(lease.id()))
+}
+
+/// Records that `fraction` of the job's work is kept durably (a mirrored train state, stored
+/// sweep mixtures): a lease that expires after this is not held against the job.
+pub async fn saved<'e>(
+    db: impl PgExecutor<'e>,
+    lease: &Lease,
+    fraction: f32,
+) -> Result<(), QueueError> {
+    let done = sqlx::query(
+        "update jobs set saved = greatest(saved, $3)
+         where id = $1 and attempts = $2 and state = 'running'",
+    )
+    .bind(lease.id())
+    .bind(lease.attempt())
+    .bind(fraction.clamp(0.0, 1.0))
+    .execute(db)
+    .await?;
+    fenced(done.rows_affected(), lease)
 }
 
 /// Marks the job succeeded with `result`. Pass the transaction that writes the job's domain

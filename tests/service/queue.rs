@@ -430,7 +430,7 @@ async fn the_queue_takes_a_job_of_every_kind() {
 }
 
 #[tokio::test]
-async fn only_leases_that_expire_without_progress_count_against_max_attempts() {
+async fn only_leases_that_expire_before_saving_progress_count_against_max_attempts() {
     let pool = fresh_db().await;
     let queued = enqueue(
         &pool,
@@ -440,13 +440,11 @@ async fn only_leases_that_expire_without_progress_count_against_max_attempts() {
         },
     )
     .await;
-    // Four workers die in turn, each after moving the job on: it is never used up.
+    // Four workers die in turn, each after saving more of the job: it is never used up.
     let mut first = None;
     for step in 1..=4 {
         let lease = claim(&pool, &format!("w{step}"), SHORT).await.unwrap();
-        jobs::progress(&pool, &lease, step as f32 * 0.2, "advancing", None)
-            .await
-            .unwrap();
+        jobs::saved(&pool, &lease, step as f32 * 0.2).await.unwrap();
         until_expired(&pool, &lease).await;
         first.get_or_insert(lease);
     }
@@ -461,9 +459,14 @@ async fn only_leases_that_expire_without_progress_count_against_max_attempts() {
         jobs::progress(&pool, &first.unwrap(), 0.9, "stale", None).await,
         Err(QueueError::LeaseLost(_))
     ));
-    // Two deaths without progress use it up.
+    // Two deaths that save nothing new use it up, though they report progress (a job that
+    // kills its worker at the same step each time, after resuming from the same state).
     for owner in ["w5", "w6"] {
         let lease = claim(&pool, owner, SHORT).await.unwrap();
+        jobs::progress(&pool, &lease, 0.9, "again", None)
+            .await
+            .unwrap();
+        jobs::saved(&pool, &lease, 0.8).await.unwrap();
         until_expired(&pool, &lease).await;
     }
     jobs::requeue_expired(&pool).await.unwrap();
@@ -472,5 +475,9 @@ async fn only_leases_that_expire_without_progress_count_against_max_attempts() {
         (job.state.as_str(), job.attempts, job.strikes),
         ("failed", 6, 2)
     );
-    assert!(job.error.unwrap().contains("without progress 2 times"));
+    assert!(
+        job.error
+            .unwrap()
+            .contains("before saving progress 2 times")
+    );
 }
