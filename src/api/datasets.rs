@@ -41,6 +41,12 @@ pub async fn upload_partition(
         StatusCode::OK
     };
     let partition = created.into_inner();
+    // Remembered for the healing pass, which queues only wanted unit models.
+    sqlx::query("update partitions set train = $2 where id = $1")
+        .bind(partition.id)
+        .bind(train)
+        .execute(&state.pool)
+        .await?;
     let mut models = Vec::new();
     if train {
         // Without a ready base and a recipe there is nothing to train yet: the partition is

@@ -193,7 +193,7 @@ pub async fn heal(pool: &PgPool) -> Result<usize, sqlx::Error> {
         return Ok(0);
     };
     let lacking: Vec<Uuid> = sqlx::query_scalar(
-        "select p.id from partitions p where not exists (
+        "select p.id from partitions p where p.train and not exists (
              select 1 from models m
              where m.partition_id = p.id and m.base_id = $1 and m.recipe_id = $2)
          order by p.created_at",

@@ -191,10 +191,17 @@ async fn a_partition_whose_unit_model_was_not_queued_gets_it_from_the_healing_pa
     assert_eq!(retried["models"][0]["state"], "queued", "{retried}");
 
     // A gap nobody retried (stored without its model, as a crash between the two steps
-    // leaves it) is closed by the healing pass that `serve` runs at start-up.
+    // leaves it) is closed by the healing pass that `serve` runs at start-up; a partition
+    // uploaded with train=false is left alone.
+    app.post("/v1/partitions?name=left", corpus("code_python", 0, 4))
+        .await;
+    sqlx::query("delete from models")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     app.post(
-        "/v1/partitions?name=left&train=false",
-        corpus("code_python", 0, 4),
+        "/v1/partitions?name=kept&train=false",
+        corpus("tech_docs", 0, 4),
     )
     .await;
     assert!(models(&app, "partition=left").await.is_empty());
@@ -211,6 +218,10 @@ async fn a_partition_whose_unit_model_was_not_queued_gets_it_from_the_healing_pa
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let healed = models(&app, "partition=left").await;
+    assert!(
+        models(&app, "partition=kept").await.is_empty(),
+        "train=false is respected"
+    );
     assert_eq!(healed[0]["state"], "queued");
     assert!(healed[0]["job_id"].is_string());
     // Nothing is left to heal; a cancelled model stays cancelled.
