@@ -34,9 +34,12 @@ pub(crate) async fn run(
     let recipe = recipes::find(pool, &model.recipe_id.to_string())
         .await?
         .ok_or_else(|| fatal("recipe"))?;
-    let partition = datasets::find(pool, Kind::Partition, &model.partition_id.to_string())
-        .await?
-        .ok_or_else(|| fatal("partition"))?;
+    // Deleted since the model was read (its model row goes with it): cancelled as well.
+    let Some(partition) =
+        datasets::find(pool, Kind::Partition, &model.partition_id.to_string()).await?
+    else {
+        return Ok(Done::Cancelled);
+    };
     let weights_sha = base
         .weights_sha256
         .clone()
