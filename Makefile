@@ -43,10 +43,18 @@ test:
 bench:
 	$(TORCH) && $(CORPUS) && cargo bench --bench engine -- $(ARGS)
 
-## Binaries for bench/gpu.sh, copied into gpu-bundle/ (ignored by git) to travel to a GPU machine.
+## What bench/gpu.sh needs on a GPU machine, compressed into gpu-bundle/ (ignored by git; a
+## device's transfer is limited): the binaries, the corpus and this machine's PostgreSQL
+## server packed with its libraries (once).
 gpu-bundle:
-	$(TORCH) && cargo build --release --bins --example gpu_bench
-	mkdir -p gpu-bundle && cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/
+	$(TORCH) && $(CORPUS) && cargo build --release --bins --example gpu_bench && \
+	sweep=$$(cargo bench --bench sweep --no-run --message-format=json | python3 -c \
+		'import json,sys; print(*[j["executable"] for j in map(json.loads, sys.stdin) if j.get("target",{}).get("name") == "sweep" and j.get("executable")])') && \
+	rm -rf gpu-bundle/bin && mkdir -p gpu-bundle/bin && \
+	cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/bin/ && cp $$sweep gpu-bundle/bin/sweep && \
+	strip gpu-bundle/bin/* && tar -C gpu-bundle -cJf gpu-bundle/bin.tar.xz bin && rm -rf gpu-bundle/bin && \
+	tar -C $$MIXPOOL_CORPUS/.. -cJf gpu-bundle/corpus.tar.xz $$(basename $$MIXPOOL_CORPUS)
+	[ -f gpu-bundle/pg.tar.xz ] || scripts/pg-bundle.sh gpu-bundle/pg.tar.xz
 
 ## Cached score latency and throughput beside a bare axum endpoint (needs PostgreSQL).
 bench-service:

@@ -264,6 +264,11 @@ async fn main() {
     let sweep_wall = started.elapsed().as_secs_f64();
     let sweep_forward = job_seconds(&pool, "sweep", "/shard/eval_seconds").await;
     let sweep_merge = job_seconds(&pool, "sweep", "/shard/merge_seconds").await;
+    let sweep_load = job_seconds(&pool, "sweep", "/shard/load_seconds").await;
+    let shards: i64 = sqlx::query_scalar("select count(*) from jobs where kind = 'sweep'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let peak_resident: f64 = sqlx::query_scalar(
         "select max((result->'shard'->>'peak_resident_bytes')::float8) from jobs where kind = 'sweep'",
     )
@@ -375,8 +380,9 @@ async fn main() {
         files_forward,
     );
     println!(
-        "sweep: merges {:.1} ms/mixture; resident unit models at most {:.1} MB per shard; process peak RSS {:.0} MB",
+        "sweep: merges {:.1} ms/mixture; {shards} shard(s) fetched their unit models in {sweep_load:.2} s ({:.1} ms/mixture); resident unit models at most {:.1} MB per shard; process peak RSS {:.0} MB",
         sweep_merge / mixtures.len() as f64 * 1e3,
+        sweep_load / mixtures.len() as f64 * 1e3,
         peak_resident / 1e6,
         peak_rss_mb()
     );
