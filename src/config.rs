@@ -37,6 +37,9 @@ pub struct ServiceConfig {
     /// Seconds `serve` gives open requests and event streams to end after a stop signal.
     #[serde(default = "defaults::shutdown_seconds")]
     pub shutdown_seconds: u64,
+    /// Whether GET requests need no token; writes always need one.
+    #[serde(default = "defaults::open_reads")]
+    pub open_reads: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +64,9 @@ mod defaults {
     pub fn shutdown_seconds() -> u64 {
         10
     }
+    pub fn open_reads() -> bool {
+        true
+    }
 }
 
 impl Default for Config {
@@ -82,6 +88,7 @@ impl Default for Config {
                 sweep_max_mixtures: defaults::sweep_max_mixtures(),
                 sweep_shard_mixtures: defaults::sweep_shard_mixtures(),
                 shutdown_seconds: defaults::shutdown_seconds(),
+                open_reads: defaults::open_reads(),
             },
             s3: Default::default(),
         }
@@ -152,6 +159,12 @@ fn apply_env(table: &mut toml::Table, var: impl Fn(&str) -> Option<String>) -> R
                         .parse()
                         .with_context(|| format!("{name}={value:?} is not a whole number"))?,
                 ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name}={value:?} is not true or false"))?,
+                ),
                 _ => toml::Value::String(value),
             };
             set(section, key, value);
@@ -186,6 +199,7 @@ mod tests {
         let vars = |name: &str| match name {
             "MIXPOOL_LEASE_SECONDS" => Some("7".to_string()),
             "MIXPOOL_DEVICE" => Some("cpu".to_string()),
+            "MIXPOOL_OPEN_READS" => Some("false".to_string()),
             "MIXPOOL_S3_ENDPOINT" => Some("http://127.0.0.1:9000".to_string()),
             "DATABASE_URL" => Some("postgres://db/x".to_string()),
             _ => None,
@@ -194,6 +208,7 @@ mod tests {
         let config = parse(table, "test").unwrap();
         assert_eq!(config.service.lease_seconds, 7);
         assert_eq!(config.engine.device, "cpu");
+        assert!(!config.service.open_reads);
         assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(config.service.database_url, "postgres://db/x");
         assert_eq!(config.service.listen, Config::default().service.listen);

@@ -41,8 +41,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let domains = read_corpus(&args.corpus)?;
     let running = crate::serve::start(args.serve).await?;
     let url = format!("http://{}", running.addr);
+    let (token, new) =
+        crate::token::local_admin(&running.pool, &running.data, "demo-admin").await?;
+    let saved = running.data.join("demo-admin.token");
+    if new {
+        println!(
+            "an admin token for this pool (saved in {}):\n{token}",
+            saved.display()
+        );
+    } else {
+        println!("the admin token is in {}", saved.display());
+    }
+    println!(
+        "export MIXPOOL_URL={url} MIXPOOL_TOKEN=$(cat {})",
+        saved.display()
+    );
+    let api = Client::new(url, &token);
     let seeding = tokio::spawn(async move {
-        if let Err(e) = seed(url, domains, args.base_tokens, args.unit_tokens).await {
+        if let Err(e) = seed(api, domains, args.base_tokens, args.unit_tokens).await {
             tracing::error!("the demo could not seed the pool: {e:#}");
         }
     });
@@ -54,15 +70,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 /// Fills the pool through the API, then prints the scores of all singles and pairs.
 async fn seed(
-    url: String,
+    api: Client,
     domains: Vec<(String, Vec<Document>)>,
     base_tokens: u64,
     unit_tokens: u64,
 ) -> Result<()> {
-    let api = Client {
-        url: url.clone(),
-        http: reqwest::Client::new(),
-    };
     let mut eval_docs = Vec::new();
     let mut seed_docs = Vec::new();
     let mut partitions = Vec::new();
@@ -112,11 +124,14 @@ async fn seed(
     let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
     tracing::info!(
         "the pool is seeded (unit models train in the background). Try:\n  \
-         curl {url}/v1/partitions\n  \
-         curl '{url}/v1/score?partitions={},{}&eval=held-out&wait=60'\n  \
-         curl {url}/v1/jobs?state=running",
+         curl {}/v1/partitions\n  \
+         curl '{}/v1/score?partitions={},{}&eval=held-out&wait=60'\n  \
+         curl {}/v1/jobs?state=running",
+        api.url,
+        api.url,
         names[0],
-        names[1]
+        names[1],
+        api.url
     );
 
     let mut ready = 0;
@@ -165,7 +180,10 @@ async fn seed(
         (table[i][j], table[j][i]) = (ppl, ppl);
     }
     print_table(&names, &table, eval_docs.len());
-    println!("\nThe server keeps running at {url} (Ctrl-C stops it).");
+    println!(
+        "\nThe server keeps running at {} (Ctrl-C stops it).",
+        api.url
+    );
     Ok(())
 }
 
@@ -176,6 +194,20 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A client sending `token` with every request.
+    pub fn new(url: String, token: &str) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .expect("a token is ASCII");
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        Client { url, http }
+    }
+
     /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error.
     pub async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;

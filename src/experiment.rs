@@ -57,10 +57,9 @@ pub async fn run(args: ExperimentArgs) -> Result<()> {
         bail!("the paper's protocol needs at least 3 domains");
     }
     let running = crate::serve::start(args.serve).await?;
-    let api = Client {
-        url: format!("http://{}", running.addr),
-        http: reqwest::Client::new(),
-    };
+    let (token, _) =
+        crate::token::local_admin(&running.pool, &running.data, "experiment-admin").await?;
+    let api = Client::new(format!("http://{}", running.addr), &token);
     let settings = Settings {
         preset: args.preset,
         base_tokens: args.base_tokens,

@@ -16,5 +16,6 @@ pub mod scoring;
 pub mod serve;
 pub mod stats;
 pub mod store;
+pub mod token;
 pub mod validation;
 pub mod worker;

@@ -56,6 +56,9 @@ enum Command {
     Validate(client::ValidateArgs),
     /// Download a mixture's merged model from a running server as a Hugging Face directory.
     Export(client::ExportArgs),
+    /// API tokens (on the database directly): create, revoke, ls.
+    #[command(subcommand)]
+    Token(mixpool::token::TokenCommand),
     /// Check the registry against the object store (missing, corrupt and orphaned objects,
     /// ready models without weights, expired leases); exit 0 clean, 1 problems, 2 error.
     Fsck(mixpool::fsck::FsckArgs),
@@ -83,6 +86,7 @@ fn main() -> Result<()> {
         Command::Sweep(args) => runtime()?.block_on(client::sweep(args)),
         Command::Validate(args) => runtime()?.block_on(client::validate(args)),
         Command::Export(args) => runtime()?.block_on(client::export(args)),
+        Command::Token(command) => runtime()?.block_on(mixpool::token::run(command)),
         Command::Fsck(args) => match runtime()?.block_on(mixpool::fsck::run(args)) {
             Ok(code) => std::process::exit(code),
             Err(e) => {

@@ -185,6 +185,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 /// A server started by [`start`]: its address, and the task that runs it until SIGTERM.
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// The registry's database and the data folder, for the demo and the experiment.
+    pub pool: sqlx::PgPool,
+    pub data: PathBuf,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -215,11 +218,12 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         Some(tokio::spawn(worker.run(stopped.clone())))
     };
     let mut state = AppState::new(
-        pool,
+        pool.clone(),
         store,
         config.service.max_upload_mb << 20,
         Duration::from_secs(config.service.max_wait_seconds),
     );
+    state.open_reads = config.service.open_reads;
     state.sweeps = crate::api::SweepLimits {
         max_mixtures: config.service.sweep_max_mixtures,
         shard_mixtures: config.service.sweep_shard_mixtures.max(1) as usize,
@@ -251,7 +255,12 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         }
         Ok(())
     });
-    Ok(Running { addr, task })
+    Ok(Running {
+        addr,
+        pool,
+        data,
+        task,
+    })
 }
 
 /// How often `serve` looks for partitions without their unit model (and at start-up).

@@ -1,6 +1,8 @@
 //! The REST API (v1). Handlers validate input, read and write the registry, enqueue jobs and
 //! wait on them; they never run a model.
 
+mod admin;
+mod auth;
 mod datasets;
 mod error;
 mod events;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub sweeps: SweepLimits,
     /// Turns true when the server stops: waits and event streams then end at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Whether GET requests need no token (`open_reads`); writes always need one.
+    pub open_reads: bool,
     /// Score answers already given (see [`score::ScoreCache`]).
     scores: Arc<score::ScoreCache>,
     events: Arc<events::Events>,
@@ -60,6 +64,7 @@ impl AppState {
             sweeps: SweepLimits::default(),
             // Never stops unless the server sets its own signal.
             shutdown: watch::channel(false).1,
+            open_reads: true,
             scores,
             events,
             metrics: Default::default(),
@@ -170,7 +175,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/validations/report", get(validations::report))
         .route("/v1/validations/{id}", get(validations::get_validation))
+        .route("/v1/admin/fsck", get(admin::fsck))
         .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             tracked,
             metrics::track,

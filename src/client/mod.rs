@@ -16,6 +16,26 @@ pub struct Server {
     /// The server's address.
     #[arg(long, env = "MIXPOOL_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// An API token (`mixpool token create`): writes need one, reads where the server
+    /// closes them.
+    #[arg(long, env = "MIXPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Server {
+    /// An HTTP client that sends the token, if any, with every request.
+    pub fn http(&self) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .context("MIXPOOL_TOKEN holds characters a token never has")?;
+            bearer.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -99,7 +119,9 @@ async fn import(a: ImportArgs) -> Result<()> {
     })
     .await??;
     let file = tokio::fs::File::open(&tar_path).await?;
-    let response = reqwest::Client::new()
+    let response = a
+        .server
+        .http()?
         .post(format!(
             "{}/v1/bases/import",
             a.server.url.trim_end_matches('/')
@@ -129,7 +151,7 @@ pub async fn export(a: ExportArgs) -> Result<()> {
         }
     }
     // A worker merges the export; until it is stored the server answers 202 with the job.
-    let client = reqwest::Client::new();
+    let client = a.server.http()?;
     let mut response = loop {
         let response = client
             .get(format!(

@@ -69,11 +69,11 @@ struct Api {
 }
 
 impl Api {
-    fn new(server: &Server) -> Api {
-        Api {
+    fn new(server: &Server) -> Result<Api> {
+        Ok(Api {
             url: server.url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
+            http: server.http()?,
+        })
     }
 
     /// A JSON answer; a 4xx or 5xx is an error carrying the server's message.
@@ -186,7 +186,7 @@ impl Progress {
 }
 
 pub async fn sweep(a: SweepArgs) -> Result<()> {
-    let api = Api::new(&a.server);
+    let api = Api::new(&a.server)?;
     let mut request = json!({"eval_sets": a.eval_sets});
     if !a.partitions.is_empty() {
         request["partitions"] = json!(a.partitions);
@@ -269,7 +269,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     if a.mixtures.is_empty() {
         bail!("name at least one --mixture a,b");
     }
-    let api = Api::new(&a.server);
+    let api = Api::new(&a.server)?;
     let mut request = json!({"mixtures": split(&a.mixtures), "eval_sets": a.eval_sets});
     for (key, value) in [("base", &a.base), ("recipe", &a.recipe)] {
         if let Some(v) = value {

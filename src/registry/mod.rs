@@ -8,6 +8,7 @@ pub mod models;
 pub mod recipes;
 pub mod scores;
 pub mod sweeps;
+pub mod tokens;
 pub mod validations;
 
 use std::time::Duration;

@@ -906,6 +906,7 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
     // The command line's import, against this server, of a checkpoint as found (fields
     // converters add, a chat template): refused with --strict, accepted and reported without.
     let strict = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .env("MIXPOOL_TOKEN", &app.token)
         .args([
             "bases",
             "import",
@@ -924,6 +925,7 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         "{stderr}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .env("MIXPOOL_TOKEN", &app.token)
         .args(["bases", "import", "--url", &app.url, "--name", "converted"])
         .arg(hf_fixture("llama_converted"))
         .output()
@@ -950,6 +952,7 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
         .collect();
     assert!(ignored.contains(&"rope_interleaved"), "{base}");
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .env("MIXPOOL_TOKEN", &app.token)
         .args(["bases", "import", "--url", &app.url, "--name", "converted"])
         .arg(hf_fixture("llama_converted"))
         .output()
@@ -1002,6 +1005,7 @@ async fn an_imported_checkpoint_trains_scores_and_exports_the_merged_model() {
     let dir = tempfile::tempdir().unwrap();
     let exported = dir.path().join("merged");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .env("MIXPOOL_TOKEN", &app.token)
         .args([
             "export",
             "--url",

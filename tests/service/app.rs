@@ -7,6 +7,7 @@ use mixpool::api::{AppState, SweepLimits, router};
 use mixpool::engine::train::{Schedule, TrainConfig};
 use mixpool::jobs::kind::JobKind;
 use mixpool::registry::recipes;
+use mixpool::registry::tokens::Scope;
 use mixpool::store::{S3Config, Store};
 use mixpool::worker::Worker;
 use reqwest::StatusCode;
@@ -18,7 +19,10 @@ use crate::helpers::{corpus_path, fresh_db, small_llama, store_base};
 
 pub struct App {
     pub url: String,
+    /// Sends `token` with every request.
     pub client: reqwest::Client,
+    /// An admin token on this app's database.
+    pub token: String,
     pub pool: PgPool,
     pub store: Store,
     /// The store folder, the workers' scratch folder, the base's folder.
@@ -148,9 +152,11 @@ pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let token = crate::helpers::token(&pool, Scope::Admin).await;
     App {
         url,
-        client: reqwest::Client::new(),
+        client: crate::helpers::client(&token),
+        token,
         pool,
         store,
         _dirs: dirs,

@@ -137,6 +137,16 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
     for planted in [orphan.as_str(), weights.as_str(), partition.as_str()] {
         assert!(subjects.contains(&planted), "{planted} in {out}");
     }
+    // The same check over HTTP, read-only, for admin tokens alone.
+    let (status, served) = app.get("/v1/admin/fsck").await;
+    assert_eq!((status, kinds(&served)), (StatusCode::OK, kinds(&report)));
+    let write = crate::helpers::token(&app.pool, mixpool::registry::tokens::Scope::Write).await;
+    let refused = crate::helpers::client(&write)
+        .get(app.url("/v1/admin/fsck"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 
     let (code, out) = fsck(&database, &store_url, &["--repair"]);
     assert_eq!(code, 1, "the missing and corrupt objects remain: {out}");

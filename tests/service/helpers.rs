@@ -21,6 +21,28 @@ pub async fn fresh_db() -> PgPool {
         .unwrap()
 }
 
+/// A new token with `scope` on `pool`'s database.
+pub async fn token(pool: &PgPool, scope: mixpool::registry::tokens::Scope) -> String {
+    let name = format!("test-{scope}-{}", Uuid::new_v4().simple());
+    mixpool::registry::tokens::create(pool, &name, scope)
+        .await
+        .unwrap()
+        .1
+}
+
+/// An HTTP client that sends `token` with every request.
+pub fn client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// The URL of `pool`'s database, for processes a test starts.
 pub async fn database_url(pool: &PgPool) -> String {
     let database: String = sqlx::query_scalar("select current_database()")

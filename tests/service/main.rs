@@ -4,6 +4,7 @@
 
 mod api;
 mod app;
+mod auth;
 mod fsck;
 mod helpers;
 mod ingest;

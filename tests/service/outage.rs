@@ -69,13 +69,14 @@ struct Server {
 
 impl Server {
     async fn start(pool: PgPool, store: Store) -> Self {
+        let token = crate::helpers::token(&pool, mixpool::registry::tokens::Scope::Write).await;
         let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
         Server {
             url,
-            client: reqwest::Client::new(),
+            client: crate::helpers::client(&token),
         }
     }
 

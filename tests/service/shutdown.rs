@@ -28,7 +28,7 @@ async fn serve_ends_event_streams_and_exits_within_its_deadline_on_sigterm() {
     ];
     let mut server = Server::start(data.path(), &env).await;
     let url = server.url.clone();
-    let client = reqwest::Client::new();
+    let client = app.client.clone();
 
     // An event stream following the queued job, its first event read.
     let events = client

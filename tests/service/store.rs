@@ -233,7 +233,8 @@ async fn serve_uses_the_s3_store_through_the_compose_files_environment() {
             .collect();
         let data = tempfile::tempdir().unwrap();
         let server = crate::helpers::Server::start(data.path(), &env).await;
-        let client = reqwest::Client::new();
+        let token = crate::helpers::token(&pool, mixpool::registry::tokens::Scope::Write).await;
+        let client = crate::helpers::client(&token);
         let ready = client
             .get(format!("{}/readyz", server.url))
             .send()

@@ -499,12 +499,13 @@ async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
     // The unit models are still training: the sweep verb waits for them, then sweeps.
     pool_of(&app, 2, 1).await;
     let run = |args: Vec<String>| {
-        let url = app.url.clone();
+        let (url, token) = (app.url.clone(), app.token.clone());
         async move {
             tokio::task::spawn_blocking(move || {
                 Command::new(env!("CARGO_BIN_EXE_mixpool"))
                     .args(&args)
                     .args(["--url", &url])
+                    .env("MIXPOOL_TOKEN", token)
                     .output()
                     .unwrap()
             })

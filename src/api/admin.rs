@@ -1,0 +1,22 @@
+//! `/v1/admin/…`: operators' views (admin scope).
+
+use axum::Json;
+use axum::extract::State;
+
+use super::{ApiError, AppState};
+use crate::fsck::{self, Report};
+
+/// `GET /v1/admin/fsck`: `mixpool fsck` without repairs: every object a row names exists
+/// with its sha256, orphans, ready models without weights, expired leases.
+pub async fn fsck(State(state): State<AppState>) -> Result<Json<Report>, ApiError> {
+    fsck::check(&state.pool, &state.store, false)
+        .await
+        .map(Json)
+        .map_err(|e| match e.downcast::<sqlx::Error>() {
+            Ok(e) => ApiError::from(e),
+            Err(e) => match e.downcast::<crate::store::StoreError>() {
+                Ok(e) => ApiError::from(e),
+                Err(e) => ApiError::Internal(format!("{e:#}")),
+            },
+        })
+}
