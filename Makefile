@@ -12,10 +12,22 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test experiment bench bench-service bench-sweep build lint gpu-bundle chaos
+.PHONY: demo test experiment bench bench-service bench-sweep build install lint gpu-bundle chaos
 
 build:
 	$(TORCH) && cargo build --release
+
+## `mixpool` on the PATH: $(PREFIX)/bin (default ~/.local/bin), with bash, zsh and fish
+## completions. The binary keeps an rpath to the cached libtorch, so it runs from anywhere
+## while $(CACHE) stays.
+PREFIX ?= $(HOME)/.local
+install: build
+	install -D -m 755 $(BIN) $(PREFIX)/bin/mixpool
+	mkdir -p $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d
+	$(PREFIX)/bin/mixpool completions bash > $(PREFIX)/share/bash-completion/completions/mixpool
+	$(PREFIX)/bin/mixpool completions zsh > $(PREFIX)/share/zsh/site-functions/_mixpool
+	$(PREFIX)/bin/mixpool completions fish > $(PREFIX)/share/fish/vendor_completions.d/mixpool.fish
+	@echo "installed $(PREFIX)/bin/mixpool"
 
 ## The service on the demo corpus at http://127.0.0.1:8080 (PostgreSQL started where none
 ## answers; database mixpool_demo unless DATABASE_URL is set), left running.

@@ -1,6 +1,7 @@
 //! `mixpool local …`: the engine on files, no server needed. JSONL in, Hugging Face-style
 //! model directories out, JSON results on stdout, progress on stderr.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -67,28 +68,40 @@ pub struct RecipeArgs {
     /// Token budget (a multiple of --seq-len); data smaller than this repeats.
     #[arg(long)]
     pub tokens: Option<u64>,
+    /// Peak learning rate (AdamW).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// The rate a cosine schedule decays to.
     #[arg(long)]
     pub min_lr: Option<f64>,
+    /// Optimizer steps of linear warmup from 0 to --lr.
     #[arg(long)]
     pub warmup_steps: Option<u64>,
+    /// The learning-rate schedule after warmup.
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleArg>,
+    /// Tokens per optimizer step (micro-batches accumulate up to it).
     #[arg(long)]
     pub batch_tokens: Option<u64>,
+    /// Sequences per forward pass.
     #[arg(long)]
     pub micro_batch: Option<u64>,
+    /// Tokens per training sequence (at most the model's context).
     #[arg(long)]
     pub seq_len: Option<u64>,
+    /// Seed for the data order (and the initialisation when pre-training).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// AdamW weight decay, on matrices only.
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Clip the gradients' global norm to this (0: no clipping).
     #[arg(long)]
     pub grad_clip: Option<f64>,
+    /// bf16 autocast (CUDA only; fp32 weights) or fp32 throughout.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Save the resumable train state every this many steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
 }
@@ -172,8 +185,10 @@ pub struct TrainArgs {
     /// The model directory to start from.
     #[arg(long)]
     pub base: PathBuf,
+    /// The partition's data (JSONL or text, optionally .gz/.zst); repeat for more files.
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
+    /// The unit model's directory to write.
     #[arg(long)]
     pub out: PathBuf,
     /// Where the resumable train state lives (default: OUT/train_state); an interrupted run
@@ -188,10 +203,13 @@ pub struct TrainArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// The model directory to evaluate.
     #[arg(long)]
     pub model: PathBuf,
+    /// Evaluation data (JSONL with an optional `domain` per line, or text); repeat for more.
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
+    /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Window length (default: the model's context length).
@@ -206,6 +224,7 @@ pub struct MergeArgs {
     /// Model directories to average.
     #[arg(required = true)]
     pub models: Vec<PathBuf>,
+    /// The merged model's directory to write.
     #[arg(long)]
     pub out: PathBuf,
     /// Comma-separated weights, one per model (normalised); default: uniform.
@@ -232,6 +251,7 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     /// The model directory (a base, unit or merged model).
     pub model: PathBuf,
+    /// The Hugging Face directory to write.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -318,9 +338,28 @@ pub fn train_model(
     state: &Path,
 ) -> Result<Summary> {
     let tokens = data::tokenize(docs, &model.tokenizer)?;
+    // A progress bar on a terminal; otherwise twenty log lines over the run.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(recipe.steps());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "train [{bar:40}] {pos}/{len} steps, {msg} ({eta} left)",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
     let log_every = (recipe.steps() / 20).max(1);
-    let mut progress = |p: &Progress| {
-        if p.step.is_multiple_of(log_every) || p.step == p.steps {
+    let mut progress = |p: &Progress| match &bar {
+        Some(bar) => {
+            bar.set_position(p.step);
+            bar.set_message(format!(
+                "loss {:.4}, {:.0} tokens/s",
+                p.loss, p.tokens_per_sec
+            ));
+        }
+        None if p.step.is_multiple_of(log_every) || p.step == p.steps => {
             tracing::info!(
                 step = p.step,
                 steps = p.steps,
@@ -329,13 +368,18 @@ pub fn train_model(
                 "train"
             );
         }
+        None => {}
     };
     let options = TrainOptions {
         state_dir: Some(state),
         cancel: None,
         progress: Some(&mut progress),
     };
-    match train::train(model, &tokens, recipe, options)? {
+    let outcome = train::train(model, &tokens, recipe, options);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match outcome? {
         Outcome::Finished(summary) => {
             let _ = std::fs::remove_dir_all(state);
             Ok(summary)

@@ -33,6 +33,7 @@ pub struct ServiceArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// The address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
     #[arg(long, env = "MIXPOOL_LISTEN")]
     pub listen: Option<String>,
     /// Run the API only, without the in-process worker.

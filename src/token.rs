@@ -20,7 +20,10 @@ pub enum TokenCommand {
         scope: Scope,
     },
     /// Revoke a live token by name or id: requests with it are refused from now on.
-    Revoke { token: String },
+    Revoke {
+        /// The token's name or id.
+        token: String,
+    },
     /// Every token, revoked ones included (never their secrets).
     Ls {
         /// One JSON array instead of a table.

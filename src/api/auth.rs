@@ -3,8 +3,9 @@
 //! (`open_reads = false`), when they need `read`. `/healthz` and `/readyz` are always open.
 //! A missing, malformed, unknown or revoked token is 401; a token without the scope, 403.
 
+use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -24,18 +25,34 @@ pub fn needed(method: &Method, path: &str, open_reads: bool) -> Option<Scope> {
     }
 }
 
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// `GET /v1/whoami`: the token the request carries (`null` without one; 401 for one that is
+/// not valid) and whether reads are open, so that a client can fail before a long upload.
+pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = match bearer(&headers) {
+        None => None,
+        Some(text) => match tokens::verify(&state.pool, text).await {
+            Ok(Some(token)) => Some(token),
+            Ok(None) => return invalid(),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    Json(serde_json::json!({ "token": token, "open_reads": state.open_reads })).into_response()
+}
+
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(scope) = needed(request.method(), request.uri().path(), state.open_reads) else {
         return next.run(request).await;
     };
     let what = format!("{} {}", request.method(), request.uri().path());
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(text) = bearer else {
+    let Some(text) = bearer(request.headers()) else {
         return unauthorized(format!(
             "{what} needs a token with the {scope} scope: send `Authorization: Bearer <token>` \
              (`mixpool token create` makes one)"
@@ -43,13 +60,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     };
     let token = match tokens::verify(&state.pool, text).await {
         Ok(Some(token)) => token,
-        Ok(None) => {
-            return unauthorized(
-                "the token is not valid: unknown, revoked or mistyped (a token reads \
-                 mpt_<id>_<secret>)"
-                    .into(),
-            );
-        }
+        Ok(None) => return invalid(),
         Err(e) => return ApiError::from(e).into_response(),
     };
     if token.scope < scope {
@@ -64,6 +75,13 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         .into_response();
     }
     next.run(request).await
+}
+
+fn invalid() -> Response {
+    unauthorized(
+        "the token is not valid: unknown, revoked or mistyped (a token reads mpt_<id>_<secret>)"
+            .into(),
+    )
 }
 
 fn unauthorized(message: String) -> Response {

@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/validations/report", get(validations::report))
         .route("/v1/validations/{id}", get(validations::get_validation))
         .route("/v1/admin/fsck", get(admin::fsck))
+        .route("/v1/whoami", get(auth::whoami))
         .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

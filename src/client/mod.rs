@@ -1,6 +1,10 @@
 //! Client verbs: the command line talking to a running server (`--url`, or `MIXPOOL_URL`,
 //! default http://127.0.0.1:8080). Errors print the server's message and exit non-zero.
 
+mod api;
+mod jobs;
+mod pool;
+mod score;
 mod sweep;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +13,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+pub use jobs::{JobsCommand, jobs};
+pub use pool::{EvalSetsCommand, ListArgs, PartitionsCommand, eval_sets, partitions, recipes};
+pub use score::{CheckArgs, ScoreArgs, check, score};
 pub use sweep::{SweepArgs, ValidateArgs, sweep, validate};
 
 #[derive(Args, Clone)]
@@ -43,10 +50,13 @@ pub enum BasesCommand {
     /// Import a Hugging Face checkpoint directory (config.json, model.safetensors or shards,
     /// tokenizer.json) as a base.
     Import(ImportArgs),
+    /// The bases, newest first.
+    Ls(ListArgs),
 }
 
 #[derive(Args)]
 pub struct ImportArgs {
+    /// The Hugging Face checkpoint directory.
     pub dir: PathBuf,
     /// The base's name (default: the directory's name).
     #[arg(long)]
@@ -70,8 +80,10 @@ pub struct ExportArgs {
     /// uniform or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
+    /// The base (default: the newest).
     #[arg(long)]
     pub base: Option<String>,
+    /// The recipe (default: the newest).
     #[arg(long)]
     pub recipe: Option<String>,
     /// The Hugging Face directory to write (must not exist yet).
@@ -84,6 +96,7 @@ pub struct ExportArgs {
 pub async fn bases(command: BasesCommand) -> Result<()> {
     match command {
         BasesCommand::Import(a) => import(a).await,
+        BasesCommand::Ls(a) => pool::bases(a).await,
     }
 }
 
@@ -103,6 +116,7 @@ async fn import(a: ImportArgs) -> Result<()> {
             .map(|n| n.to_string_lossy().to_string())
             .context("name the base with --name")?,
     };
+    api::Api::new(&a.server)?.can_write().await?;
     let scratch = tempfile::tempdir()?;
     let tar_path = scratch.path().join("checkpoint.tar");
     let (dir, path) = (a.dir.clone(), tar_path.clone());

@@ -2,16 +2,15 @@
 //! followed to the end with a progress bar (plain lines when stderr is not a terminal), then
 //! the ranking or the proxy report as a table, or as JSON with `--json`.
 
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use comfy_table::Table;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::Server;
+use super::api::{Api, Progress, number};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -30,8 +29,10 @@ pub struct SweepArgs {
     /// uniform (default) or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
+    /// The base (default: the newest).
     #[arg(long)]
     pub base: Option<String>,
+    /// The recipe (default: the newest).
     #[arg(long)]
     pub recipe: Option<String>,
     /// Ranked mixtures shown per eval set.
@@ -52,8 +53,10 @@ pub struct ValidateArgs {
     /// An eval set (repeat for more).
     #[arg(long = "eval", required = true)]
     pub eval_sets: Vec<String>,
+    /// The base (default: the newest).
     #[arg(long)]
     pub base: Option<String>,
+    /// The recipe (default: the newest).
     #[arg(long)]
     pub recipe: Option<String>,
     /// Print the validations and the report as JSON instead of tables.
@@ -61,128 +64,6 @@ pub struct ValidateArgs {
     pub json: bool,
     #[command(flatten)]
     pub server: Server,
-}
-
-struct Api {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(server: &Server) -> Result<Api> {
-        Ok(Api {
-            url: server.url.trim_end_matches('/').to_string(),
-            http: server.http()?,
-        })
-    }
-
-    /// A JSON answer; a 4xx or 5xx is an error carrying the server's message.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            request = request.body(body.to_string());
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("no answer from {}", self.url))?;
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = answer["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{status}: {message}");
-        }
-        Ok(answer)
-    }
-
-    /// POSTs `body` to `path`; while the server answers that unit models train first, waits
-    /// for their jobs and asks again.
-    async fn create(&self, path: &str, body: Value) -> Result<Value> {
-        loop {
-            let answer = self
-                .call(reqwest::Method::POST, path, Some(body.clone()))
-                .await?;
-            let Some(training) = answer["training"].as_array() else {
-                return Ok(answer);
-            };
-            let jobs: Vec<&str> = training.iter().filter_map(|t| t["job"].as_str()).collect();
-            let mut progress = Progress::new("training unit models");
-            loop {
-                let mut done = 0;
-                for id in &jobs {
-                    let job = self
-                        .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
-                        .await?;
-                    match job["state"].as_str() {
-                        Some("succeeded") => done += 1,
-                        Some(state @ ("failed" | "cancelled")) => {
-                            progress.finish();
-                            bail!("training job {id} {state}: {}", job["error"]);
-                        }
-                        _ => {}
-                    }
-                }
-                progress.set(done, jobs.len() as u64);
-                if done == jobs.len() as u64 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            progress.finish();
-        }
-    }
-}
-
-/// Progress on stderr: a bar on a terminal, otherwise a line every ten seconds.
-struct Progress {
-    bar: Option<ProgressBar>,
-    said: Instant,
-    what: &'static str,
-}
-
-impl Progress {
-    fn new(what: &'static str) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_message(what);
-            bar
-        });
-        Progress {
-            bar,
-            said: Instant::now(),
-            what,
-        }
-    }
-
-    fn set(&mut self, done: u64, total: u64) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-            None if self.said.elapsed() >= Duration::from_secs(10) || done == total => {
-                eprintln!("{}: {done}/{total}", self.what);
-                self.said = Instant::now();
-            }
-            None => {}
-        }
-    }
-
-    fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 pub async fn sweep(a: SweepArgs) -> Result<()> {
@@ -216,7 +97,7 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
     let mut progress = Progress::new("scoring");
     let path = format!("/v1/sweeps/{id}?limit={}", a.top);
     let sweep = loop {
-        let sweep = api.call(reqwest::Method::GET, &path, None).await?;
+        let sweep = api.get(&path).await?;
         let count = |k: &str| sweep["progress"][k].as_u64().unwrap_or(0);
         progress.set(count("scored"), count("total"));
         match sweep["state"].as_str() {
@@ -289,9 +170,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
         let mut done = 0;
         let mut all = Vec::new();
         for id in &ids {
-            let v = api
-                .call(reqwest::Method::GET, &format!("/v1/validations/{id}"), None)
-                .await?;
+            let v = api.get(&format!("/v1/validations/{id}")).await?;
             if v["state"] == "failed" {
                 progress.finish();
                 bail!("validation {id} failed: see its job {}", v["job_id"]);
@@ -311,9 +190,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     progress.finish();
-    let report = api
-        .call(reqwest::Method::GET, "/v1/validations/report", None)
-        .await?;
+    let report = api.get("/v1/validations/report").await?;
     if a.json {
         let out = json!({"validations": validations, "report": report});
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -374,8 +251,4 @@ fn split(mixtures: &[String]) -> Vec<Vec<&str>> {
         .iter()
         .map(|m| m.split(',').map(str::trim).collect())
         .collect()
-}
-
-fn number(v: &Value) -> String {
-    v.as_f64().map_or("–".into(), |x| format!("{x:.4}"))
 }

@@ -5,6 +5,7 @@
 mod api;
 mod app;
 mod auth;
+mod cli;
 mod fsck;
 mod helpers;
 mod ingest;

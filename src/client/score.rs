@@ -1,0 +1,309 @@
+//! `mixpool score` (one mixture on one eval set, with its per-domain breakdown) and
+//! `mixpool check` (a CI gate: a mixture against a baseline or a perplexity ceiling, exit 0
+//! when it holds, 1 when it does not, 2 for usage or server errors).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args};
+use serde_json::{Value, json};
+
+use super::Server;
+use super::api::{Api, Progress, number, table};
+use super::pool::print_json;
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// The partitions merged (names or ids).
+    #[arg(required = true)]
+    pub partitions: Vec<String>,
+    /// The eval set.
+    #[arg(long)]
+    pub eval: String,
+    /// Weights, one per partition (default: uniform).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Option<Vec<f64>>,
+    /// uniform or tokens (weights by the partitions' sizes).
+    #[arg(long)]
+    pub weighting: Option<String>,
+    /// The base (default: the newest).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The recipe (default: the newest).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Seconds to wait for training and scoring before giving up.
+    #[arg(long, default_value_t = 3600)]
+    pub wait: u64,
+    /// Print the score as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("against").required(true).args(["baseline", "max_ppl"])))]
+pub struct CheckArgs {
+    /// The mixture checked: comma-separated partitions.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub mixture: Vec<String>,
+    /// An eval set (repeat for more): the check must hold on each.
+    #[arg(long = "eval", required = true)]
+    pub eval_sets: Vec<String>,
+    /// Weights for the mixture, one per partition (default: uniform).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Option<Vec<f64>>,
+    /// The mixture to compare with: the check holds when the mixture's perplexity is at
+    /// most the baseline's plus --max-regression.
+    #[arg(long, value_delimiter = ',')]
+    pub baseline: Option<Vec<String>>,
+    /// Or a ceiling: the check holds when the mixture's perplexity is at most this.
+    #[arg(long)]
+    pub max_ppl: Option<f64>,
+    /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
+    #[arg(long, value_parser = parse_fraction, requires = "baseline")]
+    pub max_regression: Option<f64>,
+    /// The base (default: the newest).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The recipe (default: the newest).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Seconds to wait for training and scoring before giving up (exit 2).
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+/// `2%` → 0.02, `0.02` → 0.02.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let (number, scale) = match s.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (s, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x * scale),
+        _ => Err(format!("{s:?}: a fraction like 2% or 0.02")),
+    }
+}
+
+/// Asks `POST /v1/scores` until every item is done: training unit models and computing
+/// scores are waited for, with progress; anything else (a failed model, an unknown name) is
+/// an error. Items come back in the order asked: mixtures × eval sets.
+async fn scores(api: &Api, mut request: Value, timeout: Duration) -> Result<Vec<Value>> {
+    let started = Instant::now();
+    let mut progress: Option<Progress> = None;
+    request["wait"] = json!(10);
+    loop {
+        let answer = api.post("/v1/scores", &request).await?;
+        let items = answer["results"].as_array().cloned().unwrap_or_default();
+        if let Some(bad) = items
+            .iter()
+            .find(|i| !matches!(i["status"].as_str(), Some("done" | "pending" | "training")))
+        {
+            if let Some(p) = progress.take() {
+                p.finish();
+            }
+            bail!(
+                "{}",
+                bad["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the server refused the scores")
+            );
+        }
+        let done = items.iter().filter(|i| i["status"] == "done").count();
+        if done == items.len() {
+            if let Some(p) = progress.take() {
+                p.finish();
+            }
+            return Ok(items);
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{done} of {} scores were ready after {} s (--timeout): see `mixpool jobs ls`",
+                items.len(),
+                timeout.as_secs()
+            );
+        }
+        if let Some(item) = items.iter().find(|i| i["status"] == "training") {
+            if let Some(p) = progress.take() {
+                p.finish();
+            }
+            eprintln!(
+                "{}",
+                item["message"]
+                    .as_str()
+                    .unwrap_or("unit models train first")
+            );
+            let training: Vec<Value> = items
+                .iter()
+                .filter(|i| i["status"] == "training")
+                .flat_map(|i| i["training"].as_array().cloned().unwrap_or_default())
+                .collect();
+            api.wait_for_training(&training).await?;
+            continue;
+        }
+        progress
+            .get_or_insert_with(|| Progress::new("scoring"))
+            .set(done as u64, items.len() as u64);
+    }
+}
+
+fn mixture(partitions: &[String], weights: Option<&Vec<f64>>) -> Value {
+    match weights {
+        Some(w) => json!({"partitions": partitions, "weights": w}),
+        None => json!(partitions),
+    }
+}
+
+pub async fn score(a: ScoreArgs) -> Result<()> {
+    let api = Api::new(&a.server)?;
+    let mut m = mixture(&a.partitions, a.weights.as_ref());
+    if let Some(weighting) = &a.weighting {
+        m = json!({"partitions": a.partitions, "weights": a.weights, "weighting": weighting});
+    }
+    let mut request = json!({"mixtures": [m], "eval_sets": [a.eval]});
+    options(&mut request, &a.base, &a.recipe);
+    let items = scores(&api, request, Duration::from_secs(a.wait)).await?;
+    let score = &items[0]["score"];
+    if a.json {
+        return print_json(score);
+    }
+    let members: Vec<String> = score["mixture"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} ({:.3})",
+                m["partition"].as_str().unwrap_or("?"),
+                m["weight"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    println!(
+        "{} on {}: perplexity {} ({} bits/byte, {} tokens; {})",
+        members.join(" + "),
+        a.eval,
+        number(&score["perplexity"]),
+        number(&score["bits_per_byte"]),
+        score["tokens"],
+        if score["cached"] == true {
+            "cached"
+        } else {
+            "computed now"
+        }
+    );
+    if let Some(domains) = score["per_domain"].as_object() {
+        let mut t = table(&["domain", "perplexity", "bits/byte", "documents"]);
+        for (domain, d) in domains {
+            t.add_row([
+                domain.clone(),
+                number(&d["perplexity"]),
+                number(&d["bits_per_byte"]),
+                d["documents"].to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+    Ok(())
+}
+
+fn options(request: &mut Value, base: &Option<String>, recipe: &Option<String>) {
+    if let Some(b) = base {
+        request["base"] = json!(b);
+    }
+    if let Some(r) = recipe {
+        request["recipe"] = json!(r);
+    }
+}
+
+/// `mixpool check`: `Ok(true)` when the check holds on every eval set.
+pub async fn check(a: CheckArgs) -> Result<bool> {
+    let api = Api::new(&a.server)?;
+    let mut mixtures = vec![mixture(&a.mixture, a.weights.as_ref())];
+    if let Some(baseline) = &a.baseline {
+        mixtures.push(json!(baseline));
+    }
+    let mut request = json!({"mixtures": mixtures, "eval_sets": a.eval_sets});
+    options(&mut request, &a.base, &a.recipe);
+    let items = scores(&api, request, Duration::from_secs(a.timeout)).await?;
+    let sets = a.eval_sets.len();
+    let allowed = a.max_regression.unwrap_or(0.0);
+    let mut checks = Vec::new();
+    for (i, eval) in a.eval_sets.iter().enumerate() {
+        let ppl = items[i]["score"]["perplexity"]
+            .as_f64()
+            .context("a score without a perplexity")?;
+        let check = match a.baseline {
+            Some(_) => {
+                let base = items[sets + i]["score"]["perplexity"]
+                    .as_f64()
+                    .context("a score without a perplexity")?;
+                let regression = ppl / base - 1.0;
+                json!({"eval_set": eval, "perplexity": ppl, "baseline_perplexity": base,
+                       "regression": regression, "max_regression": allowed,
+                       "holds": regression <= allowed})
+            }
+            None => {
+                let ceiling = a.max_ppl.expect("clap requires --baseline or --max-ppl");
+                json!({"eval_set": eval, "perplexity": ppl, "max_ppl": ceiling, "holds": ppl <= ceiling})
+            }
+        };
+        checks.push(check);
+    }
+    let holds = checks.iter().all(|c| c["holds"] == true);
+    if a.json {
+        print_json(&json!({
+            "holds": holds,
+            "mixture": a.mixture,
+            "weights": a.weights,
+            "baseline": a.baseline,
+            "checks": checks,
+        }))?;
+        return Ok(holds);
+    }
+    let name = a.mixture.join("+");
+    for c in &checks {
+        let verdict = if c["holds"] == true { "ok  " } else { "FAIL" };
+        let eval = c["eval_set"].as_str().unwrap_or_default();
+        let ppl = c["perplexity"].as_f64().unwrap_or(f64::NAN);
+        match c["baseline_perplexity"].as_f64() {
+            Some(base) => println!(
+                "{verdict} {eval}: {name} {ppl:.4} vs baseline {} {base:.4} ({:+.2}%, at most {:+.2}%)",
+                a.baseline.as_deref().unwrap_or_default().join("+"),
+                100.0 * c["regression"].as_f64().unwrap_or(f64::NAN),
+                100.0 * allowed
+            ),
+            None => println!(
+                "{verdict} {eval}: {name} {ppl:.4} (at most {})",
+                number(&c["max_ppl"])
+            ),
+        }
+    }
+    let held = checks.iter().filter(|c| c["holds"] == true).count();
+    println!(
+        "{}: the check holds on {held} of {} eval set(s)",
+        if holds { "PASS" } else { "FAIL" },
+        checks.len()
+    );
+    Ok(holds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fraction;
+
+    #[test]
+    fn regressions_read_as_percent_or_fraction() {
+        assert_eq!(parse_fraction("2%"), Ok(0.02));
+        assert_eq!(parse_fraction("0.5"), Ok(0.5));
+        assert!(parse_fraction("-1%").is_err());
+        assert!(parse_fraction("lots").is_err());
+    }
+}
