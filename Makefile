@@ -44,11 +44,13 @@ experiment: build
 	$(CORPUS) && export DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/mixpool_paper} && \
 	$(BIN) experiment paper --listen 127.0.0.1:0 --data $(CACHE)/paper $(ARGS)
 
-## Every test, on the CPU, against a real PostgreSQL (started here where none answers) and a
-## real S3 server (SeaweedFS on loopback, started for the run).
+## Every test, on the CPU, against a real PostgreSQL (started here where none answers), a
+## real S3 server (SeaweedFS on loopback, started for the run) and the API checkers from PyPI
+## (openapi-spec-validator, schemathesis; a venv made once in the cache).
 test:
 	scripts/postgres.sh
-	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && cargo test --release; \
+	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && \
+	export MIXPOOL_TEST_API_TOOLS=$$(scripts/api-tools.sh) && cargo test --release; \
 	status=$$?; scripts/postgres.sh cleanup; scripts/s3.sh stop; exit $$status
 
 ## Engine throughput beside a Python PyTorch reference (sets up its venv once).

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
+use crate::client::Progress;
 use crate::engine::data::{self, Document};
 use crate::serve::ServeArgs;
 
@@ -96,7 +97,8 @@ async fn seed(
     api.send("POST", "/v1/bases", base.to_string()).await?;
     let recipe = json!({"name": "demo-unit", "tokens": unit_tokens});
     api.send("POST", "/v1/recipes", recipe.to_string()).await?;
-    let mut said = std::time::Instant::now() - Duration::from_secs(60);
+    // A bar on a terminal, a line every ten seconds otherwise.
+    let mut progress = Progress::new(format!("pre-training {BASE} on {base_tokens} tokens"));
     loop {
         let base = api.get(&format!("/v1/bases/{BASE}")).await?;
         match base["state"].as_str() {
@@ -104,17 +106,11 @@ async fn seed(
             Some("failed") => bail!("pre-training the base failed: {}", base["job"]["error"]),
             _ => {}
         }
-        let progress = format!(
-            "{} (loss {:.3})",
-            base["job"]["message"].as_str().unwrap_or("queued"),
-            base["job"]["loss"].as_f64().unwrap_or(f64::NAN)
-        );
-        if said.elapsed() >= Duration::from_secs(20) {
-            tracing::info!("pre-training {BASE} on {base_tokens} tokens: {progress}");
-            said = std::time::Instant::now();
-        }
+        let fraction = base["job"]["progress"].as_f64().unwrap_or(0.0);
+        progress.set((fraction * 100.0) as u64, 100);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    progress.finish();
     for (name, docs) in &partitions {
         let path = format!("/v1/partitions?name={name}&domain={name}");
         api.send("POST", &path, jsonl(docs)).await?;
@@ -134,6 +130,7 @@ async fn seed(
         api.url
     );
 
+    let mut progress = Progress::new("unit models trained");
     let mut ready = 0;
     while ready < names.len() {
         ready = 0;
@@ -145,11 +142,12 @@ async fn seed(
                 _ => {}
             }
         }
-        tracing::info!("{ready}/{} unit models ready", names.len());
+        progress.set(ready as u64, names.len() as u64);
         if ready < names.len() {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
+    progress.finish();
     // Every single and every pair, with their cells in the table.
     let mut cells = Vec::new();
     let mut mixtures = Vec::new();
@@ -208,22 +206,32 @@ impl Client {
         Client { url, http }
     }
 
-    /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error.
+    /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error. A 503
+    /// (the database or the store is away for a moment) is asked again for up to a minute.
     pub async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .body(body)
-            .send()
-            .await
-            .with_context(|| path.to_string())?;
-        let status = response.status();
-        let answer: Value = response.json().await.with_context(|| path.to_string())?;
-        if status.is_success() || answer["error"]["code"] == "name_taken" {
-            Ok(answer)
-        } else {
-            bail!("{path}: {status} {answer}")
+        let started = std::time::Instant::now();
+        loop {
+            let response = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.url))
+                .body(body.clone())
+                .send()
+                .await
+                .with_context(|| path.to_string())?;
+            let status = response.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let answer: Value = response.json().await.with_context(|| path.to_string())?;
+            return if status.is_success() || answer["error"]["code"] == "name_taken" {
+                Ok(answer)
+            } else {
+                bail!("{path}: {status} {answer}")
+            };
         }
     }
 

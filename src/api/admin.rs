@@ -1,5 +1,6 @@
 //! `/v1/admin/…`: operators' views (admin scope).
 
+use super::error::Errors;
 use axum::Json;
 use axum::extract::State;
 
@@ -8,6 +9,8 @@ use crate::fsck::{self, Report};
 
 /// `GET /v1/admin/fsck`: `mixpool fsck` without repairs: every object a row names exists
 /// with its sha256, orphans, ready models without weights, expired leases.
+#[utoipa::path(get, path = "/v1/admin/fsck", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "`{objects, bytes, problems}`"), Errors))]
 pub async fn fsck(State(state): State<AppState>) -> Result<Json<Report>, ApiError> {
     fsck::check(&state.pool, &state.store, false)
         .await

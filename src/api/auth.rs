@@ -3,6 +3,7 @@
 //! (`open_reads = false`), when they need `read`. `/healthz` and `/readyz` are always open.
 //! A missing, malformed, unknown or revoked token is 401; a token without the scope, 403.
 
+use super::error::Errors;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -35,6 +36,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// `GET /v1/whoami`: the token the request carries (`null` without one; 401 for one that is
 /// not valid) and whether reads are open, so that a client can fail before a long upload.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
+    responses((status = 200, body = Object, description = "`{token, open_reads}`"), Errors))]
 pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let token = match bearer(&headers) {
         None => None,

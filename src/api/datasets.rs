@@ -1,5 +1,6 @@
 //! Partitions and evaluation sets: streamed uploads, listing, fetching one.
 
+use super::error::Errors;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -14,10 +15,13 @@ use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, models, recipes};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadParams {
+    /// The dataset's name (letters, digits, `-`, `_`, `.`).
     name: String,
+    /// The partition's domain.
     domain: Option<String>,
     /// Comma-separated.
     tags: Option<String>,
@@ -27,6 +31,11 @@ pub struct UploadParams {
     train: Option<bool>,
 }
 
+#[utoipa::path(post, path = "/v1/partitions", tag = "datasets", params(UploadParams),
+    request_body(content = String, description = "JSONL (a `text` per line) or text, optionally gzip or zstd", content_type = "application/octet-stream"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "stored: the partition and its queued unit model"),
+              (status = 200, body = Object, description = "the same bytes were already stored"), Errors))]
 pub async fn upload_partition(
     State(state): State<AppState>,
     Q(params): Q<UploadParams>,
@@ -70,6 +79,10 @@ pub async fn upload_partition(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/eval-sets", tag = "datasets", params(UploadParams),
+    request_body(content = String, description = "JSONL with a `text` and an optional `domain` per line", content_type = "application/octet-stream"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "stored"), (status = 200, body = Object, description = "already stored"), Errors))]
 pub async fn upload_eval_set(
     State(state): State<AppState>,
     Q(params): Q<UploadParams>,
@@ -195,6 +208,8 @@ async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<V
     Ok(page.answer(&rows, |r| (r.created_at, r.id)))
 }
 
+#[utoipa::path(get, path = "/v1/partitions", tag = "datasets", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_partitions(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -202,6 +217,8 @@ pub async fn list_partitions(
     list(&state, Kind::Partition, params).await
 }
 
+#[utoipa::path(get, path = "/v1/eval-sets", tag = "datasets", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_eval_sets(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -209,6 +226,8 @@ pub async fn list_eval_sets(
     list(&state, Kind::EvalSet, params).await
 }
 
+#[utoipa::path(get, path = "/v1/partitions/{key}", tag = "datasets", params(("key" = String, Path, description = "name or id")),
+    responses((status = 200, body = Object, description = "`{partition, models}`"), Errors))]
 pub async fn get_partition(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -222,6 +241,9 @@ pub async fn get_partition(
 
 /// `DELETE /v1/partitions/{key}`: removes a partition that no score needs, with its unit
 /// models (their training is cancelled). 409 `partition_in_use` otherwise.
+#[utoipa::path(delete, path = "/v1/partitions/{key}", tag = "datasets", params(("key" = String, Path, description = "name or id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "deleted, with its unit models"), Errors))]
 pub async fn delete_partition(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -258,6 +280,8 @@ pub async fn delete_partition(
     Ok(Json(json!({ "deleted": partition, "models": models })))
 }
 
+#[utoipa::path(get, path = "/v1/eval-sets/{key}", tag = "datasets", params(("key" = String, Path, description = "name or id")),
+    responses((status = 200, body = Object, description = "the eval set"), Errors))]
 pub async fn get_eval_set(
     State(state): State<AppState>,
     Path(key): Path<String>,

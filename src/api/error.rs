@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -92,11 +92,12 @@ fn error_response(
     message: String,
     details: Option<Value>,
 ) -> Response {
-    let mut error = json!({ "code": code, "message": message });
-    if let Some(details) = details {
-        error["details"] = details;
-    }
-    (status, Json(json!({ "error": error }))).into_response()
+    let error = ErrorDetail {
+        code: code.to_string(),
+        message,
+        details,
+    };
+    (status, Json(ErrorBody { error })).into_response()
 }
 
 /// What a 503 could not reach.
@@ -124,6 +125,19 @@ impl Backend {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // A data exception (class 22: a NUL character in a name, a number out of range) is
+        // a value from the request that the database cannot hold: the caller's to fix.
+        if let sqlx::Error::Database(db) = &e
+            && db.code().is_some_and(|c| c.starts_with("22"))
+        {
+            return ApiError::bad_request(
+                "invalid_value",
+                format!(
+                    "the request holds a value that cannot be stored: {}",
+                    db.message()
+                ),
+            );
+        }
         let outage = crate::registry::is_outage(&e);
         if outage {
             ApiError::Unavailable {
@@ -143,4 +157,55 @@ impl From<crate::store::StoreError> for ApiError {
             cause: e.to_string(),
         }
     }
+}
+
+/// The error shape of every 4xx and 5xx answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code (`not_found`, `invalid_query`, `name_taken`, …).
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// Ids and names the error is about, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// The errors any route may answer: documentation for the OpenAPI document (answers are
+/// made by [`ApiError`]).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum Errors {
+    /// Malformed query, body or id.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// A missing, malformed, unknown or revoked token.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// The token lacks the scope.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// An unknown name or id.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+    /// In conflict with what exists (a name taken, models not ready, a partition in use).
+    #[response(status = 409)]
+    Conflict(#[to_schema] ErrorBody),
+    /// Larger than the server accepts.
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// Well-formed but not usable (invalid data, checkpoint, sizes, too many mixtures).
+    #[response(status = 422)]
+    Unprocessable(#[to_schema] ErrorBody),
+    /// A fault of the server, logged with its cause.
+    #[response(status = 500)]
+    Internal(#[to_schema] ErrorBody),
+    /// The database or the store does not answer, or the server is stopping: retry.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
 }

@@ -1,6 +1,7 @@
 //! What the API hears from the registry: job notifications (to wake requests waiting on a
 //! job, and live job events over SSE) and registry changes (to forget cached answers).
 
+use super::error::Errors;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,8 @@ fn is_final(state: &str) -> bool {
 /// `GET /v1/jobs/{id}/events`: server-sent events, one `job` event with the whole job each
 /// time it changes (state, progress, loss), ending after its final state, or with a
 /// `shutdown` event when the server stops first.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "`job` events until the job ends, or a last `shutdown` event"), Errors))]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,

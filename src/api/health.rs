@@ -1,14 +1,17 @@
+use super::error::Errors;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Object, description = "alive")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready when the database and the object store both answer.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Object, description = "the database and the store answer"), Errors))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     sqlx::query("select 1")
         .execute(&state.pool)

@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints in and out over HTTP: import a base from a tar of a checkpoint
 //! directory (or from a folder in the object store), export a mixture's merged model as a tar.
 
+use super::error::Errors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,13 +27,16 @@ use crate::jobs::kind::{ExportJob, MemberJson, Payload};
 use crate::registry::{RegistryError, bases, jobs, models};
 use crate::store::keys;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ImportParams {
+    /// The base's name.
     name: String,
     /// A folder in the object store holding the checkpoint, instead of a tar body.
     from_store: Option<String>,
     /// `all`: queue every partition's unit model (for the default recipe) with the base.
+    #[param(value_type = Option<String>)]
     train: Option<super::units::All>,
     /// Refuse every config field the engine does not read (default false: fields at their
     /// architecture's default behaviour are accepted and reported as `ignored`).
@@ -48,6 +52,10 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// the object store. The checkpoint is checked and converted like `mixpool local import`,
 /// its weights and side files stored, then the base row written: 201 with the base.
 /// `train=all` queues every partition's unit model for the default recipe with the row.
+#[utoipa::path(post, path = "/v1/bases/import", tag = "models", params(ImportParams),
+    request_body(content = String, description = "a tar (or .tar.gz) of a Hugging Face checkpoint directory; empty with `from_store`", content_type = "application/octet-stream"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "the base, with the config fields ignored"), Errors))]
 pub async fn import_base(
     State(state): State<AppState>,
     Q(params): Q<ImportParams>,
@@ -257,13 +265,19 @@ async fn fetch_folder(state: &AppState, prefix: &str, dest: &Path) -> Result<(),
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportParams {
+    /// Comma-separated partition names or ids.
     partitions: String,
+    /// Comma-separated, one per partition.
     weights: Option<String>,
+    /// `uniform` (default) or `tokens`.
     weighting: Option<String>,
+    /// The base (default: the newest).
     base: Option<String>,
+    /// The recipe (default: the newest).
     recipe: Option<String>,
     /// Seconds to wait for the merge (default and limit: the server's `max_wait_seconds`).
     wait: Option<f64>,
@@ -277,6 +291,9 @@ pub struct ExportParams {
 /// a tar of a Hugging Face directory, in the base's dtype with its tokenizer. A worker merges
 /// it (an `export` job, on its device, in memory) and stores the tar; the same export asked
 /// again is streamed from the store. 202 with the job when it is not done within `wait`.
+#[utoipa::path(get, path = "/v1/mixtures/export", tag = "scores", params(ExportParams),
+    responses((status = 200, content_type = "application/x-tar", body = String, description = "a tar of the merged model's Hugging Face directory"),
+              (status = 202, body = Object, description = "the export job (or the unit models' trainings) not done within `wait`"), Errors))]
 pub async fn export_mixture(
     State(state): State<AppState>,
     Q(params): Q<ExportParams>,
@@ -297,7 +314,8 @@ pub async fn export_mixture(
                 "wait is a number of seconds, 0 or more",
             ));
         }
-        Some(w) => Duration::from_secs_f64(w).min(state.max_wait),
+        // Clamped before converting: a huge finite wait does not fit a Duration.
+        Some(w) => Duration::from_secs_f64(w.min(state.max_wait.as_secs_f64())),
         None => state.max_wait,
     };
     let ids: Vec<Uuid> = spec.partitions.iter().map(|p| p.id).collect();

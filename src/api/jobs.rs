@@ -1,3 +1,4 @@
+use super::error::Errors;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
@@ -8,16 +9,21 @@ use crate::jobs::kind::Payload;
 use crate::registry::jobs::{self, Job};
 use crate::registry::models;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// queued, running, succeeded, failed or cancelled.
     state: Option<String>,
+    /// Rows per page, 1 to 500 (default 50).
     limit: Option<i64>,
+    /// The `next` value of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /v1/jobs[?state=][&limit=][&cursor=]`: newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, description = "`{items, next}`: jobs, newest first", body = Object), Errors))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -42,6 +48,8 @@ pub async fn list_jobs(
     Ok(page.answer(&rows, |j| (j.created_at, j.id)))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, body = Object, description = "the job: state, progress, message, loss, result, error"), Errors))]
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -54,6 +62,9 @@ pub async fn get_job(
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "the job's id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "the job, cancelled or to stop at its next progress report"), Errors))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -4,6 +4,7 @@
 //! each scrape: jobs by kind and state, unit models by state, pool sizes, the duration and
 //! queue wait of jobs finished since this server started, the heartbeat age of running jobs.
 
+use super::error::Errors;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -297,6 +298,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text"), Errors))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.metrics.refresh(&state.pool).await?;
     let mut out = Vec::new();

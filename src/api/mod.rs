@@ -11,6 +11,7 @@ mod hf;
 mod jobs;
 mod metrics;
 mod models;
+mod openapi;
 pub mod score;
 mod sweeps;
 mod units;
@@ -20,10 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub use error::ApiError;
@@ -126,58 +129,43 @@ impl Default for SweepLimits {
 
 pub fn router(state: AppState) -> Router {
     let tracked = state.clone();
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route(
-            "/v1/bases",
-            post(models::create_base).get(models::list_bases),
-        )
-        .route("/v1/bases/import", post(hf::import_base))
-        .route("/v1/bases/{key}", get(models::get_base))
-        .route(
-            "/v1/recipes",
-            post(models::create_recipe).get(models::list_recipes),
-        )
-        .route("/v1/recipes/{key}", get(models::get_recipe))
-        .route(
-            "/v1/models",
-            post(units::train_models).get(units::list_models),
-        )
-        .route(
-            "/v1/partitions",
-            post(datasets::upload_partition).get(datasets::list_partitions),
-        )
-        .route(
-            "/v1/partitions/{key}",
-            get(datasets::get_partition).delete(datasets::delete_partition),
-        )
-        .route(
-            "/v1/eval-sets",
-            post(datasets::upload_eval_set).get(datasets::list_eval_sets),
-        )
-        .route("/v1/eval-sets/{key}", get(datasets::get_eval_set))
-        .route("/v1/jobs", get(jobs::list_jobs))
-        .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/v1/jobs/{id}/events", get(events::job_events))
-        .route("/v1/score", get(score::get_score))
-        .route("/v1/scores", post(score::post_scores))
-        .route("/v1/mixtures/export", get(hf::export_mixture))
-        .route(
-            "/v1/sweeps",
-            post(sweeps::create_sweep).get(sweeps::list_sweeps),
-        )
-        .route("/v1/sweeps/{id}", get(sweeps::get_sweep))
-        .route(
-            "/v1/validations",
-            post(validations::create_validations).get(validations::list_validations),
-        )
-        .route("/v1/validations/report", get(validations::report))
-        .route("/v1/validations/{id}", get(validations::get_validation))
-        .route("/v1/admin/fsck", get(admin::fsck))
-        .route("/v1/whoami", get(auth::whoami))
-        .route("/metrics", get(metrics::metrics))
+    let (routes, spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(models::create_base, models::list_bases))
+        .routes(routes!(hf::import_base))
+        .routes(routes!(models::get_base))
+        .routes(routes!(models::create_recipe, models::list_recipes))
+        .routes(routes!(models::get_recipe))
+        .routes(routes!(units::train_models, units::list_models))
+        .routes(routes!(
+            datasets::upload_partition,
+            datasets::list_partitions
+        ))
+        .routes(routes!(datasets::get_partition, datasets::delete_partition))
+        .routes(routes!(datasets::upload_eval_set, datasets::list_eval_sets))
+        .routes(routes!(datasets::get_eval_set))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(events::job_events))
+        .routes(routes!(score::get_score))
+        .routes(routes!(score::post_scores))
+        .routes(routes!(hf::export_mixture))
+        .routes(routes!(sweeps::create_sweep, sweeps::list_sweeps))
+        .routes(routes!(sweeps::get_sweep))
+        .routes(routes!(
+            validations::create_validations,
+            validations::list_validations
+        ))
+        .routes(routes!(validations::report))
+        .routes(routes!(validations::get_validation))
+        .routes(routes!(admin::fsck))
+        .routes(routes!(auth::whoami))
+        .routes(routes!(metrics::metrics))
+        .split_for_parts();
+    routes
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/v1/openapi.json", spec))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -319,9 +307,11 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
 }
 
 /// The query of a plain list request.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Rows per page, 1 to 500 (default 50).
     limit: Option<i64>,
     /// The `next` value of the previous page.
     cursor: Option<String>,

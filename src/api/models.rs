@@ -1,5 +1,6 @@
 //! Bases and recipes: what unit models are trained from and how.
 
+use super::error::Errors;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -31,10 +32,11 @@ fn name_taken(e: RegistryError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewBase {
+pub struct NewBase {
     name: String,
+    /// tiny, small, base-130m or tiny-gpt2.
     preset: String,
     /// Seed of the random initialisation (and of pre-training).
     #[serde(default)]
@@ -44,9 +46,11 @@ struct NewBase {
     pretrain_on: Option<String>,
     pretrain_tokens: Option<u64>,
     /// Pre-training settings that differ from the defaults (see `TrainConfig::pretrain`).
+    #[schema(value_type = Option<Object>)]
     pretrain: Option<serde_json::Map<String, Value>>,
     /// `"all"`: queue the unit models of every partition (for the default recipe) once the
     /// base is ready.
+    #[schema(value_type = Option<String>)]
     train: Option<All>,
 }
 
@@ -67,6 +71,8 @@ pub struct BaseView {
 /// `pending` and a `pretrain` job, queued in the same transaction, trains and stores it.
 /// `"train": "all"` queues every partition's unit model for the default recipe, with the
 /// base's row (or, for a pre-trained base, when its pre-training succeeds).
+#[utoipa::path(post, path = "/v1/bases", tag = "models", request_body = NewBase, security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "the base (pending while a job pre-trains it)"), (status = 200, body = Object, description = "the same base already exists"), Errors))]
 pub async fn create_base(
     State(state): State<AppState>,
     body: Bytes,
@@ -194,6 +200,8 @@ async fn pretrain_settings(
     Ok(Some((partition, config)))
 }
 
+#[utoipa::path(get, path = "/v1/bases/{key}", tag = "models", params(("key" = String, Path, description = "name or id")),
+    responses((status = 200, body = Object, description = "the base with its pre-training job"), Errors))]
 pub async fn get_base(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -209,6 +217,8 @@ pub async fn get_base(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/bases", tag = "models", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_bases(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -218,6 +228,8 @@ pub async fn list_bases(
     Ok(page.answer(&rows, |b| (b.created_at, b.id)))
 }
 
+#[utoipa::path(get, path = "/v1/recipes", tag = "models", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_recipes(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -229,6 +241,10 @@ pub async fn list_recipes(
 
 /// `POST /v1/recipes {"name", "tokens", "lr", …}`: unset settings take the unit-model
 /// defaults; equal settings are the existing recipe (200).
+#[utoipa::path(post, path = "/v1/recipes", tag = "models",
+    request_body(content = Object, description = "`{name, train?: \"all\", ...}` with any training settings (tokens, lr, batch_tokens, seq_len, ...); unset ones take the defaults"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "the recipe"), (status = 200, body = Object, description = "the same settings exist"), Errors))]
 pub async fn create_recipe(
     State(state): State<AppState>,
     body: Bytes,
@@ -294,6 +310,8 @@ pub async fn create_recipe(
     Ok((status, Json(body)))
 }
 
+#[utoipa::path(get, path = "/v1/recipes/{key}", tag = "models", params(("key" = String, Path, description = "name or id")),
+    responses((status = 200, body = Object, description = "the recipe"), Errors))]
 pub async fn get_recipe(
     State(state): State<AppState>,
     Path(key): Path<String>,

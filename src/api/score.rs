@@ -1,6 +1,7 @@
 //! `GET /v1/score`: the proxy perplexity of a mixture, from the cache or computed by a job
 //! that this request waits on for up to `wait` seconds.
 
+use super::error::Errors;
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant as StdInstant};
@@ -25,8 +26,9 @@ use crate::registry::scores::{self, Score};
 use crate::registry::{bases, jobs, recipes};
 use crate::scoring::{self, ScoreRequest, ScoreStatus, ScoringError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ScoreParams {
     /// Comma-separated partition names or ids.
     partitions: String,
@@ -36,7 +38,9 @@ pub struct ScoreParams {
     weights: Option<String>,
     /// `uniform` (default) or `tokens`.
     weighting: Option<String>,
+    /// The base (default: the newest).
     base: Option<String>,
+    /// The recipe (default: the newest).
     recipe: Option<String>,
     /// Seconds to wait for a score being computed (default 30).
     wait: Option<f64>,
@@ -380,9 +384,14 @@ fn deadline(state: &AppState, wait: Option<f64>) -> Result<Instant, ApiError> {
             "wait is a non-negative number of seconds",
         ));
     }
-    Ok(Instant::now() + Duration::from_secs_f64(wait).min(state.max_wait))
+    // Clamped before converting: a huge finite wait does not fit a Duration.
+    let wait = Duration::from_secs_f64(wait.min(state.max_wait.as_secs_f64()));
+    Ok(Instant::now() + wait)
 }
 
+#[utoipa::path(get, path = "/v1/score", tag = "scores", params(ScoreParams),
+    responses((status = 200, body = Object, description = "the score: perplexity, bits per byte, per domain, cached"),
+              (status = 202, body = Object, description = "the score's job, or the unit models' trainings, not done within `wait`"), Errors))]
 pub async fn get_score(
     State(state): State<AppState>,
     Q(params): Q<ScoreParams>,
@@ -422,7 +431,7 @@ pub async fn get_score(
 }
 
 /// One mixture of a batch: a list of partitions, or partitions with weights or a weighting.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchMixture {
     Partitions(Vec<String>),
@@ -433,7 +442,7 @@ pub enum BatchMixture {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     mixtures: Vec<BatchMixture>,
@@ -454,6 +463,8 @@ const MAX_BATCH: usize = 10_000;
 /// bad one is a 4xx naming it); then each is answered like `GET /v1/score`, in order, with a
 /// `status` of `done`, `pending` (with its job), `training` (with the unit models' jobs; ask
 /// again once they end) or `models_not_ready` / `models_failed`.
+#[utoipa::path(post, path = "/v1/scores", tag = "scores", request_body = Batch, security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "`{results, done, pending, training}`, in order"), Errors))]
 pub async fn post_scores(
     State(state): State<AppState>,
     body: axum::body::Bytes,

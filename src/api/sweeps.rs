@@ -2,6 +2,7 @@
 //! list of mixtures) on every eval set, in shards that workers share; `GET /v1/sweeps/{id}`
 //! shows its progress and, per eval set, the mixtures ranked, best first.
 
+use super::error::Errors;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Json;
@@ -25,13 +26,14 @@ use crate::registry::sweeps::{self, Sweep, SweepMixture};
 use crate::registry::{bases, models, recipes};
 use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSweep {
+pub struct NewSweep {
     /// With `sizes`: the partitions whose subsets are swept; with `mixtures`, optional, the
     /// partitions the mixtures may use.
     partitions: Option<Vec<String>>,
     /// `[min, max]` subset sizes (default: every size).
+    #[schema(value_type = Option<Vec<u64>>)]
     sizes: Option<(usize, usize)>,
     /// An explicit list of mixtures, each a list of partitions.
     mixtures: Option<Vec<Vec<String>>>,
@@ -56,6 +58,8 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 /// `POST /v1/sweeps`: everything is checked (names, sizes, the mixture count against the
 /// limit) before the sweep and its shards are queued in one transaction. When unit models
 /// are missing they are queued instead (202, see [`train_missing`]) and nothing else is.
+#[utoipa::path(post, path = "/v1/sweeps", tag = "sweeps", request_body = NewSweep, security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "the sweep, queued in shards"), (status = 202, body = Object, description = "unit models are trained first: ask again once their jobs end"), Errors))]
 pub async fn create_sweep(
     State(state): State<AppState>,
     body: Bytes,
@@ -275,8 +279,9 @@ impl Partitions {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SweepParams {
     /// Ranked mixtures shown per eval set (default 100).
     limit: Option<usize>,
@@ -284,6 +289,8 @@ pub struct SweepParams {
 
 /// `GET /v1/sweeps/{id}`: progress, state, and per eval set the mixtures ranked by
 /// perplexity, best first.
+#[utoipa::path(get, path = "/v1/sweeps/{id}", tag = "sweeps", params(("id" = String, Path, description = "the sweep's id"), SweepParams),
+    responses((status = 200, body = Object, description = "state, progress, and per eval set the mixtures ranked"), Errors))]
 pub async fn get_sweep(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -301,6 +308,8 @@ pub async fn get_sweep(
 }
 
 /// `GET /v1/sweeps`: newest first, each with its state and progress (no rankings).
+#[utoipa::path(get, path = "/v1/sweeps", tag = "sweeps", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_sweeps(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,

@@ -1,6 +1,7 @@
 //! Unit models: listed, queued explicitly (`POST /v1/models`), and queued on demand for the
 //! requests that need them (scores, sweeps, validations, exports).
 
+use super::error::Errors;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -94,8 +95,9 @@ fn not_ready(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListModels {
     base: Option<String>,
     recipe: Option<String>,
@@ -108,6 +110,8 @@ pub struct ListModels {
 const STATES: [&str; 4] = ["queued", "ready", "failed", "cancelled"];
 
 /// `GET /v1/models?base=&recipe=&partition=&state=`: unit models, newest first, paged.
+#[utoipa::path(get, path = "/v1/models", tag = "models", params(ListModels),
+    responses((status = 200, body = Object, description = "`{items, next}`: unit models, newest first"), Errors))]
 pub async fn list_models(
     State(state): State<AppState>,
     Q(params): Q<ListModels>,
@@ -141,11 +145,13 @@ pub async fn list_models(
     Ok(page.answer(&rows, |m| (m.created_at, m.id)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TrainRequest {
+pub struct TrainRequest {
     base: Option<String>,
     recipe: Option<String>,
+    /// Partition names or ids, or `"all"`.
+    #[schema(value_type = Object)]
     partitions: Partitions,
 }
 
@@ -184,6 +190,8 @@ pub(super) async fn train_all(
 /// of the partitions' unit models that are not ready and not training (failed ones again);
 /// 202 when something was queued or is training, 200 when all are ready. The answer lists
 /// every named partition's model.
+#[utoipa::path(post, path = "/v1/models", tag = "models", request_body = TrainRequest, security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "every unit model is ready"), (status = 202, body = Object, description = "some train: their jobs"), Errors))]
 pub async fn train_models(
     State(state): State<AppState>,
     body: Bytes,

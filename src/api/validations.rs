@@ -2,6 +2,7 @@
 //! partitions and evaluates it beside the mixture's proxies; `GET /v1/validations/report`
 //! says, per eval set and proxy, how well the proxy ranks mixtures as training would.
 
+use super::error::Errors;
 use std::collections::HashSet;
 
 use axum::Json;
@@ -24,9 +25,9 @@ use crate::registry::models;
 use crate::registry::validations::{self, NewValidation, Validation};
 use crate::scoring::eval_config_sha256;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewValidations {
+pub struct NewValidations {
     /// One mixture (a list of partitions) ...
     mixture: Option<Vec<String>>,
     /// ... or several.
@@ -48,6 +49,8 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 /// queued (202 with `training`, nothing else created), else each validation created or
 /// found, with the job that trains and evaluates what it lacks. 202 when a job was queued,
 /// 200 when everything asked for is already there.
+#[utoipa::path(post, path = "/v1/validations", tag = "validations", request_body = NewValidations, security(("bearer" = [])),
+    responses((status = 200, body = Object, description = "every validation exists"), (status = 202, body = Object, description = "queued (or unit models trained first)"), Errors))]
 pub async fn create_validations(
     State(state): State<AppState>,
     body: Bytes,
@@ -178,6 +181,8 @@ async fn view(state: &AppState, v: &Validation) -> Result<Value, ApiError> {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/validations/{id}", tag = "validations", params(("id" = String, Path, description = "the validation's id")),
+    responses((status = 200, body = Object, description = "the validation with its true perplexities"), Errors))]
 pub async fn get_validation(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -190,6 +195,8 @@ pub async fn get_validation(
     Ok(Json(view(&state, &v).await?))
 }
 
+#[utoipa::path(get, path = "/v1/validations", tag = "validations", params(crate::api::ListParams),
+    responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_validations(
     State(state): State<AppState>,
     Q(params): Q<ListParams>,
@@ -206,8 +213,9 @@ pub async fn list_validations(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReportParams {
     /// One eval set (name or id); all by default.
     eval: Option<String>,
@@ -215,6 +223,8 @@ pub struct ReportParams {
 
 /// `GET /v1/validations/report[?eval=]`: per eval set, n and each proxy's Pearson r (of log
 /// perplexity) and Spearman ρ against the union models, with the points behind them.
+#[utoipa::path(get, path = "/v1/validations/report", tag = "validations", params(ReportParams),
+    responses((status = 200, body = Object, description = "per eval set and proxy: n, Pearson r, Spearman ρ, the points"), Errors))]
 pub async fn report(
     State(state): State<AppState>,
     Q(params): Q<ReportParams>,

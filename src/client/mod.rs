@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+pub use api::Progress;
 pub use jobs::{JobsCommand, jobs};
 pub use pool::{EvalSetsCommand, ListArgs, PartitionsCommand, eval_sets, partitions, recipes};
 pub use score::{CheckArgs, ScoreArgs, check, score};

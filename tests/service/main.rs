@@ -10,6 +10,7 @@ mod fsck;
 mod helpers;
 mod ingest;
 mod models;
+mod openapi;
 mod outage;
 mod queue;
 mod registry;
