@@ -199,6 +199,9 @@ pub enum Errors {
     /// Larger than the server accepts.
     #[response(status = 413)]
     TooLarge(#[to_schema] ErrorBody),
+    /// An upload's content type or encoding is not one the server reads.
+    #[response(status = 415)]
+    UnsupportedMediaType(#[to_schema] ErrorBody),
     /// Well-formed but not usable (invalid data, checkpoint, sizes, too many mixtures).
     #[response(status = 422)]
     Unprocessable(#[to_schema] ErrorBody),
