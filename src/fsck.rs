@@ -156,10 +156,15 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
             }
         }
     }
-    // Exports are a cache (a removed one is merged again): owned, not required.
+    // Exports are a cache (a removed one is merged again): owned, not required; an export
+    // that merged a deleted partition is owned by nothing.
     let exports: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
-        "select id, result->>'object', result->>'sha256' from jobs
-         where kind = 'export' and state = 'succeeded'",
+        "select j.id, j.result->>'object', j.result->>'sha256' from jobs j
+         where j.kind = 'export' and j.state = 'succeeded'
+           and not exists (
+               select 1 from jsonb_array_elements(j.payload->'mixture') m
+               where not exists (
+                   select 1 from partitions p where p.id = (m->>'partition')::uuid))",
     )
     .fetch_all(pool)
     .await?;

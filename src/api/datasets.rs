@@ -260,10 +260,20 @@ pub async fn delete_partition(
             }
             datasets::DeleteError::Database(e) => e.into(),
         })?;
+    // Merged models exported from this partition's unit model can never be asked for again.
+    let exports: Vec<String> = sqlx::query_scalar(
+        "select distinct payload->>'object' from jobs
+         where kind = 'export' and payload->'mixture' @> $1",
+    )
+    .bind(json!([{ "partition": partition.id }]))
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    // The rows are gone; their objects follow (an object left by a failure here is unused).
+    // The rows are gone; their objects follow (an object left by a failure here is unused,
+    // and `mixpool fsck --repair` removes it).
     state.scores.clear();
     let mut keys = vec![crate::store::keys::partition(&partition.sha256)];
+    keys.extend(exports);
     for model in &models {
         keys.extend(
             state

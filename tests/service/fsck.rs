@@ -172,3 +172,48 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
     let (code, out) = fsck("postgres://postgres@127.0.0.1:1/nowhere", &store_url, &[]);
     assert_eq!(code, 2, "{out}");
 }
+
+#[tokio::test]
+async fn deleting_a_partition_removes_the_exports_that_merged_it_and_fsck_stays_clean() {
+    let app = crate::app::spawn_app().await;
+    for (name, domain) in [("a", "code_python"), ("b", "code_c")] {
+        let (status, body) = app
+            .post(&format!("/v1/partitions?name={name}"), corpus(domain, 0, 6))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        app.trained(name).await;
+    }
+    for mixture in ["a,b", "a"] {
+        let response = app
+            .client
+            .get(app.url(&format!(
+                "/v1/mixtures/export?partitions={mixture}&wait=120"
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{mixture}");
+    }
+    assert_eq!(app.store.list("exports").await.unwrap().len(), 2);
+
+    let (status, body) = app.delete("/v1/partitions/b").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The merge of a and b is gone with b; a's own export stays.
+    let left = app.store.list("exports").await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let report = mixpool::fsck::check(&app.pool, &app.store, false)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let response = app
+        .client
+        .get(app.url("/v1/mixtures/export?partitions=a&wait=120"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a's export is still served"
+    );
+}
