@@ -63,6 +63,10 @@ pub struct AddArgs {
     /// Print the server's answers as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print only the name each file is stored under, one per line: an existing dataset's
+    /// name when the same bytes were already there (for scripts).
+    #[arg(long, conflicts_with = "json")]
+    pub print_names: bool,
     #[command(flatten)]
     pub server: Server,
 }
@@ -179,12 +183,14 @@ async fn add(a: AddArgs, endpoint: &str) -> Result<()> {
             let message = answer["error"]["message"].as_str().unwrap_or("no message");
             bail!("{}: {status}: {message}", file.display());
         }
-        if !a.json {
-            let row = if partitions {
-                &answer["partition"]
-            } else {
-                &answer
-            };
+        let row = if partitions {
+            &answer["partition"]
+        } else {
+            &answer
+        };
+        if a.print_names {
+            println!("{}", text(&row["name"]));
+        } else if !a.json {
             let verb = if status == reqwest::StatusCode::CREATED {
                 "stored"
             } else {
@@ -216,7 +222,7 @@ async fn add(a: AddArgs, endpoint: &str) -> Result<()> {
             })
             .collect();
         api.wait_for_training(&training).await?;
-        if !a.json {
+        if !a.json && !a.print_names {
             println!("{} unit model(s) trained", training.len());
         }
     }

@@ -104,6 +104,22 @@ async fn the_client_verbs_upload_list_score_and_check_with_exit_codes() {
         .collect();
     names.sort();
     assert_eq!(names, ["c", "python"]);
+    // The same bytes under another name are the partition already stored, and its name is
+    // what scripts get.
+    let (code, out, err) = mixpool(
+        &app,
+        &[
+            "partitions",
+            "add",
+            &path("python.jsonl"),
+            "--name",
+            "python-again",
+            "--wait",
+            "--print-names",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "python\n"), "{err}");
     let (code, out, _) = mixpool(&app, &["partitions", "ls"]).await;
     assert_eq!(code, 0);
     assert!(

@@ -179,7 +179,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
             ])
             .args(["--phases", "examples,coverage,fuzzing"])
             .args(["--max-examples", "25", "--max-time", "90", "--request-timeout", "20"])
-            .args(["--seed", "2024", "--workers", "2"])
+            // One worker: schemathesis on Python 3.11 can fail inside ast.parse when its
+            // threads generate at once ("AST constructor recursion depth mismatch").
+            .args(["--seed", "2024", "--workers", "1"])
             .current_dir(report.path())
             .output()
             .unwrap()
