@@ -1,9 +1,9 @@
 //! `/v1/admin/…`: operators' views (admin scope).
 
-use super::error::Errors;
 use axum::Json;
 use axum::extract::State;
 
+use super::error::Errors;
 use super::{ApiError, AppState};
 use crate::fsck::{self, Report};
 

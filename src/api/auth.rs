@@ -3,13 +3,13 @@
 //! (`open_reads = false`), when they need `read`. `/healthz` and `/readyz` are always open.
 //! A missing, malformed, unknown or revoked token is 401; a token without the scope, 403.
 
-use super::error::Errors;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::Errors;
 use super::{ApiError, AppState};
 use crate::registry::tokens::{self, Scope};
 

@@ -1,6 +1,5 @@
 //! Partitions and evaluation sets: streamed uploads, listing, fetching one.
 
-use super::error::Errors;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -9,6 +8,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::error::Errors;
 use super::{ApiError, AppState, ListParams, Page, Q};
 use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};

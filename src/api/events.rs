@@ -1,7 +1,6 @@
 //! What the API hears from the registry: job notifications (to wake requests waiting on a
 //! job, and live job events over SSE) and registry changes (to forget cached answers).
 
-use super::error::Errors;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::error::Errors;
 use super::score::ScoreCache;
 use super::{ApiError, AppState, parse_uuid};
 use crate::registry::jobs::{self, Job};

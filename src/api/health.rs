@@ -1,8 +1,8 @@
-use super::error::Errors;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use super::error::Errors;
 use super::{ApiError, AppState};
 
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Object, description = "alive")))]

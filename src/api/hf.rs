@@ -1,7 +1,6 @@
 //! Hugging Face checkpoints in and out over HTTP: import a base from a tar of a checkpoint
 //! directory (or from a folder in the object store), export a mixture's merged model as a tar.
 
-use super::error::Errors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::score::{resolve_mixture, scoring_error};
 use super::units::train_missing;
 use super::{ApiError, AppState, Q};

@@ -1,9 +1,9 @@
-use super::error::Errors;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::error::Errors;
 use super::{ApiError, AppState, Page, Q, parse_uuid};
 use crate::jobs::kind::Payload;
 use crate::registry::jobs::{self, Job};

@@ -4,7 +4,6 @@
 //! each scrape: jobs by kind and state, unit models by state, pool sizes, the duration and
 //! queue wait of jobs finished since this server started, the heartbeat age of running jobs.
 
-use super::error::Errors;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use super::error::Errors;
 use super::{ApiError, AppState};
 
 /// How a score request was answered.

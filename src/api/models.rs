@@ -1,6 +1,5 @@
 //! Bases and recipes: what unit models are trained from and how.
 
-use super::error::Errors;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -9,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::units::{All, train_all as train_all_partitions};
 use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recipe};
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};

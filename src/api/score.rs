@@ -1,7 +1,6 @@
 //! `GET /v1/score`: the proxy perplexity of a mixture, from the cache or computed by a job
 //! that this request waits on for up to `wait` seconds.
 
-use super::error::Errors;
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant as StdInstant};
@@ -16,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::metrics::Outcome;
 use super::units::train_missing;
 use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};

@@ -2,7 +2,6 @@
 //! list of mixtures) on every eval set, in shards that workers share; `GET /v1/sweeps/{id}`
 //! shows its progress and, per eval set, the mixtures ranked, best first.
 
-use super::error::Errors;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Json;
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::units::train_missing;
 use super::{
     ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,

@@ -1,7 +1,6 @@
 //! Unit models: listed, queued explicitly (`POST /v1/models`), and queued on demand for the
 //! requests that need them (scores, sweeps, validations, exports).
 
-use super::error::Errors;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::{ApiError, AppState, Page, Q, resolve_base, resolve_recipe};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::models::{self, Filter, UnitModel};

@@ -2,7 +2,6 @@
 //! partitions and evaluates it beside the mixture's proxies; `GET /v1/validations/report`
 //! says, per eval set and proxy, how well the proxy ranks mixtures as training would.
 
-use super::error::Errors;
 use std::collections::HashSet;
 
 use axum::Json;
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::error::Errors;
 use super::units::train_missing;
 use super::{
     ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
