@@ -45,15 +45,22 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Job kinds this worker runs (pretrain, train, score, sweep).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "pretrain,train,score,sweep"
-    )]
-    pub kinds: Vec<String>,
+    /// Job kinds this worker runs, comma-separated: pretrain, train, score, sweep, validate,
+    /// export (default: every kind).
+    #[arg(long, value_delimiter = ',', value_parser = JobKind::from_str)]
+    pub kinds: Vec<JobKind>,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+impl WorkerArgs {
+    /// The kinds asked for, or every kind.
+    pub fn kinds(&self) -> Vec<JobKind> {
+        match self.kinds.is_empty() {
+            true => JobKind::ALL.to_vec(),
+            false => self.kinds.clone(),
+        }
+    }
 }
 
 /// Connects to the settings' database (`DATABASE_URL` overrides it), creating it when
@@ -283,11 +290,7 @@ async fn heal(pool: sqlx::PgPool) {
 
 pub async fn run_worker(args: WorkerArgs) -> Result<()> {
     let config = Config::load()?;
-    let kinds = args
-        .kinds
-        .iter()
-        .map(|k| k.parse::<JobKind>().map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()?;
+    let kinds = args.kinds();
     let (pool, store, data) = storage(&config, &args.service).await?;
     let worker = worker(&config, &args.service, pool, store, &data, kinds)?;
     tracing::info!(owner = worker.owner, "worker started");
@@ -309,4 +312,27 @@ fn stop_on_signal() -> watch::Receiver<bool> {
         let _ = stop.send(true);
     });
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn a_worker_runs_every_kind_unless_told_otherwise() {
+        // A deployment of `serve --no-worker` and plain `worker`s (docker-compose.yml) must
+        // run validations and exports too.
+        let all = Cli::try_parse_from(["worker"]).unwrap().worker.kinds();
+        assert_eq!(all, JobKind::ALL.to_vec());
+        let some = Cli::try_parse_from(["worker", "--kinds", "score,sweep"]).unwrap();
+        assert_eq!(some.worker.kinds(), [JobKind::Score, JobKind::Sweep]);
+        assert!(Cli::try_parse_from(["worker", "--kinds", "nonsense"]).is_err());
+    }
 }
