@@ -57,7 +57,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "export MIXPOOL_URL={url} MIXPOOL_TOKEN=$(cat {})",
         saved.display()
     );
-    let api = Client::new(url, &token);
+    let api = Client::new(url, &token)?;
     let seeding = tokio::spawn(async move {
         if let Err(e) = seed(api, domains, args.base_tokens, args.unit_tokens).await {
             tracing::error!("the demo could not seed the pool: {e:#}");
@@ -123,11 +123,11 @@ async fn seed(
          curl {}/v1/partitions\n  \
          curl '{}/v1/score?partitions={},{}&eval=held-out&wait=60'\n  \
          curl {}/v1/jobs?state=running",
-        api.url,
-        api.url,
+        api.url(),
+        api.url(),
         names[0],
         names[1],
-        api.url
+        api.url()
     );
 
     let mut progress = Progress::new("unit models trained");
@@ -180,58 +180,41 @@ async fn seed(
     print_table(&names, &table, eval_docs.len());
     println!(
         "\nThe server keeps running at {} (Ctrl-C stops it).",
-        api.url
+        api.url()
     );
     Ok(())
 }
 
-/// A JSON client of the API, for the demo and the experiment.
+/// A JSON client of the API, for the demo and the experiment: the client verbs' calls
+/// (token, 503 and restart retries), with "already there" (409 name_taken) taken as done.
 pub(crate) struct Client {
-    pub url: String,
-    pub http: reqwest::Client,
+    api: crate::client::Api,
 }
 
 impl Client {
     /// A client sending `token` with every request.
-    pub fn new(url: String, token: &str) -> Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
-            .expect("a token is ASCII");
-        bearer.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, bearer);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .expect("an HTTP client");
-        Client { url, http }
+    pub fn new(url: String, token: &str) -> Result<Client> {
+        let server = crate::client::Server {
+            url,
+            token: Some(token.to_string()),
+        };
+        Ok(Client {
+            api: crate::client::Api::new(&server)?,
+        })
     }
 
-    /// Sends a request; a 4xx other than "already there" (409 name_taken) is an error. A 503
-    /// (the database or the store is away for a moment) is asked again for up to a minute.
+    pub fn url(&self) -> &str {
+        &self.api.url
+    }
+
+    /// Sends a request; a 4xx other than name_taken is an error.
     pub async fn send(&self, method: &str, path: &str, body: String) -> Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let started = std::time::Instant::now();
-        loop {
-            let response = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.url))
-                .body(body.clone())
-                .send()
-                .await
-                .with_context(|| path.to_string())?;
-            let status = response.status();
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                && started.elapsed() < Duration::from_secs(60)
-            {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            let answer: Value = response.json().await.with_context(|| path.to_string())?;
-            return if status.is_success() || answer["error"]["code"] == "name_taken" {
-                Ok(answer)
-            } else {
-                bail!("{path}: {status} {answer}")
-            };
+        let (status, answer) = self.api.request(method, path, Some(body.into())).await?;
+        if status.is_success() || answer["error"]["code"] == "name_taken" {
+            Ok(answer)
+        } else {
+            bail!("{path}: {status} {answer}")
         }
     }
 

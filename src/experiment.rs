@@ -59,7 +59,7 @@ pub async fn run(args: ExperimentArgs) -> Result<()> {
     let running = crate::serve::start(args.serve).await?;
     let (token, _) =
         crate::token::local_admin(&running.pool, &running.data, "experiment-admin").await?;
-    let api = Client::new(format!("http://{}", running.addr), &token);
+    let api = Client::new(format!("http://{}", running.addr), &token)?;
     let settings = Settings {
         preset: args.preset,
         base_tokens: args.base_tokens,

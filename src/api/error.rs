@@ -8,8 +8,8 @@ use serde_json::Value;
 
 #[derive(Debug)]
 pub enum ApiError {
-    /// 400, 404, 409, 413, 415, 422: the caller can fix it; 503 `shutting_down`: the caller
-    /// retries.
+    /// 400, 401, 403, 404, 405, 409, 413, 415, 422: the caller can fix it; 503
+    /// `shutting_down`: the caller retries.
     Client {
         status: StatusCode,
         code: &'static str,

@@ -53,21 +53,22 @@ impl Api {
         }
     }
 
-    /// A JSON answer with its status (2xx); a 4xx or 5xx is an error carrying the server's
-    /// message.
-    pub async fn send(
+    /// The server's answer (status and JSON, `null` when the body is not JSON), whatever the
+    /// status; a 503 is asked again for up to [`RETRY_FOR`], and so is a lost connection once
+    /// the server has answered (a restart).
+    pub async fn request(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<bytes::Bytes>,
     ) -> Result<(StatusCode, Value)> {
         let started = Instant::now();
         loop {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.url));
-            if let Some(body) = body {
-                request = request.body(body.to_string());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
             }
             let answered = self.answered.load(std::sync::atomic::Ordering::Relaxed);
             let retry = started.elapsed() < RETRY_FOR;
@@ -87,13 +88,24 @@ impl Api {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            let answer: Value = response.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                let message = answer["error"]["message"].as_str().unwrap_or("no message");
-                bail!("{method} {path}: {status}: {message}");
-            }
-            return Ok((status, answer));
+            return Ok((status, response.json().await.unwrap_or(Value::Null)));
         }
+    }
+
+    /// A JSON answer with its status (2xx); a 4xx or 5xx is an error carrying the server's
+    /// message.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let body = body.map(|b| bytes::Bytes::from(b.to_string()));
+        let (status, answer) = self.request(method.clone(), path, body).await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {}", refusal(status, &answer));
+        }
+        Ok((status, answer))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -189,6 +201,26 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// `404 Not Found: partition "x" not found`: a refused request, as the server put it.
+pub fn refusal(status: StatusCode, answer: &Value) -> String {
+    let message = answer["error"]["message"].as_str().unwrap_or("no message");
+    format!("{status}: {message}")
+}
+
+/// An HTTP client that sends `token`, if any, with every request.
+pub fn http_client(token: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .context("the token holds characters a token never has")?;
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// A float with four decimals, or a dash.

@@ -12,8 +12,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::Server;
-use super::api::{Api, table};
-use super::pool::{ListArgs, all, day, print_json, text};
+use super::api::Api;
+use super::pool::{ListArgs, all, day, print_list, text};
 
 #[derive(Subcommand)]
 pub enum JobsCommand {
@@ -38,19 +38,14 @@ pub enum JobsCommand {
 pub async fn jobs(command: JobsCommand) -> Result<()> {
     match command {
         JobsCommand::Ls { state, list } => {
-            let api = Api::new(&list.server)?;
             let path = match &state {
                 Some(s) => format!("/v1/jobs?state={s}"),
                 None => "/v1/jobs".into(),
             };
-            let rows = all(&api, &path, list.limit).await?;
-            if list.json {
-                return print_json(&rows);
-            }
-            let mut t = table(&[
+            let header = [
                 "id", "kind", "state", "progress", "attempts", "message", "created",
-            ]);
-            for j in &rows {
+            ];
+            print_list(&list, &path, &header, |j| {
                 let progress = j["progress"]
                     .as_f64()
                     .map_or("–".into(), |p| format!("{:.0}%", 100.0 * p));
@@ -58,7 +53,7 @@ pub async fn jobs(command: JobsCommand) -> Result<()> {
                     Some("failed") => text(&j["error"]),
                     _ => text(&j["message"]),
                 };
-                t.add_row([
+                vec![
                     text(&j["id"]),
                     text(&j["kind"]),
                     text(&j["state"]),
@@ -66,10 +61,9 @@ pub async fn jobs(command: JobsCommand) -> Result<()> {
                     format!("{}/{}", j["attempts"], j["max_attempts"]),
                     message,
                     day(&j["created_at"]),
-                ]);
-            }
-            println!("{t}");
-            Ok(())
+                ]
+            })
+            .await
         }
         JobsCommand::Watch {
             id: Some(id),

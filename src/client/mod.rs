@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-pub use api::Progress;
+pub use api::{Api, Progress};
 pub use jobs::{JobsCommand, jobs};
 pub use pool::{EvalSetsCommand, ListArgs, PartitionsCommand, eval_sets, partitions, recipes};
 pub use score::{CheckArgs, ScoreArgs, check, score};
@@ -33,16 +33,35 @@ pub struct Server {
 impl Server {
     /// An HTTP client that sends the token, if any, with every request.
     pub fn http(&self) -> Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
-            let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
-                .context("MIXPOOL_TOKEN holds characters a token never has")?;
-            bearer.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        api::http_client(self.token.as_deref())
+    }
+}
+
+/// The base and recipe whose unit models a verb uses.
+#[derive(Args, Clone)]
+pub struct Models {
+    /// The base (default: the newest).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The recipe (default: the newest).
+    #[arg(long)]
+    pub recipe: Option<String>,
+}
+
+impl Models {
+    /// The ones given, as `(key, value)` for a request body or query.
+    pub fn given(&self) -> Vec<(&'static str, String)> {
+        [("base", &self.base), ("recipe", &self.recipe)]
+            .into_iter()
+            .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+            .collect()
+    }
+
+    /// Sets the ones given in a JSON request.
+    pub fn apply(&self, request: &mut Value) {
+        for (key, value) in self.given() {
+            request[key] = Value::String(value);
         }
-        Ok(reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?)
     }
 }
 
@@ -81,12 +100,8 @@ pub struct ExportArgs {
     /// uniform or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
-    /// The base (default: the newest).
-    #[arg(long)]
-    pub base: Option<String>,
-    /// The recipe (default: the newest).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub models: Models,
     /// The Hugging Face directory to write (must not exist yet).
     #[arg(long)]
     pub out: PathBuf,
@@ -155,16 +170,12 @@ pub async fn export(a: ExportArgs) -> Result<()> {
         bail!("{} exists: choose a new directory", a.out.display());
     }
     let mut query = vec![("partitions", a.partitions.clone())];
-    for (key, value) in [
-        ("weights", &a.weights),
-        ("weighting", &a.weighting),
-        ("base", &a.base),
-        ("recipe", &a.recipe),
-    ] {
+    for (key, value) in [("weights", &a.weights), ("weighting", &a.weighting)] {
         if let Some(v) = value {
             query.push((key, v.clone()));
         }
     }
+    query.extend(a.models.given());
     // A worker merges the export; until it is stored the server answers 202 with the job.
     let client = a.server.http()?;
     let mut response = loop {
@@ -223,8 +234,7 @@ async fn print_answer(response: reqwest::Response) -> Result<()> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("{status}: {message}");
+        bail!("{}", api::refusal(status, &body));
     }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())

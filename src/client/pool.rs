@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::Server;
-use super::api::{Api, table};
+use super::api::{Api, refusal, table};
 
 #[derive(Subcommand)]
 pub enum PartitionsCommand {
@@ -105,22 +105,16 @@ pub async fn eval_sets(command: EvalSetsCommand) -> Result<()> {
     match command {
         EvalSetsCommand::Add(a) => add(a, "/v1/eval-sets").await,
         EvalSetsCommand::Ls(a) => {
-            let api = Api::new(&a.server)?;
-            let rows = all(&api, "/v1/eval-sets", a.limit).await?;
-            if a.json {
-                return print_json(&rows);
-            }
-            let mut t = table(&["name", "documents", "bytes", "created"]);
-            for r in &rows {
-                t.add_row([
+            let header = ["name", "documents", "bytes", "created"];
+            print_list(&a, "/v1/eval-sets", &header, |r| {
+                vec![
                     text(&r["name"]),
                     text(&r["documents"]),
                     bytes(&r["bytes"]),
                     day(&r["created_at"]),
-                ]);
-            }
-            println!("{t}");
-            Ok(())
+                ]
+            })
+            .await
         }
     }
 }
@@ -180,8 +174,7 @@ async fn add(a: AddArgs, endpoint: &str) -> Result<()> {
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = answer["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{}: {status}: {message}", file.display());
+            bail!("{}: {}", file.display(), refusal(status, &answer));
         }
         let row = if partitions {
             &answer["partition"]
@@ -242,40 +235,36 @@ fn stem(file: &Path) -> Result<String> {
 }
 
 async fn list_partitions(a: ListArgs) -> Result<()> {
-    let api = Api::new(&a.server)?;
-    let rows = all(&api, "/v1/partitions", a.limit).await?;
-    // Unit-model states by partition, from the models' list (paged, not one call each).
+    // Unit-model states by partition, for the table, from the models' list (paged, not one
+    // call each).
     let mut states: HashMap<String, Vec<String>> = HashMap::new();
-    for m in all(&api, "/v1/models", usize::MAX).await? {
-        if let (Some(p), Some(s)) = (m["partition_id"].as_str(), m["state"].as_str()) {
-            states.entry(p.to_string()).or_default().push(s.to_string());
+    if !a.json {
+        for m in all(&Api::new(&a.server)?, "/v1/models", usize::MAX).await? {
+            if let (Some(p), Some(s)) = (m["partition_id"].as_str(), m["state"].as_str()) {
+                states.entry(p.to_string()).or_default().push(s.to_string());
+            }
         }
     }
-    if a.json {
-        return print_json(&rows);
-    }
-    let mut t = table(&[
+    let header = [
         "name",
         "domain",
         "documents",
         "bytes",
         "unit models",
         "created",
-    ]);
-    for r in &rows {
+    ];
+    print_list(&a, "/v1/partitions", &header, |r| {
         let id = r["id"].as_str().unwrap_or_default();
-        let models = states.get(id).map_or("none".to_string(), |s| summary(s));
-        t.add_row([
+        vec![
             text(&r["name"]),
             text(&r["domain"]),
             text(&r["documents"]),
             bytes(&r["bytes"]),
-            models,
+            states.get(id).map_or("none".to_string(), |s| summary(s)),
             day(&r["created_at"]),
-        ]);
-    }
-    println!("{t}");
-    Ok(())
+        ]
+    })
+    .await
 }
 
 /// `["ready", "ready", "queued"]` → `2 ready, 1 queued`.
@@ -295,13 +284,8 @@ fn summary(states: &[String]) -> String {
 }
 
 pub async fn bases(a: ListArgs) -> Result<()> {
-    let api = Api::new(&a.server)?;
-    let rows = all(&api, "/v1/bases", a.limit).await?;
-    if a.json {
-        return print_json(&rows);
-    }
-    let mut t = table(&["name", "state", "architecture", "width × layers", "created"]);
-    for r in &rows {
+    let header = ["name", "state", "architecture", "width × layers", "created"];
+    print_list(&a, "/v1/bases", &header, |r| {
         let c = &r["config"];
         let width = c.get("hidden_size").or_else(|| c.get("n_embd"));
         let layers = c.get("num_hidden_layers").or_else(|| c.get("n_layer"));
@@ -309,35 +293,48 @@ pub async fn bases(a: ListArgs) -> Result<()> {
             (Some(w), Some(l)) => format!("{w} × {l}"),
             _ => "–".into(),
         };
-        t.add_row([
+        vec![
             text(&r["name"]),
             text(&r["state"]),
             text(&c["model_type"]),
             shape,
             day(&r["created_at"]),
-        ]);
-    }
-    println!("{t}");
-    Ok(())
+        ]
+    })
+    .await
 }
 
 pub async fn recipes(a: ListArgs) -> Result<()> {
-    let api = Api::new(&a.server)?;
-    let rows = all(&api, "/v1/recipes", a.limit).await?;
-    if a.json {
-        return print_json(&rows);
-    }
-    let mut t = table(&["name", "tokens", "lr", "batch tokens", "seq len", "created"]);
-    for r in &rows {
+    let header = ["name", "tokens", "lr", "batch tokens", "seq len", "created"];
+    print_list(&a, "/v1/recipes", &header, |r| {
         let c = &r["config"];
-        t.add_row([
+        vec![
             text(&r["name"]),
             text(&c["tokens"]),
             text(&c["lr"]),
             text(&c["batch_tokens"]),
             text(&c["seq_len"]),
             day(&r["created_at"]),
-        ]);
+        ]
+    })
+    .await
+}
+
+/// Up to `a.limit` items of the list at `path`: JSON with `--json`, otherwise a table of
+/// `header` with `row` of each item.
+pub async fn print_list(
+    a: &ListArgs,
+    path: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<()> {
+    let rows = all(&Api::new(&a.server)?, path, a.limit).await?;
+    if a.json {
+        return print_json(&rows);
+    }
+    let mut t = table(header);
+    for r in &rows {
+        t.add_row(row(r));
     }
     println!("{t}");
     Ok(())

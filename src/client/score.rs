@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 
-use super::Server;
 use super::api::{Api, Progress, number, table};
 use super::pool::print_json;
+use super::{Models, Server};
 
 #[derive(Args)]
 pub struct ScoreArgs {
@@ -26,12 +26,8 @@ pub struct ScoreArgs {
     /// uniform or tokens (weights by the partitions' sizes).
     #[arg(long)]
     pub weighting: Option<String>,
-    /// The base (default: the newest).
-    #[arg(long)]
-    pub base: Option<String>,
-    /// The recipe (default: the newest).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub models: Models,
     /// Seconds to wait for training and scoring before giving up.
     #[arg(long, default_value_t = 3600)]
     pub wait: u64,
@@ -64,12 +60,8 @@ pub struct CheckArgs {
     /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
     #[arg(long, value_parser = parse_fraction, requires = "baseline")]
     pub max_regression: Option<f64>,
-    /// The base (default: the newest).
-    #[arg(long)]
-    pub base: Option<String>,
-    /// The recipe (default: the newest).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub models: Models,
     /// Seconds to wait for training and scoring before giving up (exit 2).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
@@ -154,21 +146,19 @@ async fn scores(api: &Api, mut request: Value, timeout: Duration) -> Result<Vec<
     }
 }
 
-fn mixture(partitions: &[String], weights: Option<&Vec<f64>>) -> Value {
-    match weights {
-        Some(w) => json!({"partitions": partitions, "weights": w}),
-        None => json!(partitions),
+/// A mixture of a batch: the partitions alone, or with their weights or weighting.
+fn mixture(partitions: &[String], weights: Option<&Vec<f64>>, weighting: Option<&String>) -> Value {
+    match (weights, weighting) {
+        (None, None) => json!(partitions),
+        _ => json!({"partitions": partitions, "weights": weights, "weighting": weighting}),
     }
 }
 
 pub async fn score(a: ScoreArgs) -> Result<()> {
     let api = Api::new(&a.server)?;
-    let mut m = mixture(&a.partitions, a.weights.as_ref());
-    if let Some(weighting) = &a.weighting {
-        m = json!({"partitions": a.partitions, "weights": a.weights, "weighting": weighting});
-    }
+    let m = mixture(&a.partitions, a.weights.as_ref(), a.weighting.as_ref());
     let mut request = json!({"mixtures": [m], "eval_sets": [a.eval]});
-    options(&mut request, &a.base, &a.recipe);
+    a.models.apply(&mut request);
     let items = scores(&api, request, Duration::from_secs(a.wait)).await?;
     let score = &items[0]["score"];
     if a.json {
@@ -214,24 +204,15 @@ pub async fn score(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn options(request: &mut Value, base: &Option<String>, recipe: &Option<String>) {
-    if let Some(b) = base {
-        request["base"] = json!(b);
-    }
-    if let Some(r) = recipe {
-        request["recipe"] = json!(r);
-    }
-}
-
 /// `mixpool check`: `Ok(true)` when the check holds on every eval set.
 pub async fn check(a: CheckArgs) -> Result<bool> {
     let api = Api::new(&a.server)?;
-    let mut mixtures = vec![mixture(&a.mixture, a.weights.as_ref())];
+    let mut mixtures = vec![mixture(&a.mixture, a.weights.as_ref(), None)];
     if let Some(baseline) = &a.baseline {
         mixtures.push(json!(baseline));
     }
     let mut request = json!({"mixtures": mixtures, "eval_sets": a.eval_sets});
-    options(&mut request, &a.base, &a.recipe);
+    a.models.apply(&mut request);
     let items = scores(&api, request, Duration::from_secs(a.timeout)).await?;
     let sets = a.eval_sets.len();
     let allowed = a.max_regression.unwrap_or(0.0);

@@ -9,8 +9,8 @@ use clap::Args;
 use comfy_table::Table;
 use serde_json::{Value, json};
 
-use super::Server;
 use super::api::{Api, Progress, number};
+use super::{Models, Server};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -29,12 +29,8 @@ pub struct SweepArgs {
     /// uniform (default) or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
-    /// The base (default: the newest).
-    #[arg(long)]
-    pub base: Option<String>,
-    /// The recipe (default: the newest).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub models: Models,
     /// Ranked mixtures shown per eval set.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -53,12 +49,8 @@ pub struct ValidateArgs {
     /// An eval set (repeat for more).
     #[arg(long = "eval", required = true)]
     pub eval_sets: Vec<String>,
-    /// The base (default: the newest).
-    #[arg(long)]
-    pub base: Option<String>,
-    /// The recipe (default: the newest).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub models: Models,
     /// Print the validations and the report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -81,15 +73,10 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
         (None, false) => request["mixtures"] = json!(split(&a.mixtures)),
         (None, true) => {}
     }
-    for (key, value) in [
-        ("weighting", &a.weighting),
-        ("base", &a.base),
-        ("recipe", &a.recipe),
-    ] {
-        if let Some(v) = value {
-            request[key] = json!(v);
-        }
+    if let Some(weighting) = &a.weighting {
+        request["weighting"] = json!(weighting);
     }
+    a.models.apply(&mut request);
     let created = api.create("/v1/sweeps", request).await?;
     let id = created["id"]
         .as_str()
@@ -152,11 +139,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     }
     let api = Api::new(&a.server)?;
     let mut request = json!({"mixtures": split(&a.mixtures), "eval_sets": a.eval_sets});
-    for (key, value) in [("base", &a.base), ("recipe", &a.recipe)] {
-        if let Some(v) = value {
-            request[key] = json!(v);
-        }
-    }
+    a.models.apply(&mut request);
     let created = api.create("/v1/validations", request).await?;
     let ids: Vec<String> = created["items"]
         .as_array()
