@@ -109,10 +109,35 @@ impl LoadedModel {
         let mut vs = VarStore::new(device);
         let model = Model::new(&vs.root(), &config);
         let weights = dir.join(WEIGHTS_FILE);
-        vs.load(&weights).map_err(|e| CheckpointError::Weights {
+        let refused = |message: String| CheckpointError::Weights {
             path: weights.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // Tensors the model needs and the file lacks are named in a fixed order, the first
+        // few of them (the variable store's own check names one, in hash order).
+        if let Some(stored) = stored_tensor_names(&weights) {
+            let mut missing: Vec<String> = vs
+                .variables()
+                .into_keys()
+                .filter(|name| !stored.contains(name))
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                let named: Vec<String> = missing
+                    .iter()
+                    .take(3)
+                    .map(|name| format!("cannot find the tensor named {name}"))
+                    .collect();
+                return Err(refused(format!(
+                    "{} of the {} tensors the config needs are not in the file: {}{}",
+                    missing.len(),
+                    vs.variables().len(),
+                    named.join("; "),
+                    if missing.len() > 3 { "; …" } else { "" }
+                )));
+            }
+        }
+        vs.load(&weights).map_err(|e| refused(e.to_string()))?;
         Ok(LoadedModel {
             config,
             vs,
@@ -246,4 +271,28 @@ pub fn write_config(dir: &Path, config: &ModelConfig) -> Result<(), CheckpointEr
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(config).expect("configs serialise");
     std::fs::write(&path, text + "\n").map_err(io_error(&path))
+}
+
+/// The tensor names in a safetensors file's header, or `None` when the header cannot be read
+/// (the load that follows then says why).
+fn stored_tensor_names(path: &Path) -> Option<std::collections::HashSet<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut size = [0u8; 8];
+    file.read_exact(&mut size).ok()?;
+    let size = u64::from_le_bytes(size);
+    if size > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; size as usize];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    Some(
+        header
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name != "__metadata__")
+            .collect(),
+    )
 }
