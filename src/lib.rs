@@ -18,4 +18,5 @@ pub mod stats;
 pub mod store;
 pub mod token;
 pub mod validation;
+pub mod web;
 pub mod worker;

@@ -21,6 +21,10 @@ use crate::registry::bases;
 use crate::registry::jobs::{self as queue, Lease, QueueError};
 use crate::store::{Store, keys};
 
+/// How often a running worker reports itself; the dashboard counts one seen within three
+/// periods as alive.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct Worker {
     pub pool: PgPool,
@@ -46,6 +50,7 @@ impl Worker {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(queue::CHANNEL).await?;
+        let presence = tokio::spawn(self.clone().report_presence());
         while !*stop.borrow() {
             match self.run_one(Some(stop.clone())).await {
                 Ok(true) => continue,
@@ -63,7 +68,30 @@ impl Worker {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+        presence.abort();
         Ok(())
+    }
+
+    /// Says every few seconds that this worker is alive, on which device and for which
+    /// kinds (`workers`; the dashboard lists the workers seen recently). Best effort: a
+    /// database that does not answer only delays the next report.
+    async fn report_presence(self) {
+        let started = chrono::Utc::now();
+        let device = crate::engine::device::name(self.device);
+        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.as_str()).collect();
+        loop {
+            let seen = crate::registry::workers::seen(
+                &self.pool,
+                &self.owner,
+                &device,
+                &kinds,
+                started,
+            );
+            if let Err(e) = seen.await {
+                tracing::debug!("reporting this worker's presence: {e}");
+            }
+            tokio::time::sleep(PRESENCE_EVERY).await;
+        }
     }
 
     /// Claims one job and runs it to the end. Returns whether there was a job.

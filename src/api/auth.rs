@@ -1,6 +1,7 @@
 //! Who may call what. Writes (every method but GET and HEAD) need a token with the `write`
 //! scope, `/v1/admin/…` one with `admin`; reads are open unless the server closes them
-//! (`open_reads = false`), when they need `read`. `/healthz` and `/readyz` are always open.
+//! (`open_reads = false`), when they need `read`. `/healthz`, `/readyz` and the dashboard's
+//! pages and assets (which hold no data) are always open.
 //! A missing, malformed, unknown or revoked token is 401; a token without the scope, 403.
 
 use axum::Json;
@@ -16,6 +17,9 @@ use crate::registry::tokens::{self, Scope};
 /// The scope a request needs, or `None` when it is open.
 pub fn needed(method: &Method, path: &str, open_reads: bool) -> Option<Scope> {
     if path == "/healthz" || path == "/readyz" {
+        None
+    } else if crate::web::is_public(path) && (method == Method::GET || method == Method::HEAD) {
+        // The dashboard's pages and assets hold no data; the calls they make are checked.
         None
     } else if path.starts_with("/v1/admin/") {
         Some(Scope::Admin)
@@ -117,5 +121,16 @@ mod tests {
         assert_eq!(needed(&Method::GET, "/healthz", false), None);
         assert_eq!(needed(&Method::GET, "/readyz", false), None);
         assert!(Scope::Admin > Scope::Write && Scope::Write > Scope::Read);
+    }
+
+    #[test]
+    fn the_dashboards_pages_and_assets_are_open_but_its_data_is_not() {
+        for path in ["/", "/partitions", "/partitions/a", "/models/x", "/sweeps/y", "/assets/app.js"] {
+            assert_eq!(needed(&Method::GET, path, false), None, "{path}");
+            assert_eq!(needed(&Method::POST, path, false), Some(Scope::Write), "{path}");
+        }
+        for path in ["/v1/overview", "/v1/partitions", "/metrics", "/partitionsx", "/jobs/1/x"] {
+            assert_eq!(needed(&Method::GET, path, false), Some(Scope::Read), "{path}");
+        }
     }
 }

@@ -208,13 +208,50 @@ async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<V
     Ok(page.answer(&rows, |r| (r.created_at, r.id)))
 }
 
-#[utoipa::path(get, path = "/v1/partitions", tag = "datasets", params(crate::api::ListParams),
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListPartitions {
+    /// Only partitions whose name contains this (case ignored).
+    q: Option<String>,
+    /// Only partitions of this domain.
+    domain: Option<String>,
+    /// The base whose unit models the list shows (default: the newest ready base).
+    base: Option<String>,
+    /// The recipe whose unit models the list shows (default: the newest recipe).
+    recipe: Option<String>,
+    /// Rows per page, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// The `next` value of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET /v1/partitions[?q=][&domain=]`: newest first, each with its unit model for the base
+/// and recipe (`unit_model`: id, state, job, `data_tokens`; `null` when there is none).
+#[utoipa::path(get, path = "/v1/partitions", tag = "datasets", params(ListPartitions),
     responses((status = 200, body = Object, description = "`{items, next}`, newest first"), Errors))]
 pub async fn list_partitions(
     State(state): State<AppState>,
-    Q(params): Q<ListParams>,
+    Q(params): Q<ListPartitions>,
 ) -> Result<Json<Value>, ApiError> {
-    list(&state, Kind::Partition, params).await
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    // Named ones must exist; without a name, a pool with no base yet lists no unit models.
+    let base = match &params.base {
+        Some(key) => Some(super::resolve_base(&state.pool, Some(key)).await?),
+        None => bases::latest_ready(&state.pool).await?,
+    };
+    let recipe = match &params.recipe {
+        Some(key) => Some(super::resolve_recipe(&state.pool, Some(key)).await?),
+        None => recipes::latest(&state.pool).await?,
+    };
+    let filter = datasets::PartitionFilter {
+        name_contains: params.q.filter(|q| !q.is_empty()),
+        domain: params.domain.filter(|d| !d.is_empty()),
+        base: base.map(|b| b.id),
+        recipe: recipe.map(|r| r.id),
+    };
+    let rows = datasets::list_partitions(&state.pool, &filter, page.before, page.limit).await?;
+    Ok(page.answer(&rows, |r| (r.partition.created_at, r.partition.id)))
 }
 
 #[utoipa::path(get, path = "/v1/eval-sets", tag = "datasets", params(crate::api::ListParams),

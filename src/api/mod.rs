@@ -9,9 +9,11 @@ mod events;
 mod health;
 mod hf;
 mod jobs;
+mod leaderboard;
 mod metrics;
 mod models;
 mod openapi;
+mod overview;
 pub mod score;
 mod sweeps;
 mod units;
@@ -138,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(models::create_recipe, models::list_recipes))
         .routes(routes!(models::get_recipe))
         .routes(routes!(units::train_models, units::list_models))
+        .routes(routes!(units::get_model))
+        .routes(routes!(overview::overview))
+        .routes(routes!(leaderboard::leaderboard))
+        .routes(routes!(leaderboard::heatmap))
         .routes(routes!(
             datasets::upload_partition,
             datasets::list_partitions
@@ -166,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     routes
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/v1/openapi.json", spec))
+        .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

@@ -18,6 +18,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
     components(schemas(super::error::ErrorBody)),
     modifiers(&Bearer),
     tags(
+        (name = "pool", description = "the pool at a glance"),
         (name = "datasets", description = "partitions and eval sets"),
         (name = "models", description = "bases, recipes and unit models"),
         (name = "scores", description = "mixture scores and merged exports"),

@@ -261,3 +261,39 @@ pub async fn train_models(
         })),
     ))
 }
+
+/// `GET /v1/models/{id}`: one unit model with its partition, base, recipe, training job
+/// (state, progress, result with tokens/s and duration) and its loss series (`loss`:
+/// `[step, loss]` pairs, recorded every few steps while it trains).
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", params(("id" = String, Path, description = "the unit model's id")),
+    responses((status = 200, body = Object, description = "`{model, partition, base, recipe, job, loss}`"), Errors))]
+pub async fn get_model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = super::parse_uuid(&id).ok_or_else(|| {
+        ApiError::bad_request("invalid_id", format!("{id:?} is not a unit model id"))
+    })?;
+    let model = models::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unit model {id}")))?;
+    let partition = datasets::find(&state.pool, Kind::Partition, &model.partition_id.to_string())
+        .await?;
+    let base = crate::registry::bases::find(&state.pool, &model.base_id.to_string()).await?;
+    let recipe = crate::registry::recipes::find(&state.pool, &model.recipe_id.to_string()).await?;
+    let (job, loss) = match model.job_id {
+        Some(job) => (
+            crate::registry::jobs::get(&state.pool, job).await?,
+            crate::registry::jobs::losses(&state.pool, job).await?,
+        ),
+        None => (None, Vec::new()),
+    };
+    Ok(Json(json!({
+        "model": model,
+        "partition": partition,
+        "base": base.map(|b| json!({ "id": b.id, "name": b.name, "config": b.config })),
+        "recipe": recipe,
+        "job": job,
+        "loss": loss,
+    })))
+}

@@ -39,7 +39,7 @@ pub(crate) async fn run(
         output: keys::base(&base.id, WEIGHTS_FILE),
         mirror: keys::base(&base.id, "train_state"),
     };
-    let Some((stored, summary)) = training::run(worker, lease, cancel, &run).await? else {
+    let Some(training::Trained { stored, summary, data_tokens }) = training::run(worker, lease, cancel, &run).await? else {
         return Ok(Done::Cancelled);
     };
     let mut tx = pool.begin().await?;
@@ -51,7 +51,7 @@ pub(crate) async fn run(
         let ids: Vec<_> = partitions.into_iter().map(|(id, _)| id).collect();
         models::train(&mut tx, base.id, recipe.id, &ids, false).await?;
     }
-    let result = json!({ "base": base.id, "weights_sha256": stored.sha256, "train": summary });
+    let result = json!({ "base": base.id, "weights_sha256": stored.sha256, "train": summary, "data_tokens": data_tokens });
     training::finish(worker, tx, lease, &result, &run).await
 }
 

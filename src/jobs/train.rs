@@ -55,7 +55,7 @@ pub(crate) async fn run(
         output: keys::model(&id, WEIGHTS_FILE),
         mirror: keys::model(&id, "train_state"),
     };
-    let Some((stored, summary)) = training::run(worker, lease, cancel, &run).await? else {
+    let Some(training::Trained { stored, summary, data_tokens }) = training::run(worker, lease, cancel, &run).await? else {
         if models::get(pool, id).await?.is_none() {
             // Deleted while it trained: the state mirrored at the stop has no owner.
             StateMirror::forget(&worker.store, &run.mirror).await;
@@ -74,7 +74,7 @@ pub(crate) async fn run(
         StateMirror::forget(&worker.store, &run.mirror).await;
         return Ok(Done::Cancelled);
     }
-    let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary });
+    let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary, "data_tokens": data_tokens });
     training::finish(worker, tx, lease, &result, &run).await
 }
 

@@ -23,7 +23,7 @@ pub(super) async fn run(
     lease: &Lease,
     cancel: Arc<AtomicBool>,
     run: &TrainingRun,
-) -> Result<Option<(crate::store::Stored, train::Summary)>, JobError> {
+) -> Result<Option<Trained>, JobError> {
     let dir = worker.job_dir(lease);
     let start_dir = dir.join("start");
     tokio::fs::create_dir_all(&start_dir)
@@ -68,7 +68,7 @@ pub(super) async fn run(
     let work = dir.clone();
     let out = out_dir.clone();
     let summary =
-        tokio::task::spawn_blocking(move || -> Result<Option<train::Summary>, JobError> {
+        tokio::task::spawn_blocking(move || -> Result<Option<(train::Summary, u64)>, JobError> {
             let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
             // The union of the partitions: their documents one after another, in the order
             // given; training packs and shuffles them with the recipe's seed.
@@ -85,6 +85,7 @@ pub(super) async fn run(
             }
             .map_err(|e| fatal(&e))?;
             let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
+            let data_tokens = tokens.len() as u64;
             let every = (config.steps() / 50).max(1);
             let mut report = |p: &Progress| {
                 // The state saved at the previous step's end goes to the store, for
@@ -107,7 +108,7 @@ pub(super) async fn run(
                         &lease_for_thread,
                         fraction,
                         &message,
-                        Some(p.loss),
+                        Some((p.step, p.loss)),
                     ));
                     if matches!(asked, Ok(true)) {
                         cancel.store(true, Ordering::SeqCst);
@@ -125,7 +126,7 @@ pub(super) async fn run(
                     model
                         .save(&out)
                         .map_err(|e| JobError::Retryable(e.to_string()))?;
-                    Ok(Some(summary))
+                    Ok(Some((summary, data_tokens)))
                 }
                 Outcome::Cancelled { .. } => {
                     // The state saved at the stop goes to the store for the next worker.
@@ -138,14 +139,27 @@ pub(super) async fn run(
         })
         .await
         .map_err(|e| JobError::Retryable(format!("the training thread failed: {e}")))??;
-    let Some(summary) = summary else {
+    let Some((summary, data_tokens)) = summary else {
         return Ok(None);
     };
     let stored = worker
         .store
         .put_file(&out_dir.join(WEIGHTS_FILE), &run.output)
         .await?;
-    Ok(Some((stored, summary)))
+    Ok(Some(Trained {
+        stored,
+        summary,
+        data_tokens,
+    }))
+}
+
+/// What a finished training run produced.
+pub(super) struct Trained {
+    pub stored: crate::store::Stored,
+    pub summary: train::Summary,
+    /// The training data's size in tokens (under the model's tokenizer; documents end with
+    /// EOS).
+    pub data_tokens: u64,
 }
 
 /// Commits the job's success with the rows the caller wrote in `tx`, then removes the

@@ -184,6 +184,82 @@ pub async fn list(
         .await
 }
 
+/// Which partitions a list shows, and for which base and recipe it shows their unit models.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionFilter {
+    /// A part of the name, matched without regard to case.
+    pub name_contains: Option<String>,
+    pub domain: Option<String>,
+    pub base: Option<Uuid>,
+    pub recipe: Option<Uuid>,
+}
+
+/// A partition as lists show it: with its unit model for the list's base and recipe.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PartitionRow {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub partition: Dataset,
+    pub unit_model: Option<serde_json::Value>,
+}
+
+/// Partitions newest first, filtered; pass the last row of a page as `before` for the next.
+/// Each carries its unit model for `filter`'s base and recipe (`null` without one): id,
+/// state, job, and `data_tokens` (the partition's size in that base's tokens, once trained).
+pub async fn list_partitions(
+    pool: &PgPool,
+    filter: &PartitionFilter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<PartitionRow>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(
+        "select p.*,
+                case when m.id is null then null else jsonb_build_object(
+                    'id', m.id, 'state', m.state, 'job', m.job_id,
+                    'data_tokens', (j.result->>'data_tokens')::bigint) end as unit_model
+         from partitions p
+         left join models m on m.partition_id = p.id and m.base_id = $1 and m.recipe_id = $2
+         left join jobs j on j.id = m.job_id
+         where ($3::text is null or strpos(lower(p.name), lower($3)) > 0)
+           and ($4::text is null or p.domain = $4)
+           and ($5::timestamptz is null or (p.created_at, p.id) < ($5, $6))
+         order by p.created_at desc, p.id desc limit $7",
+    )
+    .bind(filter.base)
+    .bind(filter.recipe)
+    .bind(&filter.name_contains)
+    .bind(&filter.domain)
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Each domain with its number of partitions (`None`: partitions without one), by name.
+pub async fn domains(pool: &PgPool) -> Result<Vec<(Option<String>, i64)>, sqlx::Error> {
+    sqlx::query_as("select domain, count(*) from partitions group by domain order by domain")
+        .fetch_all(pool)
+        .await
+}
+
+/// The first `limit` partitions by name (of `domain`, when given): (id, name).
+pub async fn first_partitions(
+    pool: &PgPool,
+    domain: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, name from partitions where ($1::text is null or domain = $1)
+         order by name limit $2",
+    )
+    .bind(domain)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Records a new hash for a dataset's object (the same content, stored again).
 pub async fn set_object_sha256(
     db: &mut PgConnection,

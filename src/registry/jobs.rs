@@ -216,28 +216,45 @@ pub async fn heartbeat(
     row.map(|(c,)| c).ok_or(QueueError::LeaseLost(lease.id()))
 }
 
-/// Records progress (a fraction in [0, 1], a message, the latest loss); `true` when the job's
-/// cancellation was requested (the worker stops at once rather than at its next heartbeat).
+/// Records progress (a fraction in [0, 1], a message, and for trainings the loss at a step,
+/// which is also kept in the job's loss series); `true` when the job's cancellation was
+/// requested (the worker stops at once rather than at its next heartbeat).
 pub async fn progress<'e>(
     db: impl PgExecutor<'e>,
     lease: &Lease,
     fraction: f32,
     message: &str,
-    loss: Option<f64>,
+    loss: Option<(u64, f64)>,
 ) -> Result<bool, QueueError> {
+    let (step, loss) = loss.map(|(s, l)| (s as i32, l)).unzip();
     let row: Option<(bool,)> = sqlx::query_as(
-        "update jobs set progress = $3, message = $4, loss = coalesce($5, loss), updated_at = now()
-         where id = $1 and attempts = $2 and state = 'running'
-         returning cancel_requested",
+        "with job as (
+             update jobs set progress = $3, message = $4, loss = coalesce($6, loss), updated_at = now()
+             where id = $1 and attempts = $2 and state = 'running'
+             returning id, cancel_requested),
+         point as (
+             insert into job_losses (job_id, step, loss)
+             select id, $5, $6 from job where $5::integer is not null and $6::float8 is not null
+             on conflict (job_id, step) do update set loss = excluded.loss)
+         select cancel_requested from job",
     )
     .bind(lease.id())
     .bind(lease.attempt())
     .bind(fraction.clamp(0.0, 1.0))
     .bind(message)
+    .bind(step)
     .bind(loss)
     .fetch_optional(db)
     .await?;
     row.map(|(c,)| c).ok_or(QueueError::LeaseLost(lease.id()))
+}
+
+/// A job's recorded losses, `(step, loss)` by step.
+pub async fn losses(pool: &PgPool, job: Uuid) -> Result<Vec<(i32, f64)>, sqlx::Error> {
+    sqlx::query_as("select step, loss from job_losses where job_id = $1 order by step")
+        .bind(job)
+        .fetch_all(pool)
+        .await
 }
 
 /// Records that `fraction` of the job's work is kept durably (a mirrored train state, stored

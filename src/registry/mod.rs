@@ -5,11 +5,13 @@ pub mod bases;
 pub mod datasets;
 pub mod jobs;
 pub mod models;
+pub mod overview;
 pub mod recipes;
 pub mod scores;
 pub mod sweeps;
 pub mod tokens;
 pub mod validations;
+pub mod workers;
 
 use std::time::Duration;
 

@@ -134,3 +134,105 @@ pub async fn all_for(
     .fetch_all(pool)
     .await
 }
+
+/// What a leaderboard ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rank {
+    Perplexity,
+    BitsPerByte,
+    Size,
+    Created,
+}
+
+impl Rank {
+    pub const NAMES: [&str; 4] = ["perplexity", "bits_per_byte", "size", "created"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "perplexity" => Rank::Perplexity,
+            "bits_per_byte" => Rank::BitsPerByte,
+            "size" => Rank::Size,
+            "created" => Rank::Created,
+            _ => return None,
+        })
+    }
+
+    /// The `order by` of a rank (a fixed string per variant: never the caller's text).
+    fn order(self, descending: bool) -> &'static str {
+        match (self, descending) {
+            (Rank::Perplexity, false) => "(result->>'perplexity')::float8 asc, id",
+            (Rank::Perplexity, true) => "(result->>'perplexity')::float8 desc, id",
+            (Rank::BitsPerByte, false) => "(result->>'bits_per_byte')::float8 asc, id",
+            (Rank::BitsPerByte, true) => "(result->>'bits_per_byte')::float8 desc, id",
+            (Rank::Size, false) => "jsonb_array_length(mixture) asc, (result->>'perplexity')::float8, id",
+            (Rank::Size, true) => "jsonb_array_length(mixture) desc, (result->>'perplexity')::float8, id",
+            (Rank::Created, false) => "created_at asc, id",
+            (Rank::Created, true) => "created_at desc, id",
+        }
+    }
+}
+
+/// One page of the merge scores of a base and recipe on one eval set (every weighting),
+/// ranked; `size` keeps mixtures of that many partitions. Returns the number of scores the
+/// filter keeps, and the page.
+pub async fn leaderboard(
+    pool: &PgPool,
+    scope: &ScoreKey,
+    size: Option<i32>,
+    rank: Rank,
+    descending: bool,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<Score>), sqlx::Error> {
+    const WHERE: &str = "where base_id = $1 and recipe_id = $2 and eval_set_id = $3
+          and merge_method = $4 and eval_config_sha256 = $5
+          and ($6::integer is null or jsonb_array_length(mixture) = $6)";
+    let total: i64 = sqlx::query_scalar(&format!("select count(*) from scores {WHERE}"))
+        .bind(scope.base_id)
+        .bind(scope.recipe_id)
+        .bind(scope.eval_set_id)
+        .bind(&scope.merge_method)
+        .bind(&scope.eval_config_sha256)
+        .bind(size)
+        .fetch_one(pool)
+        .await?;
+    let rows = sqlx::query_as(&format!(
+        "select * from scores {WHERE} order by {} limit $7 offset $8",
+        rank.order(descending)
+    ))
+    .bind(scope.base_id)
+    .bind(scope.recipe_id)
+    .bind(scope.eval_set_id)
+    .bind(&scope.merge_method)
+    .bind(&scope.eval_config_sha256)
+    .bind(size)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    Ok((total, rows))
+}
+
+/// The perplexities stored for `mixture_keys` in `scope` (its own mixture key is ignored),
+/// by key.
+pub async fn perplexities(
+    pool: &PgPool,
+    scope: &ScoreKey,
+    mixture_keys: &[String],
+) -> Result<std::collections::HashMap<String, f64>, sqlx::Error> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "select mixture_key, (result->>'perplexity')::float8 from scores
+         where base_id = $1 and recipe_id = $2 and eval_set_id = $3 and weighting = $4
+           and merge_method = $5 and eval_config_sha256 = $6 and mixture_key = any($7)",
+    )
+    .bind(scope.base_id)
+    .bind(scope.recipe_id)
+    .bind(scope.eval_set_id)
+    .bind(&scope.weighting)
+    .bind(&scope.merge_method)
+    .bind(&scope.eval_config_sha256)
+    .bind(mixture_keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -5,7 +5,9 @@
 mod api;
 mod app;
 mod auth;
+mod chrome;
 mod cli;
+mod dashboard;
 mod fsck;
 mod helpers;
 mod ingest;
@@ -19,4 +21,5 @@ mod shutdown;
 mod store;
 mod sweep;
 mod validation;
+mod views;
 mod worker;

@@ -182,7 +182,7 @@ async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
         Err(QueueError::LeaseLost(_))
     ));
     assert!(matches!(
-        jobs::progress(&pool, &a, 0.9, "stale", Some(1.0)).await,
+        jobs::progress(&pool, &a, 0.9, "stale", Some((9, 1.0))).await,
         Err(QueueError::LeaseLost(_))
     ));
     assert!(matches!(
@@ -357,7 +357,7 @@ async fn progress_is_recorded_for_the_current_attempt() {
     let pool = fresh_db().await;
     enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
-    jobs::progress(&pool, &lease, 0.25, "step 5/20", Some(2.5))
+    jobs::progress(&pool, &lease, 0.25, "step 5/20", Some((5, 2.5)))
         .await
         .unwrap();
     jobs::progress(&pool, &lease, 7.0, "step 20/20", None)
@@ -367,6 +367,39 @@ async fn progress_is_recorded_for_the_current_attempt() {
     assert_eq!(
         (j.progress, j.message.as_deref(), j.loss),
         (1.0, Some("step 20/20"), Some(2.5))
+    );
+}
+
+#[tokio::test]
+async fn the_loss_series_keeps_one_point_per_step_across_attempts_and_fences_stale_ones() {
+    let pool = fresh_db().await;
+    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    let first = claim(&pool, "a", SHORT).await.unwrap();
+    for (step, loss) in [(1, 5.0), (2, 4.5), (3, 4.0)] {
+        jobs::progress(&pool, &first, 0.1, "step", Some((step, loss)))
+            .await
+            .unwrap();
+    }
+    until_expired(&pool, &first).await;
+    let second = claim(&pool, "b", LONG).await.unwrap();
+    // The resumed run reports step 3 again and goes on; the first worker's late report is
+    // refused and leaves no point.
+    jobs::progress(&pool, &second, 0.3, "step", Some((3, 3.9)))
+        .await
+        .unwrap();
+    jobs::progress(&pool, &second, 0.4, "step", Some((4, 3.5)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        jobs::progress(&pool, &first, 0.5, "stale", Some((5, 9.9))).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    jobs::progress(&pool, &second, 0.5, "no loss", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs::losses(&pool, second.id()).await.unwrap(),
+        vec![(1, 5.0), (2, 4.5), (3, 3.9), (4, 3.5)]
     );
 }
 

@@ -1,0 +1,61 @@
+//! Workers as they report themselves: a row per worker name, refreshed every few seconds
+//! while it runs, so the dashboard can say which workers are alive and what each is doing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub name: String,
+    pub device: String,
+    pub kinds: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+    /// The job it holds a lease on, if any.
+    pub job_id: Option<Uuid>,
+    pub job_kind: Option<String>,
+    pub job_progress: Option<f32>,
+}
+
+/// Records that worker `name` is alive now.
+pub async fn seen(
+    pool: &PgPool,
+    name: &str,
+    device: &str,
+    kinds: &[&str],
+    started_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into workers (name, device, kinds, started_at, seen_at) values ($1, $2, $3, $4, now())
+         on conflict (name) do update
+         set device = excluded.device, kinds = excluded.kinds, started_at = excluded.started_at,
+             seen_at = now()",
+    )
+    .bind(name)
+    .bind(device)
+    .bind(kinds)
+    .bind(started_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Workers seen within `seconds`, most recently started first, each with its running job.
+pub async fn recent(pool: &PgPool, seconds: f64) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select w.name, w.device, w.kinds, w.started_at, w.seen_at,
+                j.id as job_id, j.kind as job_kind, j.progress as job_progress
+         from workers w
+         left join lateral (
+             select id, kind, progress from jobs
+             where state = 'running' and lease_owner = w.name
+             order by started_at desc limit 1) j on true
+         where w.seen_at > now() - make_interval(secs => $1)
+         order by w.started_at desc, w.name",
+    )
+    .bind(seconds)
+    .fetch_all(pool)
+    .await
+}
