@@ -45,10 +45,12 @@ experiment: build
 	$(BIN) experiment paper --listen 127.0.0.1:0 --data $(CACHE)/paper $(ARGS)
 
 ## Every test, on the CPU, against a real PostgreSQL (started here where none answers), a
-## real S3 server (SeaweedFS on loopback, started for the run) and the API checkers from PyPI
-## (openapi-spec-validator, schemathesis; a venv made once in the cache).
+## real S3 server (SeaweedFS on loopback, started for the run), the API checkers from PyPI
+## (openapi-spec-validator, schemathesis; a venv made once in the cache) and headless
+## Chromium for the dashboard (Debian's chromium and chromium-driver, installed once).
 test:
 	scripts/postgres.sh
+	scripts/chromium.sh
 	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && \
 	export MIXPOOL_TEST_API_TOOLS=$$(scripts/api-tools.sh) && cargo test --release; \
 	status=$$?; scripts/postgres.sh cleanup; scripts/s3.sh stop; exit $$status

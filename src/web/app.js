@@ -114,16 +114,17 @@ function meta(pairs) {
   return h('dl', { class: 'meta' }, pairs.filter(Boolean).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
 
-/** An ECharts chart in `el`, resized with the window; returns the instance. */
+/** An ECharts chart in `el`, resized with the window; returns the instance. Drawn at once,
+ *  without animation: the data is the point, and a page is ready when it is drawn. */
 function chart(el, option) {
   const c = echarts.init(el);
-  c.setOption(option);
+  c.setOption(Object.assign({ animation: false }, option));
   window.addEventListener('resize', () => c.resize());
   return c;
 }
 
 function render(...nodes) {
-  main().replaceChildren(...nodes.flat());
+  main().replaceChildren(...nodes.flat(Infinity));
 }
 
 const ready = () => { document.body.dataset.state = 'ready'; };
@@ -394,9 +395,13 @@ async function explorer() {
     if (weighting.value === 'explicit') q.weights = names.map((n) => picked.get(n)).join(',');
     else q.weighting = weighting.value;
     setHere({ partitions: q.partitions, eval: q.eval, base: params.base, recipe: params.recipe });
+    // Asked again once the jobs it waits on end: then the score comes from the cache, but
+    // it was computed for this request.
+    let waited = false;
     for (;;) {
       const { status, body } = await api(`/v1/score?${query(q)}`);
-      if (status === 200) { showScore(body); break; }
+      if (status === 200) { showScore(body, body.cached && !waited); break; }
+      waited = true;
       // 202: the score's job, or the unit models' trainings, are still running.
       const waiting = body.job ? [{ job: body.job.id, what: 'merging and evaluating' }]
         : body.training.map((t) => ({ job: t.job, what: `training ${t.partition}` }));
@@ -407,20 +412,20 @@ async function explorer() {
     }
     go.disabled = false;
   }
-  function showScore(s) {
+  function showScore(s, cached) {
     const domains = Object.entries(s.per_domain || {}).sort();
     const el = h('div', { class: 'chart', id: 'domain-chart', style: 'height:260px' });
-    result.replaceChildren(
+    result.replaceChildren(...[
       h('div', { class: 'value', id: 'perplexity', 'data-value': s.perplexity }, fmt.ppl(s.perplexity)),
       h('p', {}, `perplexity on ${s.eval_set} · ${fmt.ppl(s.bits_per_byte)} bits per byte · ${fmt.num(s.tokens)} tokens · `,
-        h('strong', { id: 'cached', 'data-cached': s.cached }, s.cached ? 'served from the cache' : 'computed now')),
+        h('strong', { id: 'cached', 'data-cached': String(cached) }, cached ? 'served from the cache' : 'computed now')),
       h('p', { class: 'muted' }, `${fmt.mixture(s.mixture)} · base ${s.base}, recipe ${s.recipe}`),
       domains.length ? [h('h2', {}, 'Per domain'), table([
         { title: 'Domain', cell: ([d]) => d },
         { title: 'Perplexity', num: true, cell: ([, r]) => fmt.ppl(r.perplexity) },
         { title: 'Bits per byte', num: true, cell: ([, r]) => fmt.ppl(r.bits_per_byte) },
         { title: 'Documents', num: true, cell: ([, r]) => fmt.num(r.documents) },
-      ], domains, { id: 'per-domain' }), el] : []);
+      ], domains, { id: 'per-domain' }), el] : []].flat());
     if (domains.length) {
       chart(el, {
         tooltip: {}, grid: { left: 50, right: 20, top: 20, bottom: 70 },
@@ -486,8 +491,7 @@ async function heatmap() {
   const note = h('p', { class: 'muted', id: 'heatmap-note' });
   const el = h('div', { class: 'chart square', id: 'heatmap-chart' });
   render(h('h1', {}, 'Pairwise merges'), h('div', { class: 'controls' }, eval_, h('label', {}, 'Domain', domain), h('label', {}, 'Partitions (first by name)', limit)), note, el);
-  const c = echarts.init(el);
-  window.addEventListener('resize', () => c.resize());
+  const c = chart(el, {});
   async function load() {
     document.body.dataset.state = 'loading';
     const q = { eval: eval_.querySelector('select').value, domain: domain.value, limit: limit.value, base: params.base, recipe: params.recipe };
@@ -499,6 +503,7 @@ async function heatmap() {
       + (m.missing ? ' — a sweep with sizes 1 to 2 scores the rest.' : '.');
     c.clear();
     c.setOption({
+      animation: false,
       tooltip: { formatter: (p) => `${m.partitions[p.value[1]]} + ${m.partitions[p.value[0]]}<br>perplexity ${fmt.ppl(p.value[2])}` },
       grid: { left: 120, right: 30, top: 10, bottom: 130 },
       xAxis: { type: 'category', data: m.partitions, axisLabel: { rotate: 60, interval: m.partitions.length > 40 ? 'auto' : 0 } },
@@ -506,7 +511,8 @@ async function heatmap() {
       visualMap: { min: values.length ? Math.min(...values) : 0, max: values.length ? Math.max(...values) : 1, calculable: true,
         orient: 'horizontal', left: 'center', bottom: 0, inRange: { color: ['#1a9850', '#fee08b', '#d73027'] } },
       // [column, row, perplexity]: ECharts' x first.
-      series: [{ type: 'heatmap', data: m.cells.map(([row, column, ppl]) => [column, row, ppl]), progressive: 0 }],
+      series: [{ type: 'heatmap', data: m.cells.map(([row, column, ppl]) => [column, row, ppl]), progressive: 0,
+        label: { show: m.partitions.length <= 12, formatter: (p) => fmt.ppl(p.value[2]) } }],
     });
   }
   await load();
@@ -529,7 +535,7 @@ async function sweep(id) {
   const body = h('div', {});
   async function load() {
     const s = await get(`/v1/sweeps/${encodeURIComponent(id)}?limit=25`);
-    body.replaceChildren(
+    body.replaceChildren(...[
       meta([['State', stateTag(s.state)], ['Progress', [bar(s.progress.fraction, { id: 'sweep-progress' }), ` ${s.progress.scored} of ${s.progress.total} mixture × eval set pairs`]],
         ['Base', s.base], ['Recipe', s.recipe], ['Weighting', s.weighting], ['Created', fmt.time(s.created_at)]]),
       (s.results || []).map((r) => [
@@ -540,7 +546,7 @@ async function sweep(id) {
           { title: 'Perplexity', num: true, cell: (x) => fmt.ppl(x.perplexity) },
           { title: 'Bits per byte', num: true, cell: (x) => fmt.ppl(x.bits_per_byte) },
           { title: 'Macro ppl', num: true, cell: (x) => fmt.ppl(x.macro_perplexity) },
-        ], r.ranking, { class: 'ranking' })]));
+        ], r.ranking, { class: 'ranking' })])].flat(Infinity));
     return s;
   }
   render(h('h1', {}, `Sweep ${id.slice(0, 8)}`), body);
@@ -579,8 +585,8 @@ async function validations() {
       tooltip: { formatter: (p) => `${p.data[2]}<br>${p.seriesName} ${fmt.ppl(p.data[0])}, trained ${fmt.ppl(p.data[1])}` },
       legend: { top: 0 },
       grid: { left: 60, right: 20, top: 40, bottom: 45 },
-      xAxis: { type: 'log', name: 'proxy perplexity', nameLocation: 'middle', nameGap: 28, min: lo * 0.98, max: hi * 1.02 },
-      yAxis: { type: 'log', name: 'trained perplexity', min: lo * 0.98, max: hi * 1.02 },
+      xAxis: { type: 'log', name: 'proxy perplexity', nameLocation: 'middle', nameGap: 28, min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (v) => v.toFixed(1) } },
+      yAxis: { type: 'log', name: 'trained perplexity', min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (v) => v.toFixed(1) } },
       series: [
         ...proxies.map((x) => ({ type: 'scatter', name: x, data: s.points.filter((p) => p[x] !== null).map((p) => [p[x], p.true, p.mixture.join(' + ')]) })),
         { type: 'line', name: 'y = x', showSymbol: false, lineStyle: { type: 'dashed', color: '#999' }, data: [[lo, lo], [hi, hi]] },

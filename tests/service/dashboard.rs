@@ -61,10 +61,13 @@ async fn seeded() -> (App, watch::Sender<bool>) {
         .await;
     assert!(status.is_success(), "{validation}");
     let sweep_id = sweep["id"].as_str().unwrap().to_string();
+    // Done when the sweep is, and no job (the validation's proxies) is left.
     for _ in 0..1200 {
         let (_, s) = app.get(&format!("/v1/sweeps/{sweep_id}")).await;
-        let (_, v) = app.get("/v1/validations").await;
-        if s["state"] == "succeeded" && v["items"][0]["state"] == "ready" {
+        let (_, running) = app.get("/v1/jobs?state=running").await;
+        let (_, queued) = app.get("/v1/jobs?state=queued").await;
+        let idle = running["items"] == json!([]) && queued["items"] == json!([]);
+        if s["state"] == "succeeded" && idle {
             return (app, stop);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,6 +172,8 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     assert_eq!(status, StatusCode::OK, "{weighted}");
     assert_eq!(shown.parse::<f64>().unwrap(), weighted["perplexity"].as_f64().unwrap());
     assert_eq!(cached.as_deref(), Some("false"), "computed for the page");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.screenshot("explorer").await;
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
 
     // The leaderboard sorts by perplexity both ways when its header is clicked.
@@ -213,7 +218,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let (status, long) = app
         .post(
             "/v1/recipes",
-            json!({"name": "long", "tokens": 2_048_000, "batch_tokens": 256, "micro_batch": 4, "seq_len": 64}).to_string(),
+            json!({"name": "long", "tokens": 512_000, "batch_tokens": 256, "micro_batch": 4, "seq_len": 64}).to_string(),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{long}");
@@ -226,6 +231,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     browser.open(&app.url("/jobs")).await;
+    browser.css("details.token summary").await.click().await.unwrap();
     browser.css("#token").await.send_keys(&app.token).await.unwrap();
     browser.css("#token-form button").await.click().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
