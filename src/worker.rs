@@ -79,14 +79,12 @@ impl Worker {
         let started = chrono::Utc::now();
         let device = crate::engine::device::name(self.device);
         let kinds: Vec<&str> = self.kinds.iter().map(|k| k.as_str()).collect();
+        if let Err(e) = crate::registry::workers::forget_gone(&self.pool).await {
+            tracing::debug!("forgetting workers gone for a day: {e}");
+        }
         loop {
-            let seen = crate::registry::workers::seen(
-                &self.pool,
-                &self.owner,
-                &device,
-                &kinds,
-                started,
-            );
+            let seen =
+                crate::registry::workers::seen(&self.pool, &self.owner, &device, &kinds, started);
             if let Err(e) = seen.await {
                 tracing::debug!("reporting this worker's presence: {e}");
             }

@@ -125,12 +125,33 @@ mod tests {
 
     #[test]
     fn the_dashboards_pages_and_assets_are_open_but_its_data_is_not() {
-        for path in ["/", "/partitions", "/partitions/a", "/models/x", "/sweeps/y", "/assets/app.js"] {
+        for path in [
+            "/",
+            "/partitions",
+            "/partitions/a",
+            "/models/x",
+            "/sweeps/y",
+            "/assets/app.js",
+        ] {
             assert_eq!(needed(&Method::GET, path, false), None, "{path}");
-            assert_eq!(needed(&Method::POST, path, false), Some(Scope::Write), "{path}");
+            assert_eq!(
+                needed(&Method::POST, path, false),
+                Some(Scope::Write),
+                "{path}"
+            );
         }
-        for path in ["/v1/overview", "/v1/partitions", "/metrics", "/partitionsx", "/jobs/1/x"] {
-            assert_eq!(needed(&Method::GET, path, false), Some(Scope::Read), "{path}");
+        for path in [
+            "/v1/overview",
+            "/v1/partitions",
+            "/metrics",
+            "/partitionsx",
+            "/jobs/1/x",
+        ] {
+            assert_eq!(
+                needed(&Method::GET, path, false),
+                Some(Scope::Read),
+                "{path}"
+            );
         }
     }
 }

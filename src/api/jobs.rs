@@ -15,13 +15,15 @@ use crate::registry::models;
 pub struct ListParams {
     /// queued, running, succeeded, failed or cancelled.
     state: Option<String>,
+    /// pretrain, train, score, sweep, validate or export.
+    kind: Option<String>,
     /// Rows per page, 1 to 500 (default 50).
     limit: Option<i64>,
     /// The `next` value of the previous page.
     cursor: Option<String>,
 }
 
-/// `GET /v1/jobs[?state=][&limit=][&cursor=]`: newest first.
+/// `GET /v1/jobs[?state=][&kind=][&limit=][&cursor=]`: newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, description = "`{items, next}`: jobs, newest first", body = Object), Errors))]
 pub async fn list_jobs(
@@ -37,10 +39,18 @@ pub async fn list_jobs(
             format!("state {s:?}: use one of {}", STATES.join(", ")),
         ));
     }
+    let kind = match params.kind.as_deref() {
+        None => None,
+        Some(k) => Some(
+            k.parse::<crate::jobs::kind::JobKind>()
+                .map_err(|e| ApiError::bad_request("invalid_kind", e))?,
+        ),
+    };
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let rows = jobs::list(
         &state.pool,
         params.state.as_deref(),
+        kind,
         page.before,
         page.limit,
     )

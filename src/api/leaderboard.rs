@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::{ApiError, AppState, Q, resolve_base, resolve_recipe, resolve_eval_sets};
+use super::{ApiError, AppState, Q, resolve_base, resolve_eval_sets, resolve_recipe};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Kind};
@@ -102,7 +102,10 @@ pub async fn leaderboard(
         ));
     }
     if params.size.is_some_and(|s| s < 1) {
-        return Err(ApiError::bad_request("invalid_size", "size must be 1 or more"));
+        return Err(ApiError::bad_request(
+            "invalid_size",
+            "size must be 1 or more",
+        ));
     }
     let (scope, context) = scope(
         &state,
@@ -224,8 +227,7 @@ pub async fn heatmap(
                     format!("limit must be between 1 and {MAX_HEATMAP}"),
                 ));
             }
-            datasets::first_partitions(&state.pool, params.domain.as_deref(), limit as i64)
-                .await?
+            datasets::first_partitions(&state.pool, params.domain.as_deref(), limit as i64).await?
         }
     };
     if partitions.is_empty() || partitions.len() > MAX_HEATMAP {

@@ -277,8 +277,12 @@ pub async fn get_model(
     let model = models::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unit model {id}")))?;
-    let partition = datasets::find(&state.pool, Kind::Partition, &model.partition_id.to_string())
-        .await?;
+    let partition = datasets::find(
+        &state.pool,
+        Kind::Partition,
+        &model.partition_id.to_string(),
+    )
+    .await?;
     let base = crate::registry::bases::find(&state.pool, &model.base_id.to_string()).await?;
     let recipe = crate::registry::recipes::find(&state.pool, &model.recipe_id.to_string()).await?;
     let (job, loss) = match model.job_id {

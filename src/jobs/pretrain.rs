@@ -39,7 +39,12 @@ pub(crate) async fn run(
         output: keys::base(&base.id, WEIGHTS_FILE),
         mirror: keys::base(&base.id, "train_state"),
     };
-    let Some(training::Trained { stored, summary, data_tokens }) = training::run(worker, lease, cancel, &run).await? else {
+    let Some(training::Trained {
+        stored,
+        summary,
+        data_tokens,
+    }) = training::run(worker, lease, cancel, &run).await?
+    else {
         return Ok(Done::Cancelled);
     };
     let mut tx = pool.begin().await?;

@@ -55,7 +55,12 @@ pub(crate) async fn run(
         output: keys::model(&id, WEIGHTS_FILE),
         mirror: keys::model(&id, "train_state"),
     };
-    let Some(training::Trained { stored, summary, data_tokens }) = training::run(worker, lease, cancel, &run).await? else {
+    let Some(training::Trained {
+        stored,
+        summary,
+        data_tokens,
+    }) = training::run(worker, lease, cancel, &run).await?
+    else {
         if models::get(pool, id).await?.is_none() {
             // Deleted while it trained: the state mirrored at the stop has no owner.
             StateMirror::forget(&worker.store, &run.mirror).await;

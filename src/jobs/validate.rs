@@ -80,7 +80,10 @@ pub(crate) async fn run(
                 output: keys::model(&validation.id, WEIGHTS_FILE),
                 mirror: keys::model(&validation.id, "train_state"),
             };
-            let Some(training::Trained { stored, summary, .. }) = training::run(worker, lease, cancel, &run).await? else {
+            let Some(training::Trained {
+                stored, summary, ..
+            }) = training::run(worker, lease, cancel, &run).await?
+            else {
                 return Ok(Done::Cancelled);
             };
             let summary = serde_json::to_value(&summary).expect("summaries serialise");

@@ -392,17 +392,19 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Job>, s
         .await
 }
 
-/// Newest first, keyset-paginated: pass the last job of a page as `before` for the next.
+/// Newest first (of a state and a kind, when given), keyset-paginated: pass the last job of
+/// a page as `before` for the next.
 pub async fn list(
     pool: &PgPool,
     state: Option<&str>,
+    kind: Option<JobKind>,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let (before_at, before_id) = before.unzip();
     sqlx::query_as(
         "select * from jobs
-         where ($1::text is null or state = $1)
+         where ($1::text is null or state = $1) and ($5::text is null or kind = $5)
            and ($2::timestamptz is null or (created_at, id) < ($2, $3))
          order by created_at desc, id desc limit $4",
     )
@@ -410,6 +412,7 @@ pub async fn list(
     .bind(before_at)
     .bind(before_id)
     .bind(limit)
+    .bind(kind.map(JobKind::as_str))
     .fetch_all(pool)
     .await
 }

@@ -164,8 +164,12 @@ impl Rank {
             (Rank::Perplexity, true) => "(result->>'perplexity')::float8 desc, id",
             (Rank::BitsPerByte, false) => "(result->>'bits_per_byte')::float8 asc, id",
             (Rank::BitsPerByte, true) => "(result->>'bits_per_byte')::float8 desc, id",
-            (Rank::Size, false) => "jsonb_array_length(mixture) asc, (result->>'perplexity')::float8, id",
-            (Rank::Size, true) => "jsonb_array_length(mixture) desc, (result->>'perplexity')::float8, id",
+            (Rank::Size, false) => {
+                "jsonb_array_length(mixture) asc, (result->>'perplexity')::float8, id"
+            }
+            (Rank::Size, true) => {
+                "jsonb_array_length(mixture) desc, (result->>'perplexity')::float8, id"
+            }
             (Rank::Created, false) => "created_at asc, id",
             (Rank::Created, true) => "created_at desc, id",
         }

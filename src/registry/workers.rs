@@ -42,6 +42,14 @@ pub async fn seen(
     Ok(())
 }
 
+/// Forgets workers not seen for a day (each process is a worker of its own name).
+pub async fn forget_gone(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("delete from workers where seen_at < now() - interval '1 day'")
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// Workers seen within `seconds`, most recently started first, each with its running job.
 pub async fn recent(pool: &PgPool, seconds: f64) -> Result<Vec<WorkerRow>, sqlx::Error> {
     sqlx::query_as(

@@ -254,7 +254,7 @@ async function partition(key) {
       { title: 'Base', cell: (m) => bases[m.base_id] || m.base_id },
       { title: 'Recipe', cell: (m) => recipes[m.recipe_id] || m.recipe_id },
       { title: 'State', cell: (m) => stateTag(m.state) },
-      { title: 'Job', cell: (m) => (m.job_id ? h('a', { href: `/jobs?job=${m.job_id}` }, m.job_id.slice(0, 8)) : '—') },
+      { title: 'Job', cell: (m) => (m.job_id ? h('code', {}, m.job_id.slice(0, 8)) : '—') },
       { title: 'Created', cell: (m) => fmt.time(m.created_at) },
     ], p.models, { id: 'models' }),
   );
@@ -310,12 +310,14 @@ async function jobs() {
   const params = here();
   const stateSel = h('select', { id: 'state' }, ['', 'queued', 'running', 'succeeded', 'failed', 'cancelled']
     .map((s) => h('option', { value: s, selected: s === (params.state || '') }, s || 'every state')));
+  const kindSel = h('select', { id: 'kind' }, ['', 'pretrain', 'train', 'score', 'sweep', 'validate', 'export']
+    .map((k) => h('option', { value: k, selected: k === (params.kind || '') }, k || 'every kind')));
   const body = h('div', {});
   const controllers = [];
   async function load() {
     controllers.splice(0).forEach((c) => c.abort());
-    setHere({ state: stateSel.value });
-    const page = await get(`/v1/jobs?${query({ state: stateSel.value, limit: 50 })}`);
+    setHere({ state: stateSel.value, kind: kindSel.value });
+    const page = await get(`/v1/jobs?${query({ state: stateSel.value, kind: kindSel.value, limit: 50 })}`);
     const rows = page.items;
     body.replaceChildren(table([
       { title: 'Job', cell: (j) => h('code', {}, j.id.slice(0, 8)) },
@@ -352,7 +354,8 @@ async function jobs() {
     }
   }
   stateSel.addEventListener('change', () => load().then(ready, fail));
-  render(h('h1', {}, 'Jobs'), h('div', { class: 'controls' }, h('label', {}, 'State', stateSel),
+  kindSel.addEventListener('change', () => load().then(ready, fail));
+  render(h('h1', {}, 'Jobs'), h('div', { class: 'controls' }, h('label', {}, 'State', stateSel), h('label', {}, 'Kind', kindSel),
     h('button', { class: 'secondary', onclick: () => load().then(ready, fail) }, 'Refresh')),
   h('p', { id: 'notice', class: 'error' }), body);
   await load();

@@ -46,9 +46,18 @@ pub fn is_public(path: &str) -> bool {
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     let mut router = Router::new()
-        .route("/assets/app.js", get(|| asset(APP_JS, "text/javascript", REVALIDATE)))
-        .route("/assets/style.css", get(|| asset(STYLE, "text/css", REVALIDATE)))
-        .route(ECHARTS, get(|| asset(ECHARTS_JS, "text/javascript", FOREVER)));
+        .route(
+            "/assets/app.js",
+            get(|| asset(APP_JS, "text/javascript", REVALIDATE)),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| asset(STYLE, "text/css", REVALIDATE)),
+        )
+        .route(
+            ECHARTS,
+            get(|| asset(ECHARTS_JS, "text/javascript", FOREVER)),
+        );
     for page in PAGES {
         router = router.route(page, get(|| async { Html(SHELL) }));
     }

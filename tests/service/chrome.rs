@@ -21,8 +21,8 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium `width` × `height` pixels.
     pub async fn start(width: u32, height: u32) -> Browser {
-        let chromedriver =
-            std::env::var("MIXPOOL_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let chromedriver = std::env::var("MIXPOOL_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let chromium =
             std::env::var("MIXPOOL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -168,7 +168,10 @@ impl WebDriverCompatibleCommand for BrowserLog {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or_default()))
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {

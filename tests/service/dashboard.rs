@@ -22,7 +22,12 @@ async fn seeded() -> (App, watch::Sender<bool>) {
     let app = spawn_app_with(Default::default()).await;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(app.worker("dashboard-worker").run(stopped));
-    let (status, base) = app.post("/v1/bases", json!({"name": "tiny", "preset": "tiny", "seed": 3}).to_string()).await;
+    let (status, base) = app
+        .post(
+            "/v1/bases",
+            json!({"name": "tiny", "preset": "tiny", "seed": 3}).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{base}");
     let (status, recipe) = app
         .post(
@@ -78,7 +83,9 @@ async fn seeded() -> (App, watch::Sender<bool>) {
 /// The uniform score of a mixture as the API answers it.
 async fn api_perplexity(app: &App, partitions: &str) -> f64 {
     let (status, score) = app
-        .get(&format!("/v1/score?partitions={partitions}&eval=held-out&wait=60"))
+        .get(&format!(
+            "/v1/score?partitions={partitions}&eval=held-out&wait=60"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{score}");
     score["perplexity"].as_f64().unwrap()
@@ -112,7 +119,11 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         // Charts draw on the next frame.
         tokio::time::sleep(Duration::from_millis(300)).await;
         browser.screenshot(name).await;
-        assert_eq!(browser.console_errors().await, Vec::<String>::new(), "{path}");
+        assert_eq!(
+            browser.console_errors().await,
+            Vec::<String>::new(),
+            "{path}"
+        );
     }
 
     // The overview counts what the registry holds, and lists the worker with its device.
@@ -120,13 +131,23 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let counts = browser.css("#counts").await.text().await.unwrap();
     assert!(counts.contains("3\npartitions"), "{counts}");
     let workers = browser.css("#workers").await.text().await.unwrap();
-    assert!(workers.contains("dashboard-worker") && workers.contains("cpu"), "{workers}");
+    assert!(
+        workers.contains("dashboard-worker") && workers.contains("cpu"),
+        "{workers}"
+    );
 
     // The partitions table: every partition, a search that keeps one, a domain filter.
     browser.open(&app.url("/partitions")).await;
-    let rows = browser.js("return document.querySelectorAll('#partitions tbody tr').length").await;
+    let rows = browser
+        .js("return document.querySelectorAll('#partitions tbody tr').length")
+        .await;
     assert_eq!(rows, 3);
-    browser.css("#search").await.send_keys("relig").await.unwrap();
+    browser
+        .css("#search")
+        .await
+        .send_keys("relig")
+        .await
+        .unwrap();
     wait_for(&browser, "return document.querySelectorAll('#partitions tbody tr').length === 1 && document.body.dataset.state === 'ready'").await;
     let text = browser.css("#partitions tbody").await.text().await.unwrap();
     assert!(text.starts_with("religion"), "{text}");
@@ -134,7 +155,10 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     // The loss curve has one point per recorded step, the same the API lists.
     let (_, detail) = app.get(&format!("/v1/models/{model_id}")).await;
     let recorded = detail["loss"].as_array().unwrap().len();
-    assert_eq!(recorded, 8, "every step of an 8-step training is recorded: {detail}");
+    assert_eq!(
+        recorded, 8,
+        "every step of an 8-step training is recorded: {detail}"
+    );
     browser.open(&app.url(&format!("/models/{model_id}"))).await;
     let points = browser
         .js("return echarts.getInstanceByDom(document.getElementById('loss-chart')).getOption().series[0].data.length")
@@ -145,32 +169,83 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     // from the cache for a pair the sweep scored; weights 3:1 make a mixture nothing scored
     // yet, which the page waits for (the score's job) before it shows it.
     browser.open(&app.url("/explorer")).await;
-    browser.css("input[data-partition=fiction]").await.click().await.unwrap();
-    browser.css("input[data-partition=code_python]").await.click().await.unwrap();
+    browser
+        .css("input[data-partition=fiction]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .css("input[data-partition=code_python]")
+        .await
+        .click()
+        .await
+        .unwrap();
     browser.css("#score").await.click().await.unwrap();
-    let shown = browser.css("#perplexity").await.attr("data-value").await.unwrap().unwrap();
-    let cached = browser.css("#cached").await.attr("data-cached").await.unwrap();
+    let shown = browser
+        .css("#perplexity")
+        .await
+        .attr("data-value")
+        .await
+        .unwrap()
+        .unwrap();
+    let cached = browser
+        .css("#cached")
+        .await
+        .attr("data-cached")
+        .await
+        .unwrap();
     assert_eq!(
         shown.parse::<f64>().unwrap(),
         api_perplexity(&app, "fiction,code_python").await
     );
-    assert_eq!(cached.as_deref(), Some("true"), "the sweep scored this pair");
+    assert_eq!(
+        cached.as_deref(),
+        Some("true"),
+        "the sweep scored this pair"
+    );
     browser.open(&app.url("/explorer")).await;
-    browser.css("#weighting").await.select_by_value("explicit").await.unwrap();
+    browser
+        .css("#weighting")
+        .await
+        .select_by_value("explicit")
+        .await
+        .unwrap();
     for (partition, weight) in [("fiction", "3"), ("religion", "1")] {
-        let input = browser.css(&format!("input[data-weight={partition}]")).await;
+        let input = browser
+            .css(&format!("input[data-weight={partition}]"))
+            .await;
         input.clear().await.unwrap();
         input.send_keys(weight).await.unwrap();
-        browser.css(&format!("input[data-partition={partition}]")).await.click().await.unwrap();
+        browser
+            .css(&format!("input[data-partition={partition}]"))
+            .await
+            .click()
+            .await
+            .unwrap();
     }
     browser.css("#score").await.click().await.unwrap();
-    let shown = browser.css("#perplexity").await.attr("data-value").await.unwrap().unwrap();
-    let cached = browser.css("#cached").await.attr("data-cached").await.unwrap();
+    let shown = browser
+        .css("#perplexity")
+        .await
+        .attr("data-value")
+        .await
+        .unwrap()
+        .unwrap();
+    let cached = browser
+        .css("#cached")
+        .await
+        .attr("data-cached")
+        .await
+        .unwrap();
     let (status, weighted) = app
         .get("/v1/score?partitions=fiction,religion&weights=3,1&eval=held-out")
         .await;
     assert_eq!(status, StatusCode::OK, "{weighted}");
-    assert_eq!(shown.parse::<f64>().unwrap(), weighted["perplexity"].as_f64().unwrap());
+    assert_eq!(
+        shown.parse::<f64>().unwrap(),
+        weighted["perplexity"].as_f64().unwrap()
+    );
     assert_eq!(cached.as_deref(), Some("false"), "computed for the page");
     tokio::time::sleep(Duration::from_millis(300)).await;
     browser.screenshot("explorer").await;
@@ -188,10 +263,18 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         "the sweep's six, the validation's token-weighted proxy and the explorer's 3:1"
     );
     assert!(ascending.is_sorted(), "{ascending:?}");
-    browser.css("th[data-sort=perplexity]").await.click().await.unwrap();
+    browser
+        .css("th[data-sort=perplexity]")
+        .await
+        .click()
+        .await
+        .unwrap();
     wait_for(&browser, "return document.querySelector('th[data-sort=perplexity]').dataset.order === 'desc' && document.body.dataset.state === 'ready'").await;
     let descending: Vec<f64> = serde_json::from_value(browser.js(column).await).unwrap();
-    assert_eq!(descending, ascending.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(
+        descending,
+        ascending.iter().rev().copied().collect::<Vec<_>>()
+    );
 
     // The heatmap has one cell per pair of the three partitions, with the API's values.
     browser.open(&app.url("/heatmap")).await;
@@ -223,37 +306,86 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{long}");
     let (status, queued) = app
-        .post("/v1/models", json!({"recipe": "long", "partitions": ["fiction"]}).to_string())
+        .post(
+            "/v1/models",
+            json!({"recipe": "long", "partitions": ["fiction"]}).to_string(),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
-    let job = queued["models"][0]["model"]["job_id"].as_str().unwrap().to_string();
+    let job = queued["models"][0]["model"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     while app.get(&format!("/v1/jobs/{job}")).await.1["progress"].as_f64() == Some(0.0) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     browser.open(&app.url("/jobs")).await;
-    browser.css("details.token summary").await.click().await.unwrap();
-    browser.css("#token").await.send_keys(&app.token).await.unwrap();
-    browser.css("#token-form button").await.click().await.unwrap();
+    browser
+        .css("details.token summary")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .css("#token")
+        .await
+        .send_keys(&app.token)
+        .await
+        .unwrap();
+    browser
+        .css("#token-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     browser.until_ready("/jobs with a token").await;
     browser.js("window.notReloaded = true").await;
     let bar = format!("[data-job=\"{job}\"]");
-    let first: f64 = browser.css(&bar).await.attr("aria-valuenow").await.unwrap().unwrap().parse().unwrap();
+    let first: f64 = browser
+        .css(&bar)
+        .await
+        .attr("aria-valuenow")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
     wait_for(
         &browser,
-        &format!("return Number(document.querySelector('{}').getAttribute('aria-valuenow')) > {first}", bar.replace('\'', "\\'")),
+        &format!(
+            "return Number(document.querySelector('{}').getAttribute('aria-valuenow')) > {first}",
+            bar.replace('\'', "\\'")
+        ),
     )
     .await;
-    assert_eq!(browser.js("return window.notReloaded === true").await, json!(true));
-    browser.css(&format!("[data-cancel=\"{job}\"]")).await.click().await.unwrap();
+    assert_eq!(
+        browser.js("return window.notReloaded === true").await,
+        json!(true)
+    );
+    browser
+        .css(&format!("[data-cancel=\"{job}\"]"))
+        .await
+        .click()
+        .await
+        .unwrap();
     for _ in 0..600 {
         if app.get(&format!("/v1/jobs/{job}")).await.1["state"] == "cancelled" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.get(&format!("/v1/jobs/{job}")).await.1["state"], "cancelled");
-    wait_for(&browser, &format!("return document.querySelector('[data-job-state=\"{job}\"]').innerText === 'cancelled'")).await;
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{job}")).await.1["state"],
+        "cancelled"
+    );
+    wait_for(
+        &browser,
+        &format!(
+            "return document.querySelector('[data-job-state=\"{job}\"]').innerText === 'cancelled'"
+        ),
+    )
+    .await;
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
 
@@ -265,7 +397,11 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             phone.screenshot("explorer-phone").await;
         }
-        assert_eq!(phone.console_errors().await, Vec::<String>::new(), "{path} at 390 px");
+        assert_eq!(
+            phone.console_errors().await,
+            Vec::<String>::new(),
+            "{path} at 390 px"
+        );
     }
     phone.close().await;
     let _ = stop.send(true);
@@ -299,7 +435,9 @@ async fn big_registry(app: &App) {
         seed: 2,
         ..Default::default()
     };
-    mixpool::registry::recipes::insert(&mut db, "unit-b", &second).await.unwrap();
+    mixpool::registry::recipes::insert(&mut db, "unit-b", &second)
+        .await
+        .unwrap();
     drop(db);
     sqlx::query(
         "insert into partitions (id, name, domain, sha256, object_sha256, bytes, documents, created_at)
@@ -360,7 +498,11 @@ async fn big_registry(app: &App) {
     let mut mixtures: Vec<Vec<Uuid>> = Vec::new();
     for i in 0..100 {
         for j in 0..=i {
-            mixtures.push(if i == j { vec![first[i]] } else { vec![first[i], first[j]] });
+            mixtures.push(if i == j {
+                vec![first[i]]
+            } else {
+                vec![first[i], first[j]]
+            });
         }
     }
     'triples: for i in 0..100 {
@@ -381,8 +523,10 @@ async fn big_registry(app: &App) {
         keys.push(mixture.key());
         members.push(serde_json::to_value(&mixture.members).unwrap());
         let ppl = 8.0 + (n % 997) as f64 / 300.0;
-        results.push(json!({"perplexity": ppl, "bits_per_byte": ppl.ln() / 2f64.ln() / 1.1,
-            "macro_perplexity": ppl, "tokens": 40000, "bytes": 40000, "per_domain": {}}));
+        results.push(
+            json!({"perplexity": ppl, "bits_per_byte": ppl.ln() / 2f64.ln() / 1.1,
+            "macro_perplexity": ppl, "tokens": 40000, "bytes": 40000, "per_domain": {}}),
+        );
     }
     sqlx::query(
         "insert into scores (id, base_id, recipe_id, mixture_key, mixture, weighting, merge_method,
@@ -407,36 +551,51 @@ async fn big_registry(app: &App) {
 async fn every_page_renders_in_the_browser_on_a_pool_of_a_thousand_partitions() {
     let app = spawn_app_with(Default::default()).await;
     big_registry(&app).await;
-    let model: uuid::Uuid = sqlx::query_scalar("select id from models order by created_at, id limit 1")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let model: uuid::Uuid =
+        sqlx::query_scalar("select id from models order by created_at, id limit 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     let browser = Browser::start(1280, 900).await;
     let pages = [
         ("overview", "/".to_string()),
         ("partitions", "/partitions".into()),
-        ("partitions, one domain", "/partitions?domain=religion".into()),
+        (
+            "partitions, one domain",
+            "/partitions?domain=religion".into(),
+        ),
         ("partition", "/partitions/p0500".into()),
         ("unit model (500 loss points)", format!("/models/{model}")),
         ("jobs", "/jobs".into()),
         ("explorer", "/explorer".into()),
         ("leaderboard", "/leaderboard?eval=held-out".into()),
-        ("heatmap, 100 partitions", "/heatmap?eval=held-out&limit=100".into()),
+        (
+            "heatmap, 100 partitions",
+            "/heatmap?eval=held-out&limit=100".into(),
+        ),
         ("sweeps", "/sweeps".into()),
         ("validations", "/validations".into()),
     ];
     // The first load also fetches the page's assets; the times are of a second load, as a
     // visitor browsing the dashboard sees them.
-    println!("\ndashboard pages on 1,000 partitions, 2,000 unit models, 10,000 scores (headless Chromium, 1280 px):");
+    println!(
+        "\ndashboard pages on 1,000 partitions, 2,000 unit models, 10,000 scores (headless Chromium, 1280 px):"
+    );
     for (name, path) in &pages {
         browser.open(&app.url(path)).await;
         let took = browser.open(&app.url(path)).await;
         println!("  {name:<32} {:>6.0} ms", took.as_secs_f64() * 1000.0);
-        assert_eq!(browser.console_errors().await, Vec::<String>::new(), "{path}");
+        assert_eq!(
+            browser.console_errors().await,
+            Vec::<String>::new(),
+            "{path}"
+        );
     }
     browser.open(&app.url("/partitions")).await;
     assert_eq!(
-        browser.js("return document.querySelectorAll('#partitions tbody tr').length").await,
+        browser
+            .js("return document.querySelectorAll('#partitions tbody tr').length")
+            .await,
         json!(50),
         "the table shows one page"
     );
@@ -445,7 +604,9 @@ async fn every_page_renders_in_the_browser_on_a_pool_of_a_thousand_partitions() 
     browser.open(&app.url("/leaderboard?eval=held-out")).await;
     let total = browser.css("main p.muted").await.text().await.unwrap();
     assert!(total.starts_with("10,000 scored mixtures"), "{total}");
-    browser.open(&app.url("/heatmap?eval=held-out&limit=100")).await;
+    browser
+        .open(&app.url("/heatmap?eval=held-out&limit=100"))
+        .await;
     let cells = browser
         .js("return echarts.getInstanceByDom(document.getElementById('heatmap-chart')).getOption().series[0].data.length")
         .await;

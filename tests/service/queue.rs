@@ -434,16 +434,16 @@ async fn the_job_list_pages_newest_first() {
                 .id,
         );
     }
-    let first = jobs::list(&pool, None, None, 3).await.unwrap();
+    let first = jobs::list(&pool, None, None, None, 3).await.unwrap();
     let last = first.last().unwrap();
-    let second = jobs::list(&pool, None, Some((last.created_at, last.id)), 3)
+    let second = jobs::list(&pool, None, None, Some((last.created_at, last.id)), 3)
         .await
         .unwrap();
     let seen: Vec<_> = first.iter().chain(&second).map(|j| j.id).collect();
     assert_eq!(seen, ids.iter().rev().copied().collect::<Vec<_>>());
     claim(&pool, "w", LONG).await.unwrap();
     assert_eq!(
-        jobs::list(&pool, Some("running"), None, 10)
+        jobs::list(&pool, Some("running"), None, None, 10)
             .await
             .unwrap()
             .len(),

@@ -258,7 +258,7 @@ mod pool {
         assert_eq!(
             (
                 again.into_inner().job_id,
-                jobs::list(&pool, None, None, 10).await.unwrap().len()
+                jobs::list(&pool, None, None, None, 10).await.unwrap().len()
             ),
             (Some(job.id), 1)
         );
@@ -270,7 +270,7 @@ mod pool {
             .into_inner();
         assert_eq!(retried.state, "queued");
         assert_eq!(
-            jobs::list(&pool, None, None, 10).await.unwrap().len(),
+            jobs::list(&pool, None, None, None, 10).await.unwrap().len(),
             1,
             "the first job is still active: shared"
         );

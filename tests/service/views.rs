@@ -14,9 +14,17 @@ async fn pool() -> (App, tokio::sync::watch::Sender<bool>) {
     let app = spawn_app_with(Default::default()).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(app.worker("views-worker").run(stopped));
-    for (name, domain) in [("fiction-a", "fiction"), ("fiction-b", "fiction"), ("bible", "religion")] {
+    for (name, domain) in [
+        ("fiction-a", "fiction"),
+        ("fiction-b", "fiction"),
+        ("bible", "religion"),
+    ] {
         let skip = if name == "fiction-b" { 30 } else { 0 };
-        let source = if domain == "religion" { "religion" } else { "fiction" };
+        let source = if domain == "religion" {
+            "religion"
+        } else {
+            "fiction"
+        };
         let (status, body) = app
             .post(
                 &format!("/v1/partitions?name={name}&domain={domain}"),
@@ -26,7 +34,10 @@ async fn pool() -> (App, tokio::sync::watch::Sender<bool>) {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let (status, body) = app
-        .post("/v1/eval-sets?name=held-out", corpus("religion", 60, 5) + &corpus("fiction", 60, 5))
+        .post(
+            "/v1/eval-sets?name=held-out",
+            corpus("religion", 60, 5) + &corpus("fiction", 60, 5),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for name in ["fiction-a", "fiction-b", "bible"] {
@@ -49,33 +60,71 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
         o["domains"],
         json!([{"domain": "fiction", "partitions": 2}, {"domain": "religion", "partitions": 1}])
     );
-    assert_eq!((o["default_base"]["name"].as_str(), o["default_recipe"]["name"].as_str()), (Some("base"), Some("unit")));
-    let worker = o["workers"].as_array().unwrap().iter().find(|w| w["name"] == "views-worker");
+    assert_eq!(
+        (
+            o["default_base"]["name"].as_str(),
+            o["default_recipe"]["name"].as_str()
+        ),
+        (Some("base"), Some("unit"))
+    );
+    let worker = o["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "views-worker");
     let worker = worker.unwrap_or_else(|| panic!("the worker is listed: {o}"));
     assert_eq!(worker["device"], "cpu");
-    assert_eq!(worker["kinds"].as_array().unwrap().len(), mixpool::jobs::kind::JobKind::ALL.len());
+    assert_eq!(
+        worker["kinds"].as_array().unwrap().len(),
+        mixpool::jobs::kind::JobKind::ALL.len()
+    );
     assert_eq!(o["queue"], json!({}), "nothing queued");
 
     // Partitions: by a part of the name (any case), by domain, with the unit model's state
     // and the partition's size in tokens (bytes of text plus one EOS per document).
     let (_, found) = app.get("/v1/partitions?q=FICTION").await;
-    let names: Vec<&str> = found["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["fiction-b", "fiction-a"], "newest first");
     let (_, religion) = app.get("/v1/partitions?domain=religion").await;
     let bible = &religion["items"][0];
-    assert_eq!((religion["items"].as_array().unwrap().len(), bible["name"].as_str()), (1, Some("bible")));
+    assert_eq!(
+        (
+            religion["items"].as_array().unwrap().len(),
+            bible["name"].as_str()
+        ),
+        (1, Some("bible"))
+    );
     assert_eq!(bible["unit_model"]["state"], "ready");
     let text = corpus("religion", 0, 30);
     let expected: usize = text
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].as_str().unwrap().len() + 1)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .len()
+                + 1
+        })
         .sum();
     assert_eq!(bible["unit_model"]["data_tokens"], json!(expected));
     let (_, paged) = app.get("/v1/partitions?limit=2").await;
-    let (_, rest) = app.get(&format!("/v1/partitions?limit=2&cursor={}", paged["next"].as_str().unwrap())).await;
+    let (_, rest) = app
+        .get(&format!(
+            "/v1/partitions?limit=2&cursor={}",
+            paged["next"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(rest["items"][0]["name"], "fiction-a");
     let (status, e) = app.get("/v1/partitions?base=nope").await;
-    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 
     // A unit model with its loss series: one point per recorded step (a short training
     // records every step), ending at the loss its job reported last.
@@ -84,15 +133,37 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     assert_eq!(status, StatusCode::OK, "{m}");
     let loss: Vec<(i64, f64)> = serde_json::from_value(m["loss"].clone()).unwrap();
     let steps = m["job"]["result"]["train"]["steps"].as_i64().unwrap();
-    assert_eq!(loss.iter().map(|p| p.0).collect::<Vec<_>>(), (1..=steps).collect::<Vec<_>>());
+    assert_eq!(
+        loss.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (1..=steps).collect::<Vec<_>>()
+    );
     assert_eq!(Some(loss.last().unwrap().1), m["job"]["loss"].as_f64());
-    assert_eq!((m["partition"]["name"].as_str(), m["base"]["name"].as_str(), m["recipe"]["name"].as_str()), (Some("bible"), Some("base"), Some("unit")));
+    assert_eq!(
+        (
+            m["partition"]["name"].as_str(),
+            m["base"]["name"].as_str(),
+            m["recipe"]["name"].as_str()
+        ),
+        (Some("bible"), Some("base"), Some("unit"))
+    );
     for (path, status, code) in [
-        ("/v1/models/not-an-id", StatusCode::BAD_REQUEST, "invalid_id"),
-        ("/v1/models/00000000-0000-0000-0000-000000000000", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "/v1/models/not-an-id",
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            "/v1/models/00000000-0000-0000-0000-000000000000",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
     ] {
         let (got, e) = app.get(path).await;
-        assert_eq!((got, e["error"]["code"].as_str()), (status, Some(code)), "{path}");
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}"
+        );
     }
 
     // The leaderboard: every subset scored, then ranked both ways, by size, paged.
@@ -104,66 +175,194 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
                 "eval_sets": ["held-out"], "wait": 120}).to_string(),
         )
         .await;
-    assert_eq!((status, batch["done"].as_i64()), (StatusCode::OK, Some(7)), "{batch}");
-    let ppl = |v: &Value| -> Vec<f64> { v["items"].as_array().unwrap().iter().map(|r| r["perplexity"].as_f64().unwrap()).collect() };
+    assert_eq!(
+        (status, batch["done"].as_i64()),
+        (StatusCode::OK, Some(7)),
+        "{batch}"
+    );
+    let ppl = |v: &Value| -> Vec<f64> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["perplexity"].as_f64().unwrap())
+            .collect()
+    };
     let (_, best) = app.get("/v1/leaderboard?eval=held-out").await;
     assert_eq!(best["total"], 7);
     let ascending = ppl(&best);
     assert!(ascending.is_sorted() && ascending.len() == 7, "{best}");
     let (_, worst) = app.get("/v1/leaderboard?eval=held-out&order=desc").await;
-    assert_eq!(ppl(&worst), ascending.iter().rev().copied().collect::<Vec<_>>());
-    let (_, pairs) = app.get("/v1/leaderboard?eval=held-out&size=2&sort=bits_per_byte").await;
+    assert_eq!(
+        ppl(&worst),
+        ascending.iter().rev().copied().collect::<Vec<_>>()
+    );
+    let (_, pairs) = app
+        .get("/v1/leaderboard?eval=held-out&size=2&sort=bits_per_byte")
+        .await;
     assert_eq!(pairs["total"], 3);
-    assert!(pairs["items"].as_array().unwrap().iter().all(|r| r["size"] == 2 && r["weighting"] == "uniform"));
-    let (_, page) = app.get("/v1/leaderboard?eval=held-out&limit=3&offset=3").await;
+    assert!(
+        pairs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["size"] == 2 && r["weighting"] == "uniform")
+    );
+    let (_, page) = app
+        .get("/v1/leaderboard?eval=held-out&limit=3&offset=3")
+        .await;
     assert_eq!(ppl(&page), ascending[3..6].to_vec());
-    let (_, by_size) = app.get("/v1/leaderboard?eval=held-out&sort=size&order=desc&limit=1").await;
+    let (_, by_size) = app
+        .get("/v1/leaderboard?eval=held-out&sort=size&order=desc&limit=1")
+        .await;
     assert_eq!(by_size["items"][0]["mixture"].as_array().unwrap().len(), 3);
     for (path, status, code) in [
-        ("/v1/leaderboard?eval=held-out&sort=luck", StatusCode::BAD_REQUEST, "invalid_sort"),
-        ("/v1/leaderboard?eval=held-out&order=up", StatusCode::BAD_REQUEST, "invalid_order"),
-        ("/v1/leaderboard?eval=held-out&limit=0", StatusCode::BAD_REQUEST, "invalid_limit"),
-        ("/v1/leaderboard?eval=held-out&offset=-1", StatusCode::BAD_REQUEST, "invalid_offset"),
-        ("/v1/leaderboard?eval=held-out&size=0", StatusCode::BAD_REQUEST, "invalid_size"),
-        ("/v1/leaderboard?eval=nope", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "/v1/leaderboard?eval=held-out&sort=luck",
+            StatusCode::BAD_REQUEST,
+            "invalid_sort",
+        ),
+        (
+            "/v1/leaderboard?eval=held-out&order=up",
+            StatusCode::BAD_REQUEST,
+            "invalid_order",
+        ),
+        (
+            "/v1/leaderboard?eval=held-out&limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            "/v1/leaderboard?eval=held-out&offset=-1",
+            StatusCode::BAD_REQUEST,
+            "invalid_offset",
+        ),
+        (
+            "/v1/leaderboard?eval=held-out&size=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_size",
+        ),
+        (
+            "/v1/leaderboard?eval=nope",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
         ("/v1/leaderboard", StatusCode::BAD_REQUEST, "invalid_query"),
     ] {
         let (got, e) = app.get(path).await;
-        assert_eq!((got, e["error"]["code"].as_str()), (status, Some(code)), "{path}: {e}");
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {e}"
+        );
     }
 
     // The heatmap: a cell per pair (and per partition alone) with the score's value.
     let (status, map) = app.get("/v1/heatmap?eval=held-out").await;
     assert_eq!(status, StatusCode::OK, "{map}");
-    assert_eq!(map["partitions"], json!(["bible", "fiction-a", "fiction-b"]), "by name");
+    assert_eq!(
+        map["partitions"],
+        json!(["bible", "fiction-a", "fiction-b"]),
+        "by name"
+    );
     let cells: Vec<(usize, usize, f64)> = serde_json::from_value(map["cells"].clone()).unwrap();
     assert_eq!((cells.len(), map["missing"].as_i64()), (6, Some(0)));
     let names = ["bible", "fiction-a", "fiction-b"];
     for (row, column, value) in &cells {
         assert!(column <= row);
-        let mixture = if row == column { names[*row].to_string() } else { format!("{},{}", names[*row], names[*column]) };
-        let (_, score) = app.get(&format!("/v1/score?partitions={mixture}&eval=held-out")).await;
+        let mixture = if row == column {
+            names[*row].to_string()
+        } else {
+            format!("{},{}", names[*row], names[*column])
+        };
+        let (_, score) = app
+            .get(&format!("/v1/score?partitions={mixture}&eval=held-out"))
+            .await;
         assert_eq!(score["perplexity"].as_f64(), Some(*value), "{mixture}");
     }
     let (_, fiction) = app.get("/v1/heatmap?eval=held-out&domain=fiction").await;
-    assert_eq!((fiction["partitions"].as_array().unwrap().len(), fiction["cells"].as_array().unwrap().len()), (2, 3));
-    let (_, listed) = app.get("/v1/heatmap?eval=held-out&partitions=fiction-b,bible").await;
-    assert_eq!(listed["partitions"], json!(["fiction-b", "bible"]), "in the order asked");
+    assert_eq!(
+        (
+            fiction["partitions"].as_array().unwrap().len(),
+            fiction["cells"].as_array().unwrap().len()
+        ),
+        (2, 3)
+    );
+    let (_, listed) = app
+        .get("/v1/heatmap?eval=held-out&partitions=fiction-b,bible")
+        .await;
+    assert_eq!(
+        listed["partitions"],
+        json!(["fiction-b", "bible"]),
+        "in the order asked"
+    );
     for (path, status, code) in [
-        ("/v1/heatmap?eval=held-out&limit=101", StatusCode::BAD_REQUEST, "invalid_limit"),
-        ("/v1/heatmap?eval=held-out&partitions=bible,bible", StatusCode::BAD_REQUEST, "invalid_partitions"),
-        ("/v1/heatmap?eval=held-out&partitions=nope", StatusCode::NOT_FOUND, "not_found"),
-        ("/v1/heatmap?eval=held-out&domain=none", StatusCode::BAD_REQUEST, "invalid_partitions"),
+        (
+            "/v1/heatmap?eval=held-out&limit=101",
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            "/v1/heatmap?eval=held-out&partitions=bible,bible",
+            StatusCode::BAD_REQUEST,
+            "invalid_partitions",
+        ),
+        (
+            "/v1/heatmap?eval=held-out&partitions=nope",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/heatmap?eval=held-out&domain=none",
+            StatusCode::BAD_REQUEST,
+            "invalid_partitions",
+        ),
     ] {
         let (got, e) = app.get(path).await;
-        assert_eq!((got, e["error"]["code"].as_str()), (status, Some(code)), "{path}: {e}");
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {e}"
+        );
     }
+
+    // Jobs by kind.
+    let (_, trains) = app.get("/v1/jobs?kind=train").await;
+    let kinds: Vec<&str> = trains["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["train"; 3]);
+    let (_, scores) = app.get("/v1/jobs?kind=score&state=succeeded").await;
+    assert!(
+        !scores["items"].as_array().unwrap().is_empty()
+            && scores["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kind"] == "score")
+    );
+    let (status, e) = app.get("/v1/jobs?kind=nap").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_kind"))
+    );
 
     // The dashboard's shell and assets come from the binary; the chart library is pinned.
     let (status, html) = app.text("/leaderboard").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains(mixpool::web::ECHARTS) && !html.contains("http"), "no outside URL: {html}");
-    let response = app.client.get(app.url(mixpool::web::ECHARTS)).send().await.unwrap();
+    assert!(
+        html.contains(mixpool::web::ECHARTS) && !html.contains("http"),
+        "no outside URL: {html}"
+    );
+    let response = app
+        .client
+        .get(app.url(mixpool::web::ECHARTS))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["content-type"], "text/javascript");
     assert!(response.text().await.unwrap().contains("echarts"));
     let _ = stop.send(true);

@@ -373,12 +373,12 @@ mod scores {
         let done = jobs::get(pool, job.id).await.unwrap().unwrap();
         assert_eq!(done.state, "succeeded", "{:?}", done.error);
 
-        let jobs_before = jobs::list(pool, None, None, 100).await.unwrap().len();
+        let jobs_before = jobs::list(pool, None, None, None, 100).await.unwrap().len();
         let ScoreStatus::Cached(score) = request(pool, &req(vec![b, a])).await.unwrap() else {
             panic!("not cached")
         };
         assert_eq!(
-            jobs::list(pool, None, None, 100).await.unwrap().len(),
+            jobs::list(pool, None, None, None, 100).await.unwrap().len(),
             jobs_before,
             "a cached score runs no job"
         );
