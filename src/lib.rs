@@ -13,6 +13,7 @@ pub mod local;
 pub mod mixture;
 pub mod registry;
 pub mod scoring;
+pub mod search;
 pub mod serve;
 pub mod stats;
 pub mod store;

@@ -1,0 +1,318 @@
+//! Ratio search, the arithmetic: mixture weights on the simplex within per-partition bounds,
+//! seeded Dirichlet samples around a centre, and the predictor fitted to the points scored so
+//! far — a ridge regression of the objective on Scheffé's quadratic mixture terms (each
+//! weight, each product of two), whose quality is reported as the Spearman ρ of its
+//! cross-validated predictions. Nothing here touches the registry or a model.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Gamma};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SearchError {
+    #[error("bounds of partition {0}: min and max lie in [0, 1] with min <= max")]
+    BadBound(usize),
+    #[error("the bounds allow no mixture: the minimums sum to {min_sum}, the maximums to {max_sum}; a mixture's weights sum to 1")]
+    Infeasible { min_sum: f64, max_sum: f64 },
+}
+
+/// Per-partition bounds on the weights of a mixture (which sum to 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+}
+
+impl Bounds {
+    /// `k` partitions without bounds of their own: every weight in [0, 1].
+    pub fn open(k: usize) -> Self {
+        Bounds {
+            min: vec![0.0; k],
+            max: vec![1.0; k],
+        }
+    }
+
+    /// Checked bounds: each in [0, 1] with min <= max, and some mixture within them.
+    pub fn new(min: Vec<f64>, max: Vec<f64>) -> Result<Self, SearchError> {
+        for (i, (lo, hi)) in min.iter().zip(&max).enumerate() {
+            if !(lo.is_finite() && hi.is_finite() && 0.0 <= *lo && lo <= hi && *hi <= 1.0) {
+                return Err(SearchError::BadBound(i));
+            }
+        }
+        let (min_sum, max_sum) = (min.iter().sum::<f64>(), max.iter().sum::<f64>());
+        if min_sum > 1.0 + 1e-12 || max_sum < 1.0 - 1e-12 {
+            return Err(SearchError::Infeasible { min_sum, max_sum });
+        }
+        Ok(Bounds { min, max })
+    }
+
+    /// Whether `weights` sum to 1 and lie within the bounds (to `tolerance`).
+    pub fn contains(&self, weights: &[f64], tolerance: f64) -> bool {
+        let sum: f64 = weights.iter().sum();
+        (sum - 1.0).abs() <= tolerance
+            && weights
+                .iter()
+                .zip(self.min.iter().zip(&self.max))
+                .all(|(w, (lo, hi))| *w >= lo - tolerance && *w <= hi + tolerance)
+    }
+
+    /// The closest point to `x` (in Euclidean distance) whose weights sum to 1 within the
+    /// bounds: `clamp(x_i - τ, min_i, max_i)` for the τ that makes the sum 1, found by
+    /// bisection (the sum falls as τ grows).
+    pub fn project(&self, x: &[f64]) -> Vec<f64> {
+        let at = |tau: f64| -> Vec<f64> {
+            x.iter()
+                .zip(self.min.iter().zip(&self.max))
+                .map(|(v, (lo, hi))| (v - tau).clamp(*lo, *hi))
+                .collect()
+        };
+        let sum = |tau: f64| at(tau).iter().sum::<f64>();
+        let (mut lo, mut hi) = (
+            x.iter().fold(f64::INFINITY, |a, b| a.min(*b)) - 1.0,
+            x.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b)),
+        );
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if sum(mid) > 1.0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut w = at(0.5 * (lo + hi));
+        // The last rounding goes to a weight with room, so the sum is 1 to the last bit that
+        // matters.
+        let error = 1.0 - w.iter().sum::<f64>();
+        if let Some(i) = (0..w.len()).find(|&i| {
+            let v = w[i] + error;
+            v >= self.min[i] && v <= self.max[i]
+        }) {
+            w[i] += error;
+        }
+        w
+    }
+}
+
+/// A seeded source of candidate weights: the same seed gives the same candidates, so a
+/// search resumed by another worker proposes what the first one would have.
+pub struct Sampler {
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(seed: u64) -> Self {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// A Dirichlet sample with mean `centre` (weights summing to 1) and total concentration
+    /// `concentration` (larger: closer to the centre), projected into `bounds`.
+    pub fn around(&mut self, centre: &[f64], concentration: f64, bounds: &Bounds) -> Vec<f64> {
+        let draws: Vec<f64> = centre
+            .iter()
+            .map(|c| {
+                // Every shape stays positive, so no partition is ruled out for good.
+                let shape = (c * concentration).max(0.02);
+                Gamma::new(shape, 1.0).expect("a positive shape").sample(&mut self.rng)
+            })
+            .collect();
+        let total: f64 = draws.iter().sum();
+        let x: Vec<f64> = if total > 0.0 {
+            draws.iter().map(|d| d / total).collect()
+        } else {
+            centre.to_vec()
+        };
+        bounds.project(&x)
+    }
+}
+
+/// Scheffé's quadratic mixture terms: each weight, then each product of two (i < j). With
+/// weights summing to 1 they also express a constant, so there is no separate intercept.
+pub fn features(weights: &[f64]) -> Vec<f64> {
+    let k = weights.len();
+    let mut f = Vec::with_capacity(k + k * (k - 1) / 2);
+    f.extend_from_slice(weights);
+    for i in 0..k {
+        for j in i + 1..k {
+            f.push(weights[i] * weights[j]);
+        }
+    }
+    f
+}
+
+/// A fitted predictor of the objective from mixture weights.
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    coefficients: Vec<f64>,
+    /// The ridge penalty chosen by cross-validation.
+    pub lambda: f64,
+    /// Spearman's ρ between the cross-validated predictions and the observed objectives
+    /// (`None` with fewer than 4 points, or when either is constant).
+    pub cv_spearman: Option<f64>,
+    /// The points it was fitted to.
+    pub n: usize,
+}
+
+const LAMBDAS: [f64; 6] = [1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
+impl Predictor {
+    /// Fits the ridge regression to `(weights, objective)` points, with the penalty of
+    /// [`LAMBDAS`] whose leave-one-out (or 5-fold, from 20 points) predictions err least.
+    pub fn fit(points: &[(Vec<f64>, f64)]) -> Predictor {
+        let n = points.len();
+        let folds = if n >= 20 { 5 } else { n };
+        let mut best: Option<(f64, f64, Vec<f64>)> = None;
+        for lambda in LAMBDAS {
+            let mut predicted = vec![0.0; n];
+            if n >= 4 {
+                for fold in 0..folds {
+                    let train: Vec<(Vec<f64>, f64)> = points
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % folds != fold)
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    let c = ridge(&train, lambda);
+                    for (i, p) in points.iter().enumerate().filter(|(i, _)| i % folds == fold) {
+                        predicted[i] = dot(&c, &features(&p.0));
+                    }
+                }
+            }
+            let error: f64 = points
+                .iter()
+                .zip(&predicted)
+                .map(|(p, q)| (p.1 - q).powi(2))
+                .sum();
+            if best.as_ref().is_none_or(|(e, _, _)| error < *e) {
+                best = Some((error, lambda, predicted));
+            }
+        }
+        let (_, lambda, predicted) = best.expect("a penalty");
+        let observed: Vec<f64> = points.iter().map(|p| p.1).collect();
+        Predictor {
+            coefficients: ridge(points, lambda),
+            lambda,
+            cv_spearman: (n >= 4)
+                .then(|| crate::stats::spearman(&predicted, &observed))
+                .flatten(),
+            n,
+        }
+    }
+
+    pub fn predict(&self, weights: &[f64]) -> f64 {
+        dot(&self.coefficients, &features(weights))
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Ridge regression without intercept: the coefficients minimising
+/// |Φc − y|² + λ·n·|c|² (solved in libtorch, fp64).
+fn ridge(points: &[(Vec<f64>, f64)], lambda: f64) -> Vec<f64> {
+    let n = points.len();
+    let d = features(&points[0].0).len();
+    let rows: Vec<f64> = points.iter().flat_map(|p| features(&p.0)).collect();
+    let y: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let phi = tch::Tensor::from_slice(&rows).reshape([n as i64, d as i64]);
+    let y = tch::Tensor::from_slice(&y).reshape([n as i64, 1]);
+    let gram = phi.transpose(0, 1).matmul(&phi)
+        + tch::Tensor::eye(d as i64, (tch::Kind::Double, tch::Device::Cpu)) * (lambda * n as f64);
+    let solved = tch::Tensor::linalg_solve(&gram, &phi.transpose(0, 1).matmul(&y), true);
+    Vec::<f64>::try_from(solved.reshape([d as i64])).expect("fp64 coefficients")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projections_sum_to_one_within_the_bounds_and_keep_points_already_there() {
+        let bounds = Bounds::new(vec![0.1, 0.0, 0.2], vec![0.5, 0.3, 1.0]).unwrap();
+        for x in [[0.9, 0.9, 0.9], [0.0, 0.0, 0.0], [-3.0, 7.0, 0.5], [0.2, 0.3, 0.5]] {
+            let w = bounds.project(&x);
+            assert!(bounds.contains(&w, 1e-12), "{x:?} -> {w:?}");
+        }
+        let inside = [0.3, 0.2, 0.5];
+        let w = bounds.project(&inside);
+        for (a, b) in w.iter().zip(inside) {
+            assert!((a - b).abs() < 1e-12, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_that_allow_no_mixture_are_refused() {
+        assert_eq!(
+            Bounds::new(vec![0.6, 0.6], vec![1.0, 1.0]),
+            Err(SearchError::Infeasible {
+                min_sum: 1.2,
+                max_sum: 2.0
+            })
+        );
+        assert!(matches!(
+            Bounds::new(vec![0.0, 0.0], vec![0.3, 0.3]),
+            Err(SearchError::Infeasible { .. })
+        ));
+        assert_eq!(
+            Bounds::new(vec![0.5, 0.0], vec![0.4, 1.0]),
+            Err(SearchError::BadBound(0))
+        );
+        assert_eq!(
+            Bounds::new(vec![0.0, f64::NAN], vec![1.0, 1.0]),
+            Err(SearchError::BadBound(1))
+        );
+    }
+
+    #[test]
+    fn samples_respect_the_bounds_and_repeat_with_the_seed() {
+        let bounds = Bounds::new(vec![0.05, 0.0, 0.0, 0.1], vec![0.6, 0.2, 1.0, 1.0]).unwrap();
+        let centre = [0.25; 4];
+        let draw = |seed| {
+            let mut s = Sampler::new(seed);
+            (0..500)
+                .map(|_| s.around(&centre, 4.0, &bounds))
+                .collect::<Vec<_>>()
+        };
+        let (a, b, c) = (draw(7), draw(7), draw(8));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        for w in &a {
+            assert!(bounds.contains(w, 1e-12), "{w:?}");
+        }
+        // Concentrated samples stay near the centre; diffuse ones spread out.
+        let spread = |concentration: f64| {
+            let mut s = Sampler::new(1);
+            (0..500)
+                .map(|_| {
+                    let w = s.around(&centre, concentration, &Bounds::open(4));
+                    w.iter().zip(centre).map(|(x, c)| (x - c).abs()).sum::<f64>()
+                })
+                .sum::<f64>()
+                / 500.0
+        };
+        assert!(spread(400.0) < 0.1 && spread(2.0) > 0.3, "{} {}", spread(400.0), spread(2.0));
+    }
+
+    #[test]
+    fn the_predictor_recovers_a_quadratic_objective_and_ranks_held_out_points() {
+        // y = 2 w0 + 1 w1 + 3 w2 - 4 w0 w2: its minimum on the simplex is inside, on w0-w2.
+        let truth = |w: &[f64]| 2.0 * w[0] + w[1] + 3.0 * w[2] - 4.0 * w[0] * w[2];
+        let mut s = Sampler::new(3);
+        let points: Vec<(Vec<f64>, f64)> = (0..40)
+            .map(|_| {
+                let w = s.around(&[1.0 / 3.0; 3], 3.0, &Bounds::open(3));
+                let y = truth(&w);
+                (w, y)
+            })
+            .collect();
+        let p = Predictor::fit(&points);
+        assert!(p.cv_spearman.unwrap() > 0.99, "{p:?}");
+        for w in [[0.5, 0.0, 0.5], [0.2, 0.7, 0.1], [1.0, 0.0, 0.0]] {
+            assert!((p.predict(&w) - truth(&w)).abs() < 1e-3, "{w:?}");
+        }
+        // Too few points for a cross-validated ρ.
+        assert_eq!(Predictor::fit(&points[..3]).cv_spearman, None);
+    }
+}
