@@ -12,7 +12,9 @@ use rand_distr::{Distribution, Gamma};
 pub enum SearchError {
     #[error("bounds of partition {0}: min and max lie in [0, 1] with min <= max")]
     BadBound(usize),
-    #[error("the bounds allow no mixture: the minimums sum to {min_sum}, the maximums to {max_sum}; a mixture's weights sum to 1")]
+    #[error(
+        "the bounds allow no mixture: the minimums sum to {min_sum}, the maximums to {max_sum}; a mixture's weights sum to 1"
+    )]
     Infeasible { min_sum: f64, max_sum: f64 },
 }
 
@@ -114,7 +116,9 @@ impl Sampler {
             .map(|c| {
                 // Every shape stays positive, so no partition is ruled out for good.
                 let shape = (c * concentration).max(0.02);
-                Gamma::new(shape, 1.0).expect("a positive shape").sample(&mut self.rng)
+                Gamma::new(shape, 1.0)
+                    .expect("a positive shape")
+                    .sample(&mut self.rng)
             })
             .collect();
         let total: f64 = draws.iter().sum();
@@ -224,6 +228,120 @@ fn ridge(points: &[(Vec<f64>, f64)], lambda: f64) -> Vec<f64> {
     Vec::<f64>::try_from(solved.reshape([d as i64])).expect("fp64 coefficients")
 }
 
+/// How a `sample` search picks its points: rounds of candidates, the first around the
+/// prior, each later one where the predictor fitted to the points so far expects the lowest
+/// objective (near the best point yet, more tightly each round, with some candidates drawn
+/// around the prior again so the search does not only narrow), and at the end the
+/// predictor's optimum as the proposal. The candidates depend only on the settings and the
+/// objectives of earlier points, so a search that stops and resumes proposes the same ones.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub budget: usize,
+    pub prior: Vec<f64>,
+    pub bounds: Bounds,
+    pub seed: u64,
+}
+
+/// An evaluated point: weights and the objective there.
+pub type Observed = (Vec<f64>, f64);
+
+impl Plan {
+    fn k(&self) -> usize {
+        self.prior.len()
+    }
+
+    /// Points per round: a quarter of the budget (at least 2), so about four rounds.
+    pub fn per_round(&self) -> usize {
+        self.budget.div_ceil(4).max(2)
+    }
+
+    pub fn rounds(&self) -> usize {
+        self.budget.div_ceil(self.per_round())
+    }
+
+    fn sampler(&self, round: usize) -> Sampler {
+        Sampler::new(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round as u64)
+    }
+
+    /// The candidates of `round`, given the points evaluated in the rounds before it.
+    pub fn round(&self, round: usize, observed: &[Observed]) -> Vec<Vec<f64>> {
+        let n = self.per_round().min(self.budget - round * self.per_round());
+        let k = self.k() as f64;
+        let mut sampler = self.sampler(round);
+        if round == 0 || observed.len() < 2 {
+            let mut out = Vec::with_capacity(n);
+            if round == 0 {
+                out.push(self.bounds.project(&self.prior));
+            }
+            while out.len() < n {
+                out.push(sampler.around(&self.prior, k, &self.bounds));
+            }
+            return out;
+        }
+        let predictor = Predictor::fit(observed);
+        let best = best(observed);
+        let concentration = k * 4f64.powi(round as i32);
+        let mut candidates: Vec<Vec<f64>> = (0..64 * n)
+            .map(|_| sampler.around(best, concentration, &self.bounds))
+            .collect();
+        candidates.extend((0..32 * n).map(|_| sampler.around(&self.prior, k, &self.bounds)));
+        let mut pool: Vec<(f64, Vec<f64>)> = candidates
+            .into_iter()
+            .map(|w| (predictor.predict(&w), w))
+            .collect();
+        pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut chosen: Vec<Vec<f64>> = Vec::with_capacity(n);
+        let far =
+            |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() >= 0.02;
+        for (_, w) in &pool {
+            if chosen.len() == n {
+                break;
+            }
+            if chosen
+                .iter()
+                .chain(observed.iter().map(|o| &o.0))
+                .all(|o| far(o, w))
+            {
+                chosen.push(w.clone());
+            }
+        }
+        // Too few distinct candidates (tight bounds): the best predicted ones, repeated.
+        for (_, w) in pool.iter().take(n - chosen.len()) {
+            chosen.push(w.clone());
+        }
+        chosen
+    }
+
+    /// The predictor's optimum among many candidates near the best point, around the prior,
+    /// and the points evaluated: the search's proposal.
+    pub fn propose(&self, predictor: &Predictor, observed: &[Observed]) -> Vec<f64> {
+        let k = self.k() as f64;
+        let mut sampler = self.sampler(self.rounds());
+        let best = best(observed);
+        let concentration = k * 4f64.powi(self.rounds() as i32);
+        let mut candidates: Vec<Vec<f64>> = (0..2000)
+            .map(|_| sampler.around(best, concentration, &self.bounds))
+            .collect();
+        candidates.extend((0..1000).map(|_| sampler.around(&self.prior, k, &self.bounds)));
+        candidates.extend(observed.iter().map(|o| o.0.clone()));
+        candidates
+            .into_iter()
+            .map(|w| (predictor.predict(&w), w))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, w)| w)
+            .expect("candidates")
+    }
+}
+
+/// The weights of the point with the lowest objective.
+pub fn best(observed: &[Observed]) -> &[f64] {
+    &observed
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("at least one point")
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +349,12 @@ mod tests {
     #[test]
     fn projections_sum_to_one_within_the_bounds_and_keep_points_already_there() {
         let bounds = Bounds::new(vec![0.1, 0.0, 0.2], vec![0.5, 0.3, 1.0]).unwrap();
-        for x in [[0.9, 0.9, 0.9], [0.0, 0.0, 0.0], [-3.0, 7.0, 0.5], [0.2, 0.3, 0.5]] {
+        for x in [
+            [0.9, 0.9, 0.9],
+            [0.0, 0.0, 0.0],
+            [-3.0, 7.0, 0.5],
+            [0.2, 0.3, 0.5],
+        ] {
             let w = bounds.project(&x);
             assert!(bounds.contains(&w, 1e-12), "{x:?} -> {w:?}");
         }
@@ -287,12 +410,65 @@ mod tests {
             (0..500)
                 .map(|_| {
                     let w = s.around(&centre, concentration, &Bounds::open(4));
-                    w.iter().zip(centre).map(|(x, c)| (x - c).abs()).sum::<f64>()
+                    w.iter()
+                        .zip(centre)
+                        .map(|(x, c)| (x - c).abs())
+                        .sum::<f64>()
                 })
                 .sum::<f64>()
                 / 500.0
         };
-        assert!(spread(400.0) < 0.1 && spread(2.0) > 0.3, "{} {}", spread(400.0), spread(2.0));
+        assert!(
+            spread(400.0) < 0.1 && spread(2.0) > 0.3,
+            "{} {}",
+            spread(400.0),
+            spread(2.0)
+        );
+    }
+
+    #[test]
+    fn a_plan_spends_its_budget_in_rounds_within_bounds_and_nears_the_optimum() {
+        // An objective with its minimum at (0.6, 0.3, 0.1), away from the prior.
+        let target = [0.6, 0.3, 0.1];
+        let objective = |w: &[f64]| {
+            w.iter()
+                .zip(target)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+        };
+        let plan = Plan {
+            budget: 24,
+            prior: vec![0.2, 0.2, 0.6],
+            bounds: Bounds::new(vec![0.0, 0.05, 0.0], vec![1.0, 1.0, 0.8]).unwrap(),
+            seed: 5,
+        };
+        let run = || {
+            let mut observed: Vec<Observed> = Vec::new();
+            for round in 0..plan.rounds() {
+                for w in plan.round(round, &observed) {
+                    assert!(plan.bounds.contains(&w, 1e-9), "{w:?}");
+                    let y = objective(&w);
+                    observed.push((w, y));
+                }
+            }
+            let proposal = plan.propose(&Predictor::fit(&observed), &observed);
+            (observed, proposal)
+        };
+        let (observed, proposal) = run();
+        assert_eq!(observed.len(), 24);
+        assert_eq!(
+            observed[0].0,
+            plan.bounds.project(&plan.prior),
+            "the prior first"
+        );
+        assert!(plan.bounds.contains(&proposal, 1e-9));
+        assert!(objective(&proposal) < 0.01, "{proposal:?}");
+        assert!(objective(&proposal) < objective(&plan.prior));
+        assert_eq!(
+            run(),
+            (observed, proposal),
+            "the same seed, the same search"
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ impl Worker {
             Ok(Payload::Sweep(job)) => jobs::sweep::run(self, &lease, job, cancel).await,
             Ok(Payload::Validate(job)) => jobs::validate::run(self, &lease, job, cancel).await,
             Ok(Payload::Export(job)) => jobs::export::run(self, &lease, job).await,
+            Ok(Payload::Search(job)) => jobs::search::run(self, &lease, job, cancel).await,
         };
         heartbeat.abort();
         if let Some(task) = on_stop {
@@ -179,7 +180,10 @@ impl Worker {
             Some(Payload::Train(job)) => jobs::train::failed(self, &job).await,
             Some(Payload::Pretrain(job)) => jobs::pretrain::failed(self, &job).await,
             Some(Payload::Validate(job)) => jobs::validate::failed(self, &job).await,
-            Some(Payload::Score(_) | Payload::Sweep(_) | Payload::Export(_)) | None => Ok(()),
+            Some(
+                Payload::Score(_) | Payload::Sweep(_) | Payload::Export(_) | Payload::Search(_),
+            )
+            | None => Ok(()),
         }
     }
 

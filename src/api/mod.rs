@@ -15,6 +15,7 @@ mod models;
 mod openapi;
 mod overview;
 pub mod score;
+mod searches;
 mod sweeps;
 mod units;
 mod validations;
@@ -160,6 +161,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(hf::export_mixture))
         .routes(routes!(sweeps::create_sweep, sweeps::list_sweeps))
         .routes(routes!(sweeps::get_sweep))
+        .routes(routes!(searches::create_search, searches::list_searches))
+        .routes(routes!(searches::get_search))
         .routes(routes!(
             validations::create_validations,
             validations::list_validations

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         (name = "models", description = "bases, recipes and unit models"),
         (name = "scores", description = "mixture scores and merged exports"),
         (name = "sweeps", description = "every subset, ranked"),
+        (name = "searches", description = "mixture weights searched by merged evaluations"),
         (name = "validations", description = "trained models against the proxies"),
         (name = "jobs", description = "the queue"),
         (name = "auth", description = "tokens"),

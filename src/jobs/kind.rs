@@ -31,16 +31,19 @@ pub enum JobKind {
     Validate,
     /// Merges a mixture's unit models into a Hugging Face directory in the store.
     Export,
+    /// A ratio search: mixture weights scored round by round, unit models kept resident.
+    Search,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Pretrain,
         JobKind::Train,
         JobKind::Score,
         JobKind::Sweep,
         JobKind::Validate,
         JobKind::Export,
+        JobKind::Search,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl JobKind {
             JobKind::Sweep => "sweep",
             JobKind::Validate => "validate",
             JobKind::Export => "export",
+            JobKind::Search => "search",
         }
     }
 }
@@ -130,6 +134,12 @@ pub struct ExportJob {
     pub object: String,
 }
 
+/// `search`: the ratio search to run (its settings are in its row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchJob {
+    pub search: Uuid,
+}
+
 /// A job's payload, typed by its kind.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -139,6 +149,7 @@ pub enum Payload {
     Sweep(SweepJob),
     Validate(ValidateJob),
     Export(ExportJob),
+    Search(SearchJob),
 }
 
 impl Payload {
@@ -150,6 +161,7 @@ impl Payload {
             Payload::Sweep(_) => JobKind::Sweep,
             Payload::Validate(_) => JobKind::Validate,
             Payload::Export(_) => JobKind::Export,
+            Payload::Search(_) => JobKind::Search,
         }
     }
 
@@ -181,6 +193,7 @@ impl Payload {
                 )
             }
             Payload::Export(p) => (json(p), format!("export:{}", p.object)),
+            Payload::Search(p) => (json(p), format!("search:{}", p.search)),
         };
         NewJob {
             dedup_key: Some(dedup),
@@ -200,6 +213,7 @@ impl Payload {
             JobKind::Sweep => Payload::Sweep(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Validate => Payload::Validate(serde_json::from_value(payload).map_err(bad)?),
             JobKind::Export => Payload::Export(serde_json::from_value(payload).map_err(bad)?),
+            JobKind::Search => Payload::Search(serde_json::from_value(payload).map_err(bad)?),
         })
     }
 }

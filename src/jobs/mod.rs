@@ -6,6 +6,7 @@ pub mod kind;
 mod merger;
 pub(crate) mod pretrain;
 pub(crate) mod score;
+pub(crate) mod search;
 pub(crate) mod sweep;
 pub(crate) mod train;
 mod training;

@@ -284,7 +284,7 @@ pub async fn set_object_sha256(
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
     #[error(
-        "partition {name:?} is needed by {scores} score(s), {sweeps} sweep(s) or validation(s) and {jobs} active job(s)"
+        "partition {name:?} is needed by {scores} score(s), {sweeps} sweep(s), validation(s) or search(es) and {jobs} active job(s)"
     )]
     InUse {
         name: String,
@@ -323,7 +323,8 @@ pub async fn delete_partition(
     .fetch_one(&mut *db)
     .await?;
     let sweeps = super::sweeps::count_with_partition(&mut *db, partition.id).await?
-        + super::validations::count_with_partition(&mut *db, partition.id).await?;
+        + super::validations::count_with_partition(&mut *db, partition.id).await?
+        + super::searches::count_with_partition(&mut *db, partition.id).await?;
     if scores > 0 || jobs > 0 || sweeps > 0 {
         return Err(DeleteError::InUse {
             name: partition.name.clone(),

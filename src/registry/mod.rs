@@ -8,6 +8,7 @@ pub mod models;
 pub mod overview;
 pub mod recipes;
 pub mod scores;
+pub mod searches;
 pub mod sweeps;
 pub mod tokens;
 pub mod validations;

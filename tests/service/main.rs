@@ -17,6 +17,7 @@ mod outage;
 mod queue;
 mod registry;
 mod resume;
+mod search;
 mod shutdown;
 mod store;
 mod sweep;

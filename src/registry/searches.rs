@@ -1,0 +1,149 @@
+//! Ratio searches: a list of partitions whose mixture weights one `search` job scores round
+//! by round. The points are ordinary scores with explicit weights (found by their keys); the
+//! search keeps their list in the order they were evaluated.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::jobs::{self, Job};
+use crate::jobs::kind::{Payload, SearchJob};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Search {
+    pub id: Uuid,
+    pub base_id: Uuid,
+    pub recipe_id: Uuid,
+    pub partition_ids: Vec<Uuid>,
+    pub eval_set_ids: Vec<Uuid>,
+    /// Each eval set's weight in the objective, summing to 1.
+    pub objective: Vec<f64>,
+    pub method: String,
+    pub budget: i32,
+    pub bounds_min: Vec<f64>,
+    pub bounds_max: Vec<f64>,
+    pub prior: Vec<f64>,
+    pub seed: i64,
+    pub eval_config: Value,
+    pub eval_config_sha256: String,
+    pub request: Value,
+    pub job_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One evaluated point of a search.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Point {
+    pub position: i32,
+    pub round: i32,
+    /// `sample` or `proposal`.
+    pub role: String,
+    pub mixture_key: String,
+    /// In the search's partition order.
+    pub weights: Vec<f64>,
+}
+
+/// Inserts a search and the job that runs it, in the caller's transaction.
+pub async fn create(db: &mut PgConnection, search: &Search) -> Result<Job, sqlx::Error> {
+    let (job, _) = jobs::enqueue(
+        &mut *db,
+        &Payload::Search(SearchJob { search: search.id }).new_job(),
+    )
+    .await?;
+    sqlx::query(
+        "insert into searches (id, base_id, recipe_id, partition_ids, eval_set_ids, objective,
+                               method, budget, bounds_min, bounds_max, prior, seed, eval_config,
+                               eval_config_sha256, request, job_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(search.id)
+    .bind(search.base_id)
+    .bind(search.recipe_id)
+    .bind(&search.partition_ids)
+    .bind(&search.eval_set_ids)
+    .bind(&search.objective)
+    .bind(&search.method)
+    .bind(search.budget)
+    .bind(&search.bounds_min)
+    .bind(&search.bounds_max)
+    .bind(&search.prior)
+    .bind(search.seed)
+    .bind(&search.eval_config)
+    .bind(&search.eval_config_sha256)
+    .bind(&search.request)
+    .bind(job.id)
+    .execute(&mut *db)
+    .await?;
+    Ok(job)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Search>, sqlx::Error> {
+    sqlx::query_as("select * from searches where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Newest first; pass the last row of a page as `before` for the next.
+pub async fn list(
+    pool: &PgPool,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Search>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    sqlx::query_as(
+        "select * from searches where ($1::timestamptz is null or (created_at, id) < ($1, $2))
+         order by created_at desc, id desc limit $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records an evaluated point (in the transaction that stores its scores); a point already
+/// recorded at `position` (by an earlier attempt of the job) is kept.
+pub async fn add_point(
+    db: &mut PgConnection,
+    search: Uuid,
+    point: &Point,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into search_points (search_id, position, round, role, mixture_key, weights)
+         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+    )
+    .bind(search)
+    .bind(point.position)
+    .bind(point.round)
+    .bind(&point.role)
+    .bind(&point.mixture_key)
+    .bind(&point.weights)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A search's points in evaluation order.
+pub async fn points(pool: &PgPool, search: Uuid) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(
+        "select position, round, role, mixture_key, weights from search_points
+         where search_id = $1 order by position",
+    )
+    .bind(search)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many searches name a partition (such a partition cannot be deleted).
+pub async fn count_with_partition(
+    db: &mut PgConnection,
+    partition: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from searches where $1 = any(partition_ids)")
+        .bind(partition)
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,240 @@
+//! Ratio searches over HTTP: points within the bounds that sum to 1, each an ordinary score
+//! that `GET /v1/score` answers with the same weights, the same request searching the same
+//! points again from the cache, and every bad setting refused before anything is queued.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::app::{App, corpus, spawn_app};
+
+const PARTITIONS: [&str; 3] = ["fiction", "religion", "code_python"];
+
+async fn pool() -> App {
+    let app = spawn_app().await;
+    for name in PARTITIONS {
+        let (status, body) = app
+            .post(
+                &format!("/v1/partitions?name={name}&domain={name}"),
+                corpus(name, 0, 25),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for (set, domain) in [("prose", "fiction"), ("code", "code_python")] {
+        let (status, body) = app
+            .post(&format!("/v1/eval-sets?name={set}"), corpus(domain, 40, 5))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for name in PARTITIONS {
+        app.trained(name).await;
+    }
+    app
+}
+
+async fn finished(app: &App, id: &str) -> Value {
+    for _ in 0..2400 {
+        let (status, search) = app.get(&format!("/v1/searches/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{search}");
+        match search["state"].as_str() {
+            Some("succeeded") => return search,
+            Some("failed" | "cancelled") => panic!("the search ended: {search}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("the search did not finish in two minutes");
+}
+
+fn weights(point: &Value) -> Vec<f64> {
+    PARTITIONS
+        .iter()
+        .map(|p| point["weights"][p].as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answers_alike() {
+    let app = pool().await;
+    let request = json!({
+        "partitions": PARTITIONS, "eval_sets": ["prose", "code"], "objective": {"prose": 3, "code": 1},
+        "budget": 8, "bounds": {"fiction": [0.1, 0.6], "code_python": [0.0, 0.5]}, "seed": 4,
+    });
+    let (status, created) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["objective"], json!({"prose": 0.75, "code": 0.25}));
+    let search = finished(&app, created["id"].as_str().unwrap()).await;
+
+    let points = search["points"].as_array().unwrap();
+    assert_eq!(points.len(), 9, "the budget and the proposal: {search}");
+    assert_eq!(search["progress"]["evaluated"], 9);
+    assert_eq!(points.last().unwrap()["role"], "proposal");
+    let rounds: Vec<i64> = points
+        .iter()
+        .map(|p| p["round"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        rounds,
+        [0, 0, 1, 1, 2, 2, 3, 3, 4],
+        "rounds of a quarter of the budget"
+    );
+    let mut best = f64::INFINITY;
+    for point in points {
+        let w = weights(point);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{point}");
+        assert!((0.1 - 1e-9..=0.6 + 1e-9).contains(&w[0]), "{point}");
+        assert!((0.0..=0.5 + 1e-9).contains(&w[2]) && w[1] >= 0.0, "{point}");
+        // Each point is an ordinary score: GET /v1/score with the same weights answers it
+        // from the cache, with the same perplexity, and the objective is their weighted log.
+        let list: Vec<String> = w.iter().map(f64::to_string).collect();
+        let mut objective = 0.0;
+        for (set, share) in [("prose", 0.75), ("code", 0.25)] {
+            let (status, score) = app
+                .get(&format!(
+                    "/v1/score?partitions={}&weights={}&eval={set}&train=false",
+                    PARTITIONS.join(","),
+                    list.join(",")
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{score}");
+            assert_eq!(score["cached"], true);
+            assert_eq!(score["perplexity"], point["perplexity"][set], "{point}");
+            objective += share * score["perplexity"].as_f64().unwrap().ln();
+        }
+        let reported = point["objective"].as_f64().unwrap();
+        assert!(
+            (reported - objective).abs() < 1e-12,
+            "{reported} {objective}"
+        );
+        best = best.min(reported);
+    }
+    assert_eq!(search["best"]["objective"].as_f64(), Some(best));
+    let prior = &points[0];
+    assert_eq!(prior["role"], "sample");
+    assert!(
+        search["fit"]["n"] == 8 && search["fit"]["lambda"].is_number(),
+        "{search}"
+    );
+    assert!(search["proposal"]["predicted"].is_number(), "{search}");
+
+    // The same request again: the same points, all from the cache.
+    let (status, again) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let again = finished(&app, again["id"].as_str().unwrap()).await;
+    let repeat: Vec<Vec<f64>> = again["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(weights)
+        .collect();
+    assert_eq!(repeat, points.iter().map(weights).collect::<Vec<_>>());
+    let (_, job) = app
+        .get(&format!("/v1/jobs/{}", again["job"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["result"]["computed"], 0, "{job}");
+    let (_, listed) = app.get("/v1/searches").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    assert!(
+        listed["items"][0].get("points").is_none(),
+        "lists leave the points out"
+    );
+
+    // A searched partition is in use.
+    let (status, _) = app.delete("/v1/partitions/religion").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn bad_search_settings_are_refused_and_nothing_is_queued() {
+    let app = pool().await;
+    let jobs = app.jobs().await;
+    let base = json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 4});
+    let with = |patch: Value| {
+        let mut request = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        request.to_string()
+    };
+    for (body, status, code) in [
+        (
+            with(json!({"method": "gradient"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_method",
+        ),
+        (
+            with(json!({"budget": 0})),
+            StatusCode::BAD_REQUEST,
+            "invalid_budget",
+        ),
+        (
+            with(json!({"partitions": ["fiction"]})),
+            StatusCode::BAD_REQUEST,
+            "invalid_partitions",
+        ),
+        (
+            with(json!({"partitions": ["fiction", "fiction"]})),
+            StatusCode::BAD_REQUEST,
+            "invalid_partitions",
+        ),
+        (
+            with(json!({"partitions": ["fiction", "nope"]})),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            with(json!({"bounds": {"fiction": [0.7, 1.0], "religion": [0.5, 1.0]}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_bounds",
+        ),
+        (
+            with(json!({"bounds": {"fiction": [0.5, 0.2]}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_bounds",
+        ),
+        (
+            with(json!({"bounds": {"speeches": [0.0, 0.5]}})),
+            StatusCode::BAD_REQUEST,
+            "invalid_setting",
+        ),
+        (
+            with(json!({"objective": {"code": 1}})),
+            StatusCode::BAD_REQUEST,
+            "invalid_setting",
+        ),
+        (
+            with(json!({"objective": {"prose": -1}})),
+            StatusCode::BAD_REQUEST,
+            "invalid_setting",
+        ),
+        (
+            with(json!({"prior": {"fiction": 0}})),
+            StatusCode::BAD_REQUEST,
+            "invalid_setting",
+        ),
+        (
+            with(json!({"eval_sets": []})),
+            StatusCode::BAD_REQUEST,
+            "invalid_eval_sets",
+        ),
+        (
+            with(json!({"budget": "many"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ] {
+        let (got, e) = app.post("/v1/searches", body.clone()).await;
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {e}"
+        );
+    }
+    assert_eq!(app.jobs().await, jobs, "nothing queued");
+    let (status, e) = app.get("/v1/searches/not-a-search").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
