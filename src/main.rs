@@ -77,6 +77,8 @@ enum Command {
     Sweep(client::SweepArgs),
     /// Train models on mixtures' unions and report how well the proxies rank them.
     Validate(client::ValidateArgs),
+    /// Search the mixture weights of partitions that minimise an objective over eval sets.
+    Search(client::SearchArgs),
     /// Download a mixture's merged model from a running server as a Hugging Face directory.
     Export(client::ExportArgs),
     /// API tokens (on the database directly): create, revoke, ls.
@@ -125,6 +127,7 @@ fn main() -> Result<()> {
             }
         },
         Command::Sweep(args) => runtime()?.block_on(client::sweep(args)),
+        Command::Search(args) => runtime()?.block_on(client::search(args)),
         Command::Validate(args) => runtime()?.block_on(client::validate(args)),
         Command::Export(args) => runtime()?.block_on(client::export(args)),
         Command::Completions { shell } => {

@@ -5,6 +5,7 @@ mod api;
 mod jobs;
 mod pool;
 mod score;
+mod search;
 mod sweep;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ pub use api::{Api, Progress};
 pub use jobs::{JobsCommand, jobs};
 pub use pool::{EvalSetsCommand, ListArgs, PartitionsCommand, eval_sets, partitions, recipes};
 pub use score::{CheckArgs, ScoreArgs, check, score};
+pub use search::{SearchArgs, search};
 pub use sweep::{SweepArgs, ValidateArgs, sweep, validate};
 
 #[derive(Args, Clone)]

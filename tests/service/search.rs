@@ -238,3 +238,69 @@ async fn bad_search_settings_are_refused_and_nothing_is_queued() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+#[tokio::test]
+async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
+    let app = pool().await;
+    let run = |args: &str| {
+        let args: Vec<String> = args.split(' ').map(String::from).collect();
+        let (url, token) = (app.url.clone(), app.token.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+                    .args(&args)
+                    .args(["--url", &url])
+                    .env("MIXPOOL_TOKEN", token)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(
+        "search --partitions fiction,religion,code_python --eval prose --eval code \
+                   --objective prose=1 --budget 4 --bound religion=0,0.2 --seed 9 --json",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let search: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(search["state"], "succeeded");
+    assert_eq!(search["objective"], json!({"prose": 1.0, "code": 0.0}));
+    assert_eq!(search["bounds"]["religion"], json!([0.0, 0.2]));
+    assert!(
+        search["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["weights"]["religion"].as_f64().unwrap() <= 0.2 + 1e-9)
+    );
+    let (_, served) = app
+        .get(&format!("/v1/searches/{}", search["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(search["points"], served["points"]);
+
+    let out = run("search --partitions fiction,religion --eval prose --budget 3").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("proposal") && text.contains("best evaluated") && text.contains("religion"),
+        "{text}"
+    );
+
+    let out =
+        run("search --partitions fiction,religion --eval prose --budget 3 --bound religion=lots")
+            .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"));
+    let out = run("search --partitions fiction,religion --eval prose --budget 3 --method x").await;
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown flag");
+}

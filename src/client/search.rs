@@ -1,0 +1,164 @@
+//! `mixpool search`: a ratio search asked of a running server, followed with a progress bar
+//! (plain lines when stderr is not a terminal), then the proposal, the best point and the
+//! predictor's fit as tables, or the whole search as JSON with `--json`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Map, Value, json};
+
+use super::api::{Api, Progress, number, table};
+use super::{Models, Server};
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Comma-separated partitions whose mixture weights are searched.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub partitions: Vec<String>,
+    /// An eval set of the objective (repeat for more).
+    #[arg(long = "eval", required = true)]
+    pub eval_sets: Vec<String>,
+    /// An eval set's weight in the objective, `EVAL=W` (repeat; default: equal weights).
+    #[arg(long = "objective")]
+    pub objective: Vec<String>,
+    /// Points to evaluate before the proposal.
+    #[arg(long)]
+    pub budget: u32,
+    /// Bounds on a partition's weight, `PARTITION=MIN,MAX` (repeat).
+    #[arg(long = "bound")]
+    pub bounds: Vec<String>,
+    /// Where the search starts, `PARTITION=W` (repeat; default: proportional to size).
+    #[arg(long = "prior")]
+    pub prior: Vec<String>,
+    /// The samples' seed: the same search, the same points.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub models: Models,
+    /// Evaluated points shown, best first.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print the search as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+/// `NAME=VALUE` flags as a JSON object, each value parsed by `value`.
+fn keyed(
+    flags: &[String],
+    what: &str,
+    value: impl Fn(&str) -> Option<Value>,
+) -> Result<Map<String, Value>> {
+    let mut map = Map::new();
+    for flag in flags {
+        let parsed = flag
+            .split_once('=')
+            .and_then(|(name, v)| Some((name.trim().to_string(), value(v.trim())?)));
+        let Some((name, v)) = parsed else {
+            bail!("--{what} {flag:?}: write NAME=VALUE")
+        };
+        map.insert(name, v);
+    }
+    Ok(map)
+}
+
+pub async fn search(a: SearchArgs) -> Result<()> {
+    let number_of = |v: &str| v.parse::<f64>().ok().map(|x| json!(x));
+    let mut request =
+        json!({"partitions": a.partitions, "eval_sets": a.eval_sets, "budget": a.budget});
+    if !a.objective.is_empty() {
+        request["objective"] = Value::Object(keyed(&a.objective, "objective", number_of)?);
+    }
+    if !a.prior.is_empty() {
+        request["prior"] = Value::Object(keyed(&a.prior, "prior", number_of)?);
+    }
+    if !a.bounds.is_empty() {
+        let bound = |v: &str| {
+            let (lo, hi) = v.split_once(',')?;
+            Some(json!([
+                lo.trim().parse::<f64>().ok()?,
+                hi.trim().parse::<f64>().ok()?
+            ]))
+        };
+        request["bounds"] = Value::Object(keyed(&a.bounds, "bound", bound)?);
+    }
+    if let Some(seed) = a.seed {
+        request["seed"] = json!(seed);
+    }
+    a.models.apply(&mut request);
+    let api = Api::new(&a.server)?;
+    let created = api.create("/v1/searches", request).await?;
+    let id = created["id"]
+        .as_str()
+        .context("the server gave no search id")?;
+    let mut progress = Progress::new("searching");
+    let search = loop {
+        let search = api.get(&format!("/v1/searches/{id}")).await?;
+        let count = |k: &str| search["progress"][k].as_u64().unwrap_or(0);
+        progress.set(count("evaluated"), count("total"));
+        match search["state"].as_str() {
+            Some("succeeded") => break search,
+            Some(state @ ("failed" | "cancelled")) => {
+                progress.finish();
+                bail!(
+                    "search {id} {state}: {}",
+                    search["error"].as_str().unwrap_or("see its job")
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    progress.finish();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&search)?);
+        return Ok(());
+    }
+    let partitions: Vec<&str> = search["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let sets: Vec<&str> = search["eval_sets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut header = vec!["point", "objective"];
+    header.extend(sets.iter().copied());
+    header.extend(partitions.iter().copied());
+    let row = |label: String, p: &Value| {
+        let mut cells = vec![label, number(&p["objective"])];
+        cells.extend(sets.iter().map(|s| number(&p["perplexity"][s])));
+        cells.extend(partitions.iter().map(|n| number(&p["weights"][n])));
+        cells
+    };
+    let mut summary = table(&header);
+    summary.add_row(row("proposal".into(), &search["proposal"]));
+    summary.add_row(row("best evaluated".into(), &search["best"]));
+    if let Some(prior) = search["points"].get(0) {
+        summary.add_row(row("prior".into(), prior));
+    }
+    let fit = &search["fit"];
+    println!(
+        "search {id}: {} points evaluated; the predictor's cross-validated Spearman ρ {} over {} points\n{summary}",
+        search["progress"]["evaluated"],
+        number(&fit["cv_spearman"]),
+        fit["n"]
+    );
+    let mut points: Vec<&Value> = search["points"].as_array().into_iter().flatten().collect();
+    points.sort_by(|x, y| {
+        let o = |p: &Value| p["objective"].as_f64().unwrap_or(f64::INFINITY);
+        o(x).total_cmp(&o(y))
+    });
+    let mut ranked = table(&header);
+    for p in points.into_iter().take(a.top) {
+        ranked.add_row(row(format!("#{} (round {})", p["position"], p["round"]), p));
+    }
+    println!("\nevaluated points, best first\n{ranked}");
+    Ok(())
+}
