@@ -557,6 +557,69 @@ async function sweep(id) {
   if (s.state === 'running' || s.state === 'queued') every(2000, () => load().catch(fail));
 }
 
+async function searches() {
+  const page = await get('/v1/searches?limit=100');
+  render(h('h1', {}, 'Ratio searches'),
+    h('p', { class: 'muted' }, 'Mixture weights searched by merged evaluations alone (POST /v1/searches, or mixpool search).'),
+    table([
+      { title: 'Search', cell: (s) => h('a', { href: `/searches/${s.id}` }, s.id.slice(0, 8)) },
+      { title: 'State', cell: (s) => stateTag(s.state) },
+      { title: 'Progress', cell: (s) => [bar(s.progress.fraction), ` ${s.progress.evaluated} / ${s.progress.total}`] },
+      { title: 'Partitions', cell: (s) => s.partitions.join(', ') },
+      { title: 'Objective', cell: (s) => Object.entries(s.objective).filter(([, w]) => w > 0).map(([e, w]) => `${e}×${fmt.weight(w)}`).join(' + ') },
+      { title: 'Best', num: true, cell: (s) => (s.best ? fmt.ppl(s.best.objective) : '—') },
+      { title: 'Created', cell: (s) => fmt.time(s.created_at) },
+    ], page.items, { id: 'searches' }));
+}
+
+async function search(id) {
+  const body = h('div', {});
+  const el = h('div', { class: 'chart', id: 'search-chart' });
+  render(h('h1', {}, `Search ${id.slice(0, 8)}`), body, h('h2', {}, 'Objective of each point, in the order evaluated'), el);
+  const c = chart(el, {});
+  async function load() {
+    const s = await get(`/v1/searches/${encodeURIComponent(id)}`);
+    const weights = (w) => s.partitions.map((p) => `${p} ${fmt.weight(w[p])}`).join(' · ');
+    const rows = (s.points || []).slice().sort((a, b) => (a.objective ?? Infinity) - (b.objective ?? Infinity));
+    body.replaceChildren(...[
+      meta([['State', stateTag(s.state)], ['Progress', [bar(s.progress.fraction, { id: 'search-progress' }), ` ${s.progress.evaluated} of ${s.progress.total} points`]],
+        ['Method', `${s.method}, budget ${s.budget}, seed ${s.seed}`], ['Base, recipe', `${s.base}, ${s.recipe}`],
+        ['Objective', Object.entries(s.objective).map(([e, w]) => `${fmt.weight(w)} × ln ppl(${e})`).join(' + ')],
+        ['Bounds', s.partitions.map((p) => `${p} [${s.bounds[p].map(fmt.weight).join(', ')}]`).join(' · ')],
+        ['Prior', weights(s.prior)],
+        ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})` : '—'],
+        ['Proposal', s.proposal ? `${weights(s.proposal.weights)} — objective ${fmt.ppl(s.proposal.objective)} (predicted ${fmt.ppl(s.proposal.predicted)})` : '—'],
+        ['Best evaluated', s.best ? `${weights(s.best.weights)} — objective ${fmt.ppl(s.best.objective)}` : '—']]),
+      h('h2', {}, 'Points, best first'),
+      table([
+        { title: '#', num: true, cell: (p) => p.position },
+        { title: 'Round', num: true, cell: (p) => p.round },
+        { title: 'Role', cell: (p) => p.role },
+        { title: 'Objective', num: true, cell: (p) => fmt.ppl(p.objective) },
+        ...s.eval_sets.map((e) => ({ title: `ppl ${e}`, num: true, cell: (p) => fmt.ppl(p.perplexity[e]) })),
+        ...s.partitions.map((n) => ({ title: n, num: true, cell: (p) => fmt.weight(p.weights[n]) })),
+      ], rows, { id: 'points' })].flat(Infinity));
+    const points = (s.points || []).filter((p) => p.objective !== null);
+    let best = Infinity;
+    c.setOption({
+      animation: false,
+      tooltip: { formatter: (p) => `point ${p.data[0]}: objective ${fmt.ppl(p.data[1])}` },
+      legend: { top: 0 },
+      grid: { left: 60, right: 20, top: 40, bottom: 40 },
+      xAxis: { type: 'value', name: 'point', nameLocation: 'middle', nameGap: 25 },
+      yAxis: { type: 'value', name: 'objective', scale: true },
+      series: [
+        { type: 'scatter', name: 'sample', data: points.filter((p) => p.role === 'sample').map((p) => [p.position, p.objective]) },
+        { type: 'scatter', name: 'proposal', symbolSize: 14, data: points.filter((p) => p.role === 'proposal').map((p) => [p.position, p.objective]) },
+        { type: 'line', name: 'best so far', step: 'end', showSymbol: false, data: points.map((p) => { best = Math.min(best, p.objective); return [p.position, best]; }) },
+      ],
+    });
+    return s;
+  }
+  const s = await load();
+  if (s.state === 'running' || s.state === 'queued') every(2000, () => load().catch(fail));
+}
+
 async function validations() {
   const [report, list] = await Promise.all([get('/v1/validations/report'), get('/v1/validations?limit=100')]);
   const proxies = ['merged_uniform', 'merged_tokens', 'mean_of_units'];
@@ -611,6 +674,8 @@ const ROUTES = [
   [/^\/heatmap$/, heatmap],
   [/^\/sweeps$/, sweeps],
   [/^\/sweeps\/(.+)$/, sweep],
+  [/^\/searches$/, searches],
+  [/^\/searches\/(.+)$/, search],
   [/^\/validations$/, validations],
 ];
 

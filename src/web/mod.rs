@@ -31,6 +31,8 @@ pub const PAGES: &[&str] = &[
     "/heatmap",
     "/sweeps",
     "/sweeps/{id}",
+    "/searches",
+    "/searches/{id}",
     "/validations",
 ];
 

@@ -304,3 +304,132 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     let out = run("search --partitions fiction,religion --eval prose --budget 3 --method x").await;
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown flag");
 }
+
+#[tokio::test]
+async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_points() {
+    let app = crate::app::spawn_app_with(Default::default()).await;
+    let trainer = App::start(app.worker("trainer"));
+    for name in PARTITIONS {
+        let (status, body) = app
+            .post(&format!("/v1/partitions?name={name}"), corpus(name, 0, 25))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = app
+        .post("/v1/eval-sets?name=prose", corpus("fiction", 40, 8))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for name in PARTITIONS {
+        app.trained(name).await;
+    }
+    trainer.abort();
+    let request =
+        json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 16, "seed": 2});
+    let (status, created) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // A worker process with a 3-second lease, killed once it has evaluated a few points.
+    let config_file = app._dirs.1.path().join("mixpool.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+            .unwrap();
+    std::fs::write(
+        &config_file,
+        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args([
+            "worker",
+            "--kinds",
+            "search",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .arg("--store")
+        .arg(format!("file://{}", app._dirs.0.path().display()))
+        .arg("--data")
+        .arg(app._dirs.1.path().join("process"))
+        .env("DATABASE_URL", app.database_url().await)
+        .env("MIXPOOL_CONFIG", &config_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from search_points")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    while count().await < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker evaluated nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stored = count().await;
+    assert!(stored < 17, "the worker finished before it could be killed");
+
+    let survivor = App::start(app.worker("survivor"));
+    let search = finished(&app, &id).await;
+    survivor.abort();
+    let points = search["points"].as_array().unwrap();
+    assert_eq!(points.len(), 17);
+    let (_, job) = app
+        .get(&format!("/v1/jobs/{}", search["job"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (job["attempts"].as_i64(), job["result"]["worker"].as_str()),
+        (Some(2), Some("survivor"))
+    );
+    assert_eq!(
+        job["result"]["computed"].as_i64().unwrap(),
+        17 - stored,
+        "{job}"
+    );
+    let scores: i64 =
+        sqlx::query_scalar("select count(*) from scores where weighting = 'explicit'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(scores <= 17, "no point was evaluated twice: {scores}");
+
+    // The points are those an undisturbed search proposes: the plan, replayed on the
+    // observed objectives, gives every round's candidates and the proposal again.
+    let plan = mixpool::search::Plan {
+        budget: 16,
+        prior: serde_json::from_value::<Vec<f64>>(json!(
+            PARTITIONS.map(|p| search["prior"][p].clone())
+        ))
+        .unwrap(),
+        bounds: mixpool::search::Bounds::open(3),
+        seed: 2,
+    };
+    let observed: Vec<(Vec<f64>, f64)> = points[..16]
+        .iter()
+        .map(|p| (weights(p), p["objective"].as_f64().unwrap()))
+        .collect();
+    let mut replayed: Vec<Vec<f64>> = Vec::new();
+    for round in 0..plan.rounds() {
+        replayed.extend(plan.round(round, &observed[..replayed.len()]));
+    }
+    replayed.push(plan.propose(&mixpool::search::Predictor::fit(&observed), &observed));
+    for (point, expected) in points.iter().zip(&replayed) {
+        for (got, want) in weights(point).iter().zip(expected) {
+            assert!(
+                (got - want).abs() < 1e-9,
+                "point {}: {:?} against {expected:?}",
+                point["position"],
+                weights(point)
+            );
+        }
+    }
+}
