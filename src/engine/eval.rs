@@ -188,9 +188,33 @@ pub fn evaluate(
     Ok(Prepared::new(model, docs, config)?.evaluate(model, config.batch_size))
 }
 
+impl Prepared {
+    /// The mean NLL per predicted token over the windows, with its gradient with respect to
+    /// the model's parameters accumulated into their `grad` (one backward pass per batch).
+    /// Returns the mean NLL.
+    pub fn mean_nll_backward(&self, model: &LoadedModel, batch_size: usize) -> f64 {
+        let device = model.vs.device();
+        let tokens = self.tokens() as f64;
+        let mut mean = 0.0;
+        for batch in self.windows.chunks(batch_size.max(1)) {
+            let loss = window_nll(model, batch, device).sum(Kind::Double) / tokens;
+            loss.backward();
+            mean += loss.double_value(&[]);
+        }
+        mean
+    }
+}
+
 /// Summed NLL of each window's targets: fp32 cross-entropy per position (padding ignored),
 /// summed per window in f64.
 fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> {
+    let nll = window_nll(model, batch, device).to_device(Device::Cpu);
+    Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
+}
+
+/// Each window's summed NLL as a double tensor on the device (differentiable when grad is
+/// enabled).
+fn window_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
     const PAD: i64 = -100;
     let width = batch.iter().map(|w| w.ids.len() - 1).max().unwrap();
     let mut inputs = vec![0i64; batch.len() * width];
@@ -213,9 +237,5 @@ fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> 
         PAD,
         0.0,
     );
-    let nll = nll
-        .view(shape)
-        .sum_dim_intlist(-1, false, Kind::Double)
-        .to_device(Device::Cpu);
-    Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
+    nll.view(shape).sum_dim_intlist(-1, false, Kind::Double)
 }

@@ -155,6 +155,48 @@ impl Workspace {
         })
     }
 
+    /// The mean NLL on `prepared` of the merge of `units` with `weights` (which sum to 1),
+    /// and its gradient with respect to each weight. The merged parameters are linear in the
+    /// weights, θ = Σ α_k θ_k, so ∂L/∂α_k = Σ ⟨∂L/∂θ, θ_k⟩ over the parameters: one backward
+    /// pass through the merged model gives every α's derivative. (Along the simplex only
+    /// differences of these derivatives matter.) The working model is left holding the merge.
+    pub fn alpha_gradient(
+        &mut self,
+        units: &[&Unit],
+        weights: &[f64],
+        prepared: &super::eval::Prepared,
+        batch_size: usize,
+    ) -> Result<(f64, Vec<f64>), MergeError> {
+        self.merge(units, weights)?;
+        for param in &mut self.params {
+            param.var.zero_grad();
+        }
+        let loss = prepared.mean_nll_backward(&self.model, batch_size);
+        let mut gradient = vec![0.0; units.len()];
+        tch::no_grad(|| {
+            for (p, param) in self.params.iter_mut().enumerate() {
+                let grad = param.var.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = grad.to_kind(tch::Kind::Double);
+                let kind = kind_of(param.dtype.expect("set when the units were loaded"))
+                    .expect("checked when loaded");
+                let shape: Vec<i64> = param.shape.iter().map(|&d| d as i64).collect();
+                for (k, unit) in units.iter().enumerate() {
+                    let theta = match &unit.tensors[p] {
+                        Held::Device(t) => t.shallow_clone(),
+                        Held::Host(data) => Tensor::from_data_size(data, &shape, kind),
+                    };
+                    let dot = (&grad * theta.to_kind(tch::Kind::Double)).sum(tch::Kind::Double);
+                    gradient[k] += dot.double_value(&[]);
+                }
+                param.var.zero_grad();
+            }
+        });
+        Ok((loss, gradient))
+    }
+
     /// Sets the model's parameters to the weighted average of `units` (weights checked and
     /// normalised here).
     pub fn merge(&mut self, units: &[&Unit], weights: &[f64]) -> Result<(), MergeError> {
