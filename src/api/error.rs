@@ -32,6 +32,10 @@ impl ApiError {
         }
     }
 
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         ApiError::Client {
             status: StatusCode::NOT_FOUND,

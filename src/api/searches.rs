@@ -66,10 +66,6 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 /// `POST /v1/searches`: every setting is checked before the search and its job are queued in
 /// one transaction; missing unit models are queued instead (202).
 #[utoipa::path(post, path = "/v1/searches", tag = "searches", request_body = NewSearch, security(("bearer" = [])),
@@ -147,8 +143,8 @@ pub async fn create_search(
         let i = position(&partition_keys, key, "bounds")?;
         (min[i], max[i]) = (*lo, *hi);
     }
-    let bounds =
-        Bounds::new(min, max).map_err(|e| unprocessable("invalid_bounds", e.to_string()))?;
+    let bounds = Bounds::new(min, max)
+        .map_err(|e| ApiError::unprocessable("invalid_bounds", e.to_string()))?;
     let prior = match &new.prior {
         None => partitions.iter().map(|p| p.bytes as f64).collect(),
         Some(map) => {

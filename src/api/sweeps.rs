@@ -51,10 +51,6 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 /// `POST /v1/sweeps`: everything is checked (names, sizes, the mixture count against the
 /// limit) before the sweep and its shards are queued in one transaction. When unit models
 /// are missing they are queued instead (202, see [`train_missing`]) and nothing else is.
@@ -91,7 +87,7 @@ pub async fn create_sweep(
     };
     let limit = state.sweeps.max_mixtures;
     let too_many = |count: u64| {
-        unprocessable(
+        ApiError::unprocessable(
             "too_many_mixtures",
             format!(
                 "this sweep would score {count} mixtures; the limit is {limit} \
@@ -142,7 +138,7 @@ pub async fn create_sweep(
             let n = ids.len();
             let (min, max) = sizes.unwrap_or((1, n));
             if !(1 <= min && min <= max && max <= n) {
-                return Err(unprocessable(
+                return Err(ApiError::unprocessable(
                     "invalid_sizes",
                     format!("sizes [{min}, {max}]: need 1 <= min <= max <= {n} partitions"),
                 ));
@@ -166,8 +162,9 @@ pub async fn create_sweep(
                 .map(|p| partitions.bytes(*p) as f64)
                 .collect::<Vec<_>>()
         });
-        let canonical = Mixture::new(ids, sizes.as_deref(), weighting)
-            .map_err(|e| unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}")))?;
+        let canonical = Mixture::new(ids, sizes.as_deref(), weighting).map_err(|e| {
+            ApiError::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}"))
+        })?;
         let key = canonical.key();
         if !seen.insert(key.clone()) {
             continue;

@@ -64,6 +64,36 @@ pub(crate) async fn succeed(
     }
 }
 
+/// Commits `tx` (the rows a job stored as it went) with the job's progress, marked as kept
+/// for the next worker (`saved`), fenced by the attempt. `Ok(false)` when the lease was lost:
+/// nothing is committed then. A cancellation asked for meanwhile raises `cancel`.
+pub(crate) async fn commit_progress(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    lease: &crate::registry::jobs::Lease,
+    fraction: f32,
+    message: &str,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<bool, JobError> {
+    use crate::registry::jobs::{self, QueueError};
+    let recorded = match jobs::progress(&mut *tx, lease, fraction, message, None).await {
+        Ok(cancel_requested) => jobs::saved(&mut *tx, lease, fraction)
+            .await
+            .map(|()| cancel_requested),
+        lost => lost,
+    };
+    match recorded {
+        Ok(cancel_requested) => {
+            tx.commit().await?;
+            if cancel_requested {
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(true)
+        }
+        Err(QueueError::LeaseLost(_)) => Ok(false),
+        Err(QueueError::Database(e)) => Err(e.into()),
+    }
+}
+
 /// The ready unit models of `partitions` for a base and recipe, in the partitions' order; a
 /// partition without one fails the job for good.
 pub(crate) async fn ready_units(

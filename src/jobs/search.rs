@@ -18,12 +18,12 @@ use super::merger::Merger;
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
+use crate::registry::bases;
 use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::{self, Lease, QueueError};
+use crate::registry::jobs::Lease;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point, Search};
-use crate::registry::{bases, models};
 use crate::scoring::MERGE_METHOD;
 use crate::search::{Bounds, Observed, Plan, Predictor};
 use crate::worker::Worker;
@@ -52,7 +52,7 @@ pub(crate) async fn run(
     }
     let eval: EvalConfig = serde_json::from_value(search.eval_config.clone())
         .map_err(|e| fatal(format!("evaluation settings: {e}")))?;
-    let units: HashMap<Uuid, UnitModel> = models::for_partitions(
+    let units: HashMap<Uuid, UnitModel> = super::ready_units(
         pool,
         search.base_id,
         search.recipe_id,
@@ -60,12 +60,8 @@ pub(crate) async fn run(
     )
     .await?
     .into_iter()
-    .filter(|u| u.state == "ready")
     .map(|u| (u.partition_id, u))
     .collect();
-    if let Some(p) = search.partition_ids.iter().find(|p| !units.contains_key(p)) {
-        return Err(fatal(format!("partition {p} has no ready unit model")));
-    }
     let plan = Plan {
         budget: search.budget as usize,
         prior: search.prior.clone(),
@@ -255,21 +251,8 @@ impl Run<'_> {
         let done = point.position as usize + 1;
         let fraction = done as f32 / self.total as f32;
         let message = format!("point {done}/{}", self.total);
-        let recorded = match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
-            Ok(cancel) => jobs::saved(&mut *tx, self.lease, fraction)
-                .await
-                .map(|()| cancel),
-            lost => lost,
-        };
-        match recorded {
-            Ok(cancel_requested) => {
-                tx.commit().await?;
-                if cancel_requested {
-                    self.cancel.store(true, Ordering::SeqCst);
-                }
-            }
-            Err(QueueError::LeaseLost(_)) => return Ok(None),
-            Err(QueueError::Database(e)) => return Err(e.into()),
+        if !super::commit_progress(tx, self.lease, fraction, &message, self.cancel).await? {
+            return Ok(None);
         }
         let objective = objective(
             &self.search.objective,

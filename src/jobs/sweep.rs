@@ -18,7 +18,7 @@ use super::merger::Merger;
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::{self, Lease, QueueError};
+use crate::registry::jobs::Lease;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::sweeps::{self, Sweep};
@@ -243,24 +243,7 @@ impl Shard<'_> {
             scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
         }
         let message = format!("mixture {done}/{total}");
-        let recorded = match jobs::progress(&mut *tx, self.lease, fraction, &message, None).await {
-            // The mixtures are stored with this transaction: kept for the next worker.
-            Ok(cancel) => jobs::saved(&mut *tx, self.lease, fraction)
-                .await
-                .map(|()| cancel),
-            lost => lost,
-        };
-        match recorded {
-            Ok(cancel_requested) => {
-                tx.commit().await?;
-                if cancel_requested {
-                    self.cancel.store(true, Ordering::SeqCst);
-                }
-                Ok(true)
-            }
-            Err(QueueError::LeaseLost(_)) => Ok(false),
-            Err(QueueError::Database(e)) => Err(e.into()),
-        }
+        super::commit_progress(tx, self.lease, fraction, &message, self.cancel).await
     }
 }
 

@@ -172,3 +172,46 @@ pub async fn store_base(
         .unwrap();
     id
 }
+
+/// A `mixpool worker` process for `kinds` on one CPU thread, with leases of `lease_seconds`
+/// (its settings file goes in `data`), on the given database and store.
+pub fn worker_process(
+    database_url: &str,
+    store_url: &str,
+    data: &std::path::Path,
+    kinds: &str,
+    lease_seconds: u64,
+) -> std::process::Child {
+    std::fs::create_dir_all(data).unwrap();
+    let config_file = data.join("mixpool.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+            .unwrap();
+    std::fs::write(
+        &config_file,
+        shipped.replace(
+            "lease_seconds = 60",
+            &format!("lease_seconds = {lease_seconds}"),
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .args([
+            "worker",
+            "--kinds",
+            kinds,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .args(["--store", store_url])
+        .arg("--data")
+        .arg(data)
+        .env("DATABASE_URL", database_url)
+        .env("MIXPOOL_CONFIG", &config_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

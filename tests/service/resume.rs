@@ -4,7 +4,7 @@
 //! ends with the weights an undisturbed run produces.
 
 use mixpool::jobs::kind::JobKind;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,35 +106,7 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
     let job_id = model.job_id.unwrap();
 
     // A worker process with a 3-second lease, killed once it is a third of the way through.
-    let config_file = dirs.2.path().join("mixpool.toml");
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-            .unwrap();
-    std::fs::write(
-        &config_file,
-        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpool"))
-        .args([
-            "worker",
-            "--kinds",
-            "train",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--store",
-            &store_url,
-        ])
-        .arg("--data")
-        .arg(dirs.2.path())
-        .env("DATABASE_URL", &url)
-        .env("MIXPOOL_CONFIG", &config_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::helpers::worker_process(&url, &store_url, dirs.2.path(), "train", 3);
     let started = Instant::now();
     loop {
         let job = jobs::get(&pool, job_id).await.unwrap().unwrap();

@@ -330,35 +330,13 @@ async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_po
     let id = created["id"].as_str().unwrap().to_string();
 
     // A worker process with a 3-second lease, killed once it has evaluated a few points.
-    let config_file = app._dirs.1.path().join("mixpool.toml");
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-            .unwrap();
-    std::fs::write(
-        &config_file,
-        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
-        .args([
-            "worker",
-            "--kinds",
-            "search",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
-        .arg("--store")
-        .arg(format!("file://{}", app._dirs.0.path().display()))
-        .arg("--data")
-        .arg(app._dirs.1.path().join("process"))
-        .env("DATABASE_URL", app.database_url().await)
-        .env("MIXPOOL_CONFIG", &config_file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::helpers::worker_process(
+        &app.database_url().await,
+        &format!("file://{}", app._dirs.0.path().display()),
+        &app._dirs.1.path().join("process"),
+        "search",
+        3,
+    );
     let count = || async {
         sqlx::query_scalar::<_, i64>("select count(*) from search_points")
             .fetch_one(&app.pool)

@@ -3,7 +3,7 @@
 //! another worker when one is killed mid-shard.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mixpool::api::SweepLimits;
@@ -232,35 +232,13 @@ async fn a_worker_killed_mid_shard_leaves_the_rest_to_another_and_nothing_is_sco
     assert_eq!(status, StatusCode::CREATED, "{created}");
 
     // A worker process with a 3-second lease, killed once it has stored some mixtures.
-    let config_file = app._dirs.1.path().join("mixpool.toml");
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-            .unwrap();
-    std::fs::write(
-        &config_file,
-        shipped.replace("lease_seconds = 60", "lease_seconds = 3"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpool"))
-        .args([
-            "worker",
-            "--kinds",
-            "sweep",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
-        .arg("--store")
-        .arg(format!("file://{}", app._dirs.0.path().display()))
-        .arg("--data")
-        .arg(app._dirs.1.path().join("process"))
-        .env("DATABASE_URL", app.database_url().await)
-        .env("MIXPOOL_CONFIG", &config_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::helpers::worker_process(
+        &app.database_url().await,
+        &format!("file://{}", app._dirs.0.path().display()),
+        &app._dirs.1.path().join("process"),
+        "sweep",
+        3,
+    );
     let count = || async {
         sqlx::query_scalar::<_, i64>("select count(*) from scores")
             .fetch_one(&app.pool)
