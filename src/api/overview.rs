@@ -13,7 +13,7 @@ use crate::registry::{bases, datasets, overview, recipes, workers};
 const ALIVE_SECONDS: f64 = 3.0 * crate::worker::PRESENCE_EVERY.as_secs() as f64;
 
 /// Counts (bases, recipes, partitions, unit models by state, eval sets, scores, sweeps,
-/// validations), the queue by kind and state, the workers seen recently with their device
+/// validations, searches), the queue by kind and state, the workers seen recently with their device
 /// and current job, the partitions' domains, and the default base and recipe (`null` until
 /// there is one).
 #[utoipa::path(get, path = "/v1/overview", tag = "pool",
@@ -39,6 +39,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiE
             "scores": counts.scores,
             "sweeps": counts.sweeps,
             "validations": counts.validations,
+            "searches": counts.searches,
         },
         "queue": counts.queue,
         "workers": workers,

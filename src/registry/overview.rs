@@ -14,6 +14,7 @@ pub struct Counts {
     pub scores: i64,
     pub sweeps: i64,
     pub validations: i64,
+    pub searches: i64,
     /// Unit models by state.
     pub unit_models: BTreeMap<String, i64>,
     /// Queued and running jobs by kind: `{kind: {state: n}}`.
@@ -21,7 +22,8 @@ pub struct Counts {
 }
 
 pub async fn counts(pool: &PgPool) -> Result<Counts, sqlx::Error> {
-    let (bases, recipes, partitions, eval_sets, scores, sweeps, validations): (
+    let (bases, recipes, partitions, eval_sets, scores, sweeps, validations, searches): (
+        i64,
         i64,
         i64,
         i64,
@@ -33,7 +35,7 @@ pub async fn counts(pool: &PgPool) -> Result<Counts, sqlx::Error> {
         "select (select count(*) from bases), (select count(*) from recipes),
                 (select count(*) from partitions), (select count(*) from eval_sets),
                 (select count(*) from scores), (select count(*) from sweeps),
-                (select count(*) from validations)",
+                (select count(*) from validations), (select count(*) from searches)",
     )
     .fetch_one(pool)
     .await?;
@@ -59,6 +61,7 @@ pub async fn counts(pool: &PgPool) -> Result<Counts, sqlx::Error> {
         scores,
         sweeps,
         validations,
+        searches,
         unit_models: unit_models.into_iter().collect(),
         queue,
     })

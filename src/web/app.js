@@ -168,7 +168,7 @@ async function overview() {
       card(c.bases, 'bases'), card(c.partitions, 'partitions'),
       card(totalUnits, `unit models (${Object.entries(units).map(([s, n]) => `${n} ${s}`).join(', ') || 'none'})`),
       card(c.eval_sets, 'eval sets'), card(c.scores, 'cached scores'), card(c.sweeps, 'sweeps'),
-      card(c.validations, 'validations')),
+      card(c.validations, 'validations'), card(c.searches, 'searches')),
     h('h2', {}, 'Defaults'),
     meta([
       ['Base', o.default_base ? o.default_base.name : 'none ready yet'],
