@@ -123,6 +123,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{selector}: {e}"))
     }
 
+    /// An attribute of the element `selector` finds (waiting for it to appear).
+    pub async fn attr(&self, selector: &str, name: &str) -> Option<String> {
+        self.css(selector).await.attr(name).await.unwrap()
+    }
+
     /// The browser's console messages at level SEVERE (errors, uncaught exceptions, failed
     /// loads) since the last call.
     pub async fn console_errors(&self) -> Vec<String> {

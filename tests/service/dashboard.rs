@@ -204,19 +204,8 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .await
         .unwrap();
     browser.css("#score").await.click().await.unwrap();
-    let shown = browser
-        .css("#perplexity")
-        .await
-        .attr("data-value")
-        .await
-        .unwrap()
-        .unwrap();
-    let cached = browser
-        .css("#cached")
-        .await
-        .attr("data-cached")
-        .await
-        .unwrap();
+    let shown = browser.attr("#perplexity", "data-value").await.unwrap();
+    let cached = browser.attr("#cached", "data-cached").await;
     assert_eq!(
         shown.parse::<f64>().unwrap(),
         api_perplexity(&app, "fiction,code_python").await
@@ -247,19 +236,8 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
             .unwrap();
     }
     browser.css("#score").await.click().await.unwrap();
-    let shown = browser
-        .css("#perplexity")
-        .await
-        .attr("data-value")
-        .await
-        .unwrap()
-        .unwrap();
-    let cached = browser
-        .css("#cached")
-        .await
-        .attr("data-cached")
-        .await
-        .unwrap();
+    let shown = browser.attr("#perplexity", "data-value").await.unwrap();
+    let cached = browser.attr("#cached", "data-cached").await;
     let (status, weighted) = app
         .get("/v1/score?partitions=fiction,religion&weights=3,1&eval=held-out")
         .await;
