@@ -181,7 +181,8 @@ const MAX_HEATMAP: usize = 100;
 pub struct HeatmapParams {
     /// The eval set (name or id).
     eval: String,
-    /// Comma-separated partitions, in the map's order (default: the first `limit` by name).
+    /// Comma-separated partitions, in the map's order (default: the first `limit` by name of
+    /// those with a ready unit model for the base and recipe).
     partitions: Option<String>,
     /// Only partitions of this domain, when `partitions` is not given.
     domain: Option<String>,
@@ -202,6 +203,13 @@ pub async fn heatmap(
     State(state): State<AppState>,
     Q(params): Q<HeatmapParams>,
 ) -> Result<Json<Value>, ApiError> {
+    let (scope, context) = scope(
+        &state,
+        &params.eval,
+        params.base.as_deref(),
+        params.recipe.as_deref(),
+    )
+    .await?;
     let partitions: Vec<(Uuid, String)> = match &params.partitions {
         Some(list) => {
             let mut found: Vec<(Uuid, String)> = Vec::new();
@@ -217,8 +225,15 @@ pub async fn heatmap(
                 }
                 found.push((p.id, p.name));
             }
+            if found.is_empty() || found.len() > MAX_HEATMAP {
+                return Err(ApiError::bad_request(
+                    "invalid_partitions",
+                    format!("a heatmap shows 1 to {MAX_HEATMAP} partitions"),
+                ));
+            }
             found
         }
+        // None may be trained yet: an empty map.
         None => {
             let limit = params.limit.unwrap_or(30);
             if !(1..=MAX_HEATMAP).contains(&limit) {
@@ -227,22 +242,16 @@ pub async fn heatmap(
                     format!("limit must be between 1 and {MAX_HEATMAP}"),
                 ));
             }
-            datasets::first_partitions(&state.pool, params.domain.as_deref(), limit as i64).await?
+            datasets::first_trained(
+                &state.pool,
+                scope.base_id,
+                scope.recipe_id,
+                params.domain.as_deref(),
+                limit as i64,
+            )
+            .await?
         }
     };
-    if partitions.is_empty() || partitions.len() > MAX_HEATMAP {
-        return Err(ApiError::bad_request(
-            "invalid_partitions",
-            format!("a heatmap shows 1 to {MAX_HEATMAP} partitions"),
-        ));
-    }
-    let (scope, context) = scope(
-        &state,
-        &params.eval,
-        params.base.as_deref(),
-        params.recipe.as_deref(),
-    )
-    .await?;
     let mut pairs: Vec<(usize, usize, String)> = Vec::new();
     for row in 0..partitions.len() {
         for column in 0..=row {

@@ -244,16 +244,24 @@ pub async fn domains(pool: &PgPool) -> Result<Vec<(Option<String>, i64)>, sqlx::
         .await
 }
 
-/// The first `limit` partitions by name (of `domain`, when given): (id, name).
-pub async fn first_partitions(
+/// The first `limit` partitions by name (of `domain`, when given) that have a ready unit
+/// model for the base and recipe: (id, name).
+pub async fn first_trained(
     pool: &PgPool,
+    base: Uuid,
+    recipe: Uuid,
     domain: Option<&str>,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
     sqlx::query_as(
-        "select id, name from partitions where ($1::text is null or domain = $1)
-         order by name limit $2",
+        "select p.id, p.name from partitions p
+         where ($3::text is null or p.domain = $3) and exists (
+             select 1 from models m where m.partition_id = p.id and m.base_id = $1
+               and m.recipe_id = $2 and m.state = 'ready')
+         order by p.name limit $4",
     )
+    .bind(base)
+    .bind(recipe)
     .bind(domain)
     .bind(limit)
     .fetch_all(pool)

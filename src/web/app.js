@@ -501,6 +501,11 @@ async function heatmap() {
     setHere(q);
     const m = await get(`/v1/heatmap?${query(q)}`);
     const values = m.cells.map((cell) => cell[2]);
+    if (!m.partitions.length) {
+      c.clear();
+      note.textContent = `No partition${domain.value ? ` of ${domain.value}` : ''} has a trained unit model for base ${m.base} and recipe ${m.recipe} yet.`;
+      return;
+    }
     note.textContent = `Perplexity on ${m.eval_set} of the uniform merge of each pair (the diagonal: the unit model alone); `
       + `${fmt.num(m.cells.length)} of ${fmt.num(m.cells.length + m.missing)} pairs scored`
       + (m.missing ? ' — a sweep with sizes 1 to 2 scores the rest.' : '.');

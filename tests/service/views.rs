@@ -257,7 +257,15 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
         );
     }
 
-    // The heatmap: a cell per pair (and per partition alone) with the score's value.
+    // The heatmap: a cell per pair (and per partition alone) with the score's value, for the
+    // partitions with a unit model (one without shows only when named).
+    let (status, body) = app
+        .post(
+            "/v1/partitions?name=aaa-untrained&train=false",
+            corpus("speeches", 0, 3),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, map) = app.get("/v1/heatmap?eval=held-out").await;
     assert_eq!(status, StatusCode::OK, "{map}");
     assert_eq!(
@@ -288,6 +296,22 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
         ),
         (2, 3)
     );
+    let (_, named) = app
+        .get("/v1/heatmap?eval=held-out&partitions=aaa-untrained,bible")
+        .await;
+    assert_eq!(
+        (
+            named["cells"].as_array().unwrap().len(),
+            named["missing"].as_i64()
+        ),
+        (1, Some(2))
+    );
+    let (_, none) = app.get("/v1/heatmap?eval=held-out&domain=none").await;
+    assert_eq!(
+        (none["partitions"].clone(), none["cells"].clone()),
+        (json!([]), json!([])),
+        "no partition of that domain is trained"
+    );
     let (_, listed) = app
         .get("/v1/heatmap?eval=held-out&partitions=fiction-b,bible")
         .await;
@@ -313,7 +337,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
             "not_found",
         ),
         (
-            "/v1/heatmap?eval=held-out&domain=none",
+            "/v1/heatmap?eval=held-out&partitions=,",
             StatusCode::BAD_REQUEST,
             "invalid_partitions",
         ),
