@@ -315,7 +315,16 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .as_str()
         .unwrap()
         .to_string();
-    while app.get(&format!("/v1/jobs/{job}")).await.1["progress"].as_f64() == Some(0.0) {
+    let started = std::time::Instant::now();
+    loop {
+        let (_, running) = app.get(&format!("/v1/jobs/{job}")).await;
+        if running["progress"].as_f64() > Some(0.0) {
+            break;
+        }
+        assert!(
+            running["state"] != "failed" && started.elapsed() < Duration::from_secs(120),
+            "the training made no progress: {running}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     browser.open(&app.url("/jobs")).await;
