@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::error::Errors;
 use super::{ApiError, AppState, Q, resolve_base, resolve_eval_sets, resolve_recipe};
 use crate::engine::eval::EvalConfig;
+use crate::jobs::kind::MemberJson;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, Rank, ScoreKey};
@@ -126,15 +127,16 @@ pub async fn leaderboard(
     .await?;
     let ids: Vec<Uuid> = rows
         .iter()
-        .flat_map(|s| members(&s.mixture))
-        .map(|(id, _)| id)
+        .flat_map(|s| MemberJson::list(&s.mixture))
+        .map(|m| m.partition)
         .collect();
     let names = datasets::names(&state.pool, Kind::Partition, &ids).await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|s| {
-            let mixture: Vec<Value> = members(&s.mixture)
-                .map(|(id, weight)| json!({ "partition": name(&names, id), "weight": weight }))
+            let mixture: Vec<Value> = MemberJson::list(&s.mixture)
+                .into_iter()
+                .map(|m| json!({ "partition": name(&names, m.partition), "weight": m.weight }))
                 .collect();
             json!({
                 "mixture": mixture,
@@ -158,14 +160,6 @@ pub async fn leaderboard(
         "offset": offset,
         "items": items,
     })))
-}
-
-/// A stored mixture's members: (partition, weight).
-fn members(mixture: &Value) -> impl Iterator<Item = (Uuid, f64)> + '_ {
-    mixture.as_array().into_iter().flatten().filter_map(|m| {
-        let id = m["partition"].as_str()?.parse().ok()?;
-        Some((id, m["weight"].as_f64()?))
-    })
 }
 
 fn name(names: &HashMap<Uuid, String>, id: Uuid) -> String {

@@ -333,7 +333,11 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
     let partition_ids: Vec<Uuid> = outcomes
         .iter()
         .filter(|o| o.eval_set_id == sweep.eval_set_ids[0])
-        .flat_map(|o| members(&o.mixture).into_iter().map(|m| m.partition))
+        .flat_map(|o| {
+            MemberJson::list(&o.mixture)
+                .into_iter()
+                .map(|m| m.partition)
+        })
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -382,7 +386,7 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
             .position(|id| *id == o.eval_set_id)
             .unwrap_or(0);
         let ppl = result["perplexity"].as_f64().unwrap_or(f64::INFINITY);
-        let mixture: Vec<Value> = members(&o.mixture)
+        let mixture: Vec<Value> = MemberJson::list(&o.mixture)
             .iter()
             .map(|m| json!({ "partition": name(&m.partition), "weight": m.weight }))
             .collect();
@@ -423,8 +427,4 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
         .collect();
     out["results"] = json!(results);
     Ok(out)
-}
-
-fn members(mixture: &Value) -> Vec<MemberJson> {
-    serde_json::from_value(mixture.clone()).unwrap_or_default()
 }

@@ -110,6 +110,14 @@ pub struct MemberJson {
     pub weight: f64,
 }
 
+impl MemberJson {
+    /// The members of a stored mixture (`[{"partition", "weight"}]`; none when it does not
+    /// parse).
+    pub fn list(mixture: &Value) -> Vec<MemberJson> {
+        serde_json::from_value(mixture.clone()).unwrap_or_default()
+    }
+}
+
 /// `sweep`: a shard of a sweep, as the positions of its mixtures in the sweep's list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepJob {

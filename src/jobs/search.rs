@@ -216,14 +216,7 @@ impl Run<'_> {
             .filter(|s| !perplexity.contains_key(s))
             .copied()
             .collect();
-        let members = serde_json::to_value(
-            mixture
-                .members
-                .iter()
-                .map(|m| json!({ "partition": m.partition, "weight": m.weight }))
-                .collect::<Vec<_>>(),
-        )
-        .expect("mixtures serialise");
+        let members = serde_json::to_value(&mixture.members).expect("mixtures serialise");
         let mut tx = self.worker.pool.begin().await?;
         if !missing.is_empty() {
             // Merged in the canonical order, as a score job merges the same mixture.
