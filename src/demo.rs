@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::client::Progress;
-use crate::engine::data::{self, Document};
+use crate::engine::data::{self, Document, jsonl};
 use crate::serve::ServeArgs;
 
 #[derive(Args)]
@@ -221,12 +221,6 @@ impl Client {
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.send("GET", path, String::new()).await
     }
-}
-
-pub(crate) fn jsonl(docs: &[Document]) -> String {
-    docs.iter()
-        .map(|d| format!("{}\n", json!({"text": d.text, "domain": d.domain})))
-        .collect()
 }
 
 pub(crate) fn read_corpus(dir: &Path) -> Result<Vec<(String, Vec<Document>)>> {

@@ -48,6 +48,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("reading the upload: {0}")]
     Body(std::io::Error),
+    #[error("eval set {name:?} has {documents} document(s): splitting it needs at least 2")]
+    TooFewToSplit { name: String, documents: usize },
 }
 
 /// Names become keys and path segments: keep them plain.
@@ -152,6 +154,54 @@ where
         }
         other => Ok(other?),
     }
+}
+
+/// The halves of an eval set that a `gradient` search tunes on and reports on: `<name>.tune`
+/// holds its documents at odd positions (the second, the fourth, …) and `<name>.report` the
+/// others, each stored and registered as an eval set of its own (asking again finds them: the
+/// content decides). Fails when the set has fewer than 2 documents.
+pub async fn split_eval_set(
+    pool: &PgPool,
+    store: &Store,
+    set: &Dataset,
+) -> Result<(Dataset, Dataset), IngestError> {
+    let object = store
+        .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
+        .await?;
+    let text = data::decompress(object.to_vec())?;
+    let docs = data::parse_documents(&text, Some(Format::Jsonl))?;
+    if docs.len() < 2 {
+        return Err(IngestError::TooFewToSplit {
+            name: set.name.clone(),
+            documents: docs.len(),
+        });
+    }
+    let (tune, report): (Vec<_>, Vec<_>) =
+        docs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+    let mut halves = Vec::with_capacity(2);
+    for (suffix, docs) in [("tune", tune), ("report", report)] {
+        let docs: Vec<Document> = docs.into_iter().map(|(_, d)| d).collect();
+        let upload = Upload {
+            kind: Kind::EvalSet,
+            name: format!("{}.{suffix}", set.name),
+            domain: set.domain.clone(),
+            tags: set.tags.clone(),
+            format: Some(Format::Jsonl),
+            max_bytes: u64::MAX,
+        };
+        let body = Bytes::from(data::jsonl(&docs));
+        let created = ingest(
+            pool,
+            store,
+            &upload,
+            futures::stream::once(async { Ok(body) }),
+        )
+        .await?;
+        halves.push(created.into_inner());
+    }
+    let report = halves.pop().expect("two halves");
+    let tune = halves.pop().expect("two halves");
+    Ok((tune, report))
 }
 
 /// Reads the body from `input`, writes zstd-compressed normalised JSONL to `output`.

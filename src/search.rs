@@ -2,7 +2,8 @@
 //! seeded Dirichlet samples around a centre, and the predictor fitted to the points scored so
 //! far — a ridge regression of the objective on Scheffé's quadratic mixture terms (each
 //! weight, each product of two), whose quality is reported as the Spearman ρ of its
-//! cross-validated predictions. Nothing here touches the registry or a model.
+//! cross-validated predictions — and the exponentiated-gradient steps of a `gradient` search.
+//! Nothing here touches the registry or a model.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -342,6 +343,53 @@ pub fn best(observed: &[Observed]) -> &[f64] {
         .0
 }
 
+/// How a `gradient` search moves: exponentiated-gradient steps on the simplex, each projected
+/// into the bounds. From weights α and the objective's gradient g there, the step is
+/// α_k ← α_k · exp(−η (g_k − Σ_j α_j g_j)) / Z (only differences of the g_k matter along
+/// the simplex), with η scaled so the largest change of a log-weight is `STEP / √(t + 1)`
+/// at step t: the step size does not depend on the scale of the gradient, and shrinks so the
+/// iterates settle. The next weights depend only on the current ones and their gradient, so
+/// a search that stops resumes from its last stored step.
+#[derive(Debug, Clone)]
+pub struct Descent {
+    pub bounds: Bounds,
+}
+
+impl Descent {
+    /// The largest change of a log-weight in the first step.
+    pub const STEP: f64 = 1.0;
+    /// The smallest weight a step starts from: a weight at 0 (the prior's, or the bounds')
+    /// could never grow under multiplicative steps.
+    const FLOOR: f64 = 1e-6;
+
+    /// The first iterate: the prior within the bounds, with a little of the uniform mixture
+    /// so that no partition starts at 0 where its bounds allow more.
+    pub fn start(&self, prior: &[f64]) -> Vec<f64> {
+        let k = prior.len() as f64;
+        let mixed: Vec<f64> = prior.iter().map(|p| 0.98 * p + 0.02 / k).collect();
+        self.bounds.project(&mixed)
+    }
+
+    /// The iterate after step `t` from `weights`, whose objective has `gradient`.
+    pub fn step(&self, t: usize, weights: &[f64], gradient: &[f64]) -> Vec<f64> {
+        let along: f64 = weights.iter().zip(gradient).map(|(a, g)| a * g).sum();
+        let centred: Vec<f64> = gradient.iter().map(|g| g - along).collect();
+        let largest = centred.iter().fold(0.0f64, |m, d| m.max(d.abs()));
+        if !(largest.is_finite() && largest > 0.0) {
+            return weights.to_vec();
+        }
+        let eta = Self::STEP / ((t + 1) as f64).sqrt() / largest;
+        let moved: Vec<f64> = weights
+            .iter()
+            .zip(&centred)
+            .map(|(a, d)| a.max(Self::FLOOR) * (-eta * d).exp())
+            .collect();
+        let sum: f64 = moved.iter().sum();
+        let moved: Vec<f64> = moved.iter().map(|m| m / sum).collect();
+        self.bounds.project(&moved)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +538,61 @@ mod tests {
         }
         // Too few points for a cross-validated ρ.
         assert_eq!(Predictor::fit(&points[..3]).cv_spearman, None);
+    }
+
+    #[test]
+    fn descent_steps_stay_on_the_bounded_simplex_and_reach_a_quadratics_minimum() {
+        // f(α) = Σ (α_k − m_k)² with m inside the simplex: its gradient is 2 (α − m).
+        let m = [0.6, 0.3, 0.1];
+        let descent = Descent {
+            bounds: Bounds::open(3),
+        };
+        let mut w = descent.start(&[1.0 / 3.0; 3]);
+        for t in 0..200 {
+            let g: Vec<f64> = w.iter().zip(&m).map(|(a, b)| 2.0 * (a - b)).collect();
+            w = descent.step(t, &w, &g);
+            assert!(descent.bounds.contains(&w, 1e-9), "{w:?}");
+        }
+        for (a, b) in w.iter().zip(&m) {
+            assert!((a - b).abs() < 0.02, "{w:?} vs {m:?}");
+        }
+        // With a bound that cuts the minimum off, the iterates end on the bound.
+        let bounded = Descent {
+            bounds: Bounds::new(vec![0.0, 0.0, 0.0], vec![0.4, 1.0, 1.0]).unwrap(),
+        };
+        let mut w = bounded.start(&[1.0 / 3.0; 3]);
+        for t in 0..200 {
+            let g: Vec<f64> = w.iter().zip(&m).map(|(a, b)| 2.0 * (a - b)).collect();
+            w = bounded.step(t, &w, &g);
+            assert!(bounded.bounds.contains(&w, 1e-9), "{w:?}");
+        }
+        assert!((w[0] - 0.4).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn a_descent_step_moves_each_log_weight_by_at_most_the_step_and_ignores_constant_shifts() {
+        let descent = Descent {
+            bounds: Bounds::open(3),
+        };
+        let w = [0.2, 0.3, 0.5];
+        let g = [3.0, -1.0, 0.5];
+        let next = descent.step(0, &w, &g);
+        let shifted = descent.step(0, &w, &[1003.0, 999.0, 1000.5]);
+        for (a, b) in next.iter().zip(&shifted) {
+            assert!((a - b).abs() < 1e-9);
+        }
+        // Lower where the gradient is higher than the weighted mean, higher where lower.
+        assert!(next[0] < w[0] && next[1] > w[1]);
+        // log-ratios change by at most 2 · STEP (each log-weight by STEP, before normalising).
+        for i in 0..3 {
+            for j in 0..3 {
+                let change = (next[i] / next[j]).ln() - (w[i] / w[j]).ln();
+                assert!(change.abs() <= 2.0 * Descent::STEP + 1e-9);
+            }
+        }
+        // A zero prior weight does not stay stuck at zero.
+        assert!(descent.start(&[1.0, 0.0, 0.0])[1] > 0.0);
+        // A flat gradient does not move.
+        assert_eq!(descent.step(3, &w, &[2.0; 3]), w.to_vec());
     }
 }

@@ -109,7 +109,7 @@ type PerplexityTable = HashMap<(String, String, Uuid), f64>;
 pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>, sqlx::Error> {
     let eval = EvalConfig::default();
     let sha = eval_config_sha256(&eval);
-    let ready = validations::ready(pool).await?;
+    let ready = validations::ready_unions(pool).await?;
     let truths = validations::scores(pool, &sha, None).await?;
     let all_partitions: Vec<Uuid> = ready.iter().flat_map(|v| v.partition_ids.clone()).collect();
     let sizes = datasets::partition_bytes(pool, &all_partitions).await?;

@@ -183,12 +183,13 @@ async fn upload(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     ingest(&state.pool, &state.store, &upload, stream)
         .await
-        .map_err(|e| match e {
-            IngestError::Data(e) => ApiError::status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_data",
-                e.to_string(),
-            ),
+        .map_err(ApiError::from)
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        match e {
+            IngestError::Data(e) => ApiError::unprocessable("invalid_data", e.to_string()),
             e @ IngestError::TooLarge { .. } => {
                 ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
@@ -199,7 +200,11 @@ async fn upload(
             IngestError::Registry(RegistryError::Database(e)) => e.into(),
             IngestError::Store(e) => e.into(),
             e @ IngestError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
-        })
+            e @ IngestError::TooFewToSplit { .. } => {
+                ApiError::unprocessable("eval_set_too_small", e.to_string())
+            }
+        }
+    }
 }
 
 async fn list(state: &AppState, kind: Kind, params: ListParams) -> Result<Json<Value>, ApiError> {

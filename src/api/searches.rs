@@ -42,9 +42,13 @@ pub struct NewSearch {
     /// equal weights); eval sets it leaves out weigh nothing.
     #[schema(value_type = Option<Object>)]
     objective: Option<BTreeMap<String, f64>>,
-    /// Points to evaluate before the proposal (1 to 10,000).
+    /// Points to evaluate before the proposal (`sample`), or steps to take (`gradient`), 1 to
+    /// 10,000.
     budget: u32,
     /// `sample` (default): Dirichlet samples in rounds, steered by a fitted predictor.
+    /// `gradient`: exponentiated-gradient steps along the merged model's α-gradient, tuned on
+    /// one half of each eval set's documents (`<name>.tune`) and scored on the other
+    /// (`<name>.report`), both registered as eval sets.
     method: Option<String>,
     /// `{"partition": [min, max]}`: bounds on its weight (default [0, 1]).
     #[schema(value_type = Option<Object>)]
@@ -76,14 +80,12 @@ pub async fn create_search(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewSearch =
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
-    match new.method.as_deref().unwrap_or("sample") {
-        "sample" => {}
-        other => {
-            return Err(bad(
-                "invalid_method",
-                format!("method {other:?}: use sample (the α-gradient method is not offered yet)"),
-            ));
-        }
+    let method = new.method.as_deref().unwrap_or("sample");
+    if !["sample", "gradient"].contains(&method) {
+        return Err(bad(
+            "invalid_method",
+            format!("method {method:?}: use sample or gradient"),
+        ));
     }
     if !(1..=MAX_BUDGET).contains(&new.budget) {
         return Err(bad(
@@ -180,15 +182,29 @@ pub async fn create_search(
         return Ok((StatusCode::ACCEPTED, Json(training)));
     }
 
+    // A gradient search scores its points on the report halves and never looks at them
+    // otherwise.
+    let (eval_set_ids, tune_set_ids) = if method == "gradient" {
+        let (mut report, mut tune) = (Vec::new(), Vec::new());
+        for set in &eval_sets {
+            let (t, r) = crate::ingest::split_eval_set(&state.pool, &state.store, set).await?;
+            tune.push(t.id);
+            report.push(r.id);
+        }
+        (report, tune)
+    } else {
+        (eval_sets.iter().map(|s| s.id).collect(), Vec::new())
+    };
     let eval = EvalConfig::default();
     let search = Search {
         id: Uuid::new_v4(),
         base_id: base.id,
         recipe_id: recipe.id,
         partition_ids: ids,
-        eval_set_ids: eval_sets.iter().map(|s| s.id).collect(),
+        eval_set_ids,
+        tune_set_ids,
         objective,
-        method: "sample".into(),
+        method: method.into(),
         budget: new.budget as i32,
         bounds_min: bounds.min,
         bounds_max: bounds.max,
@@ -268,7 +284,13 @@ pub async fn list_searches(
 async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Value, ApiError> {
     let pool = &state.pool;
     let names = datasets::names(pool, Kind::Partition, &search.partition_ids).await?;
-    let set_names = datasets::names(pool, Kind::EvalSet, &search.eval_set_ids).await?;
+    let all_sets: Vec<Uuid> = search
+        .eval_set_ids
+        .iter()
+        .chain(&search.tune_set_ids)
+        .copied()
+        .collect();
+    let set_names = datasets::names(pool, Kind::EvalSet, &all_sets).await?;
     let partition = |i: usize| {
         names
             .get(&search.partition_ids[i])
@@ -312,7 +334,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
                 .iter()
                 .zip(&search.objective)
                 .try_fold(0.0, |sum, (ppl, w)| ppl.map(|v| sum + w * v.ln()));
-            let body = json!({
+            let mut body = json!({
                 "position": p.position,
                 "round": p.round,
                 "role": p.role,
@@ -320,12 +342,17 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
                 "objective": objective,
                 "perplexity": Value::Object(ppl.iter().enumerate().map(|(i, v)| (set(i), json!(v))).collect()),
             });
-            (body, objective)
+            if p.tune_objective.is_some() {
+                body["tune_objective"] = json!(p.tune_objective);
+            }
+            // What ranks the points: a gradient search's tune objective (its report halves
+            // choose nothing), else the objective.
+            (body, p.tune_objective.or(objective))
         })
         .collect();
     let best = shown
         .iter()
-        .filter_map(|(body, objective)| objective.map(|o| (o, body)))
+        .filter_map(|(body, rank)| rank.map(|o| (o, body)))
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, body)| body.clone());
     let job = match search.job_id {
@@ -333,14 +360,20 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         None => None,
     };
     let result = job.as_ref().and_then(|j| j.result.clone());
-    let proposal = shown
-        .iter()
-        .find(|(body, _)| body["role"] == "proposal")
+    // A sample search's proposal is its last point; the finished job names a gradient
+    // search's.
+    let proposal = result
+        .as_ref()
+        .and_then(|r| r["proposal"]["position"].as_u64())
+        .and_then(|at| shown.iter().find(|(body, _)| body["position"] == at))
+        .or_else(|| shown.iter().find(|(body, _)| body["role"] == "proposal"))
         .map(|(body, _)| {
             let mut body = body.clone();
-            body["predicted"] = result
-                .as_ref()
-                .map_or(Value::Null, |r| r["proposal"]["predicted"].clone());
+            if let Some(predicted) = result.as_ref().map(|r| &r["proposal"]["predicted"])
+                && !predicted.is_null()
+            {
+                body["predicted"] = predicted.clone();
+            }
             body
         });
     let base = bases::find(pool, &search.base_id.to_string()).await?;
@@ -356,6 +389,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         "recipe": recipe.map(|r| r.name),
         "partitions": (0..search.partition_ids.len()).map(partition).collect::<Vec<_>>(),
         "eval_sets": (0..search.eval_set_ids.len()).map(set).collect::<Vec<_>>(),
+        "tune_sets": search.tune_set_ids.iter().map(|id| set_names.get(id).cloned().unwrap_or_default()).collect::<Vec<_>>(),
         "objective": Value::Object(search.objective.iter().enumerate().map(|(i, w)| (set(i), json!(w))).collect()),
         "bounds": Value::Object((0..search.partition_ids.len()).map(|i| (partition(i), json!([search.bounds_min[i], search.bounds_max[i]]))).collect()),
         "prior": by_partition(&search.prior),
@@ -363,6 +397,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         "best": best,
         "proposal": proposal,
         "fit": result.as_ref().map_or(Value::Null, |r| r["fit"].clone()),
+        "gradient_passes": result.as_ref().map_or(Value::Null, |r| r["gradient_passes"].clone()),
         "job": job.as_ref().map(|j| j.id),
         "error": job.as_ref().and_then(|j| j.error.clone()),
         "created_at": search.created_at,

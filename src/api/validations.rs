@@ -1,8 +1,9 @@
 //! Validations: `POST /v1/validations` trains a model on the union of each mixture's
-//! partitions and evaluates it beside the mixture's proxies; `GET /v1/validations/report`
+//! partitions (or on their sequences drawn in given proportions) and evaluates it beside the
+//! mixture's proxies; `GET /v1/validations/report`
 //! says, per eval set and proxy, how well the proxy ranks mixtures as training would.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -25,14 +26,36 @@ use crate::registry::models;
 use crate::registry::validations::{self, NewValidation, Validation};
 use crate::scoring::eval_config_sha256;
 
+/// A mixture to validate: a list of partitions (trained on their union as it is), or
+/// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to
+/// its weight, normalised).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum MixtureSpec {
+    Union(Vec<String>),
+    Weighted(BTreeMap<String, f64>),
+}
+
+impl MixtureSpec {
+    fn keys(&self) -> Vec<&String> {
+        match self {
+            MixtureSpec::Union(names) => names.iter().collect(),
+            MixtureSpec::Weighted(weights) => weights.keys().collect(),
+        }
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewValidations {
-    /// One mixture (a list of partitions) ...
-    mixture: Option<Vec<String>>,
+    /// One mixture ...
+    mixture: Option<MixtureSpec>,
     /// ... or several.
-    mixtures: Option<Vec<Vec<String>>>,
+    mixtures: Option<Vec<MixtureSpec>>,
     eval_sets: Vec<String>,
+    /// Tokens to train each model for (a multiple of the recipe's sequence length; default:
+    /// the recipe's budget times the number of partitions with weight, the paper's k×).
+    tokens: Option<u64>,
     base: Option<String>,
     recipe: Option<String>,
     /// Whether missing unit models are queued for training (default true: the answer is then
@@ -44,8 +67,9 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
-/// `POST /v1/validations {"mixture" | "mixtures", "eval_sets", "base"?, "recipe"?,
-/// "train"?}`: all checked first (names, repeated partitions), then missing unit models
+/// `POST /v1/validations {"mixture" | "mixtures", "eval_sets", "tokens"?, "base"?,
+/// "recipe"?, "train"?}`: a mixture is a list of partitions (their union) or
+/// `{"partition": weight}` (sequences drawn in those proportions). All checked first (names, repeated partitions), then missing unit models
 /// queued (202 with `training`, nothing else created), else each validation created or
 /// found, with the job that trains and evaluates what it lacks. 202 when a job was queued,
 /// 200 when everything asked for is already there.
@@ -75,23 +99,35 @@ pub async fn create_validations(
     let base = resolve_base(&state.pool, Some(&base_key)).await?;
     let recipe = resolve_recipe(&state.pool, Some(&recipe_key)).await?;
 
+    let step = recipe.config.0.seq_len;
+    if let Some(tokens) = new.tokens
+        && (tokens == 0 || !tokens.is_multiple_of(step))
+    {
+        return Err(bad(
+            "invalid_tokens",
+            format!("tokens is a positive multiple of the recipe's seq_len ({step})"),
+        ));
+    }
+
     let mut resolved: Vec<(Mixture, Vec<Dataset>)> = Vec::new();
-    for (i, names) in mixtures.iter().enumerate() {
-        let mut rows = Vec::with_capacity(names.len());
-        for key in names {
+    for (i, spec) in mixtures.iter().enumerate() {
+        let keys = spec.keys();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
             let row = datasets::find(&state.pool, Kind::Partition, key)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
             rows.push(row);
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mixture = Mixture::new(&ids, None, Weighting::Uniform).map_err(|e| {
-            ApiError::status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_mixture",
-                format!("mixtures[{i}]: {e}"),
-            )
-        })?;
+        let mixture = match spec {
+            MixtureSpec::Union(_) => Mixture::new(&ids, None, Weighting::Uniform),
+            MixtureSpec::Weighted(weights) => {
+                let weights: Vec<f64> = weights.values().copied().collect();
+                Mixture::new(&ids, Some(&weights), Weighting::Explicit)
+            }
+        }
+        .map_err(|e| ApiError::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}")))?;
         resolved.push((mixture, rows));
     }
     // Each partition once, in the order the request names them.
@@ -124,12 +160,17 @@ pub async fn create_validations(
     let mut queued = false;
     for (mixture, _) in &resolved {
         let partitions: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
+        let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
+        let weighted = mixture.weighting == Weighting::Explicit;
+        let with_weight = weights.iter().filter(|w| **w > 0.0).count() as u64;
+        let tokens = new.tokens.unwrap_or(recipe.config.0.tokens * with_weight);
         let new = NewValidation {
             base: base.id,
             recipe: recipe.id,
             mixture_key: &mixture.key(),
             partitions: &partitions,
-            tokens: recipe.config.0.tokens as i64 * partitions.len() as i64,
+            weights: weighted.then_some(weights.as_slice()),
+            tokens: tokens as i64,
         };
         let (validation, job) = validations::ensure(&mut tx, &new, &set_ids, &sha).await?;
         queued |= job.is_some();
@@ -172,6 +213,10 @@ async fn view(state: &AppState, v: &Validation) -> Result<Value, ApiError> {
     Ok(json!({
         "id": v.id,
         "mixture": v.partition_ids.iter().map(|p| names.get(p)).collect::<Vec<_>>(),
+        "sampling": v.sampling,
+        "weights": v.weights.as_ref().map(|w| {
+            v.partition_ids.iter().zip(w).map(|(p, w)| (names.get(p).cloned().unwrap_or_default(), json!(w))).collect::<serde_json::Map<_, _>>()
+        }),
         "state": v.state,
         "tokens": v.tokens,
         "job_id": v.job_id,

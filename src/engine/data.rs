@@ -159,6 +159,18 @@ pub fn parse_jsonl_line(line: &str, line_no: usize) -> Result<Option<Document>, 
     Ok(Some(Document { text, domain }))
 }
 
+/// Documents as JSONL, one `{"text", "domain"}` object per line.
+pub fn jsonl(docs: &[Document]) -> String {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{}\n",
+                serde_json::json!({"text": d.text, "domain": d.domain})
+            )
+        })
+        .collect()
+}
+
 /// The documents' token ids as one stream, each document followed by the EOS token (and
 /// preceded by the BOS token, for models whose BOS differs from their EOS).
 pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>, DataError> {
@@ -179,16 +191,31 @@ pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>, Da
 /// epoch `e` visits every window once, in a permutation drawn from `(seed, e)`. A budget
 /// larger than the stream therefore cycles over it, and sequence `i` is always the same
 /// window, which is what makes resumed training identical to uninterrupted training.
+///
+/// [`Sequences::weighted`] serves several streams in given proportions instead: sequence `i`
+/// comes from the stream furthest behind its share (the largest `w_k·(i + 1) − n_k`, where
+/// `n_k` sequences came from stream `k` before; ties to the first), as the `n_k`-th window of
+/// that stream's own seeded order. Every prefix of the order then holds each stream's share
+/// to within one sequence, and sequence `i` is still a fixed function of the inputs and `i`.
 pub struct Sequences<'a> {
+    streams: Vec<Stream<'a>>,
+    /// Normalised; one stream: `[1.0]`.
+    weights: Vec<f64>,
+    /// Which stream and which of its windows each sequence is, as far as it was asked for
+    /// (several streams only).
+    schedule: Vec<(u32, u64)>,
+    drawn: Vec<u64>,
+}
+
+struct Stream<'a> {
     tokens: &'a [u32],
     seq_len: usize,
     seed: u64,
     epoch: Option<(u64, Vec<u32>)>,
 }
 
-impl<'a> Sequences<'a> {
-    /// Fails when the stream is shorter than one window.
-    pub fn new(tokens: &'a [u32], seq_len: usize, seed: u64) -> Result<Self, String> {
+impl<'a> Stream<'a> {
+    fn new(tokens: &'a [u32], seq_len: usize, seed: u64) -> Result<Self, String> {
         if seq_len == 0 || tokens.len() < seq_len + 1 {
             return Err(format!(
                 "the data has {} tokens; training needs at least seq_len + 1 = {}",
@@ -196,7 +223,7 @@ impl<'a> Sequences<'a> {
                 seq_len + 1
             ));
         }
-        Ok(Sequences {
+        Ok(Stream {
             tokens,
             seq_len,
             seed,
@@ -204,12 +231,11 @@ impl<'a> Sequences<'a> {
         })
     }
 
-    pub fn chunks(&self) -> u64 {
+    fn chunks(&self) -> u64 {
         ((self.tokens.len() - 1) / self.seq_len) as u64
     }
 
-    /// The `index`-th training window, `seq_len + 1` tokens long.
-    pub fn get(&mut self, index: u64) -> &'a [u32] {
+    fn get(&mut self, index: u64) -> &'a [u32] {
         let chunks = self.chunks();
         let epoch = index / chunks;
         if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -218,6 +244,95 @@ impl<'a> Sequences<'a> {
         let (_, order) = self.epoch.as_ref().unwrap();
         let start = order[(index % chunks) as usize] as usize * self.seq_len;
         &self.tokens[start..start + self.seq_len + 1]
+    }
+}
+
+impl<'a> Sequences<'a> {
+    /// Fails when the stream is shorter than one window.
+    pub fn new(tokens: &'a [u32], seq_len: usize, seed: u64) -> Result<Self, String> {
+        Ok(Sequences {
+            streams: vec![Stream::new(tokens, seq_len, seed)?],
+            weights: vec![1.0],
+            schedule: Vec::new(),
+            drawn: Vec::new(),
+        })
+    }
+
+    /// Several streams, drawn from in proportion to their non-negative `weights` (normalised
+    /// here). Fails when the weights are not finite, sum to zero, or a stream with weight is
+    /// shorter than one window.
+    pub fn weighted(
+        streams: &[(&'a [u32], f64)],
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Self, String> {
+        let sum: f64 = streams.iter().map(|(_, w)| w).sum();
+        if streams.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0)) || !(sum > 0.0) {
+            return Err("stream weights must be finite, non-negative and not all zero".into());
+        }
+        let mut built = Vec::with_capacity(streams.len());
+        for (k, (tokens, weight)) in streams.iter().enumerate() {
+            // Stream 0 keeps the seed itself, so one stream is ordered as by `new`.
+            let stream_seed = seed ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            let stream = if *weight > 0.0 {
+                Stream::new(tokens, seq_len, stream_seed).map_err(|e| format!("stream {k}: {e}"))?
+            } else {
+                // Never drawn from.
+                Stream {
+                    tokens,
+                    seq_len,
+                    seed: stream_seed,
+                    epoch: None,
+                }
+            };
+            built.push(stream);
+        }
+        Ok(Sequences {
+            drawn: vec![0; built.len()],
+            streams: built,
+            weights: streams.iter().map(|(_, w)| w / sum).collect(),
+            schedule: Vec::new(),
+        })
+    }
+
+    /// Windows in one epoch of a single stream (in all streams, for several).
+    pub fn chunks(&self) -> u64 {
+        self.streams
+            .iter()
+            .zip(&self.weights)
+            .filter(|(_, w)| **w > 0.0)
+            .map(|(s, _)| s.chunks())
+            .sum()
+    }
+
+    /// The `index`-th training window, `seq_len + 1` tokens long.
+    pub fn get(&mut self, index: u64) -> &'a [u32] {
+        if self.streams.len() == 1 {
+            return self.streams[0].get(index);
+        }
+        while self.schedule.len() as u64 <= index {
+            let i = self.schedule.len() as f64;
+            let k = (0..self.streams.len())
+                .max_by(|&a, &b| {
+                    let behind = |k: usize| self.weights[k] * (i + 1.0) - self.drawn[k] as f64;
+                    // Ties go to the first stream: `max_by` keeps the last of equals.
+                    behind(a).total_cmp(&behind(b)).then(b.cmp(&a))
+                })
+                .expect("at least one stream");
+            self.schedule.push((k as u32, self.drawn[k]));
+            self.drawn[k] += 1;
+        }
+        let (k, j) = self.schedule[index as usize];
+        self.streams[k as usize].get(j)
+    }
+
+    /// Which stream sequence `index` comes from.
+    pub fn stream_of(&mut self, index: u64) -> usize {
+        if self.streams.len() == 1 {
+            return 0;
+        }
+        self.get(index);
+        self.schedule[index as usize].0 as usize
     }
 }
 

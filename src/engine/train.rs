@@ -217,6 +217,20 @@ pub fn train(
     model: &LoadedModel,
     tokens: &[u32],
     config: &TrainConfig,
+    options: TrainOptions,
+) -> Result<Outcome, TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    let sequences =
+        Sequences::new(tokens, config.seq_len as usize, config.seed).map_err(TrainError::Data)?;
+    train_on(model, sequences, config, options)
+}
+
+/// Trains `model` in place on `sequences` (made with `config.seq_len` and `config.seed`) for
+/// `config.tokens` tokens.
+pub fn train_on(
+    model: &LoadedModel,
+    mut sequences: Sequences,
+    config: &TrainConfig,
     mut options: TrainOptions,
 ) -> Result<Outcome, TrainError> {
     config.validate().map_err(TrainError::Config)?;
@@ -227,8 +241,6 @@ pub fn train(
             config.seq_len
         )));
     }
-    let mut sequences =
-        Sequences::new(tokens, config.seq_len as usize, config.seed).map_err(TrainError::Data)?;
     let device = model.vs.device();
     let autocast = config.precision == Precision::Bf16 && device.is_cuda();
     let vocab = model.config.vocab_size();

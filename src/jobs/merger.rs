@@ -1,7 +1,9 @@
 //! Merging and evaluating on a worker with nothing written to disk. One thread owns the
 //! base's model (its config and tokenizer; each merge overwrites the weights), the unit
 //! models fetched into memory on the worker's device, and the eval sets, tokenised once.
-//! Score jobs and sweep shards both run here, so a mixture gets the same numbers either way.
+//! Score jobs, sweep shards and searches all run here, so a mixture gets the same numbers
+//! whichever asked; a `gradient` search also takes the objective's gradient with respect to
+//! the merge weights here.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,10 +57,24 @@ enum Command {
         eval_sets: Vec<Uuid>,
         reply: oneshot::Sender<Result<Scored, JobError>>,
     },
+    Gradient {
+        units: Vec<Uuid>,
+        weights: Vec<f64>,
+        objective: Vec<(Uuid, f64)>,
+        reply: oneshot::Sender<Result<Descended, JobError>>,
+    },
     Save {
         dir: PathBuf,
         reply: oneshot::Sender<Result<(), JobError>>,
     },
+}
+
+/// An objective and its gradient with respect to the merge weights.
+pub(super) struct Descended {
+    /// Σ weight · mean NLL over the objective's eval sets.
+    pub objective: f64,
+    /// ∂objective/∂α_k, one per unit.
+    pub gradient: Vec<f64>,
 }
 
 fn stopped() -> JobError {
@@ -171,6 +187,27 @@ impl Merger {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Merges resident unit models with `weights` and returns the objective Σ w · mean NLL
+    /// over `objective`'s (eval set, w) pairs, with its gradient with respect to each weight
+    /// (one backward pass through the merge per eval set).
+    pub async fn gradient(
+        &self,
+        units: &[Uuid],
+        weights: &[f64],
+        objective: &[(Uuid, f64)],
+    ) -> Result<Descended, JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Gradient {
+                units: units.to_vec(),
+                weights: weights.to_vec(),
+                objective: objective.to_vec(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Writes the last merge as a model directory (config, weights, the base's side files).
     pub async fn save(&self, dir: PathBuf) -> Result<(), JobError> {
         let (reply, answer) = oneshot::channel();
@@ -242,14 +279,7 @@ fn owner(
                 reply,
             } => {
                 let mut score = || -> Result<Scored, JobError> {
-                    let chosen = ids
-                        .iter()
-                        .map(|id| {
-                            units.get(id).ok_or_else(|| {
-                                JobError::Retryable(format!("unit model {id} is not resident"))
-                            })
-                        })
-                        .collect::<Result<Vec<&Unit>, _>>()?;
+                    let chosen = resident(&units, &ids)?;
                     let started = Instant::now();
                     workspace.merge(&chosen, &weights).map_err(|e| fatal(&e))?;
                     let merge_seconds = started.elapsed().as_secs_f64();
@@ -271,9 +301,48 @@ fn owner(
                 };
                 let _ = reply.send(score());
             }
+            Command::Gradient {
+                units: ids,
+                weights,
+                objective,
+                reply,
+            } => {
+                let mut descend = || -> Result<Descended, JobError> {
+                    let chosen = resident(&units, &ids)?;
+                    let mut out = Descended {
+                        objective: 0.0,
+                        gradient: vec![0.0; ids.len()],
+                    };
+                    for (id, w) in &objective {
+                        let set = prepared
+                            .get(id)
+                            .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?;
+                        let (loss, gradient) = workspace
+                            .alpha_gradient(&chosen, &weights, set, eval.batch_size)
+                            .map_err(|e| fatal(&e))?;
+                        out.objective += w * loss;
+                        for (sum, g) in out.gradient.iter_mut().zip(gradient) {
+                            *sum += w * g;
+                        }
+                    }
+                    Ok(out)
+                };
+                let _ = reply.send(descend());
+            }
             Command::Save { dir, reply } => {
                 let _ = reply.send(workspace.model().save(&dir).map_err(|e| fatal(&e)));
             }
         }
     }
+}
+
+/// The resident units of `ids`, in order.
+fn resident<'a>(units: &'a HashMap<Uuid, Unit>, ids: &[Uuid]) -> Result<Vec<&'a Unit>, JobError> {
+    ids.iter()
+        .map(|id| {
+            units
+                .get(id)
+                .ok_or_else(|| JobError::Retryable(format!("unit model {id} is not resident")))
+        })
+        .collect()
 }

@@ -35,6 +35,7 @@ pub(crate) async fn run(
             seed: job.config.seed,
         },
         partitions: vec![partition],
+        weights: None,
         config: job.config,
         output: keys::base(&base.id, WEIGHTS_FILE),
         mirror: keys::base(&base.id, "train_state"),

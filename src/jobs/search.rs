@@ -1,9 +1,13 @@
 //! `search` jobs: a ratio search run on one worker. The search's unit models stay resident
-//! on the device; each point of each round (see [`crate::search::Plan`]) is merged with its
-//! weights in memory and evaluated on the search's eval sets, and its scores are stored as
-//! ordinary explicit-weight scores, with the point and the job's progress, in one transaction
-//! fenced by the attempt. A worker that takes the job over recomputes the same candidates and
-//! finds their scores stored, so nothing is evaluated twice.
+//! on the device; each point is merged with its weights in memory and evaluated on the
+//! search's eval sets, and its scores are stored as ordinary explicit-weight scores, with the
+//! point and the job's progress, in one transaction fenced by the attempt.
+//!
+//! A `sample` search scores the rounds of a [`crate::search::Plan`]; a worker that takes the
+//! job over recomputes the same candidates and finds their scores stored, so nothing is
+//! evaluated twice. A `gradient` search takes [`crate::search::Descent`] steps along the
+//! merged model's α-gradient on its tune halves, scoring each iterate on the report halves;
+//! a worker that takes it over continues from the last stored step.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point, Search};
 use crate::scoring::MERGE_METHOD;
-use crate::search::{Bounds, Observed, Plan, Predictor};
+use crate::search::{Bounds, Descent, Observed, Plan, Predictor};
 use crate::worker::Worker;
 
 pub(crate) async fn run(
@@ -44,7 +48,7 @@ pub(crate) async fn run(
         .await?
         .ok_or_else(|| fatal(format!("base {} not found", search.base_id)))?;
     let mut eval_sets = Vec::with_capacity(search.eval_set_ids.len());
-    for id in &search.eval_set_ids {
+    for id in search.eval_set_ids.iter().chain(&search.tune_set_ids) {
         let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
             .await?
             .ok_or_else(|| fatal(format!("eval set {id} not found")))?;
@@ -62,13 +66,8 @@ pub(crate) async fn run(
     .into_iter()
     .map(|u| (u.partition_id, u))
     .collect();
-    let plan = Plan {
-        budget: search.budget as usize,
-        prior: search.prior.clone(),
-        bounds: Bounds::new(search.bounds_min.clone(), search.bounds_max.clone())
-            .map_err(|e| fatal(e.to_string()))?,
-        seed: search.seed as u64,
-    };
+    let bounds = Bounds::new(search.bounds_min.clone(), search.bounds_max.clone())
+        .map_err(|e| fatal(e.to_string()))?;
 
     let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
     let outcome = async {
@@ -92,42 +91,39 @@ pub(crate) async fn run(
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: search.eval_config_sha256.clone(),
             },
-            total: plan.budget + 1,
+            total: search.budget as usize + 1,
         };
-        run.search(&plan).await
+        match search.method.as_str() {
+            "gradient" => run.descend(&Descent { bounds }).await,
+            _ => {
+                let plan = Plan {
+                    budget: search.budget as usize,
+                    prior: search.prior.clone(),
+                    bounds,
+                    seed: search.seed as u64,
+                };
+                run.sample(&plan).await
+            }
+        }
     }
     .await;
     merger.close().await;
     crate::worker::remove_dir(&worker.job_dir(lease)).await;
-    let (observed, proposal, predictor, computed) = match outcome? {
-        Searched::Done {
-            observed,
-            proposal,
-            predictor,
-            computed,
-        } => (observed, proposal, predictor, computed),
+    let mut result = match outcome? {
+        Searched::Done(result) => result,
         Searched::Stopped(done) => return Ok(done),
     };
-    let result = json!({
-        "search": search.id,
-        "worker": worker.owner,
-        "evaluations": observed.len() + 1,
-        "computed": computed,
-        "proposal": { "weights": proposal.0, "objective": proposal.1, "predicted": predictor.predict(&proposal.0) },
-        "fit": { "cv_spearman": predictor.cv_spearman, "lambda": predictor.lambda, "n": predictor.n },
-        "seconds": started.elapsed().as_secs_f64(),
-    });
+    result["search"] = json!(search.id);
+    result["worker"] = json!(worker.owner);
+    result["evaluations"] = json!(search.budget + 1);
+    result["seconds"] = json!(started.elapsed().as_secs_f64());
     super::succeed(pool.begin().await?, lease, &result).await
 }
 
 enum Searched {
-    Done {
-        observed: Vec<Observed>,
-        proposal: Observed,
-        predictor: Predictor,
-        /// Points merged and evaluated by this attempt (the others were stored).
-        computed: usize,
-    },
+    /// The method's part of the job's result: `computed` (points merged and evaluated by
+    /// this attempt; the others were stored), `proposal` and `fit`.
+    Done(Value),
     /// Cancelled, or the lease was lost: what was stored stays.
     Stopped(Done),
 }
@@ -148,7 +144,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn search(&self, plan: &Plan) -> Result<Searched, JobError> {
+    async fn sample(&self, plan: &Plan) -> Result<Searched, JobError> {
         let mut observed: Vec<Observed> = Vec::with_capacity(plan.budget);
         let mut computed = 0;
         for round in 0..plan.rounds() {
@@ -156,7 +152,7 @@ impl Run<'_> {
                 if self.cancel.load(Ordering::SeqCst) {
                     return Ok(Searched::Stopped(Done::Cancelled));
                 }
-                let point = self.point(observed.len(), round, "sample", &weights);
+                let point = self.point(observed.len(), round, "sample", &weights, None);
                 match self.evaluate(point).await? {
                     Some((objective, fresh)) => {
                         observed.push((weights, objective));
@@ -168,26 +164,129 @@ impl Run<'_> {
         }
         let predictor = Predictor::fit(&observed);
         let weights = plan.propose(&predictor, &observed);
-        let point = self.point(observed.len(), plan.rounds(), "proposal", &weights);
+        let position = observed.len();
+        let point = self.point(position, plan.rounds(), "proposal", &weights, None);
         let Some((objective, fresh)) = self.evaluate(point).await? else {
             return Ok(Searched::Stopped(Done::LeaseLost));
         };
-        Ok(Searched::Done {
-            observed,
-            proposal: (weights, objective),
-            predictor,
-            computed: computed + fresh as usize,
-        })
+        Ok(Searched::Done(json!({
+            "computed": computed + fresh as usize,
+            "proposal": { "position": position, "weights": weights, "objective": objective, "predicted": predictor.predict(&weights) },
+            "fit": { "cv_spearman": predictor.cv_spearman, "lambda": predictor.lambda, "n": predictor.n },
+        })))
     }
 
-    fn point(&self, position: usize, round: usize, role: &str, weights: &[f64]) -> Point {
+    /// Steps 0 to budget: at each iterate the objective and its α-gradient on the tune
+    /// halves, the iterate scored on the report halves, then the step to the next. The
+    /// proposal is the iterate with the lowest tune objective, so the report halves never
+    /// choose anything.
+    async fn descend(&self, descent: &Descent) -> Result<Searched, JobError> {
+        let search = self.search;
+        let budget = search.budget as usize;
+        let units: Vec<Uuid> = search
+            .partition_ids
+            .iter()
+            .map(|p| self.units[p].id)
+            .collect();
+        let objective: Vec<(Uuid, f64)> = search
+            .tune_set_ids
+            .iter()
+            .copied()
+            .zip(search.objective.iter().copied())
+            .filter(|(_, w)| *w > 0.0)
+            .collect();
+        // Each iterate and its tune objective, by position: those stored by an earlier
+        // attempt, then this one's.
+        let mut path: Vec<(Vec<f64>, f64)> = searches::points(&self.worker.pool, search.id)
+            .await?
+            .into_iter()
+            .map(|p| {
+                let tuned = p.tune_objective.ok_or_else(|| {
+                    JobError::Fatal(format!("step {} has no tune objective", p.position))
+                })?;
+                Ok((p.weights, tuned))
+            })
+            .collect::<Result<_, JobError>>()?;
+        // An earlier attempt's last step is taken again (its gradient was not kept).
+        let mut t = path.len().saturating_sub(1);
+        let mut weights = match path.last() {
+            Some((w, _)) => w.clone(),
+            None => descent.start(&search.prior),
+        };
+        let (mut computed, mut passes) = (0, 0);
+        loop {
+            if self.cancel.load(Ordering::SeqCst) {
+                return Ok(Searched::Stopped(Done::Cancelled));
+            }
+            let stored = t < path.len();
+            if stored && t == budget {
+                break;
+            }
+            let descended = self.merger.gradient(&units, &weights, &objective).await?;
+            passes += 1;
+            if !stored {
+                let point = self.point(t, t, "step", &weights, Some(descended.objective));
+                match self.evaluate(point).await? {
+                    Some((_, fresh)) => computed += fresh as usize,
+                    None => return Ok(Searched::Stopped(Done::LeaseLost)),
+                }
+                path.push((weights.clone(), descended.objective));
+            }
+            if t == budget {
+                break;
+            }
+            weights = descent.step(t, &weights, &descended.gradient);
+            t += 1;
+        }
+        let (position, (weights, tuned)) = path
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+            .expect("at least the first step");
+        let mixture = Mixture::new(&search.partition_ids, Some(weights), Weighting::Explicit)
+            .map_err(|e| JobError::Fatal(format!("search step {position}: {e}")))?;
+        let perplexity = self.stored_perplexities(&mixture.key()).await?;
+        let objective = objective_of(&search.objective, &search.eval_set_ids, &perplexity);
+        Ok(Searched::Done(json!({
+            "computed": computed,
+            "gradient_passes": passes,
+            "proposal": { "position": position, "weights": weights, "objective": objective, "tune_objective": tuned },
+            "fit": null,
+        })))
+    }
+
+    fn point(
+        &self,
+        position: usize,
+        round: usize,
+        role: &str,
+        weights: &[f64],
+        tune_objective: Option<f64>,
+    ) -> Point {
         Point {
             position: position as i32,
             round: round as i32,
             role: role.into(),
             mixture_key: String::new(),
             weights: weights.to_vec(),
+            tune_objective,
         }
+    }
+
+    /// The perplexities stored for an explicit-weight mixture, by eval set.
+    async fn stored_perplexities(&self, mixture_key: &str) -> Result<HashMap<Uuid, f64>, JobError> {
+        let mut perplexity = HashMap::new();
+        for set in &self.search.eval_set_ids {
+            let key = ScoreKey {
+                mixture_key: mixture_key.to_string(),
+                eval_set_id: *set,
+                ..self.scope.clone()
+            };
+            if let Some(score) = scores::get(&self.worker.pool, &key).await? {
+                perplexity.insert(*set, ppl(&score.result)?);
+            }
+        }
+        Ok(perplexity)
     }
 
     /// The objective at a point, and whether this attempt computed it (`false`: its scores
@@ -198,17 +297,7 @@ impl Run<'_> {
         let mixture = Mixture::new(ids, Some(&point.weights), Weighting::Explicit)
             .map_err(|e| JobError::Fatal(format!("search point {}: {e}", point.position)))?;
         point.mixture_key = mixture.key();
-        let mut perplexity: HashMap<Uuid, f64> = HashMap::new();
-        for set in &self.search.eval_set_ids {
-            let key = ScoreKey {
-                mixture_key: point.mixture_key.clone(),
-                eval_set_id: *set,
-                ..self.scope.clone()
-            };
-            if let Some(score) = scores::get(&self.worker.pool, &key).await? {
-                perplexity.insert(*set, ppl(&score.result)?);
-            }
-        }
+        let mut perplexity = self.stored_perplexities(&point.mixture_key).await?;
         let missing: Vec<Uuid> = self
             .search
             .eval_set_ids
@@ -247,7 +336,7 @@ impl Run<'_> {
         if !super::commit_progress(tx, self.lease, fraction, &message, self.cancel).await? {
             return Ok(None);
         }
-        let objective = objective(
+        let objective = objective_of(
             &self.search.objective,
             &self.search.eval_set_ids,
             &perplexity,
@@ -264,7 +353,7 @@ fn ppl(result: &Value) -> Result<f64, JobError> {
 
 /// The search's objective at a point: the weighted sum of the log perplexities on its eval
 /// sets (lower is better).
-pub(crate) fn objective(weights: &[f64], sets: &[Uuid], perplexity: &HashMap<Uuid, f64>) -> f64 {
+pub(crate) fn objective_of(weights: &[f64], sets: &[Uuid], perplexity: &HashMap<Uuid, f64>) -> f64 {
     weights
         .iter()
         .zip(sets)

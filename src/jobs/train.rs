@@ -51,6 +51,7 @@ pub(crate) async fn run(
             sha256: weights_sha,
         },
         partitions: vec![partition],
+        weights: None,
         config: recipe.config.0.clone(),
         output: keys::model(&id, WEIGHTS_FILE),
         mirror: keys::model(&id, "train_state"),

@@ -65,27 +65,46 @@ pub(super) async fn run(
     let out_dir = dir.join("out");
     let (config, model_config) = (run.config.clone(), run.model.clone());
     let init_seed = run.start.init_seed();
+    let weights = run.weights.clone();
     let work = dir.clone();
     let out = out_dir.clone();
     let summary =
         tokio::task::spawn_blocking(move || -> Result<Option<(train::Summary, u64)>, JobError> {
             let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
-            // The union of the partitions: their documents one after another, in the order
-            // given; training packs and shuffles them with the recipe's seed.
-            let mut docs = Vec::new();
-            for object in compressed {
-                let text = data::decompress(object.to_vec()).map_err(|e| fatal(&e))?;
-                docs.extend(
-                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?,
-                );
-            }
             let model = match init_seed {
                 Some(seed) => LoadedModel::init(model_config, seed, device),
                 None => LoadedModel::load(&start_dir, device),
             }
             .map_err(|e| fatal(&e))?;
-            let tokens = data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?;
-            let data_tokens = tokens.len() as u64;
+            // Each partition's documents as one token stream, in the order given.
+            let mut streams = Vec::with_capacity(compressed.len());
+            for object in compressed {
+                let text = data::decompress(object.to_vec()).map_err(|e| fatal(&e))?;
+                let docs =
+                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+                streams.push(data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?);
+            }
+            let data_tokens = streams.iter().map(|s| s.len() as u64).sum();
+            // Without weights, the union: the streams one after another, which training packs
+            // and shuffles with the recipe's seed. With weights, each partition's sequences in
+            // its share of every batch.
+            let union: Vec<u32>;
+            let (seq_len, seed) = (config.seq_len as usize, config.seed);
+            let sequences = match &weights {
+                None => {
+                    union = streams.concat();
+                    data::Sequences::new(&union, seq_len, seed)
+                }
+                Some(weights) => {
+                    let weighted: Vec<(&[u32], f64)> = streams
+                        .iter()
+                        .map(Vec::as_slice)
+                        .zip(weights.iter().copied())
+                        .collect();
+                    data::Sequences::weighted(&weighted, seq_len, seed)
+                }
+            }
+            .map_err(|e| fatal(&e))?;
             let every = (config.steps() / 50).max(1);
             let mut report = |p: &Progress| {
                 // The state saved at the previous step's end goes to the store, for
@@ -121,7 +140,7 @@ pub(super) async fn run(
                 cancel: Some(&cancel),
                 progress: Some(&mut report),
             };
-            match train::train(&model, &tokens, &config, options).map_err(|e| fatal(&e))? {
+            match train::train_on(&model, sequences, &config, options).map_err(|e| fatal(&e))? {
                 Outcome::Finished(summary) => {
                     model
                         .save(&out)
@@ -187,6 +206,9 @@ pub(super) struct TrainingRun {
     pub start: Start,
     /// The training data: one partition, or the union of a mixture's.
     pub partitions: Vec<datasets::Dataset>,
+    /// The share of the training sequences drawn from each partition (in `partitions`'
+    /// order); `None`: the union as it is.
+    pub weights: Option<Vec<f64>>,
     pub config: train::TrainConfig,
     /// Where the trained weights go.
     pub output: String,

@@ -1,9 +1,11 @@
 //! `validate` jobs: the ground truth for one mixture. A model is trained on the union of the
-//! mixture's partitions, from the same base with the same recipe, for the partitions' summed
-//! budget (the paper's k-partition mixture trains k× the unit steps), with its train state
-//! mirrored like a unit model's. It is then evaluated on the requested eval sets, beside the
-//! mixture's proxies (merged uniform, merged token-weighted, each unit alone), which are
-//! stored as ordinary scores where they are missing.
+//! mixture's partitions (or on their sequences drawn in the validation's proportions), from
+//! the same base with the same recipe, for the validation's budget (by default the
+//! partitions' summed budget: the paper's k-partition mixture trains k× the unit steps), with
+//! its train state mirrored like a unit model's. It is then evaluated on the requested eval
+//! sets, beside the mixture's proxies (for a union: merged uniform, merged token-weighted,
+//! each unit alone; with weights: the merge with those weights), which are stored as
+//! ordinary scores where they are missing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
 use crate::engine::eval::EvalConfig;
+use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::Lease;
 use crate::registry::scores::{self, ScoreKey};
@@ -76,6 +79,7 @@ pub(crate) async fn run(
                     sha256: weights,
                 },
                 partitions: partitions.clone(),
+                weights: validation.weights.clone(),
                 config,
                 output: keys::model(&validation.id, WEIGHTS_FILE),
                 mirror: keys::model(&validation.id, "train_state"),
@@ -106,7 +110,22 @@ pub(crate) async fn run(
     let eval_json = serde_json::to_value(&eval).expect("settings serialise");
     let sha = eval_config_sha256(&eval);
     let sizes: Vec<(Uuid, i64)> = partitions.iter().map(|p| (p.id, p.bytes)).collect();
-    let proxies = Proxies::of(&sizes).map_err(|e| fatal(e.to_string()))?;
+    // A weighted validation's proxy is the merge with its weights; a union's are the paper's.
+    let proxies: Vec<Mixture> = match &validation.weights {
+        Some(weights) => vec![
+            Mixture::new(
+                &validation.partition_ids,
+                Some(weights),
+                Weighting::Explicit,
+            )
+            .map_err(|e| fatal(e.to_string()))?,
+        ],
+        None => Proxies::of(&sizes)
+            .map_err(|e| fatal(e.to_string()))?
+            .mixtures()
+            .cloned()
+            .collect(),
+    };
     let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
     let outcome = async {
         worker.check_fits(units.len() + 1, merger.unit_bytes)?;
@@ -126,7 +145,7 @@ pub(crate) async fn run(
             unit_of.insert(*p, unit.id);
         }
         let mut proxy_scores = Vec::new();
-        for mixture in proxies.mixtures() {
+        for mixture in &proxies {
             let scope = ScoreKey {
                 base_id: validation.base_id,
                 recipe_id: validation.recipe_id,

@@ -17,7 +17,10 @@ pub struct Search {
     pub base_id: Uuid,
     pub recipe_id: Uuid,
     pub partition_ids: Vec<Uuid>,
+    /// The eval sets the points are scored on (a `gradient` search's report halves).
     pub eval_set_ids: Vec<Uuid>,
+    /// A `gradient` search's tune halves, in `eval_set_ids`' order (empty otherwise).
+    pub tune_set_ids: Vec<Uuid>,
     /// Each eval set's weight in the objective, summing to 1.
     pub objective: Vec<f64>,
     pub method: String,
@@ -38,11 +41,13 @@ pub struct Search {
 pub struct Point {
     pub position: i32,
     pub round: i32,
-    /// `sample` or `proposal`.
+    /// `sample` or `proposal` (a `sample` search's), or `step` (a `gradient` search's).
     pub role: String,
     pub mixture_key: String,
     /// In the search's partition order.
     pub weights: Vec<f64>,
+    /// The objective on the tune halves (`gradient` searches).
+    pub tune_objective: Option<f64>,
 }
 
 /// Inserts a search and the job that runs it, in the caller's transaction.
@@ -55,8 +60,8 @@ pub async fn create(db: &mut PgConnection, search: &Search) -> Result<Job, sqlx:
     sqlx::query(
         "insert into searches (id, base_id, recipe_id, partition_ids, eval_set_ids, objective,
                                method, budget, bounds_min, bounds_max, prior, seed, eval_config,
-                               eval_config_sha256, request, job_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                               eval_config_sha256, request, job_id, tune_set_ids)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(search.id)
     .bind(search.base_id)
@@ -74,6 +79,7 @@ pub async fn create(db: &mut PgConnection, search: &Search) -> Result<Job, sqlx:
     .bind(&search.eval_config_sha256)
     .bind(&search.request)
     .bind(job.id)
+    .bind(&search.tune_set_ids)
     .execute(&mut *db)
     .await?;
     Ok(job)
@@ -112,8 +118,9 @@ pub async fn add_point(
     point: &Point,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into search_points (search_id, position, round, role, mixture_key, weights)
-         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+        "insert into search_points
+             (search_id, position, round, role, mixture_key, weights, tune_objective)
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
     )
     .bind(search)
     .bind(point.position)
@@ -121,6 +128,7 @@ pub async fn add_point(
     .bind(&point.role)
     .bind(&point.mixture_key)
     .bind(&point.weights)
+    .bind(point.tune_objective)
     .execute(db)
     .await?;
     Ok(())
@@ -129,7 +137,7 @@ pub async fn add_point(
 /// A search's points in evaluation order.
 pub async fn points(pool: &PgPool, search: Uuid) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(
-        "select position, round, role, mixture_key, weights from search_points
+        "select position, round, role, mixture_key, weights, tune_objective from search_points
          where search_id = $1 order by position",
     )
     .bind(search)

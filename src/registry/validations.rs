@@ -18,6 +18,11 @@ pub struct Validation {
     pub mixture_key: String,
     pub partition_ids: Vec<Uuid>,
     pub tokens: i64,
+    /// `union` (the partitions' union as it is) or `weights` (sequences drawn from each
+    /// partition in proportion to `weights`).
+    pub sampling: String,
+    /// In `partition_ids`' order, summing to 1 (`weights` sampling only).
+    pub weights: Option<Vec<f64>>,
     /// queued (a job will train it), ready (weights stored) or failed.
     pub state: String,
     pub job_id: Option<Uuid>,
@@ -40,9 +45,22 @@ pub struct ValidationScore {
 pub struct NewValidation<'a> {
     pub base: Uuid,
     pub recipe: Uuid,
+    /// The uniform mixture's key for the union, the explicit mixture's with weights.
     pub mixture_key: &'a str,
     pub partitions: &'a [Uuid],
+    /// The share of each partition's sequences; `None`: the union as it is.
+    pub weights: Option<&'a [f64]>,
     pub tokens: i64,
+}
+
+impl NewValidation<'_> {
+    fn sampling(&self) -> &'static str {
+        if self.weights.is_some() {
+            "weights"
+        } else {
+            "union"
+        }
+    }
 }
 
 /// The validation of a mixture, created when missing, and the job that trains it (when it
@@ -55,9 +73,10 @@ pub async fn ensure(
     eval_config_sha256: &str,
 ) -> Result<(Validation, Option<Job>), sqlx::Error> {
     sqlx::query(
-        "insert into validations (id, base_id, recipe_id, mixture_key, partition_ids, tokens, state)
-         values ($1, $2, $3, $4, $5, $6, 'queued')
-         on conflict (base_id, recipe_id, mixture_key) do nothing",
+        "insert into validations (id, base_id, recipe_id, mixture_key, partition_ids, tokens,
+                                  sampling, weights, state)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
+         on conflict (base_id, recipe_id, sampling, mixture_key, tokens) do nothing",
     )
     .bind(Uuid::new_v4())
     .bind(new.base)
@@ -65,15 +84,20 @@ pub async fn ensure(
     .bind(new.mixture_key)
     .bind(new.partitions)
     .bind(new.tokens)
+    .bind(new.sampling())
+    .bind(new.weights)
     .execute(&mut *db)
     .await?;
     let validation: Validation = sqlx::query_as(
-        "select * from validations where base_id = $1 and recipe_id = $2 and mixture_key = $3
+        "select * from validations where base_id = $1 and recipe_id = $2 and sampling = $3
+             and mixture_key = $4 and tokens = $5
          for update",
     )
     .bind(new.base)
     .bind(new.recipe)
+    .bind(new.sampling())
     .bind(new.mixture_key)
+    .bind(new.tokens)
     .fetch_one(&mut *db)
     .await?;
     let done: Vec<Uuid> = sqlx::query_scalar(
@@ -201,11 +225,17 @@ pub async fn scores(
     .await
 }
 
-/// Every ready validation.
-pub async fn ready(pool: &PgPool) -> Result<Vec<Validation>, sqlx::Error> {
-    sqlx::query_as("select * from validations where state = 'ready' order by created_at")
-        .fetch_all(pool)
-        .await
+/// Every ready validation of a mixture's union at the partitions' summed budget: what the
+/// proxies are correlated with (weighted or re-budgeted validations answer other questions).
+pub async fn ready_unions(pool: &PgPool) -> Result<Vec<Validation>, sqlx::Error> {
+    sqlx::query_as(
+        "select v.* from validations v join recipes r on r.id = v.recipe_id
+         where v.state = 'ready' and v.sampling = 'union'
+           and v.tokens = (r.config ->> 'tokens')::bigint * cardinality(v.partition_ids)
+         order by v.created_at",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// How many validations train on this partition.

@@ -148,6 +148,60 @@ fn hugging_face_tokenizer_json_is_used_as_is() {
 }
 
 #[test]
+fn weighted_sequences_hold_each_streams_share_in_every_prefix() {
+    // Three streams told apart by their tokens: 0.., 1000.., 2000..
+    let a: Vec<u32> = (0..201).collect();
+    let b: Vec<u32> = (1000..1051).collect();
+    let c: Vec<u32> = (2000..2101).collect();
+    let weights = [0.5, 0.3, 0.2];
+    let streams = [(&a[..], 1.0), (&b[..], 0.6), (&c[..], 0.4)];
+    let mut s = Sequences::weighted(&streams, 10, 7).unwrap();
+    let mut counts = [0usize; 3];
+    for i in 0..500u64 {
+        let window = s.get(i);
+        let k = (window[0] / 1000) as usize;
+        assert_eq!(k, s.stream_of(i));
+        assert!(
+            window.iter().all(|t| t / 1000 == k as u32),
+            "one stream per window"
+        );
+        counts[k] += 1;
+        for (n, w) in counts.iter().zip(weights) {
+            let share = w * (i + 1) as f64;
+            assert!(
+                (*n as f64 - share).abs() <= 1.0,
+                "{counts:?} after {}",
+                i + 1
+            );
+        }
+    }
+    // Each stream's windows come in its own seeded order, every window once per epoch: the
+    // second stream has 5 windows.
+    let of_b: Vec<u64> = (0..500u64)
+        .filter(|&i| s.stream_of(i) == 1)
+        .take(5)
+        .collect();
+    let mut from_b: Vec<u32> = of_b.iter().map(|&i| s.get(i)[0]).collect();
+    from_b.sort();
+    assert_eq!(from_b, vec![1000, 1010, 1020, 1030, 1040]);
+    // A fixed function of the inputs, asked in any order (a resumed run asks from the middle).
+    let mut again = Sequences::weighted(&streams, 10, 7).unwrap();
+    for i in (0..500u64).rev() {
+        assert_eq!(again.get(i), s.get(i));
+    }
+    // A zero weight is never drawn from, whatever its size; weights must make sense.
+    let tiny: Vec<u32> = vec![5000, 5001];
+    let mut z = Sequences::weighted(&[(&a[..], 1.0), (&tiny[..], 0.0)], 10, 7).unwrap();
+    assert!((0..100).all(|i| z.stream_of(i) == 0));
+    assert!(Sequences::weighted(&[(&a[..], 0.0), (&b[..], 0.0)], 10, 7).is_err());
+    assert!(Sequences::weighted(&[(&a[..], f64::NAN), (&b[..], 1.0)], 10, 7).is_err());
+    let err = Sequences::weighted(&[(&a[..], 1.0), (&tiny[..], 1.0)], 10, 7)
+        .err()
+        .unwrap();
+    assert!(err.contains("stream 1"), "{err}");
+}
+
+#[test]
 fn sequences_visit_every_window_once_per_epoch_in_a_seeded_order() {
     let tokens: Vec<u32> = (0..101).collect();
     let mut s = Sequences::new(&tokens, 10, 7).unwrap();

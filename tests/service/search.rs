@@ -146,6 +146,107 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
 }
 
 #[tokio::test]
+async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_other() {
+    let app = pool().await;
+    let request = json!({
+        "partitions": PARTITIONS, "eval_sets": ["prose", "code"], "objective": {"prose": 1, "code": 1},
+        "budget": 6, "method": "gradient", "bounds": {"religion": [0.05, 0.5]},
+    });
+    let (status, created) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["eval_sets"], json!(["prose.report", "code.report"]));
+    assert_eq!(created["tune_sets"], json!(["prose.tune", "code.tune"]));
+    // The halves are eval sets of their own that share no document and make up the whole.
+    for (set, documents) in [("prose", 5), ("code", 5)] {
+        let (_, tune) = app.get(&format!("/v1/eval-sets/{set}.tune")).await;
+        let (_, report) = app.get(&format!("/v1/eval-sets/{set}.report")).await;
+        assert_eq!(
+            (tune["documents"].as_i64(), report["documents"].as_i64()),
+            (Some(documents / 2), Some(documents - documents / 2)),
+            "{tune} {report}"
+        );
+    }
+    let search = finished(&app, created["id"].as_str().unwrap()).await;
+    let points = search["points"].as_array().unwrap();
+    assert_eq!(points.len(), 7, "the first iterate and six steps: {search}");
+    let mut tuned = Vec::new();
+    for (t, point) in points.iter().enumerate() {
+        assert_eq!(
+            (point["role"].as_str(), point["round"].as_u64()),
+            (Some("step"), Some(t as u64))
+        );
+        let w = weights(point);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{point}");
+        assert!((0.05 - 1e-9..=0.5 + 1e-9).contains(&w[1]), "{point}");
+        // Scored on the report halves, as GET /v1/score answers the same weights there.
+        let list: Vec<String> = w.iter().map(f64::to_string).collect();
+        for set in ["prose.report", "code.report"] {
+            let (status, score) = app
+                .get(&format!(
+                    "/v1/score?partitions={}&weights={}&eval={set}&train=false",
+                    PARTITIONS.join(","),
+                    list.join(",")
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{score}");
+            assert_eq!(score["cached"], true);
+            assert_eq!(score["perplexity"], point["perplexity"][set], "{point}");
+        }
+        tuned.push(point["tune_objective"].as_f64().expect("a tune objective"));
+    }
+    // The tune objective is the mean of the tune halves' log perplexities: score them too.
+    let first = weights(&points[0]);
+    let list: Vec<String> = first.iter().map(f64::to_string).collect();
+    let mut objective = 0.0;
+    for set in ["prose.tune", "code.tune"] {
+        let (status, score) = app
+            .get(&format!(
+                "/v1/score?partitions={}&weights={}&eval={set}&wait=120",
+                PARTITIONS.join(","),
+                list.join(",")
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{score}");
+        objective += 0.5 * score["perplexity"].as_f64().unwrap().ln();
+    }
+    assert!(
+        (objective - tuned[0]).abs() < 1e-5,
+        "{objective} vs {}",
+        tuned[0]
+    );
+    // The steps go downhill on the tune halves, and the proposal is the lowest of them.
+    let lowest = tuned.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        lowest < tuned[0] - 1e-4,
+        "the steps moved nothing: {tuned:?}"
+    );
+    assert_ne!(weights(&points[1]), first);
+    assert_eq!(
+        search["proposal"]["tune_objective"].as_f64(),
+        Some(lowest),
+        "{search}"
+    );
+    assert_eq!(search["best"]["position"], search["proposal"]["position"]);
+    assert_eq!(search["fit"], Value::Null);
+    assert!(search["gradient_passes"].as_u64().unwrap() >= 7, "{search}");
+
+    // An eval set of one document cannot be split.
+    let (status, body) = app
+        .post("/v1/eval-sets?name=single", corpus("fiction", 60, 1))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let jobs = app.jobs().await;
+    let request = json!({"partitions": PARTITIONS, "eval_sets": ["single"], "budget": 2, "method": "gradient"});
+    let (status, e) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("eval_set_too_small")),
+        "{e}"
+    );
+    assert_eq!(app.jobs().await, jobs, "nothing queued");
+}
+
+#[tokio::test]
 async fn bad_search_settings_are_refused_and_nothing_is_queued() {
     let app = pool().await;
     let jobs = app.jobs().await;
@@ -159,7 +260,7 @@ async fn bad_search_settings_are_refused_and_nothing_is_queued() {
     };
     for (body, status, code) in [
         (
-            with(json!({"method": "gradient"})),
+            with(json!({"method": "newton"})),
             StatusCode::BAD_REQUEST,
             "invalid_method",
         ),

@@ -1,5 +1,6 @@
 //! Validations over HTTP: union models trained for the summed budget, evaluated beside the
-//! mixture's proxies, and the proxy-vs-truth report.
+//! mixture's proxies, and the proxy-vs-truth report; models trained on partitions drawn in
+//! given proportions, or for another budget, beside it but out of the report.
 
 use std::time::{Duration, Instant};
 
@@ -221,6 +222,91 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
 }
 
 #[tokio::test]
+async fn weighted_and_rebudgeted_validations_train_apart_from_the_unions_and_stay_out_of_the_report()
+ {
+    let app = setup().await;
+    let request = json!({
+        "mixtures": [["code_python", "code_c"], {"code_python": 3, "code_c": 1}, ["code_c", "legal_licenses"], ["code_python"]],
+        "eval_sets": ["mixed"],
+    });
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let items = evaluated(&app, 4, 1).await;
+    let weighted = items.iter().find(|v| v["sampling"] == "weights").unwrap();
+    assert_eq!(
+        weighted["weights"],
+        json!({"code_python": 0.75, "code_c": 0.25}),
+        "{weighted}"
+    );
+    // The summed budget of its two partitions, like the union's.
+    assert_eq!(
+        (
+            weighted["tokens"].as_u64(),
+            weighted["train"]["tokens"].as_u64()
+        ),
+        (Some(1024), Some(1024))
+    );
+    let union = items
+        .iter()
+        .find(|v| {
+            v["sampling"] == "union"
+                && v["mixture"].as_array().unwrap().len() == 2
+                && v["mixture"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("code_python"))
+        })
+        .unwrap();
+    assert!(union["weights"].is_null());
+    assert_ne!(
+        result_on(weighted, "mixed"),
+        result_on(union, "mixed"),
+        "other proportions, another model"
+    );
+    // Its proxy is the merge with its weights, stored as the ordinary explicit-weight score.
+    let (status, score) = app
+        .get("/v1/score?partitions=code_python,code_c&weights=3,1&eval=mixed&wait=0&train=false")
+        .await;
+    assert_eq!(
+        (status, &score["cached"]),
+        (StatusCode::OK, &json!(true)),
+        "{score}"
+    );
+
+    // Another budget for a union already validated: a validation of its own.
+    let request =
+        json!({"mixture": ["code_python", "code_c"], "eval_sets": ["mixed"], "tokens": 512});
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    assert_ne!(created["items"][0]["id"], union["id"]);
+    let items = evaluated(&app, 5, 1).await;
+    let short = items
+        .iter()
+        .find(|v| v["tokens"] == 512 && v["mixture"].as_array().unwrap().len() == 2)
+        .unwrap();
+    assert_eq!(short["train"]["tokens"], 512);
+
+    // The report correlates the proxies with the unions at their summed budgets only.
+    let (_, report) = app.get("/v1/validations/report?eval=mixed").await;
+    let points = report["sets"][0]["points"].as_array().unwrap();
+    let mut ids: Vec<&str> = points
+        .iter()
+        .map(|p| p["validation"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut unions: Vec<&str> = items
+        .iter()
+        .filter(|v| {
+            v["sampling"] == "union"
+                && v["tokens"].as_u64() == Some(512 * v["mixture"].as_array().unwrap().len() as u64)
+        })
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    unions.sort();
+    assert_eq!((ids.len(), ids), (3, unions));
+}
+
+#[tokio::test]
 async fn bad_validations_are_refused_by_name_and_queue_nothing() {
     // No worker: the unit models stay queued.
     let app = spawn_app_with(SweepLimits::default()).await;
@@ -275,6 +361,24 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
             StatusCode::BAD_REQUEST,
             "invalid_body",
             "weights",
+        ),
+        (
+            json!({"mixture": {"code_c": -1, "legal_licenses": 2}, "eval_sets": ["e"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+            "non-negative",
+        ),
+        (
+            json!({"mixture": {"code_c": 0, "legal_licenses": 0}, "eval_sets": ["e"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mixture",
+            "sum to zero",
+        ),
+        (
+            json!({"mixture": ["code_c"], "eval_sets": ["e"], "tokens": 100}),
+            StatusCode::BAD_REQUEST,
+            "invalid_tokens",
+            "seq_len",
         ),
     ];
     for (body, status, code, says) in cases {

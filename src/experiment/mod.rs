@@ -2,8 +2,12 @@
 //! the service's own API. It starts `mixpool serve` (API and one worker), holds out
 //! documents of each domain as that domain's eval set, pre-trains a base on a seed sample,
 //! trains one unit model per domain, sweeps every mixture of 1 to 3 domains, validates 20
-//! mixtures of 2 and 3 domains by training on their union, and writes a report (markdown and
-//! a proxy-vs-true scatter plot) with the correlations, wall times and the training saved.
+//! mixtures of 2 and 3 domains by training on their union, searches the domains' ratios for
+//! two objectives and validates what the searches found against the best subset and the
+//! uniform mixture (see [`ratios`]), and writes a report (markdown and a proxy-vs-true
+//! scatter plot) with the correlations, the ratios, wall times and the training saved.
+
+mod ratios;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::demo::{Client, jsonl, read_corpus, split, take_bytes};
+use crate::demo::{Client, read_corpus, split, take_bytes};
+use crate::engine::data::jsonl;
 use crate::engine::train::TrainConfig;
 use crate::serve::ServeArgs;
 
@@ -201,6 +206,13 @@ async fn protocol(
     .await?;
     times.0.push(("validate", phase.elapsed().as_secs_f64()));
     let report = api.get("/v1/validations/report").await?;
+
+    let phase = Instant::now();
+    let ratios = ratios::run(api, &names, s.unit_tokens).await?;
+    times.0.push((
+        "search the ratios, sweep the tune halves, validate",
+        phase.elapsed().as_secs_f64(),
+    ));
     times.0.push(("total", started.elapsed().as_secs_f64()));
 
     let context = Run {
@@ -212,6 +224,7 @@ async fn protocol(
         recipe: &recipe,
         sweep: &sweep,
         chosen: &chosen,
+        ratios: &ratios,
         times: &times,
     };
     std::fs::create_dir_all(&s.out).with_context(|| s.out.display().to_string())?;
@@ -278,6 +291,7 @@ struct Run<'a> {
     recipe: &'a Value,
     sweep: &'a Value,
     chosen: &'a [Vec<String>],
+    ratios: &'a Value,
     times: &'a Times,
 }
 
@@ -448,6 +462,8 @@ fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
     }
     line(String::new());
 
+    line(ratios::section(c.ratios));
+
     line("## Wall times of this run\n".into());
     line("| phase | seconds |\n|---|---|".into());
     for (phase, seconds) in &c.times.0 {
@@ -469,6 +485,18 @@ fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
         c.sweep["mixtures"],
         swept as f64 / pool_tokens as f64,
         c.chosen.len()
+    ));
+    let compared: std::collections::BTreeSet<String> = c.ratios["objectives"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|o| o["rows"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["validation"].to_string())
+        .collect();
+    let compared = compared.len();
+    line(format!(
+        " The ratio comparison trained {compared} models of {} tokens; the searches and the tune-half sweep trained nothing.",
+        c.ratios["tokens"]
     ));
     md
 }
