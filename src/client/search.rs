@@ -1,6 +1,6 @@
 //! `mixpool search`: a ratio search asked of a running server, followed with a progress bar
 //! (plain lines when stderr is not a terminal), then the proposal, the best point and the
-//! predictor's fit as tables, or the whole search as JSON with `--json`.
+//! predictor's fit (a `sample` search's) as tables, or the whole search as JSON with `--json`.
 
 use std::time::Duration;
 
@@ -22,9 +22,13 @@ pub struct SearchArgs {
     /// An eval set's weight in the objective, `EVAL=W` (repeat; default: equal weights).
     #[arg(long = "objective")]
     pub objective: Vec<String>,
-    /// Points to evaluate before the proposal.
+    /// Points to evaluate before the proposal (`sample`), or steps to take (`gradient`).
     #[arg(long)]
     pub budget: u32,
+    /// `sample`: Dirichlet rounds steered by a fitted predictor; `gradient`: steps along the
+    /// merged model's α-gradient, tuned on one half of each eval set, scored on the other.
+    #[arg(long, value_parser = ["sample", "gradient"])]
+    pub method: Option<String>,
     /// Bounds on a partition's weight, `PARTITION=MIN,MAX` (repeat).
     #[arg(long = "bound")]
     pub bounds: Vec<String>,
@@ -88,6 +92,9 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     if let Some(seed) = a.seed {
         request["seed"] = json!(seed);
     }
+    if let Some(method) = &a.method {
+        request["method"] = json!(method);
+    }
     a.models.apply(&mut request);
     let api = Api::new(&a.server)?;
     let created = api.create("/v1/searches", request).await?;
@@ -128,11 +135,21 @@ pub async fn search(a: SearchArgs) -> Result<()> {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    let mut header = vec!["point", "objective"];
+    // A gradient search's points rank by the tune halves' objective, which chose them.
+    let gradient = search["method"] == "gradient";
+    let mut header = vec!["point"];
+    if gradient {
+        header.push("tune objective");
+    }
+    header.push("objective");
     header.extend(sets.iter().copied());
     header.extend(partitions.iter().copied());
     let row = |label: String, p: &Value| {
-        let mut cells = vec![label, number(&p["objective"])];
+        let mut cells = vec![label];
+        if gradient {
+            cells.push(number(&p["tune_objective"]));
+        }
+        cells.push(number(&p["objective"]));
         cells.extend(sets.iter().map(|s| number(&p["perplexity"][s])));
         cells.extend(partitions.iter().map(|n| number(&p["weights"][n])));
         cells
@@ -141,18 +158,38 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     summary.add_row(row("proposal".into(), &search["proposal"]));
     summary.add_row(row("best evaluated".into(), &search["best"]));
     if let Some(prior) = search["points"].get(0) {
-        summary.add_row(row("prior".into(), prior));
+        summary.add_row(row("start".into(), prior));
     }
-    let fit = &search["fit"];
-    println!(
-        "search {id}: {} points evaluated; the predictor's cross-validated Spearman ρ {} over {} points\n{summary}",
-        search["progress"]["evaluated"],
-        number(&fit["cv_spearman"]),
-        fit["n"]
-    );
+    let evaluated = &search["progress"]["evaluated"];
+    if gradient {
+        println!(
+            "search {id}: {evaluated} steps scored on {}, tuned on {} ({} backward passes)\n{summary}",
+            sets.join(", "),
+            search["tune_sets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            search["gradient_passes"]
+        );
+    } else {
+        let fit = &search["fit"];
+        println!(
+            "search {id}: {evaluated} points evaluated; the predictor's cross-validated Spearman ρ {} over {} points\n{summary}",
+            number(&fit["cv_spearman"]),
+            fit["n"]
+        );
+    }
+    let rank = if gradient {
+        "tune_objective"
+    } else {
+        "objective"
+    };
     let mut points: Vec<&Value> = search["points"].as_array().into_iter().flatten().collect();
     points.sort_by(|x, y| {
-        let o = |p: &Value| p["objective"].as_f64().unwrap_or(f64::INFINITY);
+        let o = |p: &Value| p[rank].as_f64().unwrap_or(f64::INFINITY);
         o(x).total_cmp(&o(y))
     });
     let mut ranked = table(&header);

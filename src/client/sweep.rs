@@ -43,12 +43,16 @@ pub struct SweepArgs {
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// A mixture to validate, comma-separated (repeat for more).
+    /// A mixture to validate, comma-separated: `a,b` trains on the union, `a=0.7,b=0.3` on
+    /// sequences drawn in those proportions (repeat for more).
     #[arg(long = "mixture")]
     pub mixtures: Vec<String>,
     /// An eval set (repeat for more).
     #[arg(long = "eval", required = true)]
     pub eval_sets: Vec<String>,
+    /// Tokens to train each model for (default: the recipe's budget per partition).
+    #[arg(long)]
+    pub tokens: Option<u64>,
     #[command(flatten)]
     pub models: Models,
     /// Print the validations and the report as JSON instead of tables.
@@ -138,7 +142,15 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
         bail!("name at least one --mixture a,b");
     }
     let api = Api::new(&a.server)?;
-    let mut request = json!({"mixtures": split(&a.mixtures), "eval_sets": a.eval_sets});
+    let mixtures = a
+        .mixtures
+        .iter()
+        .map(|m| validation_mixture(m))
+        .collect::<Result<Vec<Value>>>()?;
+    let mut request = json!({"mixtures": mixtures, "eval_sets": a.eval_sets});
+    if let Some(tokens) = a.tokens {
+        request["tokens"] = json!(tokens);
+    }
     a.models.apply(&mut request);
     let created = api.create("/v1/validations", request).await?;
     let ids: Vec<String> = created["items"]
@@ -182,11 +194,15 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     let mut table = Table::new();
     table.set_header(["mixture", "eval set", "true perplexity"]);
     for v in &validations {
-        let mixture: Vec<&str> = v["mixture"]
+        let mixture: Vec<String> = v["mixture"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
+            .map(|name| match v["weights"][name].as_f64() {
+                Some(w) => format!("{name} ({w:.2})"),
+                None => name.to_string(),
+            })
             .collect();
         for r in v["results"].as_array().into_iter().flatten() {
             table.add_row([
@@ -226,6 +242,25 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
         "\nproxy against truth over every validated mixture (Pearson r of log perplexity / Spearman ρ)\n{table}"
     );
     Ok(())
+}
+
+/// `a,b` → `["a", "b"]` (the union); `a=0.7,b=0.3` → `{"a": 0.7, "b": 0.3}` (weights).
+fn validation_mixture(flag: &str) -> Result<Value> {
+    let parts: Vec<&str> = flag.split(',').map(str::trim).collect();
+    if !flag.contains('=') {
+        return Ok(json!(parts));
+    }
+    let mut weights = serde_json::Map::new();
+    for part in parts {
+        let weight = part
+            .split_once('=')
+            .and_then(|(name, w)| Some((name.trim(), w.trim().parse::<f64>().ok()?)));
+        let Some((name, w)) = weight else {
+            bail!("--mixture {flag:?}: give every partition a weight, NAME=W,NAME=W")
+        };
+        weights.insert(name.to_string(), json!(w));
+    }
+    Ok(Value::Object(weights))
 }
 
 /// `a,b` → `["a", "b"]`, for each mixture given.

@@ -267,7 +267,7 @@ impl<'a> Sequences<'a> {
         seed: u64,
     ) -> Result<Self, String> {
         let sum: f64 = streams.iter().map(|(_, w)| w).sum();
-        if streams.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0)) || !(sum > 0.0) {
+        if streams.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0)) || sum <= 0.0 {
             return Err("stream weights must be finite, non-negative and not all zero".into());
         }
         let mut built = Vec::with_capacity(streams.len());

@@ -585,21 +585,26 @@ async function search(id) {
   async function load() {
     const s = await get(`/v1/searches/${encodeURIComponent(id)}`);
     const weights = (w) => s.partitions.map((p) => `${p} ${fmt.weight(w[p])}`).join(' · ');
-    const rows = (s.points || []).slice().sort((a, b) => (a.objective ?? Infinity) - (b.objective ?? Infinity));
+    // A gradient search's points rank by the tune halves' objective, which chose them.
+    const gradient = s.method === 'gradient';
+    const rank = gradient ? 'tune_objective' : 'objective';
+    const rows = (s.points || []).slice().sort((a, b) => (a[rank] ?? Infinity) - (b[rank] ?? Infinity));
     body.replaceChildren(...[
       meta([['State', stateTag(s.state)], ['Progress', [bar(s.progress.fraction, { id: 'search-progress' }), ` ${s.progress.evaluated} of ${s.progress.total} points`]],
-        ['Method', `${s.method}, budget ${s.budget}, seed ${s.seed}`], ['Base, recipe', `${s.base}, ${s.recipe}`],
+        ['Method', gradient ? `gradient, ${s.budget} steps, tuned on ${s.tune_sets.join(', ')}` : `sample, budget ${s.budget}, seed ${s.seed}`], ['Base, recipe', `${s.base}, ${s.recipe}`],
         ['Objective', Object.entries(s.objective).map(([e, w]) => `${fmt.weight(w)} × ln ppl(${e})`).join(' + ')],
         ['Bounds', s.partitions.map((p) => `${p} [${s.bounds[p].map(fmt.weight).join(', ')}]`).join(' · ')],
         ['Prior', weights(s.prior)],
-        ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})` : '—'],
-        ['Proposal', s.proposal ? `${weights(s.proposal.weights)} — objective ${fmt.ppl(s.proposal.objective)} (predicted ${fmt.ppl(s.proposal.predicted)})` : '—'],
+        gradient ? ['Backward passes', s.gradient_passes ?? '—']
+          : ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})` : '—'],
+        ['Proposal', s.proposal ? `${weights(s.proposal.weights)} — objective ${fmt.ppl(s.proposal.objective)} (${gradient ? `tune objective ${fmt.ppl(s.proposal.tune_objective)}` : `predicted ${fmt.ppl(s.proposal.predicted)}`})` : '—'],
         ['Best evaluated', s.best ? `${weights(s.best.weights)} — objective ${fmt.ppl(s.best.objective)}` : '—']]),
       h('h2', {}, 'Points, best first'),
       table([
         { title: '#', num: true, cell: (p) => p.position },
         { title: 'Round', num: true, cell: (p) => p.round },
         { title: 'Role', cell: (p) => p.role },
+        ...(gradient ? [{ title: 'Tune objective', num: true, cell: (p) => fmt.ppl(p.tune_objective) }] : []),
         { title: 'Objective', num: true, cell: (p) => fmt.ppl(p.objective) },
         ...s.eval_sets.map((e) => ({ title: `ppl ${e}`, num: true, cell: (p) => fmt.ppl(p.perplexity[e]) })),
         ...s.partitions.map((n) => ({ title: n, num: true, cell: (p) => fmt.weight(p.weights[n]) })),
@@ -614,9 +619,14 @@ async function search(id) {
       xAxis: { type: 'value', name: 'point', nameLocation: 'middle', nameGap: 25 },
       yAxis: { type: 'value', name: 'objective', scale: true },
       series: [
-        { type: 'scatter', name: 'sample', data: points.filter((p) => p.role === 'sample').map((p) => [p.position, p.objective]) },
-        { type: 'scatter', name: 'proposal', symbolSize: 14, data: points.filter((p) => p.role === 'proposal').map((p) => [p.position, p.objective]) },
-        { type: 'line', name: 'best so far', step: 'end', showSymbol: false, data: points.map((p) => { best = Math.min(best, p.objective); return [p.position, best]; }) },
+        ...(gradient ? [
+          { type: 'line', name: 'tune objective', data: points.map((p) => [p.position, p.tune_objective]) },
+          { type: 'line', name: 'objective (report halves)', data: points.map((p) => [p.position, p.objective]) },
+        ] : [
+          { type: 'scatter', name: 'sample', data: points.filter((p) => p.role === 'sample').map((p) => [p.position, p.objective]) },
+          { type: 'scatter', name: 'proposal', symbolSize: 14, data: points.filter((p) => p.role === 'proposal').map((p) => [p.position, p.objective]) },
+          { type: 'line', name: 'best so far', step: 'end', showSymbol: false, data: points.map((p) => { best = Math.min(best, p.objective); return [p.position, best]; }) },
+        ]),
       ],
     });
     return s;
@@ -631,7 +641,7 @@ async function validations() {
   const rows = report.sets.flatMap((s) => proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.note })));
   const charts = report.sets.map((s) => ({ s, el: h('div', { class: 'chart', 'data-eval-set': s.eval_set }) }));
   render(h('h1', {}, 'Validations: can the proxy be trusted?'),
-    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions; the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ).'),
+    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget.'),
     table([
       { title: 'Eval set', cell: (r) => r.set },
       { title: 'Proxy', cell: (r) => r.proxy },
@@ -644,7 +654,8 @@ async function validations() {
     h('h2', {}, 'Validations'),
     table([
       { title: 'Validation', cell: (v) => h('code', {}, v.id.slice(0, 8)) },
-      { title: 'Mixture', cell: (v) => v.mixture.join(' + ') },
+      { title: 'Mixture', cell: (v) => v.mixture.map((p) => (v.weights ? `${p} ${fmt.weight(v.weights[p])}` : p)).join(' + ') },
+      { title: 'Sampling', cell: (v) => (v.sampling === 'weights' ? 'in proportion' : 'union') },
       { title: 'State', cell: (v) => stateTag(v.state) },
       { title: 'Tokens', num: true, cell: (v) => fmt.num(v.tokens) },
       { title: 'Created', cell: (v) => fmt.time(v.created_at) },

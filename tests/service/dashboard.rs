@@ -394,6 +394,48 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         ),
     )
     .await;
+    // A gradient search's page (last: its halves are eval sets the pages above would list)
+    // shows its steps with their tune objective, best on the tune
+    // halves first, and draws the tune objective beside the report halves' objective.
+    let (status, gradient) = app
+        .post(
+            "/v1/searches",
+            json!({"partitions": DOMAINS, "eval_sets": ["held-out"], "budget": 3, "method": "gradient", "recipe": "quick"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{gradient}");
+    let gradient_id = gradient["id"].as_str().unwrap().to_string();
+    let gradient = loop {
+        let (_, s) = app.get(&format!("/v1/searches/{gradient_id}")).await;
+        if s["state"] == "succeeded" {
+            break s;
+        }
+        assert!(s["state"] != "failed", "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    browser
+        .open(&app.url(&format!("/searches/{gradient_id}")))
+        .await;
+    let series = browser
+        .js("return echarts.getInstanceByDom(document.getElementById('search-chart')).getOption().series.map(s => [s.name, s.data.length])")
+        .await;
+    assert_eq!(
+        series,
+        json!([["tune objective", 4], ["objective (report halves)", 4]])
+    );
+    let tuned: Vec<f64> = serde_json::from_value(
+        browser
+            .js("const c = [...document.querySelectorAll('#points th')].findIndex(th => th.textContent === 'Tune objective'); return [...document.querySelectorAll('#points tbody tr')].map(tr => Number(tr.children[c].textContent))")
+            .await,
+    )
+    .unwrap();
+    assert_eq!(tuned.len(), 4);
+    assert!(tuned.is_sorted(), "{tuned:?}");
+    let proposed = gradient["proposal"]["tune_objective"].as_f64().unwrap();
+    assert!((tuned[0] - proposed).abs() < 5e-4, "{tuned:?} {proposed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.screenshot("search-gradient").await;
+
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
 

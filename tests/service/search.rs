@@ -403,7 +403,22 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"));
     let out = run("search --partitions fiction,religion --eval prose --budget 3 --method x").await;
-    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown flag");
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown method");
+
+    let out =
+        run("search --partitions fiction,religion --eval prose --budget 2 --method gradient").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tune objective")
+            && text.contains("tuned on prose.tune")
+            && text.contains("prose.report"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

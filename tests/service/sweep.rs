@@ -536,6 +536,24 @@ async fn the_sweep_and_validate_verbs_follow_the_work_and_print_the_results() {
     assert_eq!(out["validations"][0]["results"][0]["eval_set"], "legal");
     assert_eq!(out["report"]["sets"][0]["n"], 1);
 
+    let weighted = run(args(
+        "validate --mixture code_python=3,code_c=1 --eval legal --tokens 512",
+    ))
+    .await;
+    assert!(
+        weighted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&weighted.stderr)
+    );
+    let text = String::from_utf8_lossy(&weighted.stdout);
+    assert!(
+        text.contains("code_python (0.75)") && text.contains("code_c (0.25)"),
+        "{text}"
+    );
+    let refused = run(args("validate --mixture code_python=3,code_c --eval legal")).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("NAME=W"));
+
     let refused = run(args("sweep --partitions code_python --eval nope")).await;
     assert_eq!(refused.status.code(), Some(1));
     let said = String::from_utf8_lossy(&refused.stderr);
