@@ -423,53 +423,14 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
 
 #[tokio::test]
 async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_points() {
-    let app = crate::app::spawn_app_with(Default::default()).await;
-    let trainer = App::start(app.worker("trainer"));
-    for name in PARTITIONS {
-        let (status, body) = app
-            .post(&format!("/v1/partitions?name={name}"), corpus(name, 0, 25))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-    let (status, body) = app
-        .post("/v1/eval-sets?name=prose", corpus("fiction", 40, 8))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    for name in PARTITIONS {
-        app.trained(name).await;
-    }
-    trainer.abort();
+    let app = killable_pool().await;
     let request =
         json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 16, "seed": 2});
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
 
-    // A worker process with a 3-second lease, killed once it has evaluated a few points.
-    let mut child = crate::helpers::worker_process(
-        &app.database_url().await,
-        &format!("file://{}", app._dirs.0.path().display()),
-        &app._dirs.1.path().join("process"),
-        "search",
-        3,
-    );
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from search_points")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap()
-    };
-    let started = std::time::Instant::now();
-    while count().await < 5 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the worker evaluated nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let stored = count().await;
+    let stored = killed_after(&app, 5, "the worker evaluated nothing").await;
     assert!(stored < 17, "the worker finished before it could be killed");
 
     let survivor = App::start(app.worker("survivor"));
@@ -530,52 +491,13 @@ async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_po
 
 #[tokio::test]
 async fn a_gradient_search_whose_worker_is_killed_continues_from_its_last_stored_step() {
-    let app = crate::app::spawn_app_with(Default::default()).await;
-    let trainer = App::start(app.worker("trainer"));
-    for name in PARTITIONS {
-        let (status, body) = app
-            .post(&format!("/v1/partitions?name={name}"), corpus(name, 0, 25))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-    let (status, body) = app
-        .post("/v1/eval-sets?name=prose", corpus("fiction", 40, 8))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    for name in PARTITIONS {
-        app.trained(name).await;
-    }
-    trainer.abort();
+    let app = killable_pool().await;
     let request = json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 12, "method": "gradient"});
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
 
-    // A worker process with a 3-second lease, killed once it has stored a few steps.
-    let mut child = crate::helpers::worker_process(
-        &app.database_url().await,
-        &format!("file://{}", app._dirs.0.path().display()),
-        &app._dirs.1.path().join("process"),
-        "search",
-        3,
-    );
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from search_points")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap()
-    };
-    let started = std::time::Instant::now();
-    while count().await < 4 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the worker stored no step"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let stored = count().await;
+    let stored = killed_after(&app, 4, "the worker stored no step").await;
     assert!(stored < 13, "the worker finished before it could be killed");
 
     let survivor = App::start(app.worker("survivor"));
@@ -624,4 +546,52 @@ async fn a_gradient_search_whose_worker_is_killed_continues_from_its_last_stored
         search["proposal"]["position"],
         again["proposal"]["position"]
     );
+}
+
+/// A pool of the three partitions' trained unit models and a `prose` eval set, with no
+/// worker left running.
+async fn killable_pool() -> App {
+    let app = crate::app::spawn_app_with(Default::default()).await;
+    let trainer = App::start(app.worker("trainer"));
+    for name in PARTITIONS {
+        let (status, body) = app
+            .post(&format!("/v1/partitions?name={name}"), corpus(name, 0, 25))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = app
+        .post("/v1/eval-sets?name=prose", corpus("fiction", 40, 8))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for name in PARTITIONS {
+        app.trained(name).await;
+    }
+    trainer.abort();
+    app
+}
+
+/// Runs a worker process with a 3-second lease and SIGKILLs it once `points` search points
+/// are stored; returns how many were stored then.
+async fn killed_after(app: &App, points: i64, nothing: &str) -> i64 {
+    let mut child = crate::helpers::worker_process(
+        &app.database_url().await,
+        &format!("file://{}", app._dirs.0.path().display()),
+        &app._dirs.1.path().join("process"),
+        "search",
+        3,
+    );
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from search_points")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    while count().await < points {
+        assert!(started.elapsed() < Duration::from_secs(120), "{nothing}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    count().await
 }
