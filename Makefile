@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test experiment bench bench-service bench-sweep build install lint gpu-bundle chaos
+.PHONY: demo test experiment bench bench-service bench-sweep build install lint gpu-bundle chaos screenshots
 
 build:
 	$(TORCH) && cargo build --release
@@ -47,13 +47,26 @@ experiment: build
 ## Every test, on the CPU, against a real PostgreSQL (started here where none answers), a
 ## real S3 server (SeaweedFS on loopback, started for the run), the API checkers from PyPI
 ## (openapi-spec-validator, schemathesis; a venv made once in the cache) and headless
-## Chromium for the dashboard (Debian's chromium and chromium-driver, installed once).
+## Chromium for the dashboard (Debian's chromium and chromium-driver, installed once); then
+## the chaos run's short form (4 worker kills, one restart of each server).
 test:
 	scripts/postgres.sh
 	scripts/chromium.sh
 	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && \
-	export MIXPOOL_TEST_API_TOOLS=$$(scripts/api-tools.sh) && cargo test --release; \
+	export MIXPOOL_TEST_API_TOOLS=$$(scripts/api-tools.sh) && cargo test --release && \
+	cargo build --release --example chaos && \
+	MIXPOOL_BIN=$(BIN) MIXPOOL_WEED=$(CACHE)/s3-venv/bin/weed \
+	$(CARGO_TARGET_DIR)/release/examples/chaos 4 2024 15; \
 	status=$$?; scripts/postgres.sh cleanup; scripts/s3.sh stop; exit $$status
+
+## The README's pictures: the dashboard's browser tests, saving their screenshots into
+## docs/screenshots instead of the target folder.
+screenshots:
+	scripts/postgres.sh
+	scripts/chromium.sh
+	$(TORCH) && $(CORPUS) && export MIXPOOL_SCREENSHOTS=$(CURDIR)/docs/screenshots && \
+	cargo test --release --test service dashboard::; \
+	status=$$?; scripts/postgres.sh cleanup; exit $$status
 
 ## Engine throughput beside a Python PyTorch reference (sets up its venv once).
 bench:
@@ -86,7 +99,7 @@ bench-sweep:
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings
 
-## The chaos run (not part of `make test`): a pool built undisturbed, then again by two
+## The chaos run (`make test` runs a short form): a pool built undisturbed, then again by two
 ## workers SIGKILLed 20 times while PostgreSQL restarts twice and the S3 server once (both
 ## the run's own, on ports of their own) under client requests; checks and prints the
 ## figures. ARGS="KILLS SEED".

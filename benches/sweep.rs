@@ -24,7 +24,7 @@ use mixpool::engine::merge::merge_model_dirs;
 use mixpool::engine::model::ModelConfig;
 use mixpool::engine::train::TrainConfig;
 use mixpool::ingest::{Upload, ingest};
-use mixpool::jobs::kind::{JobKind, MemberJson};
+use mixpool::mixture::Member;
 use mixpool::mixture::{self, Mixture, Weighting};
 use mixpool::registry::datasets::{self, Kind};
 use mixpool::registry::sweeps::{self, Sweep, SweepMixture};
@@ -167,7 +167,7 @@ async fn main() {
     for domain in DOMAINS {
         let p = upload(Kind::Partition, domain, corpus_lines(domain, 0, 40)).await;
         let mut db = pool.acquire().await.unwrap();
-        models::ensure(&mut db, base.id, recipe.id, p.id)
+        mixpool::jobs::train::ensure(&mut db, base.id, recipe.id, p.id)
             .await
             .unwrap();
         partitions.push(p.id);
@@ -195,7 +195,7 @@ async fn main() {
         store: store.clone(),
         device,
         owner: "bench".into(),
-        kinds: JobKind::ALL.to_vec(),
+        kinds: mixpool::jobs::names(),
         lease: std::time::Duration::from_secs(600),
         work_dir: dirs.1.path().join("work"),
         resident_bytes: mixpool::worker::default_resident_bytes(device),
@@ -245,7 +245,7 @@ async fn main() {
             members: serde_json::to_value(
                 m.members
                     .iter()
-                    .map(|m| MemberJson {
+                    .map(|m| Member {
                         partition: m.partition,
                         weight: m.weight,
                     })
@@ -256,9 +256,16 @@ async fn main() {
         .collect();
     let started = Instant::now();
     let mut tx = pool.begin().await.unwrap();
-    sweeps::create(&mut tx, &sweep, &list, MERGE_METHOD, 32)
-        .await
-        .unwrap();
+    sweeps::create(
+        &mut tx,
+        &sweep,
+        &list,
+        MERGE_METHOD,
+        32,
+        mixpool::jobs::sweep::shard_job,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     while worker.try_run_one().await.unwrap() {}
     let sweep_wall = started.elapsed().as_secs_f64();

@@ -8,7 +8,10 @@
 //! Needs `MIXPOOL_BIN` (the mixpool binary), `MIXPOOL_CORPUS` and `MIXPOOL_WEED` (the
 //! SeaweedFS binary that `scripts/s3.sh` installs). It starts its own PostgreSQL
 //! (`scripts/chaos-postgres.sh`) and its own S3 server, on ports of their own, so that it
-//! can restart them. Usage: `chaos [KILLS] [SEED]`.
+//! can restart them, and makes its own admin token. Any answer it does not expect (a 401, a
+//! 4xx to a valid request) fails the run at once with the response, and the whole run has a
+//! deadline. Usage: `chaos [KILLS] [SEED] [DEADLINE_MINUTES]`; with fewer than 6 kills
+//! (the short form `make test` runs) PostgreSQL restarts once, as a crash.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,8 @@ struct Pool {
     data: tempfile::TempDir,
     api: Child,
     url: String,
+    /// Sends the pool's admin token with every request.
+    client: reqwest::Client,
     workers: Vec<Child>,
 }
 
@@ -158,6 +163,25 @@ impl Pool {
             .local_addr()?
             .port();
         let log = data.path().join("api.log");
+        // The registry, and a token for the run's requests (writes need one).
+        let out = command(&database, &store, data.path(), &log)
+            .arg("migrate")
+            .status()?;
+        ensure!(out.success(), "{name}: mixpool migrate failed: {out}");
+        let out = command(&database, &store, data.path(), &log)
+            .args(["token", "create", "--name", "chaos", "--scope", "admin"])
+            .stdout(Stdio::piped())
+            .output()?;
+        ensure!(out.status.success(), "{name}: no token: {}", out.status);
+        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
         let api = command(&database, &store, data.path(), &log)
             .args([
                 "serve",
@@ -173,11 +197,12 @@ impl Pool {
             data,
             api,
             url: format!("http://127.0.0.1:{port}"),
+            client,
             workers: Vec::new(),
         };
-        let client = reqwest::Client::new();
         let started = Instant::now();
-        while client
+        while pool
+            .client
             .get(format!("{}/readyz", pool.url))
             .send()
             .await
@@ -203,7 +228,6 @@ impl Pool {
             .join(format!("worker-{}", self.workers.len()));
         let child = command(&self.database, &self.store, &scratch, &log)
             .args(["worker", "--device", "cpu", "--threads", "1"])
-            .args(["--kinds", "pretrain,train,score,sweep,validate,export"])
             .spawn()?;
         self.workers.push(child);
         Ok(())
@@ -229,25 +253,40 @@ struct Seen {
     bad: std::sync::Mutex<Vec<String>>,
 }
 
-async fn call(seen: &Seen, request: reqwest::RequestBuilder) -> Option<(u16, Value)> {
+/// Sends `request`: `Ok(None)` when it went unanswered (a server being restarted),
+/// `Ok(Some(status, body))` for a 503 or a status in `expected`, and an error naming the
+/// request and its answer for anything else (a 401, a 4xx to a valid request, another 5xx).
+async fn call(
+    seen: &Seen,
+    request: reqwest::RequestBuilder,
+    expected: &[u16],
+) -> Result<Option<(u16, Value)>> {
     seen.requests.fetch_add(1, Ordering::Relaxed);
+    let described = request
+        .try_clone()
+        .and_then(|r| r.build().ok())
+        .map_or("a request".to_string(), |r| {
+            format!("{} {}", r.method(), r.url())
+        });
     let Ok(response) = request.timeout(Duration::from_secs(30)).send().await else {
         seen.refused.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return Ok(None);
     };
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    match status {
-        503 => {
-            seen.unavailable.fetch_add(1, Ordering::Relaxed);
-        }
-        500..=599 => {
+    if status == 503 {
+        seen.unavailable.fetch_add(1, Ordering::Relaxed);
+    } else if !expected.contains(&status) {
+        if status >= 500 {
             seen.other_5xx.fetch_add(1, Ordering::Relaxed);
-            seen.bad.lock().unwrap().push(format!("{status}: {body}"));
         }
-        _ => {}
+        seen.bad
+            .lock()
+            .unwrap()
+            .push(format!("{described}: {status} {body}"));
+        bail!("{described} answered {status}, which a valid request should not: {body}");
     }
-    Some((status, body))
+    Ok(Some((status, body)))
 }
 
 fn corpus() -> Result<Vec<(String, String)>> {
@@ -278,19 +317,25 @@ fn corpus() -> Result<Vec<(String, String)>> {
     Ok(parts)
 }
 
-/// The base, the recipe and the partitions, each asked again until it is answered 2xx.
-async fn build(url: &str, parts: &[(String, String)], seen: &Seen) -> Result<()> {
-    let client = reqwest::Client::new();
+/// The base, the recipe and the partitions, each asked again while it goes unanswered or
+/// answers 503, until it is answered 2xx.
+async fn build(
+    client: &reqwest::Client,
+    url: &str,
+    parts: &[(String, String)],
+    seen: &Seen,
+) -> Result<()> {
     let base = json!({"name": "tiny", "preset": "tiny", "seed": 7});
     let recipe = json!({"name": "unit", "tokens": 48 * 1024, "batch_tokens": 2048,
         "micro_batch": 8, "seq_len": 128, "checkpoint_every": 4});
     for (path, body) in [("/v1/bases", base), ("/v1/recipes", recipe)] {
         loop {
             let request = client.post(format!("{url}{path}")).body(body.to_string());
-            let answer = call(seen, request).await;
-            match answer {
+            // A 409: an earlier try was stored though its answer was lost.
+            match call(seen, request, &[200, 201, 409]).await? {
                 Some((200 | 201, _)) => break,
                 Some((409, b)) if b["error"]["code"] == "name_taken" => break,
+                Some((409, b)) => bail!("POST {path}: 409 {b}"),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
@@ -300,7 +345,7 @@ async fn build(url: &str, parts: &[(String, String)], seen: &Seen) -> Result<()>
             let request = client
                 .post(format!("{url}/v1/partitions?name={name}"))
                 .body(text.clone());
-            if let Some((200 | 201, _)) = call(seen, request).await {
+            if let Some((200 | 201, _)) = call(seen, request, &[200, 201]).await? {
                 seen.uploaded.lock().unwrap().push(name.clone());
                 break;
             }
@@ -312,7 +357,7 @@ async fn build(url: &str, parts: &[(String, String)], seen: &Seen) -> Result<()>
 
 /// Unit model weights by partition name, once all are ready (or an error after `limit`).
 async fn weights(pool: &Pool, limit: Duration) -> Result<BTreeMap<String, String>> {
-    let client = reqwest::Client::new();
+    let client = &pool.client;
     let started = Instant::now();
     loop {
         let page = client
@@ -406,10 +451,20 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let kills: usize = args.get(1).map_or(Ok(20), |a| a.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(2024), |a| a.parse())?;
+    let deadline: u64 = args.get(3).map_or(Ok(40), |a| a.parse())?;
     let started = Instant::now();
     let admin = script(&["scripts/chaos-postgres.sh", "start"])?;
     let mut s3 = S3Server::start().await?;
-    let result = run(&admin, &mut s3, kills, seed).await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(deadline * 60),
+        run(&admin, &mut s3, kills, seed),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the chaos run passed its deadline of {deadline} minutes"
+        ))
+    });
     drop(s3);
     let _ = script(&["scripts/chaos-postgres.sh", "stop"]);
     let summary = result?;
@@ -428,7 +483,7 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
     // The undisturbed run.
     let quiet = Seen::default();
     let reference = Pool::start("reference", admin, 2).await?;
-    build(&reference.url, &parts, &quiet).await?;
+    build(&reference.client, &reference.url, &parts, &quiet).await?;
     let want = weights(&reference, Duration::from_secs(900)).await?;
     drop(reference);
     eprintln!("undisturbed: {} unit models trained", want.len());
@@ -439,11 +494,15 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
     let done = Arc::new(AtomicBool::new(false));
     // Clients: the pool built, then a loop of reads, scores and extra uploads.
     let clients = {
-        let (seen, done, url, parts) =
-            (seen.clone(), done.clone(), pool.url.clone(), parts.clone());
+        let (seen, done, url, parts, client) = (
+            seen.clone(),
+            done.clone(),
+            pool.url.clone(),
+            parts.clone(),
+            pool.client.clone(),
+        );
         tokio::spawn(async move {
-            build(&url, &parts, &seen).await?;
-            let client = reqwest::Client::new();
+            build(&client, &url, &parts, &seen).await?;
             let mut extra = 0;
             while !done.load(Ordering::SeqCst) {
                 // Extra uploads are eval sets, so that they add no training.
@@ -454,15 +513,12 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
                     let request = client
                         .post(format!("{url}/v1/eval-sets?name={name}"))
                         .body(text.clone());
-                    match call(&seen, request).await {
+                    match call(&seen, request, &[200, 201]).await? {
                         Some((200 | 201, _)) => {
                             seen.uploaded.lock().unwrap().push(name);
                             break;
                         }
-                        Some((503, _)) | None => {
-                            tokio::time::sleep(Duration::from_millis(200)).await
-                        }
-                        Some(_) => break,
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
                 let (a, b) = (
@@ -471,9 +527,10 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
                 );
                 let score =
                     format!("{url}/v1/score?partitions={a},{b}&eval=extra-0&wait=0&train=false");
-                call(&seen, client.get(score)).await;
-                call(&seen, client.get(format!("{url}/v1/jobs?limit=20"))).await;
-                call(&seen, client.get(format!("{url}/v1/partitions"))).await;
+                // Not trained yet (409), queued (202) or scored (200).
+                call(&seen, client.get(score), &[200, 202, 409]).await?;
+                call(&seen, client.get(format!("{url}/v1/jobs?limit=20")), &[200]).await?;
+                call(&seen, client.get(format!("{url}/v1/partitions")), &[200]).await?;
                 extra += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -483,12 +540,22 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
 
     let mut rng = Rng(seed | 1);
     let (mut pg_restarts, mut s3_restarts) = (0, 0);
+    // Two PostgreSQL restarts (the second a crash), or in the short form one crash.
+    let pg_at = if kills < 6 {
+        vec![kills / 3]
+    } else {
+        vec![kills / 3, 2 * kills / 3]
+    };
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
+        if clients.is_finished() {
+            // The clients stop early only on an answer they did not expect.
+            break;
+        }
         let i = rng.below(pool.workers.len() as u64) as usize;
         pool.kill_worker(i)?;
-        if k == kills / 3 || k == 2 * kills / 3 {
-            let how = if pg_restarts == 0 {
+        if pg_at.contains(&k) {
+            let how = if pg_restarts + 1 < pg_at.len() {
                 "fast"
             } else {
                 "immediate"
@@ -500,6 +567,10 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
             s3.restart().await?;
             s3_restarts += 1;
         }
+    }
+    if clients.is_finished() {
+        clients.await??;
+        bail!("the clients stopped early");
     }
     let got = weights(&pool, Duration::from_secs(300)).await;
     done.store(true, Ordering::SeqCst);
@@ -588,7 +659,7 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
         failures.push(format!("fsck: exit {:?}, {report}", fsck.status.code()));
     }
     let summary = format!(
-        "kills {kills}, PostgreSQL restarts {pg_restarts} (fast, immediate), S3 restarts {s3_restarts}; \
+        "kills {kills}, PostgreSQL restarts {pg_restarts} (the last one a crash), S3 restarts {s3_restarts}; \
          requests {}, 503s {}, other 5xx {}, unanswered {}; uploads kept {}/{}; \
          unit models {} equal to the undisturbed run's: {}; job attempts {attempts} for {} jobs; \
          fsck: {} objects, {problems} problems",

@@ -2,7 +2,7 @@
 //! the partitions and normalises the weights to sum 1, so the same mixture asked for in any
 //! order or scale has one key, and one cached score.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -16,10 +16,19 @@ pub enum Weighting {
     Explicit,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One partition of a mixture with its weight: the members of a canonical mixture are the
+/// same values in a request, a job's payload and a stored score (`[{"partition", "weight"}]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub partition: Uuid,
     pub weight: f64,
+}
+
+impl Member {
+    /// The members of a stored mixture (none when it does not parse).
+    pub fn list(mixture: &serde_json::Value) -> Vec<Member> {
+        Vec::<Member>::deserialize(mixture).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

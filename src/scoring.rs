@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
-use crate::jobs::kind::{MemberJson, Payload, ScoreJob};
-use crate::mixture::{Member, Mixture, MixtureError, Weighting};
+use crate::jobs::Kind as _;
+use crate::mixture::{Mixture, MixtureError, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::{self, Job};
 use crate::registry::models::{self, UnitModel};
@@ -135,19 +135,11 @@ pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, S
     if !missing.is_empty() {
         return Ok(ScoreStatus::ModelsNotReady(missing));
     }
-    let payload = ScoreJob {
-        mixture: mixture
-            .members
-            .iter()
-            .map(|Member { partition, weight }| MemberJson {
-                partition: *partition,
-                weight: *weight,
-            })
-            .collect(),
+    let new = crate::jobs::Score::job(&crate::jobs::ScoreJob {
+        mixture: mixture.members.clone(),
         key: key.clone(),
         eval: eval.clone(),
-    };
-    let new = Payload::Score(payload).new_job();
+    });
     // A job that finished between the cache lookup and here is no longer active, so a second
     // one is queued; it finds the stored score's key taken and keeps the first result.
     let (job, created) = jobs::enqueue(&mut *pool.acquire().await?, &new).await?;

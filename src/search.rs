@@ -413,6 +413,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The projection is the closest point of the bounded simplex: no point of a fine
+        /// grid over it is nearer to `x` (three partitions, random feasible bounds).
+        #[test]
+        fn a_projection_is_the_closest_point_within_the_bounds(
+            lo in proptest::collection::vec(0.0..0.4f64, 3),
+            span in proptest::collection::vec(0.05..1.0f64, 3),
+            x in proptest::collection::vec(-2.0..2.0f64, 3),
+        ) {
+            let hi: Vec<f64> = lo.iter().zip(&span).map(|(l, s)| (l + s).min(1.0)).collect();
+            let Ok(bounds) = Bounds::new(lo.clone(), hi.clone()) else {
+                return Ok(());
+            };
+            let w = bounds.project(&x);
+            proptest::prop_assert!(bounds.contains(&w, 1e-9), "{w:?}");
+            let distance = |p: &[f64]| p.iter().zip(&x).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+            let best = distance(&w);
+            let steps = 400;
+            for i in 0..=steps {
+                for j in 0..=steps - i {
+                    let p = [i as f64 / steps as f64, j as f64 / steps as f64, (steps - i - j) as f64 / steps as f64];
+                    if bounds.contains(&p, 1e-12) {
+                        proptest::prop_assert!(
+                            distance(&p) >= best - 1e-9,
+                            "{p:?} is nearer to {x:?} than the projection {w:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bounds_that_allow_no_mixture_are_refused() {
         assert_eq!(

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
-use crate::jobs::kind::JobKind;
 use crate::local::Engine;
 use crate::registry;
 use crate::store::Store;
@@ -45,20 +44,22 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Job kinds this worker runs, comma-separated: pretrain, train, score, sweep, validate,
-    /// export (default: every kind).
-    #[arg(long, value_delimiter = ',', value_parser = JobKind::from_str)]
-    pub kinds: Vec<JobKind>,
+    /// Job kinds this worker runs, comma-separated (default: every kind).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::jobs::names()))]
+    pub kinds: Vec<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
 
 impl WorkerArgs {
     /// The kinds asked for, or every kind.
-    pub fn kinds(&self) -> Vec<JobKind> {
+    pub fn kinds(&self) -> Vec<&'static str> {
         match self.kinds.is_empty() {
-            true => JobKind::ALL.to_vec(),
-            false => self.kinds.clone(),
+            true => crate::jobs::names(),
+            false => crate::jobs::names()
+                .into_iter()
+                .filter(|k| self.kinds.iter().any(|asked| asked == k))
+                .collect(),
         }
     }
 }
@@ -156,7 +157,7 @@ fn worker(
     pool: sqlx::PgPool,
     store: Store,
     data: &std::path::Path,
-    kinds: Vec<JobKind>,
+    kinds: Vec<&'static str>,
 ) -> Result<Worker> {
     let device = args.engine.device()?;
     let resident_bytes = match config.engine.resident_mb {
@@ -221,7 +222,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             pool.clone(),
             store.clone(),
             &data,
-            JobKind::ALL.to_vec(),
+            crate::jobs::names(),
         )?;
         Some(tokio::spawn(worker.run(stopped.clone())))
     };
@@ -280,7 +281,7 @@ async fn heal(pool: sqlx::PgPool) {
     let mut every = tokio::time::interval(HEAL_EVERY);
     loop {
         every.tick().await;
-        match registry::models::heal(&pool).await {
+        match crate::jobs::train::heal(&pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("queued the unit models of {n} partitions that had none"),
             Err(e) => tracing::warn!("healing pass: {e}"),
@@ -330,9 +331,9 @@ mod tests {
         // A deployment of `serve --no-worker` and plain `worker`s (docker-compose.yml) must
         // run validations and exports too.
         let all = Cli::try_parse_from(["worker"]).unwrap().worker.kinds();
-        assert_eq!(all, JobKind::ALL.to_vec());
+        assert_eq!(all, crate::jobs::names());
         let some = Cli::try_parse_from(["worker", "--kinds", "score,sweep"]).unwrap();
-        assert_eq!(some.worker.kinds(), [JobKind::Score, JobKind::Sweep]);
+        assert_eq!(some.worker.kinds(), ["score", "sweep"]);
         assert!(Cli::try_parse_from(["worker", "--kinds", "nonsense"]).is_err());
     }
 }

@@ -1,25 +1,26 @@
 //! Workers: claim a job, run it, record the outcome.
 //!
-//! The loop here only claims, heartbeats, dispatches to the kind's module in [`crate::jobs`]
-//! and records how the job ended. Engine work runs on blocking threads (libtorch must not
+//! The loop here only claims, heartbeats, dispatches to the kind registered under the job's
+//! name in [`crate::jobs::KINDS`] and records how the job ended, all inside a span that
+//! names the job (its id, kind and attempt), which its blocking threads enter too. Engine work runs on blocking threads (libtorch must not
 //! block the async runtime, and a model lives on the thread that uses it). A side task
 //! heartbeats the lease and raises the engine's cancel flag when the job is cancelled or the
 //! lease is lost. A job succeeds in one transaction with the rows it produces, fenced by its
 //! attempt number.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tch::Device;
+use tracing::Instrument;
 
-use crate::jobs::kind::{JobKind, Payload};
+use crate::jobs::context::Context;
 use crate::jobs::{self, Done, JobError};
-use crate::registry::bases;
 use crate::registry::jobs::{self as queue, Lease, QueueError};
-use crate::store::{Store, keys};
+use crate::store::Store;
 
 /// How often a running worker reports itself; the dashboard counts one seen within three
 /// periods as alive.
@@ -32,7 +33,8 @@ pub struct Worker {
     pub device: Device,
     /// This worker's name in leases.
     pub owner: String,
-    pub kinds: Vec<JobKind>,
+    /// The kinds it claims (names from [`jobs::KINDS`]).
+    pub kinds: Vec<&'static str>,
     pub lease: Duration,
     /// Local scratch space for downloads, train states and outputs.
     pub work_dir: PathBuf,
@@ -78,13 +80,17 @@ impl Worker {
     async fn report_presence(self) {
         let started = chrono::Utc::now();
         let device = crate::engine::device::name(self.device);
-        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.as_str()).collect();
         if let Err(e) = crate::registry::workers::forget_gone(&self.pool).await {
             tracing::debug!("forgetting workers gone for a day: {e}");
         }
         loop {
-            let seen =
-                crate::registry::workers::seen(&self.pool, &self.owner, &device, &kinds, started);
+            let seen = crate::registry::workers::seen(
+                &self.pool,
+                &self.owner,
+                &device,
+                &self.kinds,
+                started,
+            );
             if let Err(e) = seen.await {
                 tracing::debug!("reporting this worker's presence: {e}");
             }
@@ -107,14 +113,23 @@ impl Worker {
         else {
             return Ok(false);
         };
-        tracing::info!(job = %lease.id(), kind = lease.job.kind, attempt = lease.attempt(), "running");
+        let span = tracing::info_span!("job", id = %lease.id(), kind = %lease.job.kind, attempt = lease.attempt());
+        self.run_claimed(lease, stop).instrument(span).await?;
+        Ok(true)
+    }
+
+    /// Runs a claimed job with its heartbeat and records how it ended.
+    async fn run_claimed(
+        &self,
+        lease: Lease,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<(), sqlx::Error> {
+        tracing::info!("running");
         let cancel = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat(
-            self.pool.clone(),
-            lease.clone(),
-            self.lease,
-            cancel.clone(),
-        ));
+        let heartbeat = tokio::spawn(
+            heartbeat(self.pool.clone(), lease.clone(), self.lease, cancel.clone())
+                .in_current_span(),
+        );
         let releasing = Arc::new(AtomicBool::new(false));
         let on_stop = stop.map(|mut stop| {
             let (releasing, cancel) = (releasing.clone(), cancel.clone());
@@ -125,112 +140,75 @@ impl Worker {
                 }
             })
         });
-        let payload = Payload::of(&lease.job);
-        let outcome = match payload.clone() {
-            Err(e) => Err(JobError::Fatal(e)),
-            Ok(Payload::Pretrain(job)) => jobs::pretrain::run(self, &lease, job, cancel).await,
-            Ok(Payload::Train(job)) => jobs::train::run(self, &lease, job, cancel).await,
-            Ok(Payload::Score(job)) => jobs::score::run(self, &lease, job).await,
-            Ok(Payload::Sweep(job)) => jobs::sweep::run(self, &lease, job, cancel).await,
-            Ok(Payload::Validate(job)) => jobs::validate::run(self, &lease, job, cancel).await,
-            Ok(Payload::Export(job)) => jobs::export::run(self, &lease, job).await,
-            Ok(Payload::Search(job)) => jobs::search::run(self, &lease, job, cancel).await,
+        let kind = jobs::find(&lease.job.kind);
+        let payload = lease.job.payload.clone();
+        let cx = Context {
+            pool: self.pool.clone(),
+            store: self.store.clone(),
+            device: self.device,
+            worker: self.owner.clone(),
+            scratch: self.work_dir.join(format!("job-{}", lease.id())),
+            lease,
+            resident_bytes: self.resident_bytes,
+            cancel,
+        };
+        let outcome = match kind {
+            Some(kind) => kind.run(&cx, payload.clone()).await,
+            None => Err(JobError::Fatal(format!(
+                "unknown job kind {:?}",
+                cx.lease.job.kind
+            ))),
         };
         heartbeat.abort();
         if let Some(task) = on_stop {
             task.abort();
         }
+        let lease = &cx.lease;
         let recorded = match outcome {
             Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
             Ok(Done::Cancelled) if releasing.load(Ordering::SeqCst) => {
-                tracing::info!(job = %lease.id(), "released for another worker to resume");
+                tracing::info!("released for another worker to resume");
                 // What the next worker needs is in the store; the local copy goes.
-                remove_dir(&self.job_dir(&lease)).await;
-                queue::release(&self.pool, &lease).await
+                cx.clear_scratch().await;
+                queue::release(&self.pool, lease).await
             }
-            // Only the job's owner marks its model or base failed (the stop may have been a
-            // lost lease, with another worker now training it).
+            // Only the job's owner marks its target (the stop may have been a lost lease,
+            // with another worker now running it).
             Ok(Done::Cancelled) => {
-                remove_dir(&self.job_dir(&lease)).await;
-                match queue::cancelled(&self.pool, &lease).await {
-                    Ok(()) => Ok(self.target_cancelled(payload.ok()).await?),
+                cx.clear_scratch().await;
+                match queue::cancelled(&self.pool, lease).await {
+                    Ok(()) => {
+                        if let Some(kind) = kind {
+                            let mut db = self.pool.acquire().await?;
+                            kind.cancelled(&mut db, &payload).await?;
+                        }
+                        Ok(())
+                    }
                     lost => lost,
                 }
             }
             Err(JobError::Retryable(message)) => {
-                queue::fail(&self.pool, &lease, &message, true).await
+                tracing::warn!("failed, to be retried: {message}");
+                queue::fail(&self.pool, lease, &message, true).await
             }
             Err(JobError::Fatal(message)) => {
-                match queue::fail(&self.pool, &lease, &message, false).await {
-                    Ok(()) => Ok(self.target_failed(payload.ok()).await?),
+                tracing::warn!("failed: {message}");
+                match queue::fail(&self.pool, lease, &message, false).await {
+                    Ok(()) => {
+                        if let Some(kind) = kind {
+                            let mut db = self.pool.acquire().await?;
+                            kind.failed(&mut db, &payload).await?;
+                        }
+                        Ok(())
+                    }
                     lost => lost,
                 }
             }
         };
         match recorded {
-            Ok(()) | Err(QueueError::LeaseLost(_)) => Ok(true),
+            Ok(()) | Err(QueueError::LeaseLost(_)) => Ok(()),
             Err(QueueError::Database(e)) => Err(e),
         }
-    }
-
-    /// A training job that ends without weights leaves its model or base `failed`, so that
-    /// asking for it again queues a new job.
-    async fn target_failed(&self, payload: Option<Payload>) -> Result<(), sqlx::Error> {
-        match payload {
-            Some(Payload::Train(job)) => jobs::train::failed(self, &job).await,
-            Some(Payload::Pretrain(job)) => jobs::pretrain::failed(self, &job).await,
-            Some(Payload::Validate(job)) => jobs::validate::failed(self, &job).await,
-            Some(
-                Payload::Score(_) | Payload::Sweep(_) | Payload::Export(_) | Payload::Search(_),
-            )
-            | None => Ok(()),
-        }
-    }
-
-    /// A cancelled training leaves its model `cancelled` (a base or a validation `failed`);
-    /// asking for it again queues it anew.
-    async fn target_cancelled(&self, payload: Option<Payload>) -> Result<(), sqlx::Error> {
-        match payload {
-            Some(Payload::Train(job)) => {
-                crate::registry::models::mark_cancelled(&mut *self.pool.acquire().await?, job.model)
-                    .await
-            }
-            other => self.target_failed(other).await,
-        }
-    }
-
-    /// The base's side files (tokenizer, imported config), verified, into a model folder.
-    pub(crate) async fn fetch_base_files(
-        &self,
-        base: &bases::Base,
-        dir: &Path,
-    ) -> Result<(), JobError> {
-        for (file, sha256) in base.files.iter() {
-            self.store
-                .download_verified(&keys::base(&base.id, file), sha256, &dir.join(file))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// The job's scratch folder.
-    pub(crate) fn job_dir(&self, lease: &Lease) -> PathBuf {
-        self.work_dir.join(format!("job-{}", lease.id()))
-    }
-
-    /// How many unit models of `unit_bytes` each fit the resident budget; an error naming
-    /// the setting when fewer than `needed` (one mixture's) do.
-    pub(crate) fn check_fits(&self, needed: usize, unit_bytes: u64) -> Result<usize, JobError> {
-        let capacity = (self.resident_bytes / unit_bytes.max(1)) as usize;
-        if capacity < needed {
-            return Err(JobError::Fatal(format!(
-                "a mixture of {needed} unit models needs {} MiB resident, more than this \
-                 worker's budget of {} MiB (engine.resident_mb, MIXPOOL_RESIDENT_MB)",
-                (needed as u64 * unit_bytes) >> 20,
-                self.resident_bytes >> 20
-            )));
-        }
-        Ok(capacity)
     }
 }
 
@@ -240,100 +218,6 @@ impl Worker {
 pub fn default_resident_bytes(device: Device) -> u64 {
     let share = if device == Device::Cpu { 4 } else { 2 };
     crate::engine::device::free_memory(device).map_or(4 << 30, |free| free / share)
-}
-
-/// The engine's train state mirrored into the store under `models/<id>/train_state/`, with a
-/// manifest of the files' hashes, so that the worker that takes over a job whose worker
-/// died resumes where that one last saved (and ends with the same weights).
-pub(crate) struct StateMirror {
-    pub store: Store,
-    /// The store folder, e.g. `models/<id>/train_state`.
-    pub prefix: String,
-    /// The engine's local state folder.
-    pub dir: PathBuf,
-    /// The step of the last state uploaded or restored.
-    pub uploaded: u64,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Manifest {
-    step: u64,
-    /// File name → sha256.
-    files: std::collections::BTreeMap<String, String>,
-}
-
-impl StateMirror {
-    fn key(&self, file: &str) -> String {
-        format!("{}/{file}", self.prefix)
-    }
-
-    /// Fetches the mirrored state into the local folder, verified, when there is one.
-    pub async fn restore(&mut self) -> Result<(), JobError> {
-        let Some(manifest) = self.store.get_optional(&self.key("manifest.json")).await? else {
-            return Ok(());
-        };
-        let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-            JobError::Fatal(format!("train state manifest in {}: {e}", self.prefix))
-        })?;
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(|e| JobError::Retryable(e.to_string()))?;
-        for (file, sha) in &manifest.files {
-            self.store
-                .download_verified(&self.key(file), sha, &self.dir.join(file))
-                .await?;
-        }
-        tracing::info!(state = %self.prefix, step = manifest.step, "resuming from the mirrored train state");
-        self.uploaded = manifest.step;
-        Ok(())
-    }
-
-    /// Uploads the local state when it is newer than the last one mirrored; the manifest is
-    /// written last, so it only ever names complete files, and the states it no longer
-    /// names are removed after it (at most two states exist, and only for that moment).
-    pub async fn push(&mut self) -> Result<(), crate::store::StoreError> {
-        let Ok(text) = tokio::fs::read(self.dir.join("train_state.json")).await else {
-            return Ok(());
-        };
-        let saved: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
-        let (Some(step), Some(tensors)) = (saved["step"].as_u64(), saved["tensors"].as_str())
-        else {
-            return Ok(());
-        };
-        if step <= self.uploaded {
-            return Ok(());
-        }
-        let mut files = std::collections::BTreeMap::new();
-        for file in [tensors, "train_state.json"] {
-            let stored = self
-                .store
-                .put_file(&self.dir.join(file), &self.key(file))
-                .await?;
-            files.insert(file.to_string(), stored.sha256);
-        }
-        let manifest = serde_json::to_vec(&Manifest { step, files }).expect("manifests serialise");
-        self.store
-            .put_bytes(&self.key("manifest.json"), manifest.into())
-            .await?;
-        self.uploaded = step;
-        // The manifest names the new state now: earlier ones are of no use to anyone.
-        for key in self.store.list(&self.prefix).await? {
-            let file = key.rsplit('/').next().unwrap_or_default();
-            if file.starts_with("state-") && file != tensors {
-                self.store.delete(&key).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the mirror once the model is stored.
-    pub async fn forget(store: &Store, prefix: &str) {
-        if let Ok(keys) = store.list(prefix).await {
-            for key in keys {
-                let _ = store.delete(&key).await;
-            }
-        }
-    }
 }
 
 /// Extends the lease every third of its length; raises `cancel` when the job was cancelled
@@ -350,84 +234,8 @@ async fn heartbeat(pool: PgPool, lease: Lease, every: Duration, cancel: Arc<Atom
                 return;
             }
             Err(QueueError::Database(e)) => {
-                tracing::warn!(job = %lease.id(), "heartbeat failed: {e}")
+                tracing::warn!("heartbeat failed: {e}")
             }
         }
-    }
-}
-
-/// Removes a scratch folder (one that is not there is fine).
-pub(crate) async fn remove_dir(dir: &Path) {
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!("could not remove {}: {e}", dir.display())
-        }
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_mirror_keeps_only_the_latest_complete_state_at_every_checkpoint() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &format!("file://{}", root.path().join("store").display()),
-            &crate::store::S3Config::default(),
-        )
-        .unwrap();
-        let dir = root.path().join("local");
-        std::fs::create_dir_all(&dir).unwrap();
-        let prefix = "models/m/train_state".to_string();
-        let mut mirror = StateMirror {
-            store: store.clone(),
-            prefix: prefix.clone(),
-            dir: dir.clone(),
-            uploaded: 0,
-        };
-        for step in [3u64, 6, 9] {
-            // As the engine saves: the new tensors, then the file naming them, then the old
-            // tensors go.
-            let tensors = format!("state-{step}.safetensors");
-            std::fs::write(dir.join(&tensors), vec![step as u8; 1000]).unwrap();
-            let named = serde_json::json!({"step": step, "tensors": tensors});
-            std::fs::write(dir.join("train_state.json"), named.to_string()).unwrap();
-            if step > 3 {
-                std::fs::remove_file(dir.join(format!("state-{}.safetensors", step - 3))).unwrap();
-            }
-            mirror.push().await.unwrap();
-            let states: Vec<String> = store
-                .list(&prefix)
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|k| k.contains("/state-"))
-                .collect();
-            assert_eq!(states, [format!("{prefix}/{tensors}")], "step {step}");
-            let manifest: Manifest = serde_json::from_slice(
-                &store
-                    .get_optional(&mirror.key("manifest.json"))
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            )
-            .unwrap();
-            assert_eq!(manifest.step, step);
-        }
-        // A fresh worker restores the latest state.
-        let mut other = StateMirror {
-            store,
-            prefix,
-            dir: root.path().join("other"),
-            uploaded: 0,
-        };
-        other.restore().await.unwrap();
-        assert_eq!(other.uploaded, 9);
-        assert_eq!(
-            std::fs::read(other.dir.join("state-9.safetensors")).unwrap(),
-            vec![9u8; 1000]
-        );
     }
 }

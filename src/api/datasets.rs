@@ -66,7 +66,7 @@ pub async fn upload_partition(
         let recipe = recipes::latest(&state.pool).await?;
         if let (Some(base), Some(recipe)) = (base, recipe) {
             let mut tx = state.pool.begin().await?;
-            let model = models::ensure(&mut tx, base.id, recipe.id, partition.id)
+            let model = crate::jobs::train::ensure(&mut tx, base.id, recipe.id, partition.id)
                 .await?
                 .into_inner();
             tx.commit().await?;

@@ -23,7 +23,7 @@ use super::units::train_missing;
 use super::{ApiError, AppState, Q};
 use crate::engine::checkpoint::{self, WEIGHTS_FILE};
 use crate::engine::hf::{self, HfError};
-use crate::jobs::kind::{ExportJob, MemberJson, Payload};
+use crate::jobs::{Export, ExportJob, Kind as _};
 use crate::registry::{RegistryError, bases, jobs, models};
 use crate::store::keys;
 
@@ -345,20 +345,12 @@ pub async fn export_mixture(
     let digest = hex::encode(Sha256::digest(
         json!([spec.base.id, spec.recipe.id, mixture.key()]).to_string(),
     ));
-    let payload = Payload::Export(ExportJob {
+    let new = Export::job(&ExportJob {
         base: spec.base.id,
         recipe: spec.recipe.id,
-        mixture: mixture
-            .members
-            .iter()
-            .map(|m| MemberJson {
-                partition: m.partition,
-                weight: m.weight,
-            })
-            .collect(),
+        mixture: mixture.members.clone(),
         object: keys::export(&digest),
     });
-    let new = payload.new_job();
     let dedup = new.dedup_key.clone().expect("exports are deduplicated");
     let scratch = tempfile::tempdir().map_err(internal)?;
     let tar_path = scratch.path().join("model.tar");

@@ -5,9 +5,7 @@ use serde_json::Value;
 
 use super::error::Errors;
 use super::{ApiError, AppState, Page, Q, parse_uuid};
-use crate::jobs::kind::Payload;
 use crate::registry::jobs::{self, Job};
-use crate::registry::models;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -15,7 +13,7 @@ use crate::registry::models;
 pub struct ListParams {
     /// queued, running, succeeded, failed or cancelled.
     state: Option<String>,
-    /// pretrain, train, score, sweep, validate or export.
+    /// A job kind (`pretrain`, `train`, `score`, …: the document lists them).
     kind: Option<String>,
     /// Rows per page, 1 to 500 (default 50).
     limit: Option<i64>,
@@ -41,10 +39,9 @@ pub async fn list_jobs(
     }
     let kind = match params.kind.as_deref() {
         None => None,
-        Some(k) => Some(
-            k.parse::<crate::jobs::kind::JobKind>()
-                .map_err(|e| ApiError::bad_request("invalid_kind", e))?,
-        ),
+        Some(k) => {
+            Some(crate::jobs::parse_kind(k).map_err(|e| ApiError::bad_request("invalid_kind", e))?)
+        }
     };
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let rows = jobs::list(
@@ -85,12 +82,12 @@ pub async fn cancel_job(
     let job = jobs::cancel(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
-    // A training cancelled before it ran shows on its model at once (a running one when its
+    // A job cancelled before it ran shows on its target at once (a running one's when its
     // worker stops it).
     if job.state == "cancelled"
-        && let Ok(Payload::Train(train)) = Payload::of(&job)
+        && let Some(kind) = crate::jobs::find(&job.kind)
     {
-        models::mark_cancelled(&mut tx, train.model).await?;
+        kind.cancelled(&mut tx, &job.payload).await?;
     }
     tx.commit().await?;
     Ok(Json(job))

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::error::Errors;
 use super::{ApiError, AppState, Q, resolve_base, resolve_eval_sets, resolve_recipe};
 use crate::engine::eval::EvalConfig;
-use crate::jobs::kind::MemberJson;
+use crate::mixture::Member;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, Rank, ScoreKey};
@@ -127,14 +127,14 @@ pub async fn leaderboard(
     .await?;
     let ids: Vec<Uuid> = rows
         .iter()
-        .flat_map(|s| MemberJson::list(&s.mixture))
+        .flat_map(|s| Member::list(&s.mixture))
         .map(|m| m.partition)
         .collect();
     let names = datasets::names(&state.pool, Kind::Partition, &ids).await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|s| {
-            let mixture: Vec<Value> = MemberJson::list(&s.mixture)
+            let mixture: Vec<Value> = Member::list(&s.mixture)
                 .into_iter()
                 .map(|m| json!({ "partition": name(&names, m.partition), "weight": m.weight }))
                 .collect();

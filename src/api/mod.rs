@@ -132,7 +132,7 @@ impl Default for SweepLimits {
 
 pub fn router(state: AppState) -> Router {
     let tracked = state.clone();
-    let (routes, spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (routes, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(models::create_base, models::list_bases))
@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::whoami))
         .routes(routes!(metrics::metrics))
         .split_for_parts();
+    openapi::name_job_kinds(&mut spec);
     routes
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/v1/openapi.json", spec))
         .merge(crate::web::router())

@@ -14,7 +14,7 @@ use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recip
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::TrainConfig;
-use crate::jobs::kind::{Payload, PretrainJob};
+use crate::jobs::{Kind as _, Pretrain, PretrainJob};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, jobs, recipes};
 use crate::store::keys;
@@ -105,13 +105,12 @@ pub async fn create_base(
         let base = bases::insert(&mut tx, id, &new.name, &config, None)
             .await
             .map_err(name_taken)?;
-        let job = Payload::Pretrain(PretrainJob {
+        let job = Pretrain::job(&PretrainJob {
             base: id,
             partition: partition.id,
             config: train,
             train_all,
-        })
-        .new_job();
+        });
         let (job, _) = jobs::enqueue(&mut tx, &job).await?;
         tx.commit().await?;
         let view = BaseView {

@@ -33,6 +33,24 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 )]
 pub struct ApiDoc;
 
+/// Names the registered job kinds as the values of `GET /v1/jobs`'s `kind` filter.
+pub fn name_job_kinds(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let Some(list) = spec.paths.paths.get_mut("/v1/jobs") else {
+        return;
+    };
+    let parameters = list
+        .get
+        .iter_mut()
+        .flat_map(|op| op.parameters.iter_mut().flatten());
+    for parameter in parameters.filter(|p| p.name == "kind") {
+        let kinds = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(crate::jobs::names()));
+        parameter.schema = Some(kinds.into());
+    }
+}
+
 /// The `bearer` security scheme that write operations name.
 struct Bearer;
 

@@ -20,6 +20,7 @@ use super::{
     resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
+use crate::jobs::Kind as _;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Search};
@@ -217,7 +218,8 @@ pub async fn create_search(
         created_at: chrono::Utc::now(),
     };
     let mut tx = state.pool.begin().await?;
-    searches::create(&mut tx, &search).await?;
+    let job = crate::jobs::Search::job(&crate::jobs::SearchJob { search: search.id });
+    searches::create(&mut tx, &search, &job).await?;
     tx.commit().await?;
     let search = searches::get(&state.pool, search.id)
         .await?

@@ -19,7 +19,7 @@ use super::{
     resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
-use crate::jobs::kind::MemberJson;
+use crate::mixture::Member;
 use crate::mixture::{self, Mixture, Weighting};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::sweeps::{self, Sweep, SweepMixture};
@@ -169,10 +169,10 @@ pub async fn create_sweep(
         if !seen.insert(key.clone()) {
             continue;
         }
-        let members: Vec<MemberJson> = canonical
+        let members: Vec<Member> = canonical
             .members
             .iter()
-            .map(|m| MemberJson {
+            .map(|m| Member {
                 partition: m.partition,
                 weight: m.weight,
             })
@@ -223,6 +223,7 @@ pub async fn create_sweep(
         &list,
         MERGE_METHOD,
         state.sweeps.shard_mixtures,
+        crate::jobs::sweep::shard_job,
     )
     .await?;
     tx.commit().await?;
@@ -333,11 +334,7 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
     let partition_ids: Vec<Uuid> = outcomes
         .iter()
         .filter(|o| o.eval_set_id == sweep.eval_set_ids[0])
-        .flat_map(|o| {
-            MemberJson::list(&o.mixture)
-                .into_iter()
-                .map(|m| m.partition)
-        })
+        .flat_map(|o| Member::list(&o.mixture).into_iter().map(|m| m.partition))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -386,7 +383,7 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
             .position(|id| *id == o.eval_set_id)
             .unwrap_or(0);
         let ppl = result["perplexity"].as_f64().unwrap_or(f64::INFINITY);
-        let mixture: Vec<Value> = MemberJson::list(&o.mixture)
+        let mixture: Vec<Value> = Member::list(&o.mixture)
             .iter()
             .map(|m| json!({ "partition": name(&m.partition), "weight": m.weight }))
             .collect();

@@ -39,7 +39,7 @@ pub(super) async fn train_missing(
     }
     let partitions: Vec<Uuid> = missing.iter().map(|(p, _)| *p).collect();
     let mut tx = state.pool.begin().await?;
-    let models = models::train(&mut tx, base, recipe, &partitions, false).await?;
+    let models = crate::jobs::train::queue(&mut tx, base, recipe, &partitions, false).await?;
     tx.commit().await?;
     let failed: Vec<(Uuid, Option<UnitModel>)> = models
         .iter()
@@ -181,9 +181,11 @@ pub(super) async fn train_all(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    Ok(models::train(db, base, recipe, &partitions, false)
-        .await?
-        .len())
+    Ok(
+        crate::jobs::train::queue(db, base, recipe, &partitions, false)
+            .await?
+            .len(),
+    )
 }
 
 /// `POST /v1/models {"base"?, "recipe"?, "partitions": [...] | "all"}`: queues the training
@@ -231,7 +233,7 @@ pub async fn train_models(
     };
     let ids: Vec<Uuid> = partitions.iter().map(|(id, _)| *id).collect();
     let mut tx = state.pool.begin().await?;
-    models::train(&mut tx, base.id, recipe.id, &ids, true).await?;
+    crate::jobs::train::queue(&mut tx, base.id, recipe.id, &ids, true).await?;
     tx.commit().await?;
     let all = models::for_partitions(&state.pool, base.id, recipe.id, &ids).await?;
     let name = |id: Uuid| {

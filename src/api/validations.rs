@@ -172,7 +172,14 @@ pub async fn create_validations(
             weights: weighted.then_some(weights.as_slice()),
             tokens: tokens as i64,
         };
-        let (validation, job) = validations::ensure(&mut tx, &new, &set_ids, &sha).await?;
+        let (validation, job) = validations::ensure(
+            &mut tx,
+            &new,
+            &set_ids,
+            &sha,
+            crate::jobs::validate::validation_job,
+        )
+        .await?;
         queued |= job.is_some();
         out.push((validation, job));
     }

@@ -15,16 +15,15 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::JobError;
+use super::context::{Context, remove_dir};
 use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
 use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
 use crate::engine::resident::{Unit, Workspace};
 use crate::registry::bases::Base;
 use crate::registry::datasets::Dataset;
-use crate::registry::jobs::Lease;
 use crate::registry::models::UnitModel;
 use crate::store::keys;
-use crate::worker::{Worker, remove_dir};
 
 /// The async side of the merging thread.
 pub(super) struct Merger {
@@ -85,22 +84,21 @@ impl Merger {
     /// Fetches the base's config and side files and the eval sets (verified), and starts the
     /// thread, which builds the model and tokenises the eval sets.
     pub async fn open(
-        worker: &Worker,
-        lease: &Lease,
+        cx: &Context,
         base: &Base,
         eval_sets: &[Dataset],
         eval: &EvalConfig,
     ) -> Result<Merger, JobError> {
-        let dir = worker.job_dir(lease).join("base");
+        let dir = cx.scratch.join("base");
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| JobError::Retryable(e.to_string()))?;
         checkpoint::write_config(&dir, &base.config.0)
             .map_err(|e| JobError::Fatal(e.to_string()))?;
-        worker.fetch_base_files(base, &dir).await?;
+        cx.fetch_base_files(base, &dir).await?;
         let mut texts = Vec::with_capacity(eval_sets.len());
         for set in eval_sets {
-            let data = worker
+            let data = cx
                 .store
                 .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
                 .await?;
@@ -108,9 +106,10 @@ impl Merger {
         }
         let (commands, inbox) = mpsc::channel();
         let (ready, started) = oneshot::channel();
-        let (device, eval, model_dir) = (worker.device, eval.clone(), dir.clone());
+        let (device, eval, model_dir) = (cx.device, eval.clone(), dir.clone());
+        let span = tracing::Span::current();
         let thread = tokio::task::spawn_blocking(move || {
-            owner(model_dir, device, texts, eval, inbox, ready)
+            span.in_scope(|| owner(model_dir, device, texts, eval, inbox, ready))
         });
         let unit_bytes = started.await.map_err(|_| stopped())??;
         Ok(Merger {
@@ -132,23 +131,23 @@ impl Merger {
     }
 
     /// Fetches a ready unit model's weights (verified) onto the device.
-    pub async fn load(&mut self, worker: &Worker, unit: &UnitModel) -> Result<(), JobError> {
+    pub async fn load(&mut self, cx: &Context, unit: &UnitModel) -> Result<(), JobError> {
         let sha = unit
             .weights_sha256
             .as_deref()
             .ok_or_else(|| JobError::Fatal(format!("unit model {} has no weights yet", unit.id)))?;
-        self.load_model(worker, unit.id, sha).await
+        self.load_model(cx, unit.id, sha).await
     }
 
     /// Fetches the weights stored under `models/<id>/` (a unit or a validation model),
     /// verified against `sha256`, onto the device.
     pub async fn load_model(
         &mut self,
-        worker: &Worker,
+        cx: &Context,
         id: Uuid,
         sha256: &str,
     ) -> Result<(), JobError> {
-        let bytes = worker
+        let bytes = cx
             .store
             .get_verified(&keys::model(&id, WEIGHTS_FILE), sha256)
             .await?;

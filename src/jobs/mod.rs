@@ -1,16 +1,57 @@
-//! The work of each job kind, one module per kind. The worker claims a job, reads its typed
-//! [`kind::Payload`] and calls that kind's `run`; the API only uses [`kind`] to queue work.
+//! Job kinds, one file each, registered in [`KINDS`]: the worker runs a claimed job through
+//! its kind's registration, and every list of kind names (the worker's `--kinds`, the API's
+//! `kind` filter and its document, the dashboard's filter, the database's check) is this
+//! one. Adding a kind is a file that implements [`kind::Kind`] and one line below.
 
-pub(crate) mod export;
+pub mod context;
+mod export;
 pub mod kind;
 mod merger;
-pub(crate) mod pretrain;
-pub(crate) mod score;
-pub(crate) mod search;
-pub(crate) mod sweep;
-pub(crate) mod train;
+pub mod mirror;
+mod pretrain;
+mod score;
+mod search;
+pub mod sweep;
+pub mod train;
 mod training;
-pub(crate) mod validate;
+pub mod validate;
+
+pub use export::{Export, ExportJob};
+pub use kind::{Kind, Registration};
+pub use pretrain::{Pretrain, PretrainJob};
+pub use score::{Score, ScoreJob};
+pub use search::{Search, SearchJob};
+pub use sweep::{Sweep, SweepJob};
+pub use train::{Train, TrainJob};
+pub use validate::{Validate, ValidateJob};
+
+/// Every job kind.
+pub static KINDS: &[Registration] = &[
+    kind::register::<Pretrain>(),
+    kind::register::<Train>(),
+    kind::register::<Score>(),
+    kind::register::<Sweep>(),
+    kind::register::<Validate>(),
+    kind::register::<Export>(),
+    kind::register::<Search>(),
+];
+
+/// The kind registered as `name`.
+pub fn find(name: &str) -> Option<&'static Registration> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// Every kind's name, in registration order.
+pub fn names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name).collect()
+}
+
+/// The kind named `name`, or an error that lists the kinds there are.
+pub fn parse_kind(name: &str) -> Result<&'static str, String> {
+    find(name)
+        .map(|k| k.name)
+        .ok_or_else(|| format!("unknown job kind {name:?}: use {}", names().join(", ")))
+}
 
 /// Whether trying the job again can help.
 #[derive(Debug, thiserror::Error)]
@@ -47,53 +88,6 @@ pub enum Done {
     LeaseLost,
 }
 
-/// Commits the job's success with the rows the caller wrote in `tx`.
-pub(crate) async fn succeed(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    lease: &crate::registry::jobs::Lease,
-    result: &serde_json::Value,
-) -> Result<Done, JobError> {
-    use crate::registry::jobs::{self, QueueError};
-    match jobs::succeed(&mut tx, lease, result).await {
-        Ok(()) => {
-            tx.commit().await?;
-            Ok(Done::Succeeded)
-        }
-        Err(QueueError::LeaseLost(_)) => Ok(Done::LeaseLost),
-        Err(QueueError::Database(e)) => Err(e.into()),
-    }
-}
-
-/// Commits `tx` (the rows a job stored as it went) with the job's progress, marked as kept
-/// for the next worker (`saved`), fenced by the attempt. `Ok(false)` when the lease was lost:
-/// nothing is committed then. A cancellation asked for meanwhile raises `cancel`.
-pub(crate) async fn commit_progress(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    lease: &crate::registry::jobs::Lease,
-    fraction: f32,
-    message: &str,
-    cancel: &std::sync::atomic::AtomicBool,
-) -> Result<bool, JobError> {
-    use crate::registry::jobs::{self, QueueError};
-    let recorded = match jobs::progress(&mut *tx, lease, fraction, message, None).await {
-        Ok(cancel_requested) => jobs::saved(&mut *tx, lease, fraction)
-            .await
-            .map(|()| cancel_requested),
-        lost => lost,
-    };
-    match recorded {
-        Ok(cancel_requested) => {
-            tx.commit().await?;
-            if cancel_requested {
-                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok(true)
-        }
-        Err(QueueError::LeaseLost(_)) => Ok(false),
-        Err(QueueError::Database(e)) => Err(e.into()),
-    }
-}
-
 /// The ready unit models of `partitions` for a base and recipe, in the partitions' order; a
 /// partition without one fails the job for good.
 pub(crate) async fn ready_units(
@@ -113,4 +107,17 @@ pub(crate) async fn ready_units(
                 .ok_or_else(|| JobError::Fatal(format!("partition {p} has no ready unit model")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_kind_is_found_by_its_name_once_and_unknown_ones_are_named() {
+        for name in super::names() {
+            assert_eq!(super::parse_kind(name), Ok(name));
+            assert_eq!(super::names().iter().filter(|n| **n == name).count(), 1);
+        }
+        let err = super::parse_kind("merge").unwrap_err();
+        assert!(err.contains("\"merge\"") && err.contains("sweep"), "{err}");
+    }
 }

@@ -1,32 +1,60 @@
 //! `pretrain` jobs: a base created from a preset, initialised from its seed and trained on
 //! one partition; the base turns ready with its weights.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
 
-use super::kind::PretrainJob;
+use super::context::Context;
+use super::kind::{Kind, Outcome};
 use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::Lease;
-use crate::registry::{bases, models, recipes};
+use crate::engine::train::TrainConfig;
+use crate::registry::datasets;
+use crate::registry::{bases, recipes};
 use crate::store::keys;
-use crate::worker::Worker;
 
-pub(crate) async fn run(
-    worker: &Worker,
-    lease: &Lease,
-    job: PretrainJob,
-    cancel: Arc<AtomicBool>,
-) -> Result<Done, JobError> {
-    let pool = &worker.pool;
+pub struct Pretrain;
+
+/// `pretrain`: the base to train (created `pending`), its data and settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainJob {
+    pub base: Uuid,
+    pub partition: Uuid,
+    pub config: TrainConfig,
+    /// Queue every partition's unit model (for the newest recipe) once the base is ready.
+    #[serde(default)]
+    pub train_all: bool,
+}
+
+impl Kind for Pretrain {
+    const NAME: &'static str = "pretrain";
+    const ABOUT: &'static str = "trains a base created from a preset on one partition";
+    const MAX_ATTEMPTS: i32 = 5;
+    type Payload = PretrainJob;
+
+    fn dedup_key(job: &PretrainJob) -> String {
+        format!("pretrain:{}", job.base)
+    }
+
+    async fn run(cx: &Context, job: PretrainJob) -> Outcome {
+        run(cx, job).await
+    }
+
+    /// A pre-training that ended without weights leaves its base `failed`.
+    async fn failed(db: &mut PgConnection, job: &PretrainJob) -> Result<(), sqlx::Error> {
+        bases::mark_failed(db, job.base).await
+    }
+}
+
+async fn run(cx: &Context, job: PretrainJob) -> Outcome {
+    let pool = &cx.pool;
     let base = bases::find(pool, &job.base.to_string())
         .await?
         .ok_or_else(|| JobError::Fatal(format!("base {} not found", job.base)))?;
-    let partition = datasets::find(pool, Kind::Partition, &job.partition.to_string())
+    let partition = datasets::find(pool, datasets::Kind::Partition, &job.partition.to_string())
         .await?
         .ok_or_else(|| JobError::Fatal(format!("partition {} not found", job.partition)))?;
     let run = TrainingRun {
@@ -44,7 +72,7 @@ pub(crate) async fn run(
         stored,
         summary,
         data_tokens,
-    }) = training::run(worker, lease, cancel, &run).await?
+    }) = training::run(cx, &run).await?
     else {
         return Ok(Done::Cancelled);
     };
@@ -55,13 +83,8 @@ pub(crate) async fn run(
     {
         let partitions: Vec<_> = datasets::all_partitions(&mut *tx).await?;
         let ids: Vec<_> = partitions.into_iter().map(|(id, _)| id).collect();
-        models::train(&mut tx, base.id, recipe.id, &ids, false).await?;
+        super::train::queue(&mut tx, base.id, recipe.id, &ids, false).await?;
     }
     let result = json!({ "base": base.id, "weights_sha256": stored.sha256, "train": summary, "data_tokens": data_tokens });
-    training::finish(worker, tx, lease, &result, &run).await
-}
-
-/// A pre-training that ended without weights leaves its base `failed`.
-pub(crate) async fn failed(worker: &Worker, job: &PretrainJob) -> Result<(), sqlx::Error> {
-    bases::mark_failed(&mut *worker.pool.acquire().await?, job.base).await
+    training::finish(cx, tx, &result, &run).await
 }

@@ -1,42 +1,66 @@
 //! `score` jobs: one mixture's unit models merged in memory and evaluated on one eval set;
 //! the score row and the job's success commit together.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::kind::ScoreJob;
+use super::JobError;
+use super::context::Context;
+use super::kind::{Kind, Outcome};
 use super::merger::Merger;
-use super::{Done, JobError};
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::Lease;
+use crate::engine::eval::EvalConfig;
+use crate::mixture::Member;
+use crate::registry::datasets;
+use crate::registry::scores::ScoreKey;
 use crate::registry::{bases, scores};
-use crate::worker::Worker;
 
-pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result<Done, JobError> {
+pub struct Score;
+
+/// `score`: one mixture, canonical, on one eval set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoreJob {
+    pub key: ScoreKey,
+    pub mixture: Vec<Member>,
+    pub eval: EvalConfig,
+}
+
+impl Kind for Score {
+    const NAME: &'static str = "score";
+    const ABOUT: &'static str =
+        "merges one mixture's unit models and evaluates the merge on one eval set";
+    type Payload = ScoreJob;
+
+    /// A score key has one scoring.
+    fn dedup_key(job: &ScoreJob) -> String {
+        let key = Sha256::digest(serde_json::to_vec(&job.key).expect("keys serialise"));
+        format!("score:{}", hex::encode(key))
+    }
+
+    async fn run(cx: &Context, job: ScoreJob) -> Outcome {
+        run(cx, job).await
+    }
+}
+
+async fn run(cx: &Context, job: ScoreJob) -> Outcome {
     let started = std::time::Instant::now();
     let key = &job.key;
-    let pool = &worker.pool;
+    let pool = &cx.pool;
     let base = bases::find(pool, &key.base_id.to_string())
         .await?
         .ok_or_else(|| JobError::Fatal(format!("base {} not found", key.base_id)))?;
-    let eval_set = datasets::find(pool, Kind::EvalSet, &key.eval_set_id.to_string())
+    let eval_set = datasets::find(pool, datasets::Kind::EvalSet, &key.eval_set_id.to_string())
         .await?
         .ok_or_else(|| JobError::Fatal(format!("eval set {} not found", key.eval_set_id)))?;
     let partitions: Vec<Uuid> = job.mixture.iter().map(|m| m.partition).collect();
     let members = super::ready_units(pool, key.base_id, key.recipe_id, &partitions).await?;
 
-    let mut merger = Merger::open(
-        worker,
-        lease,
-        &base,
-        std::slice::from_ref(&eval_set),
-        &job.eval,
-    )
-    .await?;
-    worker.check_fits(members.len(), merger.unit_bytes)?;
+    let mut merger = Merger::open(cx, &base, std::slice::from_ref(&eval_set), &job.eval).await?;
+    cx.check_fits(members.len(), merger.unit_bytes)?;
     let scored = async {
         for unit in &members {
-            merger.load(worker, unit).await?;
+            merger.load(cx, unit).await?;
         }
         let ids: Vec<Uuid> = members.iter().map(|u| u.id).collect();
         let weights: Vec<f64> = job.mixture.iter().map(|m| m.weight).collect();
@@ -57,7 +81,7 @@ pub(crate) async fn run(worker: &Worker, lease: &Lease, job: ScoreJob) -> Result
         "total": started.elapsed().as_secs_f64(),
     });
     let result = json!({ "score": score.id, "seconds": seconds });
-    let done = super::succeed(tx, lease, &result).await?;
-    crate::worker::remove_dir(&worker.job_dir(lease)).await;
+    let done = cx.succeed(tx, &result).await?;
+    cx.clear_scratch().await;
     Ok(done)
 }

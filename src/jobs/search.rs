@@ -10,36 +10,52 @@
 //! a worker that takes it over continues from the last stored step.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::kind::SearchJob;
+use super::context::Context;
+use super::kind::{Kind, Outcome};
 use super::merger::Merger;
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::bases;
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::Lease;
+use crate::registry::datasets;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
-use crate::registry::searches::{self, Point, Search};
+use crate::registry::searches::{self, Point};
 use crate::scoring::MERGE_METHOD;
 use crate::search::{Bounds, Descent, Observed, Plan, Predictor};
-use crate::worker::Worker;
 
-pub(crate) async fn run(
-    worker: &Worker,
-    lease: &Lease,
-    job: SearchJob,
-    cancel: Arc<AtomicBool>,
-) -> Result<Done, JobError> {
+/// `search`: the ratio search to run (its settings are in its row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchJob {
+    pub search: Uuid,
+}
+
+pub struct Search;
+
+impl Kind for Search {
+    const NAME: &'static str = "search";
+    const ABOUT: &'static str =
+        "runs a ratio search: mixture weights scored round by round, unit models kept resident";
+    type Payload = SearchJob;
+
+    fn dedup_key(job: &SearchJob) -> String {
+        format!("search:{}", job.search)
+    }
+
+    async fn run(cx: &Context, job: SearchJob) -> Outcome {
+        run(cx, job).await
+    }
+}
+
+async fn run(cx: &Context, job: SearchJob) -> Outcome {
     let started = Instant::now();
-    let pool = &worker.pool;
+    let pool = &cx.pool;
     let fatal = |what: String| JobError::Fatal(format!("search {}: {what}", job.search));
     let search = searches::get(pool, job.search)
         .await?
@@ -49,7 +65,7 @@ pub(crate) async fn run(
         .ok_or_else(|| fatal(format!("base {} not found", search.base_id)))?;
     let mut eval_sets = Vec::with_capacity(search.eval_set_ids.len());
     for id in search.eval_set_ids.iter().chain(&search.tune_set_ids) {
-        let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
+        let set = datasets::find(pool, datasets::Kind::EvalSet, &id.to_string())
             .await?
             .ok_or_else(|| fatal(format!("eval set {id} not found")))?;
         eval_sets.push(set);
@@ -69,19 +85,17 @@ pub(crate) async fn run(
     let bounds = Bounds::new(search.bounds_min.clone(), search.bounds_max.clone())
         .map_err(|e| fatal(e.to_string()))?;
 
-    let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
+    let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
-        worker.check_fits(units.len(), merger.unit_bytes)?;
+        cx.check_fits(units.len(), merger.unit_bytes)?;
         for unit in units.values() {
-            merger.load(worker, unit).await?;
+            merger.load(cx, unit).await?;
         }
         let run = Run {
-            worker,
-            lease,
+            cx,
             search: &search,
             units: &units,
             merger: &merger,
-            cancel: &cancel,
             scope: ScoreKey {
                 base_id: search.base_id,
                 recipe_id: search.recipe_id,
@@ -108,16 +122,16 @@ pub(crate) async fn run(
     }
     .await;
     merger.close().await;
-    crate::worker::remove_dir(&worker.job_dir(lease)).await;
+    cx.clear_scratch().await;
     let mut result = match outcome? {
         Searched::Done(result) => result,
         Searched::Stopped(done) => return Ok(done),
     };
     result["search"] = json!(search.id);
-    result["worker"] = json!(worker.owner);
+    result["worker"] = json!(cx.worker);
     result["evaluations"] = json!(search.budget + 1);
     result["seconds"] = json!(started.elapsed().as_secs_f64());
-    super::succeed(pool.begin().await?, lease, &result).await
+    cx.succeed(pool.begin().await?, &result).await
 }
 
 enum Searched {
@@ -130,13 +144,11 @@ enum Searched {
 
 /// A search's fixed context while it runs.
 struct Run<'a> {
-    worker: &'a Worker,
-    lease: &'a Lease,
-    search: &'a Search,
+    cx: &'a Context,
+    search: &'a searches::Search,
     /// Ready unit models by partition.
     units: &'a HashMap<Uuid, UnitModel>,
     merger: &'a Merger,
-    cancel: &'a AtomicBool,
     /// The explicit-weight scores of the search's base, recipe and evaluation settings.
     scope: ScoreKey,
     /// Evaluations in all: the budget and the proposal.
@@ -149,7 +161,7 @@ impl Run<'_> {
         let mut computed = 0;
         for round in 0..plan.rounds() {
             for weights in plan.round(round, &observed) {
-                if self.cancel.load(Ordering::SeqCst) {
+                if self.cx.is_cancelled() {
                     return Ok(Searched::Stopped(Done::Cancelled));
                 }
                 let point = self.point(observed.len(), round, "sample", &weights, None);
@@ -197,7 +209,7 @@ impl Run<'_> {
             .collect();
         // Each iterate and its tune objective, by position: those stored by an earlier
         // attempt, then this one's.
-        let mut path: Vec<(Vec<f64>, f64)> = searches::points(&self.worker.pool, search.id)
+        let mut path: Vec<(Vec<f64>, f64)> = searches::points(&self.cx.pool, search.id)
             .await?
             .into_iter()
             .map(|p| {
@@ -215,7 +227,7 @@ impl Run<'_> {
         };
         let (mut computed, mut passes) = (0, 0);
         loop {
-            if self.cancel.load(Ordering::SeqCst) {
+            if self.cx.is_cancelled() {
                 return Ok(Searched::Stopped(Done::Cancelled));
             }
             let stored = t < path.len();
@@ -282,7 +294,7 @@ impl Run<'_> {
                 eval_set_id: *set,
                 ..self.scope.clone()
             };
-            if let Some(score) = scores::get(&self.worker.pool, &key).await? {
+            if let Some(score) = scores::get(&self.cx.pool, &key).await? {
                 perplexity.insert(*set, ppl(&score.result)?);
             }
         }
@@ -306,7 +318,7 @@ impl Run<'_> {
             .copied()
             .collect();
         let members = serde_json::to_value(&mixture.members).expect("mixtures serialise");
-        let mut tx = self.worker.pool.begin().await?;
+        let mut tx = self.cx.pool.begin().await?;
         if !missing.is_empty() {
             // Merged in the canonical order, as a score job merges the same mixture.
             let units: Vec<Uuid> = mixture
@@ -333,7 +345,7 @@ impl Run<'_> {
         let done = point.position as usize + 1;
         let fraction = done as f32 / self.total as f32;
         let message = format!("point {done}/{}", self.total);
-        if !super::commit_progress(tx, self.lease, fraction, &message, self.cancel).await? {
+        if !self.cx.commit_progress(tx, fraction, &message).await? {
             return Ok(None);
         }
         let objective = objective_of(

@@ -6,30 +6,59 @@
 //! memory budget together are taken in groups that do.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::kind::{MemberJson, SweepJob};
+use super::context::Context;
+use super::kind::{Kind, Outcome};
 use super::merger::Merger;
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::Lease;
+use crate::mixture::Member;
+use crate::registry::datasets;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
-use crate::registry::sweeps::{self, Sweep};
+use crate::registry::sweeps;
 use crate::registry::{bases, models};
 use crate::scoring::MERGE_METHOD;
-use crate::worker::Worker;
+
+pub struct Sweep;
+
+/// `sweep`: a shard of a sweep, as the positions of its mixtures in the sweep's list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepJob {
+    pub sweep: Uuid,
+    pub items: Vec<i32>,
+}
+
+impl Kind for Sweep {
+    const NAME: &'static str = "sweep";
+    const ABOUT: &'static str = "scores one shard of a sweep, its unit models kept resident";
+    type Payload = SweepJob;
+
+    /// A sweep shard has one run.
+    fn dedup_key(job: &SweepJob) -> String {
+        let first = job.items.first().copied().unwrap_or(-1);
+        format!("sweep:{}:{first}", job.sweep)
+    }
+
+    async fn run(cx: &Context, job: SweepJob) -> Outcome {
+        run(cx, job).await
+    }
+}
+
+/// The job of one shard: the positions `items` of sweep `sweep`'s mixtures.
+pub fn shard_job(sweep: Uuid, items: Vec<i32>) -> crate::registry::jobs::NewJob {
+    Sweep::job(&SweepJob { sweep, items })
+}
 
 /// A mixture of the shard with the eval sets it still lacks.
 struct Todo {
     key: String,
-    members: Vec<MemberJson>,
+    members: Vec<Member>,
     eval_sets: Vec<Uuid>,
 }
 
@@ -51,14 +80,9 @@ struct Tally {
     seconds: f64,
 }
 
-pub(crate) async fn run(
-    worker: &Worker,
-    lease: &Lease,
-    job: SweepJob,
-    cancel: Arc<AtomicBool>,
-) -> Result<Done, JobError> {
+async fn run(cx: &Context, job: SweepJob) -> Outcome {
     let started = Instant::now();
-    let pool = &worker.pool;
+    let pool = &cx.pool;
     let sweep = sweeps::get(pool, job.sweep)
         .await?
         .ok_or_else(|| JobError::Fatal(format!("sweep {} not found", job.sweep)))?;
@@ -67,7 +91,7 @@ pub(crate) async fn run(
         .ok_or_else(|| JobError::Fatal(format!("base {} not found", sweep.base_id)))?;
     let mut eval_sets = Vec::with_capacity(sweep.eval_set_ids.len());
     for id in &sweep.eval_set_ids {
-        let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
+        let set = datasets::find(pool, datasets::Kind::EvalSet, &id.to_string())
             .await?
             .ok_or_else(|| JobError::Fatal(format!("eval set {id} not found")))?;
         eval_sets.push(set);
@@ -93,7 +117,7 @@ pub(crate) async fn run(
             .collect();
     let mut todo = Vec::new();
     for (position, key, members) in rows {
-        let members: Vec<MemberJson> = serde_json::from_value(members)
+        let members: Vec<Member> = serde_json::from_value(members)
             .map_err(|e| JobError::Fatal(format!("sweep {} mixture {position}: {e}", sweep.id)))?;
         let missing: Vec<Uuid> = sweep
             .eval_set_ids
@@ -133,37 +157,33 @@ pub(crate) async fn run(
                 "partition {p} has no ready unit model"
             )));
         }
-        let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
+        let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
         let shard = Shard {
-            worker,
-            lease,
+            cx,
             sweep: &sweep,
             scope: &scope,
             units: &units,
-            cancel: &cancel,
         };
         let outcome = shard.run(&mut merger, &todo, &mut tally).await;
         merger.close().await;
-        crate::worker::remove_dir(&worker.job_dir(lease)).await;
+        cx.clear_scratch().await;
         match outcome? {
             Done::Succeeded => {}
             other => return Ok(other),
         }
     }
     tally.seconds = started.elapsed().as_secs_f64();
-    let result = json!({ "sweep": sweep.id, "worker": worker.owner, "shard": tally });
-    super::succeed(pool.begin().await?, lease, &result).await
+    let result = json!({ "sweep": sweep.id, "worker": cx.worker, "shard": tally });
+    cx.succeed(pool.begin().await?, &result).await
 }
 
 /// A shard's fixed context while it runs.
 struct Shard<'a> {
-    worker: &'a Worker,
-    lease: &'a Lease,
-    sweep: &'a Sweep,
+    cx: &'a Context,
+    sweep: &'a sweeps::Sweep,
     scope: &'a ScoreKey,
     /// Ready unit models by partition.
     units: &'a HashMap<Uuid, UnitModel>,
-    cancel: &'a AtomicBool,
 }
 
 impl Shard<'_> {
@@ -174,7 +194,7 @@ impl Shard<'_> {
         todo: &[Todo],
         tally: &mut Tally,
     ) -> Result<Done, JobError> {
-        let capacity = self.worker.check_fits(
+        let capacity = self.cx.check_fits(
             todo.iter().map(|t| t.members.len()).max().unwrap_or(0),
             merger.unit_bytes,
         )?;
@@ -193,13 +213,13 @@ impl Shard<'_> {
             let loading = Instant::now();
             for unit in self.units.values().filter(|u| needed.contains(&u.id)) {
                 if !merger.is_resident(unit.id) {
-                    merger.load(self.worker, unit).await?;
+                    merger.load(self.cx, unit).await?;
                 }
             }
             tally.load_seconds += loading.elapsed().as_secs_f64();
             tally.peak_resident_bytes = tally.peak_resident_bytes.max(merger.resident_bytes());
             for item in group {
-                if self.cancel.load(Ordering::SeqCst) {
+                if self.cx.is_cancelled() {
                     return Ok(Done::Cancelled);
                 }
                 let ids: Vec<Uuid> = item
@@ -232,7 +252,7 @@ impl Shard<'_> {
         (fraction, done, total): (f32, usize, usize),
     ) -> Result<bool, JobError> {
         let members = serde_json::to_value(&item.members).expect("mixtures serialise");
-        let mut tx = self.worker.pool.begin().await?;
+        let mut tx = self.cx.pool.begin().await?;
         for (eval_set, result) in item.eval_sets.iter().zip(results) {
             let key = ScoreKey {
                 mixture_key: item.key.clone(),
@@ -243,7 +263,7 @@ impl Shard<'_> {
             scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
         }
         let message = format!("mixture {done}/{total}");
-        super::commit_progress(tx, self.lease, fraction, &message, self.cancel).await
+        self.cx.commit_progress(tx, fraction, &message).await
     }
 }
 
@@ -278,7 +298,7 @@ mod tests {
             key: String::new(),
             members: partitions
                 .iter()
-                .map(|&p| MemberJson {
+                .map(|&p| Member {
                     partition: Uuid::from_u128(p),
                     weight: 1.0,
                 })

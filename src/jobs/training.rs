@@ -2,48 +2,41 @@
 //! (verified), the engine on a blocking thread with its train state mirrored into the store,
 //! the weights back to the store.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
+use super::context::{Context, blocking};
+use super::mirror::StateMirror;
+use super::{Done, JobError};
 use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
 use crate::engine::train::{self, Outcome, Progress, TrainOptions};
-use crate::registry::jobs::{self, Lease};
+use crate::registry::jobs;
 use crate::registry::{bases, datasets};
 use crate::store::keys;
-use crate::worker::{StateMirror, Worker, remove_dir};
-
-use super::{Done, JobError};
 
 /// Trains: the starting weights and the partitions from the store (verified), the engine
 /// on a blocking thread with its train state mirrored into the store, the weights back to
 /// the store. `None` when the job was cancelled (or its lease lost) on the way.
-pub(super) async fn run(
-    worker: &Worker,
-    lease: &Lease,
-    cancel: Arc<AtomicBool>,
-    run: &TrainingRun,
-) -> Result<Option<Trained>, JobError> {
-    let dir = worker.job_dir(lease);
+pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Trained>, JobError> {
+    let dir = cx.scratch.clone();
     let start_dir = dir.join("start");
     tokio::fs::create_dir_all(&start_dir)
         .await
         .map_err(|e| JobError::Retryable(e.to_string()))?;
     checkpoint::write_config(&start_dir, &run.model).map_err(|e| JobError::Fatal(e.to_string()))?;
     if let Start::Stored { base, sha256 } = &run.start {
-        worker
-            .store
+        cx.store
             .download_verified(
                 &keys::base(&base.id, WEIGHTS_FILE),
                 sha256,
                 &start_dir.join(WEIGHTS_FILE),
             )
             .await?;
-        worker.fetch_base_files(base, &start_dir).await?;
+        cx.fetch_base_files(base, &start_dir).await?;
     }
     let mut compressed = Vec::with_capacity(run.partitions.len());
     for partition in &run.partitions {
-        let data = worker
+        let data = cx
             .store
             .get_verified(
                 &keys::partition(&partition.sha256),
@@ -53,14 +46,10 @@ pub(super) async fn run(
         compressed.push(data);
     }
 
-    let mut mirror = StateMirror {
-        store: worker.store.clone(),
-        prefix: run.mirror.clone(),
-        dir: dir.join("train_state"),
-        uploaded: 0,
-    };
+    let mut mirror = cx.mirror(&run.mirror);
     mirror.restore().await?;
-    let (pool, lease_for_thread, device) = (worker.pool.clone(), lease.clone(), worker.device);
+    let (pool, lease, device) = (cx.pool.clone(), cx.lease.clone(), cx.device);
+    let cancel = cx.cancel.clone();
     let runtime = tokio::runtime::Handle::current();
     let out_dir = dir.join("out");
     let (config, model_config) = (run.config.clone(), run.model.clone());
@@ -68,100 +57,97 @@ pub(super) async fn run(
     let weights = run.weights.clone();
     let work = dir.clone();
     let out = out_dir.clone();
-    let summary =
-        tokio::task::spawn_blocking(move || -> Result<Option<(train::Summary, u64)>, JobError> {
-            let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
-            let model = match init_seed {
-                Some(seed) => LoadedModel::init(model_config, seed, device),
-                None => LoadedModel::load(&start_dir, device),
+    let summary = blocking(move || -> Result<Option<(train::Summary, u64)>, JobError> {
+        let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
+        let model = match init_seed {
+            Some(seed) => LoadedModel::init(model_config, seed, device),
+            None => LoadedModel::load(&start_dir, device),
+        }
+        .map_err(|e| fatal(&e))?;
+        // Each partition's documents as one token stream, in the order given.
+        let mut streams = Vec::with_capacity(compressed.len());
+        for object in compressed {
+            let text = data::decompress(object.to_vec()).map_err(|e| fatal(&e))?;
+            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+            streams.push(data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?);
+        }
+        let data_tokens = streams.iter().map(|s| s.len() as u64).sum();
+        // Without weights, the union: the streams one after another, which training packs
+        // and shuffles with the recipe's seed. With weights, each partition's sequences in
+        // its share of every batch.
+        let union: Vec<u32>;
+        let (seq_len, seed) = (config.seq_len as usize, config.seed);
+        let sequences = match &weights {
+            None => {
+                union = streams.concat();
+                data::Sequences::new(&union, seq_len, seed)
             }
-            .map_err(|e| fatal(&e))?;
-            // Each partition's documents as one token stream, in the order given.
-            let mut streams = Vec::with_capacity(compressed.len());
-            for object in compressed {
-                let text = data::decompress(object.to_vec()).map_err(|e| fatal(&e))?;
-                let docs =
-                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
-                streams.push(data::tokenize(&docs, &model.tokenizer).map_err(|e| fatal(&e))?);
+            Some(weights) => {
+                let weighted: Vec<(&[u32], f64)> = streams
+                    .iter()
+                    .map(Vec::as_slice)
+                    .zip(weights.iter().copied())
+                    .collect();
+                data::Sequences::weighted(&weighted, seq_len, seed)
             }
-            let data_tokens = streams.iter().map(|s| s.len() as u64).sum();
-            // Without weights, the union: the streams one after another, which training packs
-            // and shuffles with the recipe's seed. With weights, each partition's sequences in
-            // its share of every batch.
-            let union: Vec<u32>;
-            let (seq_len, seed) = (config.seq_len as usize, config.seed);
-            let sequences = match &weights {
-                None => {
-                    union = streams.concat();
-                    data::Sequences::new(&union, seq_len, seed)
+        }
+        .map_err(|e| fatal(&e))?;
+        let every = (config.steps() / 50).max(1);
+        let mut report = |p: &Progress| {
+            // The state saved at the previous step's end goes to the store, for
+            // whichever worker runs this job next.
+            let before = mirror.uploaded;
+            match runtime.block_on(mirror.push()) {
+                Err(e) => tracing::warn!("mirroring the train state failed: {e}"),
+                Ok(()) if mirror.uploaded > before => {
+                    let kept = mirror.uploaded as f32 / p.steps as f32;
+                    let _ = runtime.block_on(jobs::saved(&pool, &lease, kept));
                 }
-                Some(weights) => {
-                    let weighted: Vec<(&[u32], f64)> = streams
-                        .iter()
-                        .map(Vec::as_slice)
-                        .zip(weights.iter().copied())
-                        .collect();
-                    data::Sequences::weighted(&weighted, seq_len, seed)
-                }
+                Ok(()) => {}
             }
-            .map_err(|e| fatal(&e))?;
-            let every = (config.steps() / 50).max(1);
-            let mut report = |p: &Progress| {
-                // The state saved at the previous step's end goes to the store, for
-                // whichever worker runs this job next.
-                let before = mirror.uploaded;
-                match runtime.block_on(mirror.push()) {
-                    Err(e) => tracing::warn!("mirroring the train state failed: {e}"),
-                    Ok(()) if mirror.uploaded > before => {
-                        let kept = mirror.uploaded as f32 / p.steps as f32;
-                        let _ = runtime.block_on(jobs::saved(&pool, &lease_for_thread, kept));
-                    }
-                    Ok(()) => {}
-                }
-                if p.step.is_multiple_of(every) || p.step == p.steps {
-                    let message = format!("step {}/{}", p.step, p.steps);
-                    let fraction = p.step as f32 / p.steps as f32;
-                    // A lost lease shows at the next heartbeat; progress is best effort.
-                    let asked = runtime.block_on(jobs::progress(
-                        &pool,
-                        &lease_for_thread,
-                        fraction,
-                        &message,
-                        Some((p.step, p.loss)),
-                    ));
-                    if matches!(asked, Ok(true)) {
-                        cancel.store(true, Ordering::SeqCst);
-                    }
-                }
-            };
-            let state = work.join("train_state");
-            let options = TrainOptions {
-                state_dir: Some(&state),
-                cancel: Some(&cancel),
-                progress: Some(&mut report),
-            };
-            match train::train_on(&model, sequences, &config, options).map_err(|e| fatal(&e))? {
-                Outcome::Finished(summary) => {
-                    model
-                        .save(&out)
-                        .map_err(|e| JobError::Retryable(e.to_string()))?;
-                    Ok(Some((summary, data_tokens)))
-                }
-                Outcome::Cancelled { .. } => {
-                    // The state saved at the stop goes to the store for the next worker.
-                    if let Err(e) = runtime.block_on(mirror.push()) {
-                        tracing::warn!("mirroring the train state failed: {e}");
-                    }
-                    Ok(None)
+            if p.step.is_multiple_of(every) || p.step == p.steps {
+                let message = format!("step {}/{}", p.step, p.steps);
+                let fraction = p.step as f32 / p.steps as f32;
+                // A lost lease shows at the next heartbeat; progress is best effort.
+                let asked = runtime.block_on(jobs::progress(
+                    &pool,
+                    &lease,
+                    fraction,
+                    &message,
+                    Some((p.step, p.loss)),
+                ));
+                if matches!(asked, Ok(true)) {
+                    cancel.store(true, Ordering::SeqCst);
                 }
             }
-        })
-        .await
-        .map_err(|e| JobError::Retryable(format!("the training thread failed: {e}")))??;
+        };
+        let state = work.join("train_state");
+        let options = TrainOptions {
+            state_dir: Some(&state),
+            cancel: Some(&cancel),
+            progress: Some(&mut report),
+        };
+        match train::train_on(&model, sequences, &config, options).map_err(|e| fatal(&e))? {
+            Outcome::Finished(summary) => {
+                model
+                    .save(&out)
+                    .map_err(|e| JobError::Retryable(e.to_string()))?;
+                Ok(Some((summary, data_tokens)))
+            }
+            Outcome::Cancelled { .. } => {
+                // The state saved at the stop goes to the store for the next worker.
+                if let Err(e) = runtime.block_on(mirror.push()) {
+                    tracing::warn!("mirroring the train state failed: {e}");
+                }
+                Ok(None)
+            }
+        }
+    })
+    .await?;
     let Some((summary, data_tokens)) = summary else {
         return Ok(None);
     };
-    let stored = worker
+    let stored = cx
         .store
         .put_file(&out_dir.join(WEIGHTS_FILE), &run.output)
         .await?;
@@ -184,18 +170,17 @@ pub(super) struct Trained {
 /// Commits the job's success with the rows the caller wrote in `tx`, then removes the
 /// scratch folder and the mirrored train state.
 pub(super) async fn finish(
-    worker: &Worker,
+    cx: &Context,
     tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    lease: &Lease,
     result: &serde_json::Value,
     run: &TrainingRun,
 ) -> Result<Done, JobError> {
     // The mirror goes before the success is recorded: a worker killed in between leaves a job
     // that trains again (to the same weights), never a finished job's train state behind.
-    StateMirror::forget(&worker.store, &run.mirror).await;
-    let done = super::succeed(tx, lease, result).await?;
+    StateMirror::forget(&cx.store, &run.mirror).await;
+    let done = cx.succeed(tx, result).await?;
     if let Done::Succeeded = done {
-        remove_dir(&worker.job_dir(lease)).await;
+        cx.clear_scratch().await;
     }
     Ok(done)
 }

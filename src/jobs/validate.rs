@@ -8,35 +8,75 @@
 //! ordinary scores where they are missing.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::kind::{MemberJson, ValidateJob};
+use super::context::Context;
+use super::kind::{Kind, Outcome};
 use super::merger::Merger;
+use super::mirror::StateMirror;
 use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::Lease;
+use crate::registry::datasets;
+use crate::registry::jobs::NewJob;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::{bases, models, recipes, validations};
 use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 use crate::store::keys;
 use crate::validation::{Proxies, weighting_name};
-use crate::worker::{StateMirror, Worker};
 
-pub(crate) async fn run(
-    worker: &Worker,
-    lease: &Lease,
-    job: ValidateJob,
-    cancel: Arc<AtomicBool>,
-) -> Result<Done, JobError> {
-    let pool = &worker.pool;
+pub struct Validate;
+
+/// `validate`: the validation to train (once) and evaluate on `eval_sets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidateJob {
+    pub validation: Uuid,
+    pub eval_sets: Vec<Uuid>,
+}
+
+impl Kind for Validate {
+    const NAME: &'static str = "validate";
+    const ABOUT: &'static str =
+        "trains a model on a mixture's union and evaluates it beside the mixture's proxies";
+    const MAX_ATTEMPTS: i32 = 5;
+    type Payload = ValidateJob;
+
+    /// A validation on a set of eval sets has one job.
+    fn dedup_key(job: &ValidateJob) -> String {
+        let mut sets = job.eval_sets.clone();
+        sets.sort();
+        let sets = Sha256::digest(serde_json::to_vec(&sets).expect("ids serialise"));
+        format!("validate:{}:{}", job.validation, hex::encode(sets))
+    }
+
+    async fn run(cx: &Context, job: ValidateJob) -> Outcome {
+        run(cx, job).await
+    }
+
+    /// A validation whose job ended without weights is `failed`, so asking again queues it.
+    async fn failed(db: &mut PgConnection, job: &ValidateJob) -> Result<(), sqlx::Error> {
+        validations::mark_failed(db, job.validation).await
+    }
+}
+
+/// The job that trains validation `validation` (when it has no weights) and evaluates it on
+/// `eval_sets`.
+pub fn validation_job(validation: Uuid, eval_sets: Vec<Uuid>) -> NewJob {
+    Validate::job(&ValidateJob {
+        validation,
+        eval_sets,
+    })
+}
+
+async fn run(cx: &Context, job: ValidateJob) -> Outcome {
+    let pool = &cx.pool;
     let fatal = |what: String| JobError::Fatal(format!("validation {}: {what}", job.validation));
     let validation = validations::get(pool, job.validation)
         .await?
@@ -49,14 +89,14 @@ pub(crate) async fn run(
         .ok_or_else(|| fatal("recipe not found".into()))?;
     let mut partitions = Vec::new();
     for id in &validation.partition_ids {
-        let p = datasets::find(pool, Kind::Partition, &id.to_string())
+        let p = datasets::find(pool, datasets::Kind::Partition, &id.to_string())
             .await?
             .ok_or_else(|| fatal(format!("partition {id} not found")))?;
         partitions.push(p);
     }
     let mut eval_sets = Vec::new();
     for id in &job.eval_sets {
-        let set = datasets::find(pool, Kind::EvalSet, &id.to_string())
+        let set = datasets::find(pool, datasets::Kind::EvalSet, &id.to_string())
             .await?
             .ok_or_else(|| fatal(format!("eval set {id} not found")))?;
         eval_sets.push(set);
@@ -86,14 +126,14 @@ pub(crate) async fn run(
             };
             let Some(training::Trained {
                 stored, summary, ..
-            }) = training::run(worker, lease, cancel, &run).await?
+            }) = training::run(cx, &run).await?
             else {
                 return Ok(Done::Cancelled);
             };
             let summary = serde_json::to_value(&summary).expect("summaries serialise");
             let mut db = pool.acquire().await?;
             validations::mark_ready(&mut db, validation.id, &stored.sha256, &summary).await?;
-            StateMirror::forget(&worker.store, &run.mirror).await;
+            StateMirror::forget(&cx.store, &run.mirror).await;
             (stored.sha256, Some(summary))
         }
     };
@@ -126,12 +166,10 @@ pub(crate) async fn run(
             .cloned()
             .collect(),
     };
-    let mut merger = Merger::open(worker, lease, &base, &eval_sets, &eval).await?;
+    let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
-        worker.check_fits(units.len() + 1, merger.unit_bytes)?;
-        merger
-            .load_model(worker, validation.id, &weights_sha)
-            .await?;
+        cx.check_fits(units.len() + 1, merger.unit_bytes)?;
+        merger.load_model(cx, validation.id, &weights_sha).await?;
         let union = merger
             .score(&[validation.id], &[1.0], &job.eval_sets)
             .await?;
@@ -141,7 +179,7 @@ pub(crate) async fn run(
                 .iter()
                 .find(|u| u.partition_id == *p && u.state == "ready")
                 .ok_or_else(|| fatal(format!("partition {p} has no ready unit model")))?;
-            merger.load(worker, unit).await?;
+            merger.load(cx, unit).await?;
             unit_of.insert(*p, unit.id);
         }
         let mut proxy_scores = Vec::new();
@@ -181,21 +219,13 @@ pub(crate) async fn run(
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
             let scored = merger.score(&ids, &weights, &missing).await?;
-            let members: Vec<MemberJson> = mixture
-                .members
-                .iter()
-                .map(|m| MemberJson {
-                    partition: m.partition,
-                    weight: m.weight,
-                })
-                .collect();
             for (set, result) in missing.into_iter().zip(scored.results) {
                 proxy_scores.push((
                     ScoreKey {
                         eval_set_id: set,
                         ..scope.clone()
                     },
-                    serde_json::to_value(&members).expect("mixtures serialise"),
+                    serde_json::to_value(&mixture.members).expect("mixtures serialise"),
                     result,
                 ));
             }
@@ -222,12 +252,7 @@ pub(crate) async fn run(
         "evaluated": job.eval_sets.len(),
         "proxy_scores": proxy_scores.len(),
     });
-    let done = super::succeed(tx, lease, &result).await?;
-    crate::worker::remove_dir(&worker.job_dir(lease)).await;
+    let done = cx.succeed(tx, &result).await?;
+    cx.clear_scratch().await;
     Ok(done)
-}
-
-/// A validation whose job ended without weights is `failed`, so asking again queues it.
-pub(crate) async fn failed(worker: &Worker, job: &ValidateJob) -> Result<(), sqlx::Error> {
-    validations::mark_failed(&mut *worker.pool.acquire().await?, job.validation).await
 }

@@ -16,8 +16,6 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::jobs::kind::JobKind;
-
 /// Notifications: the payload is `queued:<kind>` for new work, `done:<job id>` when a job
 /// reaches a final state.
 pub const CHANNEL: &str = "mixpool_jobs";
@@ -49,6 +47,10 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The partition a `train` job trains the unit model of (in lists).
+    #[sqlx(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 /// What a worker holds while it runs a job: the claim's attempt number fences its writes.
@@ -78,7 +80,8 @@ pub enum QueueError {
 
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub kind: JobKind,
+    /// A registered kind's name (`crate::jobs::KINDS`; the table checks it too).
+    pub kind: &'static str,
     pub payload: Value,
     /// Jobs with the same key share one active (queued or running) job.
     pub dedup_key: Option<String>,
@@ -87,20 +90,15 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// A job without a dedup key; [`crate::jobs::kind::Payload::new_job`] makes the real ones.
-    /// Trainings save their progress only at checkpoints, so a worker can die between two
-    /// without the job being at fault: they may strike out five times, other jobs three.
-    pub fn new(kind: JobKind, payload: Value) -> Self {
-        let max_attempts = match kind {
-            JobKind::Pretrain | JobKind::Train | JobKind::Validate => 5,
-            _ => 3,
-        };
+    /// A job without a dedup key and with three attempts; a kind's `job` makes the real
+    /// ones.
+    pub fn new(kind: &'static str, payload: Value) -> Self {
         NewJob {
             kind,
             payload,
             dedup_key: None,
             priority: 0,
-            max_attempts,
+            max_attempts: 3,
         }
     }
 }
@@ -116,7 +114,7 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
          returning *",
     )
     .bind(Uuid::new_v4())
-    .bind(new.kind.as_str())
+    .bind(new.kind)
     .bind(&new.payload)
     .bind(&new.dedup_key)
     .bind(new.priority)
@@ -141,11 +139,10 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
-    kinds: &[JobKind],
+    kinds: &[&str],
     lease: Duration,
 ) -> Result<Option<Lease>, sqlx::Error> {
     requeue_expired(pool).await?;
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let job: Option<Job> = sqlx::query_as(
         "update jobs set state = 'running', attempts = attempts + 1, lease_owner = $1,
                 lease_expires_at = now() + $2, started_at = coalesce(started_at, now()),
@@ -158,7 +155,7 @@ pub async fn claim(
     )
     .bind(owner)
     .bind(interval(lease))
-    .bind(&kinds)
+    .bind(kinds)
     .fetch_optional(pool)
     .await?;
     Ok(job.map(|job| Lease {
@@ -397,22 +394,24 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Job>, s
 pub async fn list(
     pool: &PgPool,
     state: Option<&str>,
-    kind: Option<JobKind>,
+    kind: Option<&str>,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let (before_at, before_id) = before.unzip();
     sqlx::query_as(
-        "select * from jobs
-         where ($1::text is null or state = $1) and ($5::text is null or kind = $5)
-           and ($2::timestamptz is null or (created_at, id) < ($2, $3))
-         order by created_at desc, id desc limit $4",
+        "select j.*, p.name as partition from jobs j
+         left join models m on j.kind = 'train' and m.id = (j.payload->>'model')::uuid
+         left join partitions p on p.id = m.partition_id
+         where ($1::text is null or j.state = $1) and ($5::text is null or j.kind = $5)
+           and ($2::timestamptz is null or (j.created_at, j.id) < ($2, $3))
+         order by j.created_at desc, j.id desc limit $4",
     )
     .bind(state)
     .bind(before_at)
     .bind(before_id)
     .bind(limit)
-    .bind(kind.map(JobKind::as_str))
+    .bind(kind)
     .fetch_all(pool)
     .await
 }

@@ -6,8 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Created;
-use super::jobs;
-use crate::jobs::kind::{Payload, TrainJob};
+use super::jobs::{self, NewJob};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct UnitModel {
@@ -22,14 +21,15 @@ pub struct UnitModel {
     pub created_at: DateTime<Utc>,
 }
 
-/// The unit model for (base, recipe, partition): created with its training job in the
-/// caller's transaction when it does not exist yet; one whose job ended without weights is
-/// queued again.
+/// The unit model for (base, recipe, partition): created with its training job (`job` of
+/// the model's id) in the caller's transaction when it does not exist yet; one whose job
+/// ended without weights is queued again.
 pub async fn ensure(
     db: &mut PgConnection,
     base: Uuid,
     recipe: Uuid,
     partition: Uuid,
+    job: fn(Uuid) -> NewJob,
 ) -> Result<Created<UnitModel>, sqlx::Error> {
     let inserted: Option<UnitModel> = sqlx::query_as(
         "insert into models (id, base_id, recipe_id, partition_id, state) values ($1, $2, $3, $4, 'queued')
@@ -66,8 +66,7 @@ pub async fn ensure(
             (model, false)
         }
     };
-    let job = Payload::Train(TrainJob { model: model.id }).new_job();
-    let (job, _) = jobs::enqueue(&mut *db, &job).await?;
+    let (job, _) = jobs::enqueue(&mut *db, &job(model.id)).await?;
     let model =
         sqlx::query_as("update models set job_id = $2, state = 'queued' where id = $1 returning *")
             .bind(model.id)
@@ -169,13 +168,14 @@ pub async fn train(
     recipe: Uuid,
     partitions: &[Uuid],
     retry_failed: bool,
+    job: fn(Uuid) -> NewJob,
 ) -> Result<Vec<UnitModel>, sqlx::Error> {
     let missing = not_ready(&mut *db, base, recipe, partitions).await?;
     let mut models = Vec::with_capacity(missing.len());
     for (partition, model) in missing {
         match model {
             Some(failed) if failed.state == "failed" && !retry_failed => models.push(failed),
-            _ => models.push(ensure(db, base, recipe, partition).await?.into_inner()),
+            _ => models.push(ensure(db, base, recipe, partition, job).await?.into_inner()),
         }
     }
     Ok(models)
@@ -185,7 +185,7 @@ pub async fn train(
 /// base (the newest ready one) and recipe (the newest), so that no gap left by a crash
 /// between storing a partition and queueing its model survives. Cancelled and failed models
 /// are left as they are. How many were queued.
-pub async fn heal(pool: &PgPool) -> Result<usize, sqlx::Error> {
+pub async fn heal(pool: &PgPool, job: fn(Uuid) -> NewJob) -> Result<usize, sqlx::Error> {
     let (Some(base), Some(recipe)) = (
         super::bases::latest_ready(pool).await?,
         super::recipes::latest(pool).await?,
@@ -204,7 +204,7 @@ pub async fn heal(pool: &PgPool) -> Result<usize, sqlx::Error> {
     .await?;
     let mut tx = pool.begin().await?;
     for partition in &lacking {
-        ensure(&mut tx, base.id, recipe.id, *partition).await?;
+        ensure(&mut tx, base.id, recipe.id, *partition, job).await?;
     }
     tx.commit().await?;
     Ok(lacking.len())

@@ -9,7 +9,6 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::jobs::{self, Job};
-use crate::jobs::kind::{Payload, SearchJob};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Search {
@@ -50,13 +49,13 @@ pub struct Point {
     pub tune_objective: Option<f64>,
 }
 
-/// Inserts a search and the job that runs it, in the caller's transaction.
-pub async fn create(db: &mut PgConnection, search: &Search) -> Result<Job, sqlx::Error> {
-    let (job, _) = jobs::enqueue(
-        &mut *db,
-        &Payload::Search(SearchJob { search: search.id }).new_job(),
-    )
-    .await?;
+/// Inserts a search and `job`, which runs it, in the caller's transaction.
+pub async fn create(
+    db: &mut PgConnection,
+    search: &Search,
+    job: &jobs::NewJob,
+) -> Result<Job, sqlx::Error> {
+    let (job, _) = jobs::enqueue(&mut *db, job).await?;
     sqlx::query(
         "insert into searches (id, base_id, recipe_id, partition_ids, eval_set_ids, objective,
                                method, budget, bounds_min, bounds_max, prior, seed, eval_config,

@@ -11,7 +11,6 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::jobs::{self, Job};
-use crate::jobs::kind::{Payload, SweepJob};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Sweep {
@@ -57,13 +56,15 @@ const UNSCORED: &str = "
     order by m.position";
 
 /// Inserts a sweep with its mixtures, and one `sweep` job per `shard` mixtures that are not
-/// scored on every eval set yet, in the caller's transaction. Returns the jobs.
+/// scored on every eval set yet (`job` of the sweep and the shard's positions), in the
+/// caller's transaction. Returns the jobs.
 pub async fn create(
     db: &mut PgConnection,
     sweep: &Sweep,
     mixtures: &[SweepMixture],
     merge_method: &str,
     shard: usize,
+    job: fn(Uuid, Vec<i32>) -> jobs::NewJob,
 ) -> Result<Vec<Job>, sqlx::Error> {
     sqlx::query(
         "insert into sweeps (id, base_id, recipe_id, weighting, eval_set_ids, eval_config,
@@ -102,11 +103,7 @@ pub async fn create(
         .await?;
     let mut created = Vec::new();
     for items in unscored.chunks(shard.max(1)) {
-        let payload = Payload::Sweep(SweepJob {
-            sweep: sweep.id,
-            items: items.to_vec(),
-        });
-        let (job, _) = jobs::enqueue(&mut *db, &payload.new_job()).await?;
+        let (job, _) = jobs::enqueue(&mut *db, &job(sweep.id, items.to_vec())).await?;
         sqlx::query("insert into sweep_jobs (sweep_id, job_id) values ($1, $2)")
             .bind(sweep.id)
             .bind(job.id)

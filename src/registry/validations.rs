@@ -8,7 +8,6 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::jobs::{self, Job};
-use crate::jobs::kind::{Payload, ValidateJob};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Validation {
@@ -71,6 +70,7 @@ pub async fn ensure(
     new: &NewValidation<'_>,
     eval_sets: &[Uuid],
     eval_config_sha256: &str,
+    job: fn(Uuid, Vec<Uuid>) -> jobs::NewJob,
 ) -> Result<(Validation, Option<Job>), sqlx::Error> {
     sqlx::query(
         "insert into validations (id, base_id, recipe_id, mixture_key, partition_ids, tokens,
@@ -116,11 +116,7 @@ pub async fn ensure(
     if validation.state == "ready" && missing.is_empty() {
         return Ok((validation, None));
     }
-    let payload = Payload::Validate(ValidateJob {
-        validation: validation.id,
-        eval_sets: missing,
-    });
-    let (job, _) = jobs::enqueue(&mut *db, &payload.new_job()).await?;
+    let (job, _) = jobs::enqueue(&mut *db, &job(validation.id, missing)).await?;
     let validation = sqlx::query_as(
         "update validations set job_id = $2,
              state = case when state = 'ready' then 'ready' else 'queued' end

@@ -310,7 +310,9 @@ async function jobs() {
   const params = here();
   const stateSel = h('select', { id: 'state' }, ['', 'queued', 'running', 'succeeded', 'failed', 'cancelled']
     .map((s) => h('option', { value: s, selected: s === (params.state || '') }, s || 'every state')));
-  const kindSel = h('select', { id: 'kind' }, ['', 'pretrain', 'train', 'score', 'sweep', 'validate', 'export']
+  // The job kinds the server registers, which it writes into the page.
+  const kinds = (document.body.dataset.kinds || '').split(',').filter((k) => k);
+  const kindSel = h('select', { id: 'kind' }, ['', ...kinds]
     .map((k) => h('option', { value: k, selected: k === (params.kind || '') }, k || 'every kind')));
   const body = h('div', {});
   const controllers = [];
@@ -321,11 +323,11 @@ async function jobs() {
     const rows = page.items;
     body.replaceChildren(table([
       { title: 'Job', cell: (j) => h('code', {}, j.id.slice(0, 8)) },
-      { title: 'Kind', cell: (j) => j.kind },
+      { title: 'Kind', cell: (j) => (j.partition ? [j.kind, ' · ', h('a', { href: `/partitions/${encodeURIComponent(j.partition)}` }, j.partition)] : j.kind) },
       { title: 'State', cell: (j) => h('span', { 'data-job-state': j.id }, stateTag(j.state)) },
       { title: 'Progress', cell: (j) => bar(j.progress, { 'data-job': j.id }) },
       { title: 'Message', cell: (j) => h('span', { 'data-job-message': j.id }, j.message || '', j.loss !== null ? ` · loss ${j.loss.toFixed(3)}` : '') },
-      { title: 'Attempts', num: true, cell: (j) => `${j.attempts} (${j.strikes}/${j.max_attempts})` },
+      { title: 'Attempts', num: true, cell: (j) => (j.strikes ? `${j.attempts}, ${j.strikes} of ${j.max_attempts} allowed failures` : `${j.attempts}`) },
       { title: 'Created', cell: (j) => fmt.time(j.created_at) },
       { title: 'Error', cell: (j) => (j.error ? h('details', { class: 'err' }, h('summary', {}, 'error'), h('pre', {}, j.error)) : '') },
       { title: '', cell: (j) => (j.state === 'queued' || j.state === 'running'

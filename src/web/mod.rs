@@ -13,7 +13,10 @@ use axum::routing::get;
 /// The pinned ECharts build (`scripts/web-vendor.sh` refreshes it).
 pub const ECHARTS: &str = "/assets/echarts-6.1.0.min.js";
 
-const SHELL: &str = include_str!("index.html");
+/// The page shell, with the job kinds the server registers (the jobs page's filter).
+static SHELL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    include_str!("index.html").replace("{kinds}", &crate::jobs::names().join(","))
+});
 const APP_JS: &str = include_str!("app.js");
 const STYLE: &str = include_str!("style.css");
 const ECHARTS_JS: &[u8] = include_bytes!("vendor/echarts-6.1.0.min.js");
@@ -61,7 +64,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|| asset(ECHARTS_JS, "text/javascript", FOREVER)),
         );
     for page in PAGES {
-        router = router.route(page, get(|| async { Html(SHELL) }));
+        router = router.route(page, get(|| async { Html(SHELL.as_str()) }));
     }
     router
 }

@@ -148,7 +148,7 @@ fn the_alpha_gradient_equals_finite_differences_along_the_simplex() {
         })
         .collect();
     let chosen: Vec<_> = loaded.iter().collect();
-    let docs: Vec<_> = corpus_docs("fiction").into_iter().take(6).collect();
+    let docs: Vec<_> = corpus_docs("legal_licenses").into_iter().take(6).collect();
     let prepared = Prepared::new(ws.model(), &docs, &EvalConfig::default()).unwrap();
     let weights = [0.5, 0.3, 0.2];
     let (loss, gradient) = ws.alpha_gradient(&chosen, &weights, &prepared, 4).unwrap();

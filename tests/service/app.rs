@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use mixpool::api::{AppState, SweepLimits, router};
 use mixpool::engine::train::{Schedule, TrainConfig};
-use mixpool::jobs::kind::JobKind;
 use mixpool::registry::recipes;
 use mixpool::registry::tokens::Scope;
 use mixpool::store::{S3Config, Store};
@@ -83,7 +82,7 @@ impl App {
             store: self.store.clone(),
             device: Device::Cpu,
             owner: owner.into(),
-            kinds: JobKind::ALL.to_vec(),
+            kinds: mixpool::jobs::names(),
             lease: Duration::from_secs(30),
             work_dir: self._dirs.1.path().join(owner),
             resident_bytes: 1 << 30,

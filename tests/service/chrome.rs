@@ -7,9 +7,13 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-/// Where the tests save a screenshot of each page (README.md shows one).
+/// Where the tests save a screenshot of each page: under the target folder, or
+/// `MIXPOOL_SCREENSHOTS` (`make screenshots` points it at docs/screenshots, which README.md
+/// shows).
 pub fn screenshots() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots")
+    std::env::var_os("MIXPOOL_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots"))
 }
 
 pub struct Browser {

@@ -249,7 +249,7 @@ async fn the_client_verbs_upload_list_score_and_check_with_exit_codes() {
     let (code, _, err) = mixpool(&app, &["partitions", "rm", "c"]).await;
     assert_eq!(code, 1, "c is used by cached scores: {err}");
     assert!(err.contains("409"), "{err}");
-    std::fs::write(path("spare.jsonl"), corpus("fiction", 0, 3)).unwrap();
+    std::fs::write(path("spare.jsonl"), corpus("legal_licenses", 0, 3)).unwrap();
     let (code, out, err) = mixpool(
         &app,
         &["partitions", "add", &path("spare.jsonl"), "--no-train"],

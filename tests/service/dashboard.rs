@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::app::{App, corpus, spawn_app_with};
 use crate::chrome::Browser;
 
-const DOMAINS: [&str; 3] = ["fiction", "religion", "code_python"];
+const DOMAINS: [&str; 3] = ["legal_licenses", "tech_docs", "code_python"];
 
 /// A served pool: the `tiny` base and a quick recipe (the defaults), three partitions of the
 /// corpus with trained unit models, an eval set, every single and pair scored by a sweep, and
@@ -61,7 +61,8 @@ async fn seeded() -> (App, watch::Sender<bool>) {
     let (status, validation) = app
         .post(
             "/v1/validations",
-            json!({"mixture": ["fiction", "religion"], "eval_sets": ["held-out"]}).to_string(),
+            json!({"mixture": ["legal_licenses", "tech_docs"], "eval_sets": ["held-out"]})
+                .to_string(),
         )
         .await;
     assert!(status.is_success(), "{validation}");
@@ -102,7 +103,7 @@ async fn api_perplexity(app: &App, partitions: &str) -> f64 {
 async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let (app, stop) = seeded().await;
     let browser = Browser::start(1280, 900).await;
-    let (_, model) = app.get("/v1/partitions/fiction").await;
+    let (_, model) = app.get("/v1/partitions/legal_licenses").await;
     let model_id = model["models"][0]["id"].as_str().unwrap().to_string();
     let (_, sweeps) = app.get("/v1/sweeps").await;
     let sweep_id = sweeps["items"][0]["id"].as_str().unwrap().to_string();
@@ -113,7 +114,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let pages = [
         ("overview", "/".to_string()),
         ("partitions", "/partitions".into()),
-        ("partition", "/partitions/fiction".into()),
+        ("partition", "/partitions/legal_licenses".into()),
         ("model", format!("/models/{model_id}")),
         ("jobs", "/jobs".into()),
         ("explorer", "/explorer".into()),
@@ -156,12 +157,12 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     browser
         .css("#search")
         .await
-        .send_keys("relig")
+        .send_keys("tech_d")
         .await
         .unwrap();
     wait_for(&browser, "return document.querySelectorAll('#partitions tbody tr').length === 1 && document.body.dataset.state === 'ready'").await;
     let text = browser.css("#partitions tbody").await.text().await.unwrap();
-    assert!(text.starts_with("religion"), "{text}");
+    assert!(text.starts_with("tech_docs"), "{text}");
 
     // The loss curve has one point per recorded step, the same the API lists.
     let (_, detail) = app.get(&format!("/v1/models/{model_id}")).await;
@@ -192,7 +193,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     // yet, which the page waits for (the score's job) before it shows it.
     browser.open(&app.url("/explorer")).await;
     browser
-        .css("input[data-partition=fiction]")
+        .css("input[data-partition=legal_licenses]")
         .await
         .click()
         .await
@@ -208,7 +209,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let cached = browser.attr("#cached", "data-cached").await;
     assert_eq!(
         shown.parse::<f64>().unwrap(),
-        api_perplexity(&app, "fiction,code_python").await
+        api_perplexity(&app, "legal_licenses,code_python").await
     );
     assert_eq!(
         cached.as_deref(),
@@ -222,7 +223,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .select_by_value("explicit")
         .await
         .unwrap();
-    for (partition, weight) in [("fiction", "3"), ("religion", "1")] {
+    for (partition, weight) in [("legal_licenses", "3"), ("tech_docs", "1")] {
         let input = browser
             .css(&format!("input[data-weight={partition}]"))
             .await;
@@ -239,7 +240,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let shown = browser.attr("#perplexity", "data-value").await.unwrap();
     let cached = browser.attr("#cached", "data-cached").await;
     let (status, weighted) = app
-        .get("/v1/score?partitions=fiction,religion&weights=3,1&eval=held-out")
+        .get("/v1/score?partitions=legal_licenses,tech_docs&weights=3,1&eval=held-out")
         .await;
     assert_eq!(status, StatusCode::OK, "{weighted}");
     assert_eq!(
@@ -307,7 +308,7 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     let (status, queued) = app
         .post(
             "/v1/models",
-            json!({"recipe": "long", "partitions": ["fiction"]}).to_string(),
+            json!({"recipe": "long", "partitions": ["legal_licenses"]}).to_string(),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
@@ -453,6 +454,17 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
             "{path} at 390 px"
         );
     }
+    // The capture those checks rely on: an error planted in the page is seen, once.
+    phone
+        .js("setTimeout(() => { throw new Error('planted by the test') }, 0); return null")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = phone.console_errors().await;
+    assert!(
+        errors.iter().any(|e| e.contains("planted by the test")),
+        "{errors:?}"
+    );
+    assert_eq!(phone.console_errors().await, Vec::<String>::new());
     phone.close().await;
     let _ = stop.send(true);
 }

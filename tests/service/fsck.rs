@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mixpool::jobs::kind::JobKind;
 use mixpool::registry::jobs::{self, NewJob};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -104,19 +103,14 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
         .unwrap();
     jobs::enqueue(
         &mut app.pool.acquire().await.unwrap(),
-        &NewJob::new(JobKind::Export, serde_json::json!({})),
+        &NewJob::new("export", serde_json::json!({})),
     )
     .await
     .unwrap();
-    let lease = jobs::claim(
-        &app.pool,
-        "died",
-        &[JobKind::Export],
-        Duration::from_millis(1),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let lease = jobs::claim(&app.pool, "died", &["export"], Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let (code, out) = fsck(&database, &store_url, &["--json"]);

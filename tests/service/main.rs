@@ -11,6 +11,7 @@ mod dashboard;
 mod fsck;
 mod helpers;
 mod ingest;
+mod kinds;
 mod models;
 mod openapi;
 mod outage;

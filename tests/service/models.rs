@@ -162,7 +162,7 @@ async fn bases_and_recipes_created_with_train_all_queue_every_partitions_unit_mo
     assert_eq!(status, StatusCode::CREATED, "{pending}");
     assert!(models(&app, "base=fourth").await.is_empty());
     let pretrainer = mixpool::worker::Worker {
-        kinds: vec![mixpool::jobs::kind::JobKind::Pretrain],
+        kinds: vec!["pretrain"],
         ..app.worker("pretrainer")
     };
     assert!(pretrainer.try_run_one().await.unwrap());
@@ -227,7 +227,7 @@ async fn a_partition_whose_unit_model_was_not_queued_gets_it_from_the_healing_pa
     // Nothing is left to heal; a cancelled model stays cancelled.
     let job = healed[0]["job_id"].as_str().unwrap();
     app.post(&format!("/v1/jobs/{job}/cancel"), "").await;
-    assert_eq!(mixpool::registry::models::heal(&app.pool).await.unwrap(), 0);
+    assert_eq!(mixpool::jobs::train::heal(&app.pool).await.unwrap(), 0);
     assert_eq!(
         models(&app, "partition=left").await[0]["state"],
         "cancelled"

@@ -1,4 +1,3 @@
-use mixpool::jobs::kind::JobKind;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ async fn enqueue(pool: &PgPool, new: NewJob) -> Job {
 }
 
 async fn claim(pool: &PgPool, owner: &str, lease: Duration) -> Option<Lease> {
-    jobs::claim(pool, owner, &JobKind::ALL, lease)
+    jobs::claim(pool, owner, &mixpool::jobs::names(), lease)
         .await
         .unwrap()
 }
@@ -60,16 +59,16 @@ async fn job(pool: &PgPool, lease: &Lease) -> Job {
 #[tokio::test]
 async fn claims_take_the_most_urgent_then_the_oldest_job() {
     let pool = fresh_db().await;
-    let old = enqueue(&pool, NewJob::new(JobKind::Train, json!({"n": 1}))).await;
+    let old = enqueue(&pool, NewJob::new("train", json!({"n": 1}))).await;
     let urgent = enqueue(
         &pool,
         NewJob {
             priority: 5,
-            ..NewJob::new(JobKind::Score, json!({"n": 2}))
+            ..NewJob::new("score", json!({"n": 2}))
         },
     )
     .await;
-    let young = enqueue(&pool, NewJob::new(JobKind::Train, json!({"n": 3}))).await;
+    let young = enqueue(&pool, NewJob::new("train", json!({"n": 3}))).await;
     let order: Vec<_> = [
         claim(&pool, "w", LONG).await.unwrap(),
         claim(&pool, "w", LONG).await.unwrap(),
@@ -94,15 +93,15 @@ async fn claims_take_the_most_urgent_then_the_oldest_job() {
 #[tokio::test]
 async fn claims_only_take_the_kinds_a_worker_runs() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    enqueue(&pool, NewJob::new("train", json!({}))).await;
     assert!(
-        jobs::claim(&pool, "scorer", &[JobKind::Score], LONG)
+        jobs::claim(&pool, "scorer", &["score"], LONG)
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        jobs::claim(&pool, "trainer", &[JobKind::Train], LONG)
+        jobs::claim(&pool, "trainer", &["train"], LONG)
             .await
             .unwrap()
             .is_some()
@@ -113,7 +112,7 @@ async fn claims_only_take_the_kinds_a_worker_runs() {
 async fn concurrent_workers_never_claim_the_same_job() {
     let pool = fresh_db().await;
     for i in 0..200 {
-        enqueue(&pool, NewJob::new(JobKind::Score, json!({ "i": i }))).await;
+        enqueue(&pool, NewJob::new("score", json!({ "i": i }))).await;
     }
     let workers = (0..16).map(|w| {
         let pool = pool.clone();
@@ -143,7 +142,7 @@ async fn identical_work_shares_one_active_job() {
     let pool = fresh_db().await;
     let keyed = || NewJob {
         dedup_key: Some("score:abc".into()),
-        ..NewJob::new(JobKind::Score, json!({}))
+        ..NewJob::new("score", json!({}))
     };
     let mut conn = pool.acquire().await.unwrap();
     let (first, created) = jobs::enqueue(&mut conn, &keyed()).await.unwrap();
@@ -167,7 +166,7 @@ async fn identical_work_shares_one_active_job() {
 #[tokio::test]
 async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    enqueue(&pool, NewJob::new("train", json!({}))).await;
     let a = claim(&pool, "a", SHORT).await.unwrap();
     assert!(
         claim(&pool, "b", SHORT).await.is_none(),
@@ -210,7 +209,7 @@ async fn an_expired_lease_goes_to_another_worker_and_fences_the_first() {
 #[tokio::test]
 async fn heartbeats_keep_a_lease_alive() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    enqueue(&pool, NewJob::new("train", json!({}))).await;
     let a = claim(&pool, "a", SHORT).await.unwrap();
     let before = job(&pool, &a).await;
     // The heartbeat moves the expiry on: past the first one, the lease still holds.
@@ -232,7 +231,7 @@ async fn a_job_whose_worker_keeps_dying_fails_after_max_attempts() {
         &pool,
         NewJob {
             max_attempts: 2,
-            ..NewJob::new(JobKind::Train, json!({}))
+            ..NewJob::new("train", json!({}))
         },
     )
     .await;
@@ -254,7 +253,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
         &pool,
         NewJob {
             max_attempts: 2,
-            ..NewJob::new(JobKind::Score, json!({}))
+            ..NewJob::new("score", json!({}))
         },
     )
     .await;
@@ -274,7 +273,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
         .unwrap();
     assert_eq!(job(&pool, &lease).await.state, "failed");
 
-    enqueue(&pool, NewJob::new(JobKind::Score, json!({}))).await;
+    enqueue(&pool, NewJob::new("score", json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     jobs::fail(&pool, &lease, "checksum mismatch", false)
         .await
@@ -289,7 +288,7 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
 #[tokio::test]
 async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker() {
     let pool = fresh_db().await;
-    let queued = enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    let queued = enqueue(&pool, NewJob::new("train", json!({}))).await;
     assert_eq!(
         jobs::cancel(&mut pool.acquire().await.unwrap(), queued.id)
             .await
@@ -300,7 +299,7 @@ async fn cancelling_a_queued_job_is_immediate_and_a_running_one_asks_its_worker(
     );
     assert!(claim(&pool, "w", LONG).await.is_none());
 
-    let running = enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    let running = enqueue(&pool, NewJob::new("train", json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     assert!(
         !jobs::progress(&pool, &lease, 0.1, "step 1", None)
@@ -342,7 +341,7 @@ async fn a_released_job_is_claimed_again_without_losing_an_attempt() {
         &pool,
         NewJob {
             max_attempts: 1,
-            ..NewJob::new(JobKind::Train, json!({}))
+            ..NewJob::new("train", json!({}))
         },
     )
     .await;
@@ -355,7 +354,7 @@ async fn a_released_job_is_claimed_again_without_losing_an_attempt() {
 #[tokio::test]
 async fn progress_is_recorded_for_the_current_attempt() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    enqueue(&pool, NewJob::new("train", json!({}))).await;
     let lease = claim(&pool, "w", LONG).await.unwrap();
     jobs::progress(&pool, &lease, 0.25, "step 5/20", Some((5, 2.5)))
         .await
@@ -373,7 +372,7 @@ async fn progress_is_recorded_for_the_current_attempt() {
 #[tokio::test]
 async fn the_loss_series_keeps_one_point_per_step_across_attempts_and_fences_stale_ones() {
     let pool = fresh_db().await;
-    enqueue(&pool, NewJob::new(JobKind::Train, json!({}))).await;
+    enqueue(&pool, NewJob::new("train", json!({}))).await;
     let first = claim(&pool, "a", SHORT).await.unwrap();
     for (step, loss) in [(1, 5.0), (2, 4.5), (3, 4.0)] {
         jobs::progress(&pool, &first, 0.1, "step", Some((step, loss)))
@@ -408,7 +407,7 @@ async fn listeners_hear_new_work_and_finished_jobs() {
     let pool = fresh_db().await;
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen(jobs::CHANNEL).await.unwrap();
-    enqueue(&pool, NewJob::new(JobKind::Score, json!({}))).await;
+    enqueue(&pool, NewJob::new("score", json!({}))).await;
     let heard = tokio::time::timeout(LONG, listener.recv())
         .await
         .unwrap()
@@ -429,7 +428,7 @@ async fn the_job_list_pages_newest_first() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            enqueue(&pool, NewJob::new(JobKind::Train, json!({ "i": i })))
+            enqueue(&pool, NewJob::new("train", json!({ "i": i })))
                 .await
                 .id,
         );
@@ -454,11 +453,13 @@ async fn the_job_list_pages_newest_first() {
 #[tokio::test]
 async fn the_queue_takes_a_job_of_every_kind() {
     let pool = fresh_db().await;
-    for kind in JobKind::ALL {
+    for kind in mixpool::jobs::names() {
         let job = enqueue(&pool, NewJob::new(kind, json!({}))).await;
-        assert_eq!(job.kind, kind.as_str());
+        assert_eq!(job.kind, kind);
     }
-    let claimed = jobs::claim(&pool, "w", &JobKind::ALL, LONG).await.unwrap();
+    let claimed = jobs::claim(&pool, "w", &mixpool::jobs::names(), LONG)
+        .await
+        .unwrap();
     assert!(claimed.is_some());
 }
 
@@ -469,7 +470,7 @@ async fn only_leases_that_expire_before_saving_progress_count_against_max_attemp
         &pool,
         NewJob {
             max_attempts: 2,
-            ..NewJob::new(JobKind::Train, json!({}))
+            ..NewJob::new("train", json!({}))
         },
     )
     .await;

@@ -235,7 +235,7 @@ mod pool {
         let pool = fresh_db().await;
         let (base, recipe, partition) = ids(&pool).await;
         let mut tx = pool.begin().await.unwrap();
-        let first = models::ensure(&mut tx, base, recipe, partition)
+        let first = mixpool::jobs::train::ensure(&mut tx, base, recipe, partition)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -251,7 +251,7 @@ mod pool {
         );
 
         let mut db = pool.acquire().await.unwrap();
-        let again = models::ensure(&mut db, base, recipe, partition)
+        let again = mixpool::jobs::train::ensure(&mut db, base, recipe, partition)
             .await
             .unwrap();
         assert!(!again.is_new());
@@ -264,7 +264,7 @@ mod pool {
         );
 
         models::mark_failed(&mut db, model.id).await.unwrap();
-        let retried = models::ensure(&mut db, base, recipe, partition)
+        let retried = mixpool::jobs::train::ensure(&mut db, base, recipe, partition)
             .await
             .unwrap()
             .into_inner();

@@ -3,8 +3,6 @@
 //! once when the job was released), resumes from the train state mirrored in the store, and
 //! ends with the weights an undisturbed run produces.
 
-use mixpool::jobs::kind::JobKind;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -99,7 +97,7 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
     .await
     .unwrap()
     .into_inner();
-    let model = models::ensure(&mut db, base_id, recipe.id, partition.id)
+    let model = mixpool::jobs::train::ensure(&mut db, base_id, recipe.id, partition.id)
         .await
         .unwrap()
         .into_inner();
@@ -172,7 +170,7 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         store: store.clone(),
         device: Device::Cpu,
         owner: "survivor".into(),
-        kinds: vec![JobKind::Train],
+        kinds: vec!["train"],
         lease: Duration::from_secs(3),
         work_dir: dirs.3.path().to_path_buf(),
         resident_bytes: 1 << 30,

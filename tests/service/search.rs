@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::app::{App, corpus, spawn_app};
 
-const PARTITIONS: [&str; 3] = ["fiction", "religion", "code_python"];
+const PARTITIONS: [&str; 3] = ["legal_licenses", "tech_docs", "code_python"];
 
 async fn pool() -> App {
     let app = spawn_app().await;
@@ -22,7 +22,7 @@ async fn pool() -> App {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    for (set, domain) in [("prose", "fiction"), ("code", "code_python")] {
+    for (set, domain) in [("legal", "legal_licenses"), ("code", "code_python")] {
         let (status, body) = app
             .post(&format!("/v1/eval-sets?name={set}"), corpus(domain, 40, 5))
             .await;
@@ -58,12 +58,12 @@ fn weights(point: &Value) -> Vec<f64> {
 async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answers_alike() {
     let app = pool().await;
     let request = json!({
-        "partitions": PARTITIONS, "eval_sets": ["prose", "code"], "objective": {"prose": 3, "code": 1},
-        "budget": 8, "bounds": {"fiction": [0.1, 0.6], "code_python": [0.0, 0.5]}, "seed": 4,
+        "partitions": PARTITIONS, "eval_sets": ["legal", "code"], "objective": {"legal": 3, "code": 1},
+        "budget": 8, "bounds": {"legal_licenses": [0.1, 0.6], "code_python": [0.0, 0.5]}, "seed": 4,
     });
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["objective"], json!({"prose": 0.75, "code": 0.25}));
+    assert_eq!(created["objective"], json!({"legal": 0.75, "code": 0.25}));
     let search = finished(&app, created["id"].as_str().unwrap()).await;
 
     let points = search["points"].as_array().unwrap();
@@ -89,7 +89,7 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
         // from the cache, with the same perplexity, and the objective is their weighted log.
         let list: Vec<String> = w.iter().map(f64::to_string).collect();
         let mut objective = 0.0;
-        for (set, share) in [("prose", 0.75), ("code", 0.25)] {
+        for (set, share) in [("legal", 0.75), ("code", 0.25)] {
             let (status, score) = app
                 .get(&format!(
                     "/v1/score?partitions={}&weights={}&eval={set}&train=false",
@@ -141,7 +141,7 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
     );
 
     // A searched partition is in use.
-    let (status, _) = app.delete("/v1/partitions/religion").await;
+    let (status, _) = app.delete("/v1/partitions/tech_docs").await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
@@ -149,15 +149,15 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
 async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_other() {
     let app = pool().await;
     let request = json!({
-        "partitions": PARTITIONS, "eval_sets": ["prose", "code"], "objective": {"prose": 1, "code": 1},
-        "budget": 6, "method": "gradient", "bounds": {"religion": [0.05, 0.5]},
+        "partitions": PARTITIONS, "eval_sets": ["legal", "code"], "objective": {"legal": 1, "code": 1},
+        "budget": 6, "method": "gradient", "bounds": {"tech_docs": [0.05, 0.5]},
     });
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["eval_sets"], json!(["prose.report", "code.report"]));
-    assert_eq!(created["tune_sets"], json!(["prose.tune", "code.tune"]));
+    assert_eq!(created["eval_sets"], json!(["legal.report", "code.report"]));
+    assert_eq!(created["tune_sets"], json!(["legal.tune", "code.tune"]));
     // The halves are eval sets of their own that share no document and make up the whole.
-    for (set, documents) in [("prose", 5), ("code", 5)] {
+    for (set, documents) in [("legal", 5), ("code", 5)] {
         let (_, tune) = app.get(&format!("/v1/eval-sets/{set}.tune")).await;
         let (_, report) = app.get(&format!("/v1/eval-sets/{set}.report")).await;
         assert_eq!(
@@ -180,7 +180,7 @@ async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_
         assert!((0.05 - 1e-9..=0.5 + 1e-9).contains(&w[1]), "{point}");
         // Scored on the report halves, as GET /v1/score answers the same weights there.
         let list: Vec<String> = w.iter().map(f64::to_string).collect();
-        for set in ["prose.report", "code.report"] {
+        for set in ["legal.report", "code.report"] {
             let (status, score) = app
                 .get(&format!(
                     "/v1/score?partitions={}&weights={}&eval={set}&train=false",
@@ -198,7 +198,7 @@ async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_
     let first = weights(&points[0]);
     let list: Vec<String> = first.iter().map(f64::to_string).collect();
     let mut objective = 0.0;
-    for set in ["prose.tune", "code.tune"] {
+    for set in ["legal.tune", "code.tune"] {
         let (status, score) = app
             .get(&format!(
                 "/v1/score?partitions={}&weights={}&eval={set}&wait=120",
@@ -232,7 +232,7 @@ async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_
 
     // An eval set of one document cannot be split.
     let (status, body) = app
-        .post("/v1/eval-sets?name=single", corpus("fiction", 60, 1))
+        .post("/v1/eval-sets?name=single", corpus("legal_licenses", 60, 1))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let jobs = app.jobs().await;
@@ -250,7 +250,7 @@ async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_
 async fn bad_search_settings_are_refused_and_nothing_is_queued() {
     let app = pool().await;
     let jobs = app.jobs().await;
-    let base = json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 4});
+    let base = json!({"partitions": PARTITIONS, "eval_sets": ["legal"], "budget": 4});
     let with = |patch: Value| {
         let mut request = base.clone();
         for (k, v) in patch.as_object().unwrap() {
@@ -270,32 +270,32 @@ async fn bad_search_settings_are_refused_and_nothing_is_queued() {
             "invalid_budget",
         ),
         (
-            with(json!({"partitions": ["fiction"]})),
+            with(json!({"partitions": ["legal_licenses"]})),
             StatusCode::BAD_REQUEST,
             "invalid_partitions",
         ),
         (
-            with(json!({"partitions": ["fiction", "fiction"]})),
+            with(json!({"partitions": ["legal_licenses", "legal_licenses"]})),
             StatusCode::BAD_REQUEST,
             "invalid_partitions",
         ),
         (
-            with(json!({"partitions": ["fiction", "nope"]})),
+            with(json!({"partitions": ["legal_licenses", "nope"]})),
             StatusCode::NOT_FOUND,
             "not_found",
         ),
         (
-            with(json!({"bounds": {"fiction": [0.7, 1.0], "religion": [0.5, 1.0]}})),
+            with(json!({"bounds": {"legal_licenses": [0.7, 1.0], "tech_docs": [0.5, 1.0]}})),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_bounds",
         ),
         (
-            with(json!({"bounds": {"fiction": [0.5, 0.2]}})),
+            with(json!({"bounds": {"legal_licenses": [0.5, 0.2]}})),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_bounds",
         ),
         (
-            with(json!({"bounds": {"speeches": [0.0, 0.5]}})),
+            with(json!({"bounds": {"code_c": [0.0, 0.5]}})),
             StatusCode::BAD_REQUEST,
             "invalid_setting",
         ),
@@ -305,12 +305,12 @@ async fn bad_search_settings_are_refused_and_nothing_is_queued() {
             "invalid_setting",
         ),
         (
-            with(json!({"objective": {"prose": -1}})),
+            with(json!({"objective": {"legal": -1}})),
             StatusCode::BAD_REQUEST,
             "invalid_setting",
         ),
         (
-            with(json!({"prior": {"fiction": 0}})),
+            with(json!({"prior": {"legal_licenses": 0}})),
             StatusCode::BAD_REQUEST,
             "invalid_setting",
         ),
@@ -360,8 +360,8 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
         }
     };
     let out = run(
-        "search --partitions fiction,religion,code_python --eval prose --eval code \
-                   --objective prose=1 --budget 4 --bound religion=0,0.2 --seed 9 --json",
+        "search --partitions legal_licenses,tech_docs,code_python --eval legal --eval code \
+                   --objective legal=1 --budget 4 --bound tech_docs=0,0.2 --seed 9 --json",
     )
     .await;
     assert!(
@@ -371,21 +371,21 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     );
     let search: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(search["state"], "succeeded");
-    assert_eq!(search["objective"], json!({"prose": 1.0, "code": 0.0}));
-    assert_eq!(search["bounds"]["religion"], json!([0.0, 0.2]));
+    assert_eq!(search["objective"], json!({"legal": 1.0, "code": 0.0}));
+    assert_eq!(search["bounds"]["tech_docs"], json!([0.0, 0.2]));
     assert!(
         search["points"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|p| p["weights"]["religion"].as_f64().unwrap() <= 0.2 + 1e-9)
+            .all(|p| p["weights"]["tech_docs"].as_f64().unwrap() <= 0.2 + 1e-9)
     );
     let (_, served) = app
         .get(&format!("/v1/searches/{}", search["id"].as_str().unwrap()))
         .await;
     assert_eq!(search["points"], served["points"]);
 
-    let out = run("search --partitions fiction,religion --eval prose --budget 3").await;
+    let out = run("search --partitions legal_licenses,tech_docs --eval legal --budget 3").await;
     assert!(
         out.status.success(),
         "{}",
@@ -393,20 +393,24 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("proposal") && text.contains("best evaluated") && text.contains("religion"),
+        text.contains("proposal") && text.contains("best evaluated") && text.contains("tech_docs"),
         "{text}"
     );
 
     let out =
-        run("search --partitions fiction,religion --eval prose --budget 3 --bound religion=lots")
+        run("search --partitions legal_licenses,tech_docs --eval legal --budget 3 --bound tech_docs=lots")
             .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"));
-    let out = run("search --partitions fiction,religion --eval prose --budget 3 --method x").await;
+    let out =
+        run("search --partitions legal_licenses,tech_docs --eval legal --budget 3 --method x")
+            .await;
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown method");
 
-    let out =
-        run("search --partitions fiction,religion --eval prose --budget 2 --method gradient").await;
+    let out = run(
+        "search --partitions legal_licenses,tech_docs --eval legal --budget 2 --method gradient",
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -415,8 +419,8 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("tune objective")
-            && text.contains("tuned on prose.tune")
-            && text.contains("prose.report"),
+            && text.contains("tuned on legal.tune")
+            && text.contains("legal.report"),
         "{text}"
     );
 }
@@ -425,7 +429,7 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
 async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_points() {
     let app = killable_pool().await;
     let request =
-        json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 16, "seed": 2});
+        json!({"partitions": PARTITIONS, "eval_sets": ["legal"], "budget": 16, "seed": 2});
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
@@ -457,33 +461,23 @@ async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_po
             .unwrap();
     assert!(scores <= 17, "no point was evaluated twice: {scores}");
 
-    // The points are those an undisturbed search proposes: the plan, replayed on the
-    // observed objectives, gives every round's candidates and the proposal again.
-    let plan = mixpool::search::Plan {
-        budget: 16,
-        prior: serde_json::from_value::<Vec<f64>>(json!(
-            PARTITIONS.map(|p| search["prior"][p].clone())
-        ))
-        .unwrap(),
-        bounds: mixpool::search::Bounds::open(3),
-        seed: 2,
-    };
-    let observed: Vec<(Vec<f64>, f64)> = points[..16]
-        .iter()
-        .map(|p| (weights(p), p["objective"].as_f64().unwrap()))
-        .collect();
-    let mut replayed: Vec<Vec<f64>> = Vec::new();
-    for round in 0..plan.rounds() {
-        replayed.extend(plan.round(round, &observed[..replayed.len()]));
-    }
-    replayed.push(plan.propose(&mixpool::search::Predictor::fit(&observed), &observed));
-    for (point, expected) in points.iter().zip(&replayed) {
-        for (got, want) in weights(point).iter().zip(expected) {
+    // The points are those an undisturbed search proposes: the same request, run whole.
+    let survivor = App::start(app.worker("survivor"));
+    let (status, again) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_ne!(again["id"].as_str(), Some(id.as_str()));
+    let again = finished(&app, again["id"].as_str().unwrap()).await;
+    survivor.abort();
+    let undisturbed = again["points"].as_array().unwrap();
+    assert_eq!(undisturbed.len(), 17);
+    for (point, expected) in points.iter().zip(undisturbed) {
+        for (got, want) in weights(point).iter().zip(weights(expected)) {
             assert!(
                 (got - want).abs() < 1e-9,
-                "point {}: {:?} against {expected:?}",
+                "point {}: {:?} against {:?}",
                 point["position"],
-                weights(point)
+                weights(point),
+                weights(expected)
             );
         }
     }
@@ -492,7 +486,7 @@ async fn a_search_whose_worker_is_killed_is_finished_by_another_with_the_same_po
 #[tokio::test]
 async fn a_gradient_search_whose_worker_is_killed_continues_from_its_last_stored_step() {
     let app = killable_pool().await;
-    let request = json!({"partitions": PARTITIONS, "eval_sets": ["prose"], "budget": 12, "method": "gradient"});
+    let request = json!({"partitions": PARTITIONS, "eval_sets": ["legal"], "budget": 12, "method": "gradient"});
     let (status, created) = app.post("/v1/searches", request.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
@@ -548,7 +542,7 @@ async fn a_gradient_search_whose_worker_is_killed_continues_from_its_last_stored
     );
 }
 
-/// A pool of the three partitions' trained unit models and a `prose` eval set, with no
+/// A pool of the three partitions' trained unit models and a `legal` eval set, with no
 /// worker left running.
 async fn killable_pool() -> App {
     let app = crate::app::spawn_app_with(Default::default()).await;
@@ -560,7 +554,7 @@ async fn killable_pool() -> App {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let (status, body) = app
-        .post("/v1/eval-sets?name=prose", corpus("fiction", 40, 8))
+        .post("/v1/eval-sets?name=legal", corpus("legal_licenses", 40, 8))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for name in PARTITIONS {

@@ -294,8 +294,16 @@ async fn a_store_that_cannot_be_used_at_start_up_is_named_with_its_cause() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    // Asked while serve is still waiting for its store: a killed server listens on nothing.
+    let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let alive = serve.try_wait().unwrap().is_none();
     let _ = serve.kill();
     let _ = serve.wait();
+    assert!(alive, "serve keeps waiting for its store: {said}");
+    assert!(
+        !listening,
+        "serve does not listen before its store can be used"
+    );
     let line = said
         .lines()
         .find(|l| l.contains("the object store cannot be used"))
@@ -305,8 +313,4 @@ async fn a_store_that_cannot_be_used_at_start_up_is_named_with_its_cause() {
         "the underlying cause: {line}"
     );
     assert!(!line.contains("mixpool-secret"), "{line}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "serve does not listen before its store can be used"
-    );
 }

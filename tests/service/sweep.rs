@@ -274,6 +274,46 @@ async fn a_worker_killed_mid_shard_leaves_the_rest_to_another_and_nothing_is_sco
         15 - stored / 2
     );
     assert_eq!(count().await, 30);
+
+    // The scores equal an undisturbed run's: the same sweep again, on scores made afresh by
+    // a worker that nobody stops.
+    let disturbed = scores_by_key(&app).await;
+    sqlx::query("delete from scores")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, again) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let reference = App::start(app.worker("reference"));
+    finished(&app, again["id"].as_str().unwrap()).await;
+    reference.abort();
+    let undisturbed = scores_by_key(&app).await;
+    assert_eq!(undisturbed.len(), 30);
+    for (key, ppl) in &undisturbed {
+        let seen = disturbed[key];
+        assert!(
+            (seen - ppl).abs() <= 1e-9 * ppl,
+            "{key:?}: {seen} with a killed worker, {ppl} undisturbed"
+        );
+    }
+}
+
+/// Every stored score's perplexity by (mixture key, eval set).
+async fn scores_by_key(app: &App) -> HashMap<(String, String), f64> {
+    sqlx::query_as::<_, (String, uuid::Uuid, Value)>(
+        "select mixture_key, eval_set_id, result from scores",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(key, set, result)| {
+        (
+            (key, set.to_string()),
+            result["perplexity"].as_f64().unwrap(),
+        )
+    })
+    .collect()
 }
 
 #[tokio::test]

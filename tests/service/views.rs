@@ -15,15 +15,15 @@ async fn pool() -> (App, tokio::sync::watch::Sender<bool>) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(app.worker("views-worker").run(stopped));
     for (name, domain) in [
-        ("fiction-a", "fiction"),
-        ("fiction-b", "fiction"),
-        ("bible", "religion"),
+        ("legal-a", "legal_licenses"),
+        ("legal-b", "legal_licenses"),
+        ("docs", "tech_docs"),
     ] {
-        let skip = if name == "fiction-b" { 30 } else { 0 };
-        let source = if domain == "religion" {
-            "religion"
+        let skip = if name == "legal-b" { 30 } else { 0 };
+        let source = if domain == "tech_docs" {
+            "tech_docs"
         } else {
-            "fiction"
+            "legal_licenses"
         };
         let (status, body) = app
             .post(
@@ -36,11 +36,11 @@ async fn pool() -> (App, tokio::sync::watch::Sender<bool>) {
     let (status, body) = app
         .post(
             "/v1/eval-sets?name=held-out",
-            corpus("religion", 60, 5) + &corpus("fiction", 60, 5),
+            corpus("tech_docs", 60, 5) + &corpus("legal_licenses", 60, 5),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    for name in ["fiction-a", "fiction-b", "bible"] {
+    for name in ["legal-a", "legal-b", "docs"] {
         app.trained(name).await;
     }
     (app, stop)
@@ -58,7 +58,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     assert_eq!(o["counts"]["eval_sets"], 1);
     assert_eq!(
         o["domains"],
-        json!([{"domain": "fiction", "partitions": 2}, {"domain": "religion", "partitions": 1}])
+        json!([{"domain": "legal_licenses", "partitions": 2}, {"domain": "tech_docs", "partitions": 1}])
     );
     assert_eq!(
         (
@@ -76,7 +76,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     assert_eq!(worker["device"], "cpu");
     assert_eq!(
         worker["kinds"].as_array().unwrap().len(),
-        mixpool::jobs::kind::JobKind::ALL.len()
+        mixpool::jobs::KINDS.len()
     );
     assert_eq!(o["queue"], json!({}), "nothing queued");
 
@@ -89,18 +89,18 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["fiction-b", "fiction-a"], "newest first");
-    let (_, religion) = app.get("/v1/partitions?domain=religion").await;
-    let bible = &religion["items"][0];
+    assert_eq!(names, ["legal-b", "legal-a"], "newest first");
+    let (_, tech_docs) = app.get("/v1/partitions?domain=tech_docs").await;
+    let docs_partition = &tech_docs["items"][0];
     assert_eq!(
         (
-            religion["items"].as_array().unwrap().len(),
-            bible["name"].as_str()
+            tech_docs["items"].as_array().unwrap().len(),
+            docs_partition["name"].as_str()
         ),
-        (1, Some("bible"))
+        (1, Some("docs"))
     );
-    assert_eq!(bible["unit_model"]["state"], "ready");
-    let text = corpus("religion", 0, 30);
+    assert_eq!(docs_partition["unit_model"]["state"], "ready");
+    let text = corpus("tech_docs", 0, 30);
     let expected: usize = text
         .lines()
         .map(|l| {
@@ -111,7 +111,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
                 + 1
         })
         .sum();
-    assert_eq!(bible["unit_model"]["data_tokens"], json!(expected));
+    assert_eq!(docs_partition["unit_model"]["data_tokens"], json!(expected));
     let (_, paged) = app.get("/v1/partitions?limit=2").await;
     let (_, rest) = app
         .get(&format!(
@@ -119,7 +119,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
             paged["next"].as_str().unwrap()
         ))
         .await;
-    assert_eq!(rest["items"][0]["name"], "fiction-a");
+    assert_eq!(rest["items"][0]["name"], "legal-a");
     let (status, e) = app.get("/v1/partitions?base=nope").await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
@@ -128,7 +128,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
 
     // A unit model with its loss series: one point per recorded step (a short training
     // records every step), ending at the loss its job reported last.
-    let id = bible["unit_model"]["id"].as_str().unwrap();
+    let id = docs_partition["unit_model"]["id"].as_str().unwrap();
     let (status, m) = app.get(&format!("/v1/models/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{m}");
     let loss: Vec<(i64, f64)> = serde_json::from_value(m["loss"].clone()).unwrap();
@@ -144,7 +144,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
             m["base"]["name"].as_str(),
             m["recipe"]["name"].as_str()
         ),
-        (Some("bible"), Some("base"), Some("unit"))
+        (Some("docs"), Some("base"), Some("unit"))
     );
     for (path, status, code) in [
         (
@@ -170,9 +170,10 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     let (status, batch) = app
         .post(
             "/v1/scores",
-            json!({"mixtures": [["fiction-a"], ["fiction-b"], ["bible"], ["fiction-a", "fiction-b"],
-                ["fiction-a", "bible"], ["fiction-b", "bible"], ["fiction-a", "fiction-b", "bible"]],
-                "eval_sets": ["held-out"], "wait": 120}).to_string(),
+            json!({"mixtures": [["legal-a"], ["legal-b"], ["docs"], ["legal-a", "legal-b"],
+                ["legal-a", "docs"], ["legal-b", "docs"], ["legal-a", "legal-b", "docs"]],
+                "eval_sets": ["held-out"], "wait": 120})
+            .to_string(),
         )
         .await;
     assert_eq!(
@@ -270,12 +271,12 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     assert_eq!(status, StatusCode::OK, "{map}");
     assert_eq!(
         map["partitions"],
-        json!(["bible", "fiction-a", "fiction-b"]),
+        json!(["docs", "legal-a", "legal-b"]),
         "by name"
     );
     let cells: Vec<(usize, usize, f64)> = serde_json::from_value(map["cells"].clone()).unwrap();
     assert_eq!((cells.len(), map["missing"].as_i64()), (6, Some(0)));
-    let names = ["bible", "fiction-a", "fiction-b"];
+    let names = ["docs", "legal-a", "legal-b"];
     for (row, column, value) in &cells {
         assert!(column <= row);
         let mixture = if row == column {
@@ -288,16 +289,18 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
             .await;
         assert_eq!(score["perplexity"].as_f64(), Some(*value), "{mixture}");
     }
-    let (_, fiction) = app.get("/v1/heatmap?eval=held-out&domain=fiction").await;
+    let (_, legal_licenses) = app
+        .get("/v1/heatmap?eval=held-out&domain=legal_licenses")
+        .await;
     assert_eq!(
         (
-            fiction["partitions"].as_array().unwrap().len(),
-            fiction["cells"].as_array().unwrap().len()
+            legal_licenses["partitions"].as_array().unwrap().len(),
+            legal_licenses["cells"].as_array().unwrap().len()
         ),
         (2, 3)
     );
     let (_, named) = app
-        .get("/v1/heatmap?eval=held-out&partitions=aaa-untrained,bible")
+        .get("/v1/heatmap?eval=held-out&partitions=aaa-untrained,docs")
         .await;
     assert_eq!(
         (
@@ -313,11 +316,11 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
         "no partition of that domain is trained"
     );
     let (_, listed) = app
-        .get("/v1/heatmap?eval=held-out&partitions=fiction-b,bible")
+        .get("/v1/heatmap?eval=held-out&partitions=legal-b,docs")
         .await;
     assert_eq!(
         listed["partitions"],
-        json!(["fiction-b", "bible"]),
+        json!(["legal-b", "docs"]),
         "in the order asked"
     );
     for (path, status, code) in [
@@ -327,7 +330,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
             "invalid_limit",
         ),
         (
-            "/v1/heatmap?eval=held-out&partitions=bible,bible",
+            "/v1/heatmap?eval=held-out&partitions=docs,docs",
             StatusCode::BAD_REQUEST,
             "invalid_partitions",
         ),

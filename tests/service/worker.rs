@@ -1,4 +1,3 @@
-use mixpool::jobs::kind::JobKind;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,7 +53,7 @@ async fn setup() -> Setup {
         store,
         device: Device::Cpu,
         owner: "test-worker".into(),
-        kinds: vec![JobKind::Train, JobKind::Score],
+        kinds: vec!["train", "score"],
         lease: Duration::from_secs(30),
         work_dir: work_dir.path().to_path_buf(),
         resident_bytes: 1 << 30,
@@ -92,7 +91,7 @@ async fn queue_unit_model(s: &Setup, partition: Uuid) -> models::UnitModel {
         .unwrap()
         .into_inner();
     let base = bases::find(pool, "base").await.unwrap().unwrap();
-    models::ensure(&mut db, base.id, recipe.id, partition)
+    mixpool::jobs::train::ensure(&mut db, base.id, recipe.id, partition)
         .await
         .unwrap()
         .into_inner()
@@ -210,7 +209,7 @@ async fn pretrain(
         .await
         .unwrap();
     assert_eq!(base.state, "pending");
-    let payload = mixpool::jobs::kind::PretrainJob {
+    let payload = mixpool::jobs::PretrainJob {
         base: id,
         partition,
         config,
@@ -218,13 +217,13 @@ async fn pretrain(
     };
     let (job, _) = jobs::enqueue(
         &mut db,
-        &jobs::NewJob::new(JobKind::Pretrain, serde_json::to_value(&payload).unwrap()),
+        &jobs::NewJob::new("pretrain", serde_json::to_value(&payload).unwrap()),
     )
     .await
     .unwrap();
     drop(db);
     let worker = Worker {
-        kinds: vec![JobKind::Pretrain],
+        kinds: vec!["pretrain"],
         ..s.worker.clone()
     };
     assert!(worker.try_run_one().await.unwrap());
@@ -347,7 +346,7 @@ mod scores {
             matches!(not_ready, ScoreStatus::ModelsNotReady(ref m) if m.len() == 2 && m.iter().all(|(_, model)| model.is_none()))
         );
         for p in [a, b] {
-            models::ensure(&mut pool.acquire().await.unwrap(), base.id, recipe.id, p)
+            mixpool::jobs::train::ensure(&mut pool.acquire().await.unwrap(), base.id, recipe.id, p)
                 .await
                 .unwrap();
         }
