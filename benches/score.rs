@@ -6,7 +6,6 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use mixpool::api::{AppState, router};
 use mixpool::engine::eval::EvalConfig;
 use mixpool::engine::model::ModelConfig;
 use mixpool::engine::train::TrainConfig;
@@ -15,7 +14,6 @@ use mixpool::registry::datasets::{self, Kind, NewDataset};
 use mixpool::registry::scores::{self, ScoreKey};
 use mixpool::registry::{bases, recipes};
 use mixpool::scoring::{MERGE_METHOD, eval_config_sha256};
-use mixpool::store::{S3Config, Store};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor};
@@ -143,19 +141,18 @@ async fn main() {
         .unwrap();
     drop(db);
 
+    // The service as `mixpool serve --no-worker` builds it.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &format!("file://{}", dir.path().display()),
-        &S3Config::default(),
-    )
-    .unwrap();
-    let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
+    let mut config = mixpool::config::Config::default();
+    let admin_url = std::env::var("MIXPOOL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    config.service.database_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    config.service.data = dir.path().display().to_string();
+    config.service.max_wait_seconds = 1;
+    config.service.worker = false;
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_url = format!(
-        "http://{}/v1/score?partitions=a,b&eval=e",
-        api.local_addr().unwrap()
-    );
-    tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });
+    let service = mixpool::app::App::build(&config, api).await.unwrap();
+    let api_url = format!("{}/v1/score?partitions=a,b&eval=e", service.url());
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bare_url = format!("http://{}/", bare.local_addr().unwrap());
     let bare_router = axum::Router::new().route(

@@ -40,6 +40,9 @@ pub struct ServiceConfig {
     /// Whether GET requests need no token; writes always need one.
     #[serde(default = "defaults::open_reads")]
     pub open_reads: bool,
+    /// Whether `serve` runs one worker in its process.
+    #[serde(default = "defaults::worker")]
+    pub worker: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +70,9 @@ mod defaults {
     pub fn open_reads() -> bool {
         true
     }
+    pub fn worker() -> bool {
+        true
+    }
 }
 
 impl Default for Config {
@@ -89,6 +95,7 @@ impl Default for Config {
                 sweep_shard_mixtures: defaults::sweep_shard_mixtures(),
                 shutdown_seconds: defaults::shutdown_seconds(),
                 open_reads: defaults::open_reads(),
+                worker: defaults::worker(),
             },
             s3: Default::default(),
         }

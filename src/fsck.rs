@@ -1,4 +1,5 @@
-//! `mixpool fsck [--repair]`: the registry and the object store checked against each other.
+//! The registry and the object store checked against each other (`mixpool fsck`,
+//! `GET /v1/admin/fsck`).
 //! Every row's objects exist with their recorded sha256; every object belongs to a row or to
 //! work in progress; ready unit models have weights; no running job has an expired lease.
 //! `--repair` removes orphaned objects and returns expired jobs to the queue; a missing or
@@ -8,7 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Args;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -20,18 +20,6 @@ use crate::store::{Store, keys};
 /// A staged upload, or a stored partition or eval set without its row, younger than this may
 /// belong to an upload still in flight (its row is written after its object).
 const IN_FLIGHT: Duration = Duration::from_secs(3600);
-
-#[derive(Args)]
-pub struct FsckArgs {
-    /// Remove orphaned objects and return jobs with expired leases to the queue.
-    #[arg(long)]
-    pub repair: bool,
-    /// The report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub service: crate::serve::ServiceArgs,
-}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -264,31 +252,4 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         });
     }
     Ok(report)
-}
-
-/// `mixpool fsck`: exit 0 when clean (or everything found was repaired), 1 when problems
-/// remain, 2 on an error (the caller's `Err`).
-pub async fn run(args: FsckArgs) -> Result<i32> {
-    let config = crate::config::Config::load()?;
-    let pool = crate::serve::database(&config).await?;
-    let (store, _) = crate::serve::store(&config, &args.service)?;
-    let report = check(&pool, &store, args.repair).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for p in &report.problems {
-            let state = if p.repaired { " (repaired)" } else { "" };
-            let kind = serde_json::to_value(&p.kind)?;
-            let kind = kind.as_str().unwrap_or_default();
-            println!("{kind}: {} — {}{state}", p.subject, p.detail);
-        }
-        println!(
-            "{} objects ({:.1} MB) checked; {} problems, {} unresolved",
-            report.objects,
-            report.bytes as f64 / 1e6,
-            report.problems.len(),
-            report.unresolved()
-        );
-    }
-    Ok(if report.unresolved() == 0 { 0 } else { 1 })
 }

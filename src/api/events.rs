@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::error::Errors;
-use super::score::ScoreCache;
+use super::score_cache::ScoreCache;
 use super::{ApiError, AppState, parse_uuid};
 use crate::registry::jobs::{self, Job};
 

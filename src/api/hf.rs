@@ -18,7 +18,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::score::{resolve_mixture, scoring_error};
+use super::mixture::resolve_mixture;
+use super::score::scoring_error;
 use super::units::train_missing;
 use super::{ApiError, AppState, Q};
 use crate::engine::checkpoint::{self, WEIGHTS_FILE};

@@ -11,10 +11,12 @@ mod hf;
 mod jobs;
 mod leaderboard;
 mod metrics;
+mod mixture;
 mod models;
 mod openapi;
 mod overview;
 pub mod score;
+mod score_cache;
 mod searches;
 mod sweeps;
 mod units;
@@ -51,8 +53,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Whether GET requests need no token (`open_reads`); writes always need one.
     pub open_reads: bool,
-    /// Score answers already given (see [`score::ScoreCache`]).
-    scores: Arc<score::ScoreCache>,
+    /// Score answers already given (see [`score_cache::ScoreCache`]).
+    scores: Arc<score_cache::ScoreCache>,
     events: Arc<events::Events>,
     metrics: Arc<metrics::Metrics>,
 }
@@ -60,7 +62,7 @@ pub struct AppState {
 impl AppState {
     /// The state of one server; starts its listener for the registry's notifications.
     pub fn new(pool: PgPool, store: Store, max_upload_bytes: u64, max_wait: Duration) -> Self {
-        let scores = Arc::new(score::ScoreCache::default());
+        let scores = Arc::new(score_cache::ScoreCache::default());
         let events = events::Events::listen(pool.clone(), scores.clone());
         AppState {
             pool,

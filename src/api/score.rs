@@ -2,8 +2,7 @@
 //! that this request waits on for up to `wait` seconds.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -17,13 +16,13 @@ use uuid::Uuid;
 
 use super::error::Errors;
 use super::metrics::Outcome;
+use super::mixture::resolve_mixture;
 use super::units::train_missing;
-use super::{ApiError, AppState, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, Q};
 use crate::engine::eval::EvalConfig;
-use crate::mixture::Weighting;
-use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::datasets::{self, Kind};
+use crate::registry::jobs;
 use crate::registry::scores::{self, Score};
-use crate::registry::{bases, jobs, recipes};
 use crate::scoring::{self, ScoreRequest, ScoreStatus, ScoringError};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -47,76 +46,6 @@ pub struct ScoreParams {
     /// Whether missing unit models are queued for training (default true; false answers
     /// 409 instead).
     train: Option<bool>,
-}
-
-/// Answers already given, by request. A score never changes and a name always means the
-/// same row, so a cached answer stays true; only the defaults (the newest base and recipe)
-/// can move, so they are looked up again after [`DEFAULTS_TTL`] (at once after this server
-/// creates a base or recipe). A cached answer reads no database.
-#[derive(Default)]
-pub struct ScoreCache {
-    answers: RwLock<HashMap<String, Value>>,
-    defaults: Mutex<Option<(StdInstant, String, String)>>,
-}
-
-const DEFAULTS_TTL: Duration = Duration::from_secs(1);
-/// Past this many answers the cache starts over, which bounds its memory.
-const MAX_ANSWERS: usize = 100_000;
-
-impl ScoreCache {
-    /// Forgets the defaults (a base or recipe was just created).
-    pub fn defaults_changed(&self) {
-        *self.defaults.lock().unwrap() = None;
-    }
-
-    /// The base and recipe names a request means.
-    pub(super) async fn names(
-        &self,
-        pool: &sqlx::PgPool,
-        base: Option<&str>,
-        recipe: Option<&str>,
-    ) -> Result<(String, String), ApiError> {
-        if let (Some(base), Some(recipe)) = (base, recipe) {
-            return Ok((base.to_string(), recipe.to_string()));
-        }
-        let fresh = self
-            .defaults
-            .lock()
-            .unwrap()
-            .clone()
-            .filter(|(at, _, _)| at.elapsed() < DEFAULTS_TTL);
-        let (default_base, default_recipe) = match fresh {
-            Some((_, b, r)) => (b, r),
-            None => {
-                let b = resolve_base(pool, None).await?.name;
-                let r = resolve_recipe(pool, None).await?.name;
-                *self.defaults.lock().unwrap() = Some((StdInstant::now(), b.clone(), r.clone()));
-                (b, r)
-            }
-        };
-        Ok((
-            base.map(str::to_string).unwrap_or(default_base),
-            recipe.map(str::to_string).unwrap_or(default_recipe),
-        ))
-    }
-
-    /// Forgets every answer (a partition was deleted: its name may come to mean another).
-    pub fn clear(&self) {
-        self.answers.write().unwrap().clear();
-        self.defaults_changed();
-    }
-
-    fn get(&self, key: &str) -> Option<Value> {
-        self.answers.read().unwrap().get(key).cloned()
-    }
-
-    fn put(&self, key: String, answer: Value) {
-        let mut answers = self.answers.write().unwrap();
-        if answers.len() >= MAX_ANSWERS {
-            answers.clear();
-        }
-        answers.insert(key, answer);
-    }
 }
 
 /// A score request resolved against the registry and checked; nothing is queued yet.
@@ -151,80 +80,6 @@ fn cache_key(base: &str, recipe: &str, params: &ScoreParams) -> String {
         params.weighting.as_deref().unwrap_or(""),
     ]
     .join("\n")
-}
-
-/// A mixture as a request names it, resolved: base, recipe, partitions and weighting.
-pub(super) struct MixtureSpec {
-    pub base: bases::Base,
-    pub recipe: recipes::Recipe,
-    pub partitions: Vec<Dataset>,
-    pub weights: Option<Vec<f64>>,
-    pub weighting: Weighting,
-}
-
-/// Resolves the names in `partitions=a,b&weights=..&weighting=..&base=..&recipe=..`.
-pub(super) async fn resolve_mixture(
-    state: &AppState,
-    partitions: &str,
-    weights: Option<&str>,
-    weighting: Option<&str>,
-    base: Option<&str>,
-    recipe: Option<&str>,
-) -> Result<MixtureSpec, ApiError> {
-    let (base_name, recipe_name) = state.scores.names(&state.pool, base, recipe).await?;
-    let base = resolve_base(&state.pool, Some(&base_name)).await?;
-    let recipe = resolve_recipe(&state.pool, Some(&recipe_name)).await?;
-    let mut rows: Vec<Dataset> = Vec::new();
-    for key in partitions.split(',').map(str::trim) {
-        if key.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_partitions",
-                "partitions is a comma-separated list of names or ids",
-            ));
-        }
-        let p = datasets::find(&state.pool, Kind::Partition, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-        rows.push(p);
-    }
-    let weights = match weights {
-        None => None,
-        Some(list) => Some(
-            list.split(',')
-                .map(|w| w.trim().parse::<f64>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_weights",
-                        format!("weights {list:?} are not numbers"),
-                    )
-                })?,
-        ),
-    };
-    let weighting = match (weighting, &weights) {
-        (None | Some("uniform"), None) => Weighting::Uniform,
-        (None, Some(_)) => Weighting::Explicit,
-        (Some("tokens"), None) => Weighting::Tokens,
-        (Some("uniform" | "tokens"), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_weights",
-                "give either weights or a weighting, not both",
-            ));
-        }
-        (Some(other), _) => {
-            return Err(ApiError::bad_request(
-                "invalid_weighting",
-                format!("weighting {other:?}: use uniform or tokens"),
-            ));
-        }
-    };
-    Ok(MixtureSpec {
-        base,
-        recipe,
-        partitions: rows,
-        weights,
-        weighting,
-    })
 }
 
 /// Resolves names and checks everything a score request says; changes nothing. `names` are

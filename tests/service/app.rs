@@ -1,9 +1,11 @@
-//! A real server on a random port with a small base and a quick recipe, and the workers that
-//! run its jobs: the harness of the HTTP tests.
+//! The service as `mixpool serve` builds it ([`mixpool::app::App`]), on a random port with
+//! a small base and a quick recipe, and the workers that run its jobs: the harness of the
+//! HTTP tests.
 
 use std::time::Duration;
 
-use mixpool::api::{AppState, SweepLimits, router};
+use mixpool::api::SweepLimits;
+use mixpool::config::Config;
 use mixpool::engine::train::{Schedule, TrainConfig};
 use mixpool::registry::recipes;
 use mixpool::registry::tokens::Scope;
@@ -26,6 +28,8 @@ pub struct App {
     pub store: Store,
     /// The store folder, the workers' scratch folder, the base's folder.
     pub _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
+    /// The running service (it stops when dropped).
+    pub _service: mixpool::app::App,
 }
 
 impl App {
@@ -141,25 +145,41 @@ pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
     recipes::insert(&mut db, "unit", &recipe).await.unwrap();
     drop(db);
 
-    let mut state = AppState::new(
-        pool.clone(),
-        store.clone(),
-        1 << 20,
-        Duration::from_secs(120),
-    );
-    state.sweeps = sweeps;
+    let config = settings(&pool, &dirs.0, &dirs.1, sweeps, 120).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let service = mixpool::app::App::build(&config, listener).await.unwrap();
     let token = crate::helpers::token(&pool, Scope::Admin).await;
     App {
-        url,
+        url: service.url(),
         client: crate::helpers::client(&token),
         token,
         pool,
         store,
         _dirs: dirs,
+        _service: service,
     }
+}
+
+/// The settings of a test's service: `pool`'s database, a file store in `store`, scratch
+/// space in `data`, uploads of up to 1 MiB, waits of up to `max_wait` seconds, no worker
+/// of its own (tests start theirs).
+pub async fn settings(
+    pool: &PgPool,
+    store: &tempfile::TempDir,
+    data: &tempfile::TempDir,
+    sweeps: SweepLimits,
+    max_wait: u64,
+) -> Config {
+    let mut config = Config::default();
+    config.service.database_url = crate::helpers::database_url(pool).await;
+    config.service.store = format!("file://{}", store.path().display());
+    config.service.data = data.path().display().to_string();
+    config.service.max_upload_mb = 1;
+    config.service.max_wait_seconds = max_wait;
+    config.service.sweep_max_mixtures = sweeps.max_mixtures;
+    config.service.sweep_shard_mixtures = sweeps.shard_mixtures as u64;
+    config.service.worker = false;
+    config
 }
 
 /// `lines` documents of a corpus domain, after skipping `skip`.

@@ -7,9 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mixpool::api::{AppState, router};
 use mixpool::registry::tokens::Scope;
-use mixpool::store::{S3Config, Store};
 use serde_json::Value;
 
 use mixpool::api::SweepLimits;
@@ -123,7 +121,7 @@ async fn the_document_is_valid_openapi_3_1_and_the_docs_page_needs_no_network() 
 
 /// A pool with a base, two trained unit models, a cached score and an eval set, served
 /// without a worker (so fuzzed requests queue work but run none) and with short waits.
-async fn seeded() -> (App, String, String) {
+async fn seeded() -> (App, mixpool::app::App, String) {
     let app = spawn_app_with(SweepLimits::default()).await;
     let worker = app.worker("seed");
     for (name, domain) in [("python", "code_python"), ("c", "code_c")] {
@@ -150,18 +148,18 @@ async fn seeded() -> (App, String, String) {
         "{body}"
     );
     // The same registry behind a second server: no worker, waits of at most a second.
-    let pool = app.pool.clone();
-    let store = Store::open(
-        &format!("file://{}", app._dirs.0.path().display()),
-        &S3Config::default(),
+    let config = crate::app::settings(
+        &app.pool,
+        &app._dirs.0,
+        &app._dirs.1,
+        SweepLimits::default(),
+        1,
     )
-    .unwrap();
-    let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
+    .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let second = mixpool::app::App::build(&config, listener).await.unwrap();
     let admin = token(&app.pool, Scope::Admin).await;
-    (app, url, admin)
+    (app, second, admin)
 }
 
 /// The fewest test cases a schemathesis run may generate (a full run makes well over a
@@ -170,7 +168,8 @@ const MIN_TEST_CASES: u64 = 500;
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
-    let (app, url, admin) = seeded().await;
+    let (app, second, admin) = seeded().await;
+    let url = second.url();
     let report = tempfile::tempdir().unwrap();
     let cli = format!("{}/schemathesis", tools());
     let out = tokio::task::spawn_blocking(move || {

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mixpool::api::{AppState, router};
-use mixpool::store::{S3Config, Store};
+use mixpool::config::Config;
+use mixpool::store::S3Config;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -65,18 +65,31 @@ impl Switch {
 struct Server {
     url: String,
     client: reqwest::Client,
+    _service: mixpool::app::App,
+    _data: tempfile::TempDir,
 }
 
 impl Server {
-    async fn start(pool: PgPool, store: Store) -> Self {
-        let token = crate::helpers::token(&pool, mixpool::registry::tokens::Scope::Write).await;
-        let state = AppState::new(pool, store, 1 << 20, Duration::from_secs(1));
+    /// The service on `database` (a URL) and `store` (a URL, with `s3` for an S3 one),
+    /// with a write token made through `pool`.
+    async fn start(pool: &PgPool, database: String, store: String, s3: S3Config) -> Self {
+        let token = crate::helpers::token(pool, mixpool::registry::tokens::Scope::Write).await;
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.service.database_url = database;
+        config.service.store = store;
+        config.service.data = data.path().display().to_string();
+        config.service.max_upload_mb = 1;
+        config.service.max_wait_seconds = 1;
+        config.service.worker = false;
+        config.s3 = s3;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+        let service = mixpool::app::App::build(&config, listener).await.unwrap();
         Server {
-            url,
+            url: service.url(),
             client: crate::helpers::client(&token),
+            _service: service,
+            _data: data,
         }
     }
 
@@ -174,18 +187,16 @@ async fn a_database_outage_is_a_503_and_the_server_recovers_when_it_returns() {
         .parse()
         .expect("the test database on an IP address");
     let switch = Switch::to(target).await;
-    let relayed = (*options)
-        .clone()
-        .host("127.0.0.1")
-        .port(switch.addr.port());
-    let pool = mixpool::registry::connect(relayed).await.unwrap();
+    let url = crate::helpers::database_url(&direct).await;
+    let relayed = url.replacen(
+        &format!("{}:{}", options.get_host(), options.get_port()),
+        &format!("127.0.0.1:{}", switch.addr.port()),
+        1,
+    );
+    assert_ne!(relayed, url, "the database's address is in its URL");
     let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &format!("file://{}", store_dir.path().display()),
-        &S3Config::default(),
-    )
-    .unwrap();
-    let server = Server::start(pool, store).await;
+    let store = format!("file://{}", store_dir.path().display());
+    let server = Server::start(&direct, relayed, store, S3Config::default()).await;
     assert_eq!(server.upload("before", 0).await.0, StatusCode::CREATED);
 
     switch.cut();
@@ -223,12 +234,10 @@ async fn an_object_store_outage_is_a_503_and_the_server_recovers_when_it_returns
         access_key_id: Some("mixpool".into()),
         secret_access_key: Some("mixpool-secret".into()),
     };
-    let store = Store::open(
-        &format!("s3://mixpool-test/{}", uuid::Uuid::new_v4()),
-        &config,
-    )
-    .unwrap();
-    let server = Server::start(fresh_db().await, store).await;
+    let store = format!("s3://mixpool-test/{}", uuid::Uuid::new_v4());
+    let pool = fresh_db().await;
+    let url = crate::helpers::database_url(&pool).await;
+    let server = Server::start(&pool, url, store, config).await;
     assert_eq!(server.upload("before", 0).await.0, StatusCode::CREATED);
 
     switch.cut();

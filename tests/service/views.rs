@@ -82,7 +82,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
 
     // Partitions: by a part of the name (any case), by domain, with the unit model's state
     // and the partition's size in tokens (bytes of text plus one EOS per document).
-    let (_, found) = app.get("/v1/partitions?q=FICTION").await;
+    let (_, found) = app.get("/v1/partitions?q=LEGAL").await;
     let names: Vec<&str> = found["items"]
         .as_array()
         .unwrap()

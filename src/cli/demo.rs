@@ -12,9 +12,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::client::Progress;
+use super::client::Progress;
+use super::serve::ServeArgs;
+use crate::config::Config;
 use crate::engine::data::{self, Document, jsonl};
-use crate::serve::ServeArgs;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -38,13 +39,13 @@ const EVAL_DOC: usize = 3_000;
 const SEED_BYTES: usize = 300_000;
 const BASE: &str = "demo-tiny";
 
-pub async fn run(args: DemoArgs) -> Result<()> {
+pub async fn run(args: DemoArgs, config: &Config) -> Result<()> {
     let domains = read_corpus(&args.corpus)?;
-    let running = crate::serve::start(args.serve).await?;
-    let url = format!("http://{}", running.addr);
-    let (token, new) =
-        crate::token::local_admin(&running.pool, &running.data, "demo-admin").await?;
-    let saved = running.data.join("demo-admin.token");
+    let app = args.serve.start(config).await?;
+    app.stop_on_signal();
+    let url = app.url();
+    let (token, new) = super::token::local_admin(&app.pool, &app.data, "demo-admin").await?;
+    let saved = app.data.join("demo-admin.token");
     if new {
         println!(
             "an admin token for this pool (saved in {}):\n{token}",
@@ -64,7 +65,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     });
     // The server runs until SIGTERM or Ctrl-C, whether seeding is done or not.
-    let served = running.wait().await;
+    let served = app.wait().await;
     seeding.abort();
     served
 }
@@ -188,18 +189,18 @@ async fn seed(
 /// A JSON client of the API, for the demo and the experiment: the client verbs' calls
 /// (token, 503 and restart retries), with "already there" (409 name_taken) taken as done.
 pub(crate) struct Client {
-    api: crate::client::Api,
+    api: super::client::Api,
 }
 
 impl Client {
     /// A client sending `token` with every request.
     pub fn new(url: String, token: &str) -> Result<Client> {
-        let server = crate::client::Server {
+        let server = super::client::Server {
             url,
             token: Some(token.to_string()),
         };
         Ok(Client {
-            api: crate::client::Api::new(&server)?,
+            api: super::client::Api::new(&server)?,
         })
     }
 

@@ -32,9 +32,8 @@ pub enum TokenCommand {
     },
 }
 
-pub async fn run(command: TokenCommand) -> Result<()> {
-    let config = crate::config::Config::load()?;
-    let pool = crate::serve::database(&config).await?;
+pub async fn run(command: TokenCommand, config: &crate::config::Config) -> Result<()> {
+    let pool = crate::app::database(config).await?;
     match command {
         TokenCommand::Create { name, scope } => match tokens::create(&pool, &name, scope).await {
             Ok((token, text)) => {

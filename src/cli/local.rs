@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use tch::Device;
 
+use super::serve::Engine;
 use crate::config::Config;
 use crate::engine::checkpoint::{LoadedModel, read_config};
 use crate::engine::data::{self, Document};
@@ -34,29 +35,6 @@ pub enum LocalCommand {
     Import(ImportArgs),
     /// Write a model directory as a Hugging Face checkpoint (the base's dtype and tokenizer).
     Export(ExportArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct Engine {
-    /// auto (CUDA when present), cpu or cuda:N [default: engine.device in the config].
-    #[arg(long, env = "MIXPOOL_DEVICE")]
-    pub device: Option<String>,
-    /// CPU threads for libtorch, 0 for one per core [default: engine.threads in the config].
-    #[arg(long, env = "MIXPOOL_THREADS")]
-    pub threads: Option<i32>,
-}
-
-impl Engine {
-    /// Applies the thread count and resolves the device, falling back to the config file.
-    pub fn device(&self) -> Result<Device> {
-        let config = Config::load()?.engine;
-        let threads = self.threads.unwrap_or(config.threads);
-        if threads > 0 {
-            tch::set_num_threads(threads);
-        }
-        let name = self.device.as_deref().unwrap_or(&config.device);
-        device::parse(name).map_err(anyhow::Error::msg)
-    }
 }
 
 /// Training hyper-parameters; unset ones keep the command's defaults (`--recipe` first).
@@ -256,10 +234,22 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-pub fn run(command: LocalCommand) -> Result<()> {
+impl Engine {
+    /// Applies the thread count and resolves the device: these flags over the settings.
+    fn device(&self, config: &Config) -> Result<Device> {
+        let mut config = config.clone();
+        self.apply(&mut config);
+        if config.engine.threads > 0 {
+            tch::set_num_threads(config.engine.threads);
+        }
+        device::parse(&config.engine.device).map_err(anyhow::Error::msg)
+    }
+}
+
+pub fn run(command: LocalCommand, settings: &Config) -> Result<()> {
     match command {
         LocalCommand::Pretrain(a) => {
-            let device = a.engine.device()?;
+            let device = a.engine.device(settings)?;
             let config = match ModelConfig::preset(&a.preset) {
                 Some(c) => c,
                 None if Path::new(&a.preset).is_file() => {
@@ -280,7 +270,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
             print_json(&summary)
         }
         LocalCommand::Train(a) => {
-            let device = a.engine.device()?;
+            let device = a.engine.device(settings)?;
             let recipe = a.recipe.resolve(TrainConfig::default())?;
             let model = LoadedModel::load(&a.base, device)?;
             let docs = read_all(&a.data)?;
@@ -290,7 +280,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
             print_json(&summary)
         }
         LocalCommand::Eval(a) => {
-            let device = a.engine.device()?;
+            let device = a.engine.device(settings)?;
             let model = LoadedModel::load(&a.model, device)?;
             let docs = read_all(&a.data)?;
             let config = EvalConfig {
@@ -300,7 +290,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
             print_json(&evaluate(&model, &docs, &config)?)
         }
         LocalCommand::Merge(a) => {
-            let device = a.engine.device()?;
+            let device = a.engine.device(settings)?;
             let weights = a
                 .weights
                 .unwrap_or_else(|| merge::uniform_weights(a.models.len()));

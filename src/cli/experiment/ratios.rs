@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use super::wait;
-use crate::demo::Client;
+use crate::cli::demo::Client;
 
 /// Points a `sample` search evaluates before its proposal.
 pub const SAMPLE_BUDGET: u32 = 32;
