@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::engine::checkpoint::WEIGHTS_FILE;
+use crate::registry::fsck::{self as registry, Datasets, Trained};
 use crate::registry::jobs;
 use crate::store::{Store, keys};
 
@@ -75,14 +75,6 @@ struct Expected {
     owner: String,
 }
 
-/// A base's id, name, weights and side files (file name → sha256).
-type BaseRow = (
-    Uuid,
-    String,
-    Option<String>,
-    sqlx::types::Json<BTreeMap<String, String>>,
-);
-
 /// Checks the pool; with `repair`, removes orphans and requeues expired jobs.
 pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report> {
     let mut report = Report::default();
@@ -91,22 +83,19 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         expected.insert(key, Expected { sha256, owner });
     };
 
-    for (table, key_of) in [
-        ("partitions", keys::partition as fn(&str) -> String),
-        ("eval_sets", keys::eval_set),
+    for (table, noun, key_of) in [
+        (
+            Datasets::Partitions,
+            "partitions",
+            keys::partition as fn(&str) -> String,
+        ),
+        (Datasets::EvalSets, "eval_sets", keys::eval_set),
     ] {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as(&format!("select name, sha256, object_sha256 from {table}"))
-                .fetch_all(pool)
-                .await?;
-        for (name, sha, object_sha) in rows {
-            expect(key_of(&sha), Some(object_sha), format!("{table} {name:?}"));
+        for (name, sha, object_sha) in registry::datasets(pool, table).await? {
+            expect(key_of(&sha), Some(object_sha), format!("{noun} {name:?}"));
         }
     }
-    let bases: Vec<BaseRow> = sqlx::query_as("select id, name, weights_sha256, files from bases")
-        .fetch_all(pool)
-        .await?;
-    for (id, name, weights, files) in &bases {
+    for (id, name, weights, files) in &registry::bases(pool).await? {
         if let Some(sha) = weights {
             expect(
                 keys::base(id, WEIGHTS_FILE),
@@ -123,13 +112,11 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         }
     }
     // Unit models and validations keep their weights under models/<id>/.
-    for (table, what) in [("models", "unit model"), ("validations", "validation")] {
-        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(&format!(
-            "select id, weights_sha256 from {table} where state = 'ready'"
-        ))
-        .fetch_all(pool)
-        .await?;
-        for (id, weights) in rows {
+    for (table, what) in [
+        (Trained::UnitModels, "unit model"),
+        (Trained::Validations, "validation"),
+    ] {
+        for (id, weights) in registry::ready_weights(pool, table).await? {
             match weights {
                 Some(sha) => expect(
                     keys::model(&id, WEIGHTS_FILE),
@@ -146,16 +133,7 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
     }
     // Exports are a cache (a removed one is merged again): owned, not required; an export
     // that merged a deleted partition is owned by nothing.
-    let exports: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
-        "select j.id, j.result->>'object', j.result->>'sha256' from jobs j
-         where j.kind = 'export' and j.state = 'succeeded'
-           and not exists (
-               select 1 from jsonb_array_elements(j.payload->'mixture') m
-               where not exists (
-                   select 1 from partitions p where p.id = (m->>'partition')::uuid))",
-    )
-    .fetch_all(pool)
-    .await?;
+    let exports = registry::live_exports(pool).await?;
     let mut cached: HashSet<String> = HashSet::new();
     for (job, object, sha) in exports {
         if let (Some(object), Some(sha)) = (object, sha) {
@@ -164,27 +142,7 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         }
     }
     // Work in progress: the train-state mirrors of jobs that will still run.
-    let active: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "select kind, payload->>'model', payload->>'base' from jobs
-         where state in ('queued', 'running')",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut in_progress: Vec<String> = Vec::new();
-    let validating: Vec<(Uuid,)> =
-        sqlx::query_as("select id from validations where state = 'queued'")
-            .fetch_all(pool)
-            .await?;
-    for (kind, model, base) in active {
-        match (kind.as_str(), model, base) {
-            ("train", Some(model), _) => in_progress.push(format!("models/{model}/train_state/")),
-            ("pretrain", _, Some(base)) => in_progress.push(format!("bases/{base}/train_state/")),
-            _ => {}
-        }
-    }
-    for (id,) in validating {
-        in_progress.push(format!("models/{id}/train_state/"));
-    }
+    let in_progress = registry::train_states_in_use(pool).await?;
 
     for meta in store.list_meta("").await? {
         report.objects += 1;
@@ -231,11 +189,7 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         }
     }
 
-    let expired: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
-        "select id, kind, lease_owner from jobs where state = 'running' and lease_expires_at < now()",
-    )
-    .fetch_all(pool)
-    .await?;
+    let expired = registry::expired_leases(pool).await?;
     let requeued = match (repair, expired.is_empty()) {
         (true, false) => jobs::requeue_expired(pool).await? > 0,
         _ => false,

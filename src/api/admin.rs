@@ -19,7 +19,7 @@ pub async fn fsck(State(state): State<AppState>) -> Result<Json<Report>, ApiErro
             Ok(e) => ApiError::from(e),
             Err(e) => match e.downcast::<crate::store::StoreError>() {
                 Ok(e) => ApiError::from(e),
-                Err(e) => ApiError::Internal(format!("{e:#}")),
+                Err(e) => ApiError::internal(e.into_boxed_dyn_error()),
             },
         })
 }

@@ -51,11 +51,7 @@ pub async fn upload_partition(
     };
     let partition = created.into_inner();
     // Remembered for the healing pass, which queues only wanted unit models.
-    sqlx::query("update partitions set train = $2 where id = $1")
-        .bind(partition.id)
-        .bind(train)
-        .execute(&state.pool)
-        .await?;
+    datasets::set_train(&state.pool, partition.id, train).await?;
     let mut models = Vec::new();
     if train {
         // Without a ready base and a recipe there is nothing to train yet: the partition is
@@ -303,13 +299,7 @@ pub async fn delete_partition(
             datasets::DeleteError::Database(e) => e.into(),
         })?;
     // Merged models exported from this partition's unit model can never be asked for again.
-    let exports: Vec<String> = sqlx::query_scalar(
-        "select distinct payload->>'object' from jobs
-         where kind = 'export' and payload->'mixture' @> $1",
-    )
-    .bind(json!([{ "partition": partition.id }]))
-    .fetch_all(&mut *tx)
-    .await?;
+    let exports = crate::registry::jobs::exports_of(&mut tx, partition.id).await?;
     tx.commit().await?;
     // The rows are gone; their objects follow (an object left by a failure here is unused,
     // and `mixpool fsck --repair` removes it).

@@ -18,8 +18,33 @@ pub enum ApiError {
     },
     /// 503: the database or the store is unreachable; retry later.
     Unavailable { backend: Backend, cause: String },
-    /// 500.
-    Internal(String),
+    /// 500: a fault of the server, with its cause chain (logged once, never shown).
+    Internal(Cause),
+}
+
+/// What made a 500: an error with its sources, or a message.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl ApiError {
+    /// A 500 caused by `e` (its sources kept for the log).
+    pub fn internal(e: impl Into<Cause>) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+/// `e` and each of its sources, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl ApiError {
@@ -77,7 +102,7 @@ impl IntoResponse for ApiError {
                 return response;
             }
             ApiError::Internal(cause) => {
-                tracing::error!("internal error: {cause}");
+                tracing::error!("internal error: {}", chain(cause.as_ref()));
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -149,7 +174,7 @@ impl From<sqlx::Error> for ApiError {
                 cause: e.to_string(),
             }
         } else {
-            ApiError::Internal(e.to_string())
+            ApiError::Internal(e.into())
         }
     }
 }

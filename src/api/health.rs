@@ -13,8 +13,7 @@ pub async fn healthz() -> Json<Value> {
 /// Ready when the database and the object store both answer.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Object, description = "the database and the store answer"), Errors))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx::query("select 1")
-        .execute(&state.pool)
+    crate::registry::ping(&state.pool)
         .await
         .map_err(|e| ApiError::Unavailable {
             backend: super::error::Backend::Database,

@@ -44,10 +44,6 @@ pub struct ImportParams {
     strict: Option<bool>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
-}
-
 /// `POST /v1/bases/import?name=[&from_store=prefix]`: the body is a tar (optionally gzip)
 /// of a Hugging Face checkpoint directory, or empty with `from_store` naming a folder in
 /// the object store. The checkpoint is checked and converted like `mixpool local import`,
@@ -62,9 +58,11 @@ pub async fn import_base(
     Q(params): Q<ImportParams>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let scratch = tempfile::tempdir().map_err(internal)?;
+    let scratch = tempfile::tempdir().map_err(ApiError::internal)?;
     let source = scratch.path().join("checkpoint");
-    tokio::fs::create_dir_all(&source).await.map_err(internal)?;
+    tokio::fs::create_dir_all(&source)
+        .await
+        .map_err(ApiError::internal)?;
     // The body is read first even when the request is refused: clients that are still
     // sending when the answer comes often see a reset connection instead of the answer.
     let tar = scratch.path().join("upload.tar");
@@ -88,7 +86,7 @@ pub async fn import_base(
             let dest = source.clone();
             tokio::task::spawn_blocking(move || unpack(&tar, &dest))
                 .await
-                .map_err(internal)??;
+                .map_err(ApiError::internal)??;
         }
     }
     let converted = scratch.path().join("converted");
@@ -99,16 +97,16 @@ pub async fn import_base(
     };
     let imported = tokio::task::spawn_blocking(move || hf::import(&from, &to, strictness))
         .await
-        .map_err(internal)?
+        .map_err(ApiError::internal)?
         .map_err(|e| match e {
-            HfError::Io { .. } => internal(e),
+            HfError::Io { .. } => ApiError::internal(e),
             e => ApiError::status(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_checkpoint",
                 e.to_string(),
             ),
         })?;
-    let config = checkpoint::read_config(&converted).map_err(internal)?;
+    let config = checkpoint::read_config(&converted).map_err(ApiError::internal)?;
 
     let id = Uuid::new_v4();
     let weights = state
@@ -156,7 +154,9 @@ fn name_taken(name: &str) -> ApiError {
 
 /// Streams the request body into `path`, refusing more than `limit` bytes.
 async fn receive(body: Body, path: &Path, limit: u64) -> Result<(), ApiError> {
-    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream
@@ -172,9 +172,9 @@ async fn receive(body: Body, path: &Path, limit: u64) -> Result<(), ApiError> {
                 format!("the upload is larger than the limit of {limit} bytes"),
             ));
         }
-        file.write_all(&chunk).await.map_err(internal)?;
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }
-    file.flush().await.map_err(internal)?;
+    file.flush().await.map_err(ApiError::internal)?;
     if total == 0 {
         return Err(ApiError::bad_request(
             "empty_body",
@@ -193,9 +193,9 @@ fn unpack(tar: &Path, dest: &Path) -> Result<(), ApiError> {
         )
     };
     let mut magic = [0u8; 2];
-    let mut file = std::fs::File::open(tar).map_err(internal)?;
+    let mut file = std::fs::File::open(tar).map_err(ApiError::internal)?;
     std::io::Read::read_exact(&mut file, &mut magic).map_err(bad)?;
-    let file = std::fs::File::open(tar).map_err(internal)?;
+    let file = std::fs::File::open(tar).map_err(ApiError::internal)?;
     let reader: Box<dyn std::io::Read> = if magic == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(file))
     } else {
@@ -261,7 +261,7 @@ async fn fetch_folder(state: &AppState, prefix: &str, dest: &Path) -> Result<(),
             .ok_or_else(|| ApiError::not_found(format!("store object {key:?}")))?;
         tokio::fs::write(dest.join(name), &data)
             .await
-            .map_err(internal)?;
+            .map_err(ApiError::internal)?;
     }
     Ok(())
 }
@@ -353,7 +353,7 @@ pub async fn export_mixture(
         object: keys::export(&digest),
     });
     let dedup = new.dedup_key.clone().expect("exports are deduplicated");
-    let scratch = tempfile::tempdir().map_err(internal)?;
+    let scratch = tempfile::tempdir().map_err(ApiError::internal)?;
     let tar_path = scratch.path().join("model.tar");
     // An export made before is streamed from the store, unless its tar was removed since.
     if let Some(done) = jobs::latest_succeeded(&state.pool, &dedup).await?
@@ -385,7 +385,7 @@ pub async fn export_mixture(
         _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
     }
     if !fetch_export(&state, &job, &tar_path).await? {
-        return Err(ApiError::Internal(format!(
+        return Err(ApiError::internal(format!(
             "export job {} left no object",
             job.id
         )));
@@ -410,8 +410,10 @@ async fn fetch_export(state: &AppState, job: &jobs::Job, path: &Path) -> Result<
 
 /// The tar as the response body; the open file outlives the scratch folder.
 async fn stream_tar(scratch: tempfile::TempDir, tar_path: &Path) -> Result<Response, ApiError> {
-    let file = tokio::fs::File::open(tar_path).await.map_err(internal)?;
-    let length = file.metadata().await.map_err(internal)?.len();
+    let file = tokio::fs::File::open(tar_path)
+        .await
+        .map_err(ApiError::internal)?;
+    let length = file.metadata().await.map_err(ApiError::internal)?.len();
     drop(scratch);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((

@@ -20,6 +20,7 @@ use prometheus::{
 
 use super::error::Errors;
 use super::{ApiError, AppState};
+use crate::registry::metrics as registry;
 
 /// How a score request was answered.
 #[derive(Clone, Copy, Debug)]
@@ -199,61 +200,28 @@ impl Metrics {
     /// Reads the pool's state into the gauges, and observes the jobs that finished or
     /// started since the last scrape.
     async fn refresh(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-        let jobs: Vec<(String, String, i64)> =
-            sqlx::query_as("select kind, state, count(*) from jobs group by kind, state")
-                .fetch_all(pool)
-                .await?;
+        let counts = registry::counts(pool).await?;
         self.jobs.reset();
-        for (kind, state, n) in jobs {
+        for (kind, state, n) in counts.jobs {
             self.jobs.with_label_values(&[&kind, &state]).set(n);
         }
-        let models: Vec<(String, i64)> =
-            sqlx::query_as("select state, count(*) from models group by state")
-                .fetch_all(pool)
-                .await?;
         self.unit_models.reset();
-        for (state, n) in models {
+        for (state, n) in counts.unit_models {
             self.unit_models.with_label_values(&[&state]).set(n);
         }
-        let sizes: (i64, i64, i64, i64) = sqlx::query_as(
-            "select (select count(*) from bases), (select count(*) from partitions),
-                    (select count(*) from eval_sets), (select count(*) from scores)",
-        )
-        .fetch_one(pool)
-        .await?;
-        for (gauge, n) in self.sizes.iter().zip([sizes.0, sizes.1, sizes.2, sizes.3]) {
+        for (gauge, n) in self.sizes.iter().zip(counts.sizes) {
             gauge.set(n);
         }
-        let running: Vec<(String, String, f64)> = sqlx::query_as(
-            "select coalesce(lease_owner, ''), kind,
-                    extract(epoch from now() - updated_at)::float8
-             from jobs where state = 'running'",
-        )
-        .fetch_all(pool)
-        .await?;
         self.heartbeat_age.reset();
-        for (worker, kind, age) in running {
+        for (worker, kind, age) in counts.running {
             self.heartbeat_age
                 .with_label_values(&[&worker, &kind])
                 .set(age as i64);
         }
         // Each job observed once: the watermarks move to the newest instant read.
         let (finished_after, started_after) = *self.seen.lock().unwrap();
-        let finished: Vec<(String, String, f64, DateTime<Utc>)> = sqlx::query_as(
-            "select kind, state, extract(epoch from finished_at - coalesce(started_at, created_at))::float8,
-                    finished_at
-             from jobs where finished_at > $1 order by finished_at",
-        )
-        .bind(finished_after)
-        .fetch_all(pool)
-        .await?;
-        let started: Vec<(String, f64, DateTime<Utc>)> = sqlx::query_as(
-            "select kind, extract(epoch from started_at - created_at)::float8, started_at
-             from jobs where started_at > $1 order by started_at",
-        )
-        .bind(started_after)
-        .fetch_all(pool)
-        .await?;
+        let finished = registry::finished_since(pool, finished_after).await?;
+        let started = registry::started_since(pool, started_after).await?;
         let mut seen = self.seen.lock().unwrap();
         for (kind, state, seconds, at) in finished {
             if at > seen.0 {
@@ -304,7 +272,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&state.metrics.registry.gather(), &mut out)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -189,8 +189,23 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // A failed request is logged once, by `ApiError`, with its cause.
+                .on_failure(()),
+        )
         .with_state(state)
+}
+
+/// Each request's span: its method, the route it matched (the pattern, not the path) and
+/// its path.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str);
+    tracing::info_span!("request", method = %request.method(), route, path = request.uri().path())
 }
 
 /// An unknown route: 404 in the JSON error shape.

@@ -120,15 +120,15 @@ pub async fn create_base(
         };
         return Ok((StatusCode::CREATED, Json(view)));
     }
-    let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(ApiError::internal)?;
     let path = dir.path().to_path_buf();
     let (seed, model_config) = (new.seed, config.clone());
     tokio::task::spawn_blocking(move || {
         LoadedModel::init(model_config, seed, tch::Device::Cpu).and_then(|m| m.save(&path))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     let stored = state
         .store
         .put_file(

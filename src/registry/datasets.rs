@@ -360,3 +360,13 @@ pub async fn delete_partition(
         .await?;
     Ok(models.into_iter().map(|(id, _)| id).collect())
 }
+
+/// Whether a partition's unit models are wanted (the healing pass queues only those).
+pub async fn set_train(pool: &PgPool, partition: Uuid, train: bool) -> Result<(), sqlx::Error> {
+    sqlx::query("update partitions set train = $2 where id = $1")
+        .bind(partition)
+        .bind(train)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

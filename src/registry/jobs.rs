@@ -416,6 +416,20 @@ pub async fn list(
     .await
 }
 
+/// The store keys of the exports whose mixtures merged `partition`.
+pub async fn exports_of(
+    db: &mut PgConnection,
+    partition: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select distinct payload->>'object' from jobs
+         where kind = 'export' and payload->'mixture' @> $1",
+    )
+    .bind(serde_json::json!([{ "partition": partition }]))
+    .fetch_all(db)
+    .await
+}
+
 fn fenced(rows: u64, lease: &Lease) -> Result<(), QueueError> {
     match rows {
         1 => Ok(()),

@@ -3,7 +3,9 @@
 
 pub mod bases;
 pub mod datasets;
+pub mod fsck;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod overview;
 pub mod recipes;
@@ -35,6 +37,11 @@ pub async fn connect(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// Whether the database answers a trivial statement (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
 }
 
 /// Whether an error says the database cannot be reached now (connection exceptions 08…, a
