@@ -2,7 +2,6 @@
 //! one `score` job per distinct request (identical requests share the job), which a worker
 //! runs by merging the mixture's unit models and evaluating the merge.
 
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -12,10 +11,7 @@ use crate::mixture::{Mixture, MixtureError, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::jobs::{self, Job};
 use crate::registry::models::{self, UnitModel};
-use crate::registry::scores::{self, Score, ScoreKey};
-
-/// The only merge method so far: the weighted parameter average.
-pub const MERGE_METHOD: &str = "average";
+use crate::registry::scores::{self, MERGE_METHOD, Score, ScoreKey, eval_config_sha256};
 
 #[derive(Debug, Clone)]
 pub struct ScoreRequest {
@@ -51,13 +47,6 @@ pub enum ScoringError {
     WeightsWithoutExplicit,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-/// sha256 of the evaluation settings' canonical JSON.
-pub fn eval_config_sha256(config: &EvalConfig) -> String {
-    hex::encode(Sha256::digest(
-        serde_json::to_vec(config).expect("settings serialise"),
-    ))
 }
 
 /// A request checked and made canonical: its score's key and its mixture.

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, MixtureError, Weighting};
 use crate::registry::datasets;
+use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::{scores, validations};
-use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 use crate::stats;
 
 /// The proxies, in report order.

@@ -16,7 +16,7 @@ use crate::mixture::Member;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, Rank, ScoreKey};
-use crate::scoring::{MERGE_METHOD, eval_config_sha256};
+use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 
 /// The scores of `base` × `recipe` on `eval` under the default evaluation settings.
 async fn scope(

@@ -23,9 +23,9 @@ use crate::engine::eval::EvalConfig;
 use crate::jobs::Kind as _;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, ScoreKey};
+use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::searches::{self, Search};
 use crate::registry::{bases, jobs, models, recipes};
-use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 use crate::search::Bounds;
 
 /// The most points one search may evaluate.

@@ -22,9 +22,9 @@ use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::mixture::{self, Mixture, Weighting};
 use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::sweeps::{self, Sweep, SweepMixture};
 use crate::registry::{bases, models, recipes};
-use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -23,8 +23,8 @@ use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::models;
+use crate::registry::scores::eval_config_sha256;
 use crate::registry::validations::{self, NewValidation, Validation};
-use crate::scoring::eval_config_sha256;
 
 /// A mixture to validate: a list of partitions (trained on their union as it is), or
 /// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to

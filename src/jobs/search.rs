@@ -25,9 +25,9 @@ use crate::mixture::{Mixture, Weighting};
 use crate::registry::bases;
 use crate::registry::datasets;
 use crate::registry::models::UnitModel;
+use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point};
-use crate::scoring::MERGE_METHOD;
 use crate::search::{Bounds, Descent, Observed, Plan, Predictor};
 
 /// `search`: the ratio search to run (its settings are in its row).

@@ -20,10 +20,10 @@ use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::registry::datasets;
 use crate::registry::models::UnitModel;
+use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::sweeps;
 use crate::registry::{bases, models};
-use crate::scoring::MERGE_METHOD;
 
 pub struct Sweep;
 

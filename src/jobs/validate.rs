@@ -27,8 +27,8 @@ use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets;
 use crate::registry::jobs::NewJob;
 use crate::registry::scores::{self, ScoreKey};
+use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::{bases, models, recipes, validations};
-use crate::scoring::{MERGE_METHOD, eval_config_sha256};
 use crate::store::keys;
 use crate::validation::{Proxies, weighting_name};
 

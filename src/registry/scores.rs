@@ -7,6 +7,20 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
+use crate::engine::eval::EvalConfig;
+
+/// The only merge method so far: the weighted parameter average.
+pub const MERGE_METHOD: &str = "average";
+
+/// sha256 of the evaluation settings' canonical JSON.
+pub fn eval_config_sha256(config: &EvalConfig) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(config).expect("settings serialise"),
+    ))
+}
+
 /// Everything a score depends on: the unique key of the `scores` table.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ScoreKey {

@@ -578,7 +578,7 @@ async fn big_registry(app: &App) {
         }
     }
     let eval_config = mixpool::engine::eval::EvalConfig::default();
-    let sha = mixpool::scoring::eval_config_sha256(&eval_config);
+    let sha = mixpool::registry::scores::eval_config_sha256(&eval_config);
     let (mut keys, mut members, mut results) = (Vec::new(), Vec::new(), Vec::new());
     for (n, ids) in mixtures.iter().enumerate() {
         let mixture = Mixture::new(ids, None, Weighting::Uniform).unwrap();
