@@ -31,6 +31,27 @@ impl Member {
     }
 }
 
+impl Weighting {
+    /// The name in score keys and answers (`uniform`, `tokens`, `explicit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weighting::Uniform => "uniform",
+            Weighting::Tokens => "tokens",
+            Weighting::Explicit => "explicit",
+        }
+    }
+
+    /// A weighting a request names (`uniform` or `tokens`; explicit weighting is asked for
+    /// by giving weights); an error says what to use instead.
+    pub fn parse(name: &str) -> Result<Weighting, String> {
+        match name {
+            "uniform" => Ok(Weighting::Uniform),
+            "tokens" => Ok(Weighting::Tokens),
+            other => Err(format!("weighting {other:?}: use uniform or tokens")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Mixture {
     pub members: Vec<Member>,

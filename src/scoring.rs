@@ -70,11 +70,7 @@ pub async fn prepare(pool: &PgPool, req: &ScoreRequest) -> Result<Prepared, Scor
         base_id: req.base,
         recipe_id: req.recipe,
         mixture_key: mixture.key(),
-        weighting: serde_json::to_value(req.weighting)
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string(),
+        weighting: req.weighting.as_str().into(),
         merge_method: MERGE_METHOD.into(),
         eval_set_id: req.eval_set,
         eval_config_sha256: eval_config_sha256(&req.eval),

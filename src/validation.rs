@@ -50,15 +50,6 @@ impl Proxies {
     }
 }
 
-/// The `weighting` column of a mixture's score.
-pub fn weighting_name(mixture: &Mixture) -> String {
-    serde_json::to_value(mixture.weighting)
-        .expect("weightings serialise")
-        .as_str()
-        .expect("a string")
-        .to_string()
-}
-
 /// One validated mixture on one eval set: the union model's perplexity and each proxy's
 /// (`None` where its scores are not all stored yet).
 #[derive(Debug, Clone, Serialize)]
@@ -151,7 +142,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let table = &stored[&(v.base_id, v.recipe_id)];
         let score = |m: &Mixture| {
             table
-                .get(&(m.key(), weighting_name(m), truth.eval_set_id))
+                .get(&(m.key(), m.weighting.as_str().to_string(), truth.eval_set_id))
                 .copied()
         };
         let singles: Option<Vec<f64>> = proxies.singles.iter().map(score).collect();

@@ -54,20 +54,20 @@ pub(super) async fn resolve_mixture(
                 })?,
         ),
     };
+    let weighting = match weighting {
+        None => None,
+        Some(name) => Some(
+            Weighting::parse(name).map_err(|e| ApiError::bad_request("invalid_weighting", e))?,
+        ),
+    };
     let weighting = match (weighting, &weights) {
-        (None | Some("uniform"), None) => Weighting::Uniform,
+        (None, None) => Weighting::Uniform,
         (None, Some(_)) => Weighting::Explicit,
-        (Some("tokens"), None) => Weighting::Tokens,
-        (Some("uniform" | "tokens"), Some(_)) => {
+        (Some(weighting), None) => weighting,
+        (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_weights",
                 "give either weights or a weighting, not both",
-            ));
-        }
-        (Some(other), _) => {
-            return Err(ApiError::bad_request(
-                "invalid_weighting",
-                format!("weighting {other:?}: use uniform or tokens"),
             ));
         }
     };

@@ -64,14 +64,8 @@ pub async fn create_sweep(
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
     let eval_sets = resolve_eval_sets(&state.pool, &new.eval_sets).await?;
     let weighting = match new.weighting.as_deref() {
-        None | Some("uniform") => Weighting::Uniform,
-        Some("tokens") => Weighting::Tokens,
-        Some(other) => {
-            return Err(bad(
-                "invalid_weighting",
-                format!("weighting {other:?}: use uniform or tokens"),
-            ));
-        }
+        None => Weighting::Uniform,
+        Some(name) => Weighting::parse(name).map_err(|e| bad("invalid_weighting", e))?,
     };
     let (base_key, recipe_key) = state
         .scores
@@ -204,11 +198,7 @@ pub async fn create_sweep(
         id: Uuid::new_v4(),
         base_id: base.id,
         recipe_id: recipe.id,
-        weighting: serde_json::to_value(weighting)
-            .expect("serialises")
-            .as_str()
-            .unwrap()
-            .into(),
+        weighting: weighting.as_str().into(),
         eval_set_ids: eval_sets.iter().map(|s| s.id).collect(),
         eval_config: serde_json::to_value(&eval).expect("settings serialise"),
         eval_config_sha256: eval_config_sha256(&eval),

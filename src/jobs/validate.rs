@@ -30,7 +30,7 @@ use crate::registry::scores::{self, ScoreKey};
 use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::{bases, models, recipes, validations};
 use crate::store::keys;
-use crate::validation::{Proxies, weighting_name};
+use crate::validation::Proxies;
 
 pub struct Validate;
 
@@ -188,7 +188,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 base_id: validation.base_id,
                 recipe_id: validation.recipe_id,
                 mixture_key: mixture.key(),
-                weighting: weighting_name(mixture),
+                weighting: mixture.weighting.as_str().into(),
                 merge_method: MERGE_METHOD.into(),
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: sha.clone(),
