@@ -5,6 +5,10 @@
 mod api;
 mod app;
 mod auth;
+mod bases;
+mod batch;
+mod cancel;
+mod checkpoints;
 mod chrome;
 mod cli;
 mod dashboard;
@@ -12,6 +16,7 @@ mod fsck;
 mod helpers;
 mod ingest;
 mod kinds;
+mod measured;
 mod models;
 mod openapi;
 mod outage;
