@@ -151,7 +151,7 @@ async fn main() {
     config.service.max_wait_seconds = 1;
     config.service.worker = false;
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let service = mixpool::app::App::build(&config, api).await.unwrap();
+    let service = mixpool::app::App::build(&config, Some(api)).await.unwrap();
     let api_url = format!("{}/v1/score?partitions=a,b&eval=e", service.url());
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bare_url = format!("http://{}/", bare.local_addr().unwrap());

@@ -34,9 +34,20 @@ pub struct App {
 
 impl App {
     /// Waits for the database and the store (saying why every few seconds while either
-    /// cannot be used), then serves the API on `listener` in the background.
-    pub async fn build(config: &Config, listener: TcpListener) -> Result<App> {
+    /// cannot be used), then serves the API in the background on `listener`, or (`None`)
+    /// on the settings' `listen` address, bound only then: a service that cannot work yet
+    /// listens on nothing.
+    pub async fn build(config: &Config, listener: Option<TcpListener>) -> Result<App> {
         let (pool, store, data) = storage(config).await?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => {
+                let listen = &config.service.listen;
+                TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?
+            }
+        };
         let (stop, stopped) = watch::channel(false);
         let background = match config.service.worker {
             true => {

@@ -57,7 +57,9 @@ fn command(pool_db: &str, store: &str, data: &Path, log: &Path) -> Command {
     c
 }
 
-const S3_PORT: u16 = 28333;
+/// The run's S3 server's ports (SeaweedFS also listens on each plus 10,000 for gRPC), apart
+/// from those of the tests' server (`scripts/s3.sh`), which may be running beside it.
+const S3_PORT: u16 = 21333;
 
 pub fn s3_endpoint() -> String {
     format!("http://127.0.0.1:{S3_PORT}")
@@ -98,9 +100,9 @@ impl S3Server {
             ])
             .arg(format!("-s3.port={S3_PORT}"))
             .args([
-                "-master.port=29333",
-                "-volume.port=28080",
-                "-filer.port=28888",
+                "-master.port=22333",
+                "-volume.port=21080",
+                "-filer.port=21888",
             ])
             .env("AWS_ACCESS_KEY_ID", "mixpool")
             .env("AWS_SECRET_ACCESS_KEY", "mixpool-secret")
@@ -192,10 +194,10 @@ impl Pool {
             .await
             .is_err()
         {
-            ensure!(
-                started.elapsed() < Duration::from_secs(60),
-                "{name}: serve did not start"
-            );
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::bail!("{name}: serve did not start in 60 s:\n{log}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for _ in 0..workers {

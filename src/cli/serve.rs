@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::app::{self, App};
@@ -88,14 +88,9 @@ impl ServeArgs {
         config
     }
 
-    /// Binds the settings' address and starts the service there.
+    /// Starts the service on the settings' address.
     pub async fn start(&self, config: &Config) -> Result<App> {
-        let config = self.apply(config);
-        let listen = &config.service.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        let app = App::build(&config, listener).await?;
+        let app = App::build(&self.apply(config), None).await?;
         tracing::info!("mixpool serving on {}", app.url());
         Ok(app)
     }

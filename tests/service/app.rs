@@ -147,7 +147,9 @@ pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
 
     let config = settings(&pool, &dirs.0, &dirs.1, sweeps, 120).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let service = mixpool::app::App::build(&config, listener).await.unwrap();
+    let service = mixpool::app::App::build(&config, Some(listener))
+        .await
+        .unwrap();
     let token = crate::helpers::token(&pool, Scope::Admin).await;
     App {
         url: service.url(),

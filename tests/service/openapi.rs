@@ -157,7 +157,9 @@ async fn seeded() -> (App, mixpool::app::App, String) {
     )
     .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second = mixpool::app::App::build(&config, listener).await.unwrap();
+    let second = mixpool::app::App::build(&config, Some(listener))
+        .await
+        .unwrap();
     let admin = token(&app.pool, Scope::Admin).await;
     (app, second, admin)
 }

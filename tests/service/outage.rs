@@ -84,7 +84,9 @@ impl Server {
         config.service.worker = false;
         config.s3 = s3;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let service = mixpool::app::App::build(&config, listener).await.unwrap();
+        let service = mixpool::app::App::build(&config, Some(listener))
+            .await
+            .unwrap();
         Server {
             url: service.url(),
             client: crate::helpers::client(&token),

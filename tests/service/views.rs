@@ -263,7 +263,7 @@ async fn the_views_show_the_pool_its_workers_losses_rankings_and_pairs() {
     let (status, body) = app
         .post(
             "/v1/partitions?name=aaa-untrained&train=false",
-            corpus("speeches", 0, 3),
+            corpus("code_c", 0, 3),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
