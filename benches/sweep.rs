@@ -24,7 +24,6 @@ use mixpool::engine::merge::merge_model_dirs;
 use mixpool::engine::model::ModelConfig;
 use mixpool::engine::train::TrainConfig;
 use mixpool::ingest::{Upload, ingest};
-use mixpool::mixture::Member;
 use mixpool::mixture::{self, Mixture, Weighting};
 use mixpool::registry::datasets::{self, Kind};
 use mixpool::registry::scores::{MERGE_METHOD, eval_config_sha256};
@@ -239,22 +238,7 @@ async fn main() {
         mixtures: mixtures.len() as i32,
         created_at: chrono::Utc::now(),
     };
-    let list: Vec<SweepMixture> = mixtures
-        .iter()
-        .map(|m| SweepMixture {
-            key: m.key(),
-            members: serde_json::to_value(
-                m.members
-                    .iter()
-                    .map(|m| Member {
-                        partition: m.partition,
-                        weight: m.weight,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap(),
-        })
-        .collect();
+    let list: Vec<SweepMixture> = mixtures.iter().map(SweepMixture::from).collect();
     let started = Instant::now();
     let mut tx = pool.begin().await.unwrap();
     sweeps::create(

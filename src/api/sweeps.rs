@@ -159,22 +159,9 @@ pub async fn create_sweep(
         let canonical = Mixture::new(ids, sizes.as_deref(), weighting).map_err(|e| {
             ApiError::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}"))
         })?;
-        let key = canonical.key();
-        if !seen.insert(key.clone()) {
-            continue;
+        if seen.insert(canonical.key()) {
+            list.push(SweepMixture::from(&canonical));
         }
-        let members: Vec<Member> = canonical
-            .members
-            .iter()
-            .map(|m| Member {
-                partition: m.partition,
-                weight: m.weight,
-            })
-            .collect();
-        list.push(SweepMixture {
-            key,
-            members: serde_json::to_value(members).expect("mixtures serialise"),
-        });
     }
     // Every unit model must be ready; missing ones are queued first.
     let used: Vec<Uuid> = chosen

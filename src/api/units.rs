@@ -38,9 +38,7 @@ pub(super) async fn train_missing(
         ));
     }
     let partitions: Vec<Uuid> = missing.iter().map(|(p, _)| *p).collect();
-    let mut tx = state.pool.begin().await?;
-    let models = crate::jobs::train::queue(&mut tx, base, recipe, &partitions, false).await?;
-    tx.commit().await?;
+    let models = crate::jobs::train::queue_missing(&state.pool, base, recipe, &partitions).await?;
     let failed: Vec<(Uuid, Option<UnitModel>)> = models
         .iter()
         .filter(|m| m.state == "failed")

@@ -24,7 +24,7 @@ use crate::mixture::{Mixture, Weighting};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
-use crate::registry::validations::{self, NewValidation, Validation};
+use crate::registry::validations::{self, Validation};
 
 /// A mixture to validate: a list of partitions (trained on their union as it is), or
 /// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to
@@ -153,37 +153,18 @@ pub async fn create_validations(
         return Ok((StatusCode::ACCEPTED, Json(training)));
     }
 
-    let sha = eval_config_sha256(&EvalConfig::default());
     let set_ids: Vec<Uuid> = eval_sets.iter().map(|s| s.id).collect();
-    let mut tx = state.pool.begin().await?;
-    let mut out = Vec::with_capacity(resolved.len());
-    let mut queued = false;
-    for (mixture, _) in &resolved {
-        let partitions: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
-        let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-        let weighted = mixture.weighting == Weighting::Explicit;
-        let with_weight = weights.iter().filter(|w| **w > 0.0).count() as u64;
-        let tokens = new.tokens.unwrap_or(recipe.config.0.tokens * with_weight);
-        let new = NewValidation {
-            base: base.id,
-            recipe: recipe.id,
-            mixture_key: &mixture.key(),
-            partitions: &partitions,
-            weights: weighted.then_some(weights.as_slice()),
-            tokens: tokens as i64,
-        };
-        let (validation, job) = validations::ensure(
-            &mut tx,
-            &new,
-            &set_ids,
-            &sha,
-            crate::jobs::validate::validation_job,
-        )
-        .await?;
-        queued |= job.is_some();
-        out.push((validation, job));
-    }
-    tx.commit().await?;
+    let mixtures: Vec<Mixture> = resolved.into_iter().map(|(m, _)| m).collect();
+    let out = crate::jobs::validate::queue(
+        &state.pool,
+        base.id,
+        &recipe,
+        &mixtures,
+        new.tokens,
+        &set_ids,
+    )
+    .await?;
+    let queued = out.iter().any(|(_, job)| job.is_some());
     let mut items = Vec::with_capacity(out.len());
     for (validation, job) in &out {
         let mut item = view(&state, validation).await?;

@@ -150,6 +150,21 @@ pub async fn queue(
     models::train(db, base, recipe, partitions, retry_failed, job_for).await
 }
 
+/// Queues, in a transaction of its own, the unit models of `partitions` that are neither
+/// ready, training nor failed; the models that are not ready, as they now are (a failed one
+/// stays failed: `POST /v1/models` trains it again).
+pub async fn queue_missing(
+    pool: &sqlx::PgPool,
+    base: Uuid,
+    recipe: Uuid,
+    partitions: &[Uuid],
+) -> Result<Vec<UnitModel>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let models = queue(&mut tx, base, recipe, partitions, false).await?;
+    tx.commit().await?;
+    Ok(models)
+}
+
 /// The healing pass ([`models::heal`]): how many unit models it queued.
 pub async fn heal(pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
     models::heal(pool, job_for).await

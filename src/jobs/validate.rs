@@ -75,6 +75,41 @@ pub fn validation_job(validation: Uuid, eval_sets: Vec<Uuid>) -> NewJob {
     })
 }
 
+/// The validation of each mixture from `base` with `recipe`, created or found in one
+/// transaction with the job that trains it (once) and evaluates it on those of `eval_sets`
+/// it lacks ([`validations::ensure`]). A mixture trains for `tokens`, or the recipe's
+/// budget once per partition with weight.
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    base: Uuid,
+    recipe: &recipes::Recipe,
+    mixtures: &[Mixture],
+    tokens: Option<u64>,
+    eval_sets: &[Uuid],
+) -> Result<Vec<(validations::Validation, Option<crate::registry::jobs::Job>)>, sqlx::Error> {
+    let sha = eval_config_sha256(&EvalConfig::default());
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(mixtures.len());
+    for mixture in mixtures {
+        let partitions: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
+        let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
+        let weighted = mixture.weighting == Weighting::Explicit;
+        let with_weight = weights.iter().filter(|w| **w > 0.0).count() as u64;
+        let tokens = tokens.unwrap_or(recipe.config.0.tokens * with_weight);
+        let new = validations::NewValidation {
+            base,
+            recipe: recipe.id,
+            mixture_key: &mixture.key(),
+            partitions: &partitions,
+            weights: weighted.then_some(weights.as_slice()),
+            tokens: tokens as i64,
+        };
+        out.push(validations::ensure(&mut tx, &new, eval_sets, &sha, validation_job).await?);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
 async fn run(cx: &Context, job: ValidateJob) -> Outcome {
     let pool = &cx.pool;
     let fatal = |what: String| JobError::Fatal(format!("validation {}: {what}", job.validation));

@@ -34,6 +34,15 @@ pub struct SweepMixture {
     pub members: Value,
 }
 
+impl From<&crate::mixture::Mixture> for SweepMixture {
+    fn from(mixture: &crate::mixture::Mixture) -> Self {
+        SweepMixture {
+            key: mixture.key(),
+            members: serde_json::to_value(&mixture.members).expect("mixtures serialise"),
+        }
+    }
+}
+
 /// A stored mixture of a sweep and its score on one eval set, when there is one.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Outcome {
