@@ -2,8 +2,9 @@
 //!
 //! The loop here only claims, heartbeats, dispatches to the kind registered under the job's
 //! name in [`crate::jobs::KINDS`] and records how the job ended, all inside a span that
-//! names the job (its id, kind and attempt), which its blocking threads enter too. Engine work runs on blocking threads (libtorch must not
-//! block the async runtime, and a model lives on the thread that uses it). A side task
+//! names the job (its id, kind and attempt), which its blocking threads enter too. Engine
+//! work runs on blocking threads (libtorch must not block the async runtime, and a model
+//! lives on the thread that uses it). A side task
 //! heartbeats the lease and raises the engine's cancel flag when the job is cancelled or the
 //! lease is lost. A job succeeds in one transaction with the rows it produces, fenced by its
 //! attempt number.

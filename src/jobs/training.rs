@@ -129,6 +129,13 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
         };
         match train::train_on(&model, sequences, &config, options).map_err(|e| fatal(&e))? {
             Outcome::Finished(summary) => {
+                tracing::info!(
+                    steps = summary.steps,
+                    tokens = summary.tokens,
+                    loss = summary.final_loss,
+                    tokens_per_second = summary.tokens_per_sec.round(),
+                    "trained"
+                );
                 model
                     .save(&out)
                     .map_err(|e| JobError::Retryable(e.to_string()))?;
