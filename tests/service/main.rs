@@ -16,6 +16,7 @@ mod fsck;
 mod helpers;
 mod ingest;
 mod kinds;
+mod logs;
 mod measured;
 mod models;
 mod openapi;
