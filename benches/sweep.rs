@@ -26,8 +26,8 @@ use mixpool::engine::train::TrainConfig;
 use mixpool::ingest::{Upload, ingest};
 use mixpool::mixture::{self, Mixture, Weighting};
 use mixpool::registry::datasets::{self, Kind};
-use mixpool::registry::scores::{MERGE_METHOD, eval_config_sha256};
-use mixpool::registry::sweeps::{self, Sweep, SweepMixture};
+use mixpool::registry::scores::eval_config_sha256;
+use mixpool::registry::sweeps::{Sweep, SweepMixture};
 use mixpool::registry::{bases, models, recipes};
 use mixpool::scoring::{self, ScoreRequest};
 use mixpool::store::{S3Config, Store, keys};
@@ -240,18 +240,9 @@ async fn main() {
     };
     let list: Vec<SweepMixture> = mixtures.iter().map(SweepMixture::from).collect();
     let started = Instant::now();
-    let mut tx = pool.begin().await.unwrap();
-    sweeps::create(
-        &mut tx,
-        &sweep,
-        &list,
-        MERGE_METHOD,
-        32,
-        mixpool::jobs::sweep::shard_job,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    mixpool::jobs::sweep::queue(&pool, &sweep, &list, 32)
+        .await
+        .unwrap();
     while worker.try_run_one().await.unwrap() {}
     let sweep_wall = started.elapsed().as_secs_f64();
     let sweep_forward = job_seconds(&pool, "sweep", "/shard/eval_seconds").await;

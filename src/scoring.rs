@@ -6,10 +6,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
-use crate::jobs::Kind as _;
 use crate::mixture::{Mixture, MixtureError, Weighting};
 use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs::{self, Job};
+use crate::registry::jobs::Job;
 use crate::registry::models::{self, UnitModel};
 use crate::registry::scores::{self, MERGE_METHOD, Score, ScoreKey, eval_config_sha256};
 
@@ -120,13 +119,13 @@ pub async fn submit(pool: &PgPool, prepared: &Prepared) -> Result<ScoreStatus, S
     if !missing.is_empty() {
         return Ok(ScoreStatus::ModelsNotReady(missing));
     }
-    let new = crate::jobs::Score::job(&crate::jobs::ScoreJob {
+    let job = crate::jobs::ScoreJob {
         mixture: mixture.members.clone(),
         key: key.clone(),
         eval: eval.clone(),
-    });
+    };
     // A job that finished between the cache lookup and here is no longer active, so a second
     // one is queued; it finds the stored score's key taken and keeps the first result.
-    let (job, created) = jobs::enqueue(&mut *pool.acquire().await?, &new).await?;
+    let (job, created) = crate::jobs::score::queue(pool, &job).await?;
     Ok(ScoreStatus::Pending { job, created })
 }

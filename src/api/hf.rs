@@ -346,13 +346,13 @@ pub async fn export_mixture(
     let digest = hex::encode(Sha256::digest(
         json!([spec.base.id, spec.recipe.id, mixture.key()]).to_string(),
     ));
-    let new = Export::job(&ExportJob {
+    let export = ExportJob {
         base: spec.base.id,
         recipe: spec.recipe.id,
         mixture: mixture.members.clone(),
         object: keys::export(&digest),
-    });
-    let dedup = new.dedup_key.clone().expect("exports are deduplicated");
+    };
+    let dedup = Export::dedup_key(&export);
     let scratch = tempfile::tempdir().map_err(ApiError::internal)?;
     let tar_path = scratch.path().join("model.tar");
     // An export made before is streamed from the store, unless its tar was removed since.
@@ -361,7 +361,7 @@ pub async fn export_mixture(
     {
         return stream_tar(scratch, &tar_path).await;
     }
-    let (queued, _) = jobs::enqueue(&mut *state.pool.acquire().await?, &new).await?;
+    let queued = crate::jobs::export::queue(&state.pool, &export).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let job = state
         .wait_for_job(queued.id, deadline)

@@ -1,5 +1,6 @@
-//! The REST API (v1). Handlers validate input, read and write the registry, enqueue jobs and
-//! wait on them; they never run a model.
+//! The REST API (v1). Handlers parse and check a request, read the registry, queue work
+//! through the job kinds (`crate::jobs`), wait on it where the request says, and shape the
+//! answer; they never train or evaluate a model.
 
 mod admin;
 mod auth;

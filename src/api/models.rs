@@ -14,7 +14,7 @@ use super::{ApiError, AppState, ListParams, Page, Q, resolve_base, resolve_recip
 use crate::engine::checkpoint::{LoadedModel, WEIGHTS_FILE};
 use crate::engine::model::{ModelConfig, PRESETS};
 use crate::engine::train::TrainConfig;
-use crate::jobs::{Kind as _, Pretrain, PretrainJob};
+use crate::jobs::PretrainJob;
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, jobs, recipes};
 use crate::store::keys;
@@ -101,18 +101,15 @@ pub async fn create_base(
     }
     let id = Uuid::new_v4();
     if let Some((partition, train)) = pretrain {
-        let mut tx = state.pool.begin().await?;
-        let base = bases::insert(&mut tx, id, &new.name, &config, None)
-            .await
-            .map_err(name_taken)?;
-        let job = Pretrain::job(&PretrainJob {
+        let pretrain = PretrainJob {
             base: id,
             partition: partition.id,
             config: train,
             train_all,
-        });
-        let (job, _) = jobs::enqueue(&mut tx, &job).await?;
-        tx.commit().await?;
+        };
+        let (base, job) = crate::jobs::pretrain::queue(&state.pool, &new.name, &config, &pretrain)
+            .await
+            .map_err(name_taken)?;
         let view = BaseView {
             base,
             job: Some(job),

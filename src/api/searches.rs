@@ -20,7 +20,6 @@ use super::{
     resolve_recipe,
 };
 use crate::engine::eval::EvalConfig;
-use crate::jobs::Kind as _;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
@@ -217,10 +216,7 @@ pub async fn create_search(
         job_id: None,
         created_at: chrono::Utc::now(),
     };
-    let mut tx = state.pool.begin().await?;
-    let job = crate::jobs::Search::job(&crate::jobs::SearchJob { search: search.id });
-    searches::create(&mut tx, &search, &job).await?;
-    tx.commit().await?;
+    crate::jobs::search::queue(&state.pool, &search).await?;
     let search = searches::get(&state.pool, search.id)
         .await?
         .ok_or_else(|| ApiError::Internal("a created search vanished".into()))?;

@@ -193,17 +193,7 @@ pub async fn create_sweep(
         mixtures: list.len() as i32,
         created_at: chrono::Utc::now(),
     };
-    let mut tx = state.pool.begin().await?;
-    sweeps::create(
-        &mut tx,
-        &sweep,
-        &list,
-        MERGE_METHOD,
-        state.sweeps.shard_mixtures,
-        crate::jobs::sweep::shard_job,
-    )
-    .await?;
-    tx.commit().await?;
+    crate::jobs::sweep::queue(&state.pool, &sweep, &list, state.sweeps.shard_mixtures).await?;
     let sweep = sweeps::get(&state.pool, sweep.id)
         .await?
         .ok_or_else(|| ApiError::Internal("a created sweep vanished".into()))?;

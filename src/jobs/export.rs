@@ -42,6 +42,16 @@ impl Kind for Export {
     }
 }
 
+/// The export job of `job` (the active one when an identical export is queued or running).
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    job: &ExportJob,
+) -> Result<crate::registry::jobs::Job, sqlx::Error> {
+    let mut db = pool.acquire().await?;
+    let (job, _) = crate::registry::jobs::enqueue(&mut db, &Export::job(job)).await?;
+    Ok(job)
+}
+
 async fn run(cx: &Context, job: ExportJob) -> Outcome {
     let pool = &cx.pool;
     let base = bases::find(pool, &job.base.to_string())

@@ -4,13 +4,13 @@
 //! one. Adding a kind is a file that implements [`kind::Kind`] and one line below.
 
 pub mod context;
-mod export;
+pub mod export;
 pub mod kind;
 mod merger;
 pub mod mirror;
-mod pretrain;
-mod score;
-mod search;
+pub mod pretrain;
+pub mod score;
+pub mod search;
 pub mod sweep;
 pub mod train;
 mod training;

@@ -13,7 +13,7 @@ use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
 use crate::engine::train::TrainConfig;
 use crate::registry::datasets;
-use crate::registry::{bases, recipes};
+use crate::registry::{RegistryError, bases, recipes};
 use crate::store::keys;
 
 pub struct Pretrain;
@@ -47,6 +47,21 @@ impl Kind for Pretrain {
     async fn failed(db: &mut PgConnection, job: &PretrainJob) -> Result<(), sqlx::Error> {
         bases::mark_failed(db, job.base).await
     }
+}
+
+/// Creates the base `name` (pending, with `config`) and the job that pre-trains it, in one
+/// transaction; a taken name is [`RegistryError::NameTaken`].
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    name: &str,
+    config: &crate::engine::model::ModelConfig,
+    job: &PretrainJob,
+) -> Result<(bases::Base, crate::registry::jobs::Job), RegistryError> {
+    let mut tx = pool.begin().await?;
+    let base = bases::insert(&mut tx, job.base, name, config, None).await?;
+    let (queued, _) = crate::registry::jobs::enqueue(&mut tx, &Pretrain::job(job)).await?;
+    tx.commit().await?;
+    Ok((base, queued))
 }
 
 async fn run(cx: &Context, job: PretrainJob) -> Outcome {

@@ -43,6 +43,16 @@ impl Kind for Score {
     }
 }
 
+/// The job that computes `job`'s score, and whether this call queued it (an identical
+/// request's active job is shared).
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    job: &ScoreJob,
+) -> Result<(crate::registry::jobs::Job, bool), sqlx::Error> {
+    let mut db = pool.acquire().await?;
+    crate::registry::jobs::enqueue(&mut db, &Score::job(job)).await
+}
+
 async fn run(cx: &Context, job: ScoreJob) -> Outcome {
     let started = std::time::Instant::now();
     let key = &job.key;

@@ -53,6 +53,18 @@ impl Kind for Search {
     }
 }
 
+/// Stores a search with the job that runs it, in one transaction ([`searches::create`]).
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    search: &searches::Search,
+) -> Result<crate::registry::jobs::Job, sqlx::Error> {
+    let job = Search::job(&SearchJob { search: search.id });
+    let mut tx = pool.begin().await?;
+    let job = searches::create(&mut tx, search, &job).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
 async fn run(cx: &Context, job: SearchJob) -> Outcome {
     let started = Instant::now();
     let pool = &cx.pool;

@@ -51,8 +51,22 @@ impl Kind for Sweep {
 }
 
 /// The job of one shard: the positions `items` of sweep `sweep`'s mixtures.
-pub fn shard_job(sweep: Uuid, items: Vec<i32>) -> crate::registry::jobs::NewJob {
+fn shard_job(sweep: Uuid, items: Vec<i32>) -> crate::registry::jobs::NewJob {
     Sweep::job(&SweepJob { sweep, items })
+}
+
+/// Stores a sweep with its mixtures and queues one job per `shard` mixtures not yet scored
+/// on every eval set, in one transaction ([`sweeps::create`]); the jobs.
+pub async fn queue(
+    pool: &sqlx::PgPool,
+    sweep: &sweeps::Sweep,
+    mixtures: &[sweeps::SweepMixture],
+    shard: usize,
+) -> Result<Vec<crate::registry::jobs::Job>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let jobs = sweeps::create(&mut tx, sweep, mixtures, MERGE_METHOD, shard, shard_job).await?;
+    tx.commit().await?;
+    Ok(jobs)
 }
 
 /// A mixture of the shard with the eval sets it still lacks.
