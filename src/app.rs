@@ -113,15 +113,7 @@ impl App {
     /// Stops the service on SIGTERM or Ctrl-C.
     pub fn stop_on_signal(&self) {
         let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("stopping");
+        on_signal(move || {
             let _ = stop.send(true);
         });
     }
@@ -130,6 +122,20 @@ impl App {
     pub async fn wait(self) -> Result<()> {
         self.task.await?
     }
+}
+
+/// Calls `stop` once SIGTERM or Ctrl-C arrives.
+pub fn on_signal(stop: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        stop();
+    });
 }
 
 /// Connects to the settings' database, creating it when missing, and applies the

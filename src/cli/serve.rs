@@ -137,14 +137,7 @@ pub async fn worker(args: WorkerArgs, config: &Config) -> Result<()> {
     worker.kinds = args.kinds();
     tracing::info!(owner = worker.owner, "worker started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping");
+    app::on_signal(move || {
         let _ = stop.send(true);
     });
     worker.run(stopped).await
