@@ -102,6 +102,7 @@ async fn main() {
         object_sha256: name.into(),
         bytes: 1,
         documents: 1,
+        train: true,
     };
     let a = datasets::insert(&mut db, Kind::Partition, &dataset("a"))
         .await

@@ -154,6 +154,7 @@ async fn main() {
             tags: vec![],
             format: Some(Format::Jsonl),
             max_bytes: 1 << 26,
+            train: true,
         };
         async move {
             let body = Bytes::from(lines.join("\n") + "\n");

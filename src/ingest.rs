@@ -30,6 +30,8 @@ pub struct Upload {
     pub format: Option<Format>,
     /// Largest accepted body, compressed or not, and largest decompressed size.
     pub max_bytes: u64,
+    /// Partitions only: whether its unit models are wanted.
+    pub train: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,7 @@ where
         object_sha256: stored.sha256.clone(),
         bytes: parsed.bytes,
         documents: parsed.documents,
+        train: upload.train,
     };
     let mut db = pool.acquire().await.map_err(RegistryError::from)?;
     match datasets::insert(&mut db, kind, &new).await {
@@ -188,6 +191,7 @@ pub async fn split_eval_set(
             tags: set.tags.clone(),
             format: Some(Format::Jsonl),
             max_bytes: u64::MAX,
+            train: false,
         };
         let body = Bytes::from(data::jsonl(&docs));
         let created = ingest(

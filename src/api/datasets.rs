@@ -49,9 +49,13 @@ pub async fn upload_partition(
     } else {
         StatusCode::OK
     };
+    let new = created.is_new();
     let partition = created.into_inner();
-    // Remembered for the healing pass, which queues only wanted unit models.
-    datasets::set_train(&state.pool, partition.id, train).await?;
+    // The healing pass queues only wanted unit models: a new partition is stored with the
+    // flag, one uploaded again takes the new one.
+    if !new {
+        datasets::set_train(&state.pool, partition.id, train).await?;
+    }
     let mut models = Vec::new();
     if train {
         // Without a ready base and a recipe there is nothing to train yet: the partition is
@@ -175,6 +179,7 @@ async fn upload(
             .unwrap_or_default(),
         format,
         max_bytes: state.max_upload_bytes,
+        train: params.train.unwrap_or(true),
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     ingest(&state.pool, &state.store, &upload, stream)

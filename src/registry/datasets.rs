@@ -65,6 +65,9 @@ pub struct NewDataset {
     pub object_sha256: String,
     pub bytes: i64,
     pub documents: i64,
+    /// Partitions only: whether its unit models are wanted (the healing pass queues only
+    /// those), set with the row so that no pass sees it otherwise.
+    pub train: bool,
 }
 
 /// Inserts a dataset whose object is already stored. Identical content returns the existing
@@ -76,8 +79,8 @@ pub async fn insert(
 ) -> Result<Created<Dataset>, RegistryError> {
     let sql = match kind {
         Kind::Partition => {
-            "insert into partitions (id, name, domain, tags, sha256, object_sha256, bytes, documents)
-             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing returning *"
+            "insert into partitions (id, name, domain, tags, sha256, object_sha256, bytes, documents, train)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing returning *"
         }
         Kind::EvalSet => {
             "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents)
@@ -93,6 +96,7 @@ pub async fn insert(
         .bind(&new.object_sha256)
         .bind(new.bytes)
         .bind(new.documents)
+        .bind(new.train)
         .fetch_optional(&mut *db)
         .await?;
     if let Some(row) = inserted {

@@ -37,6 +37,7 @@ fn upload(kind: Kind, name: &str) -> Upload {
         tags: vec![],
         format: None,
         max_bytes: 1 << 20,
+        train: true,
     }
 }
 

@@ -13,6 +13,7 @@ fn dataset(name: &str, sha: &str) -> NewDataset {
         object_sha256: format!("obj-{sha}"),
         bytes: 10,
         documents: 2,
+        train: true,
     }
 }
 
@@ -221,6 +222,7 @@ mod pool {
             object_sha256: "o".into(),
             bytes: 1,
             documents: 1,
+            train: true,
         };
         let partition = datasets::insert(&mut db, Kind::Partition, &new)
             .await
@@ -299,6 +301,7 @@ mod pool {
                 object_sha256: "o".into(),
                 bytes: 1,
                 documents: 1,
+                train: true,
             },
         )
         .await

@@ -87,6 +87,7 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         tags: vec![],
         format: Some(Format::Jsonl),
         max_bytes: 1 << 26,
+        train: true,
     };
     let partition = ingest(
         &pool,

@@ -73,6 +73,7 @@ async fn partition(s: &Setup, name: &str, text: String) -> Uuid {
         tags: vec![],
         format: Some(Format::Jsonl),
         max_bytes: 1 << 24,
+        train: true,
     };
     let body = futures::stream::iter(vec![Ok(Bytes::from(text))]);
     ingest(&s.worker.pool, &s.worker.store, &upload, body)
@@ -316,6 +317,7 @@ mod scores {
             tags: vec![],
             format: None,
             max_bytes: 1 << 20,
+            train: true,
         };
         let eval_set = ingest(
             pool,
