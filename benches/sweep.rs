@@ -275,9 +275,7 @@ async fn main() {
         let request = ScoreRequest {
             base: base.id,
             recipe: recipe.id,
-            partitions: m.members.iter().map(|m| m.partition).collect(),
-            weights: None,
-            weighting: Weighting::Uniform,
+            mixture: m.clone(),
             eval_set: eval_set.id,
             eval: eval.clone(),
         };

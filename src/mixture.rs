@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::Error;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Weighting {
@@ -48,6 +50,75 @@ impl Weighting {
             "uniform" => Ok(Weighting::Uniform),
             "tokens" => Ok(Weighting::Tokens),
             other => Err(format!("weighting {other:?}: use uniform or tokens")),
+        }
+    }
+}
+
+/// A mixture as a request names it: partitions by name or id, with weights (explicit
+/// weighting) or a weighting (`uniform`, the default, or `tokens`). The one request shape of
+/// a mixture; `resolve::Partitions::mixture` turns it into a [`Mixture`] of rows.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MixtureRequest {
+    pub partitions: Vec<String>,
+    pub weights: Option<Vec<f64>>,
+    pub weighting: Option<String>,
+}
+
+impl MixtureRequest {
+    /// From a query string's `partitions=a,b&weights=0.5,0.5&weighting=..`.
+    pub fn from_query(
+        partitions: &str,
+        weights: Option<&str>,
+        weighting: Option<&str>,
+    ) -> Result<MixtureRequest, Error> {
+        let partitions: Vec<String> = partitions
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .collect();
+        if partitions.iter().any(String::is_empty) {
+            return Err(Error::invalid(
+                "invalid_partitions",
+                "partitions is a comma-separated list of names or ids",
+            ));
+        }
+        let weights = match weights {
+            None => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|w| w.trim().parse::<f64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        Error::invalid(
+                            "invalid_weights",
+                            format!("weights {list:?} are not numbers"),
+                        )
+                    })?,
+            ),
+        };
+        Ok(MixtureRequest {
+            partitions,
+            weights,
+            weighting: weighting.map(str::to_string),
+        })
+    }
+
+    /// The weighting asked for: explicit when weights are given, uniform when nothing is.
+    pub fn weighting(&self) -> Result<Weighting, Error> {
+        let named = match &self.weighting {
+            None => None,
+            Some(name) => {
+                Some(Weighting::parse(name).map_err(|e| Error::invalid("invalid_weighting", e))?)
+            }
+        };
+        match (named, &self.weights) {
+            (None, None) => Ok(Weighting::Uniform),
+            (None, Some(_)) => Ok(Weighting::Explicit),
+            (Some(weighting), None) => Ok(weighting),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "invalid_weights",
+                "give either weights or a weighting, not both",
+            )),
         }
     }
 }

@@ -179,6 +179,34 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::{Error, Reason};
+        match e {
+            Error::Refused {
+                reason,
+                code,
+                message,
+                details,
+            } => ApiError::Client {
+                status: match reason {
+                    Reason::Invalid => StatusCode::BAD_REQUEST,
+                    Reason::NotFound => StatusCode::NOT_FOUND,
+                    Reason::Conflict => StatusCode::CONFLICT,
+                    Reason::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                    Reason::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                code,
+                message,
+                details,
+            },
+            Error::Database(e) => e.into(),
+            Error::Store(e) => e.into(),
+            Error::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError::Unavailable {

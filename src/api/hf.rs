@@ -1,8 +1,7 @@
 //! Hugging Face checkpoints in and out over HTTP: import a base from a tar of a checkpoint
 //! directory (or from a folder in the object store), export a mixture's merged model as a tar.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use axum::Json;
@@ -18,15 +17,13 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::mixture::resolve_mixture;
-use super::score::scoring_error;
-use super::units::train_missing;
 use super::{ApiError, AppState, Q};
-use crate::engine::checkpoint::{self, WEIGHTS_FILE};
-use crate::engine::hf::{self, HfError};
+use crate::bases::import::{self, Source};
 use crate::jobs::{Export, ExportJob, Kind as _};
-use crate::registry::{RegistryError, bases, jobs, models};
+use crate::mixture::MixtureRequest;
+use crate::registry::{jobs, models};
 use crate::store::keys;
+use crate::{resolve, units};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +35,7 @@ pub struct ImportParams {
     from_store: Option<String>,
     /// `all`: queue every partition's unit model (for the default recipe) with the base.
     #[param(value_type = Option<String>)]
-    train: Option<super::units::All>,
+    train: Option<crate::bases::All>,
     /// Refuse every config field the engine does not read (default false: fields at their
     /// architecture's default behaviour are accepted and reported as `ignored`).
     strict: Option<bool>,
@@ -59,10 +56,6 @@ pub async fn import_base(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let scratch = tempfile::tempdir().map_err(ApiError::internal)?;
-    let source = scratch.path().join("checkpoint");
-    tokio::fs::create_dir_all(&source)
-        .await
-        .map_err(ApiError::internal)?;
     // The body is read first even when the request is refused: clients that are still
     // sending when the answer comes often see a reset connection instead of the answer.
     let tar = scratch.path().join("upload.tar");
@@ -70,86 +63,24 @@ pub async fn import_base(
         Some(_) => Ok(()),
         None => receive(body, &tar, state.max_upload_bytes).await,
     };
-    crate::ingest::check_name(&params.name)
-        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
-    if bases::find(&state.pool, &params.name).await?.is_some() {
-        return Err(name_taken(&params.name));
-    }
-    let recipe = match params.train {
-        Some(_) => Some(super::resolve_recipe(&state.pool, None).await?),
-        None => None,
-    };
+    let checked = import::check(&state.pool, &params.name, params.train.is_some()).await?;
     received?;
-    match &params.from_store {
-        Some(prefix) => fetch_folder(&state, prefix, &source).await?,
-        None => {
-            let dest = source.clone();
-            tokio::task::spawn_blocking(move || unpack(&tar, &dest))
-                .await
-                .map_err(ApiError::internal)??;
-        }
-    }
-    let converted = scratch.path().join("converted");
-    let (from, to) = (checkpoint_root(&source), converted.clone());
-    let strictness = match params.strict.unwrap_or(false) {
-        true => hf::Strictness::Strict,
-        false => hf::Strictness::ByEffect,
+    let source = match &params.from_store {
+        Some(prefix) => Source::Store(prefix),
+        None => Source::Tar(&tar),
     };
-    let imported = tokio::task::spawn_blocking(move || hf::import(&from, &to, strictness))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| match e {
-            HfError::Io { .. } => ApiError::internal(e),
-            e => ApiError::status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_checkpoint",
-                e.to_string(),
-            ),
-        })?;
-    let config = checkpoint::read_config(&converted).map_err(ApiError::internal)?;
-
-    let id = Uuid::new_v4();
-    let weights = state
-        .store
-        .put_file(
-            &converted.join(WEIGHTS_FILE),
-            &keys::base(&id, WEIGHTS_FILE),
-        )
-        .await?;
-    let mut files = BTreeMap::new();
-    for path in checkpoint::side_files(&converted) {
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
-        let stored = state.store.put_file(&path, &keys::base(&id, &file)).await?;
-        files.insert(file, stored.sha256);
-    }
-    let mut tx = state.pool.begin().await?;
-    bases::insert(&mut tx, id, &params.name, &config, Some(&weights.sha256))
-        .await
-        .map_err(|e| match e {
-            RegistryError::NameTaken { name, .. } => name_taken(&name),
-            RegistryError::Database(e) => e.into(),
-        })?;
-    let base = bases::set_files(&mut tx, id, &files).await?;
-    let training = match &recipe {
-        Some(recipe) => Some(super::units::train_all(&mut tx, id, recipe.id).await?),
-        None => None,
-    };
-    tx.commit().await?;
-    state.scores.defaults_changed();
-    let mut answer = json!(base);
-    answer["import"] = json!(imported);
-    if let Some(training) = training {
-        answer["training"] = json!(training);
-    }
-    Ok((StatusCode::CREATED, Json(answer)))
-}
-
-fn name_taken(name: &str) -> ApiError {
-    ApiError::status(
-        StatusCode::CONFLICT,
-        "name_taken",
-        format!("the base name {name:?} is taken; choose another name"),
+    let strict = params.strict.unwrap_or(false);
+    let base = import::import(
+        &state.pool,
+        &state.store,
+        scratch.path(),
+        source,
+        &checked,
+        strict,
     )
+    .await?;
+    state.scores.defaults_changed();
+    Ok((StatusCode::CREATED, Json(base)))
 }
 
 /// Streams the request body into `path`, refusing more than `limit` bytes.
@@ -180,88 +111,6 @@ async fn receive(body: Body, path: &Path, limit: u64) -> Result<(), ApiError> {
             "empty_body",
             "send a tar of the checkpoint directory, or name a folder with from_store",
         ));
-    }
-    Ok(())
-}
-
-/// Unpacks a tar, gzip-compressed or not, refusing links and paths outside the folder.
-fn unpack(tar: &Path, dest: &Path) -> Result<(), ApiError> {
-    let bad = |e: std::io::Error| {
-        ApiError::bad_request(
-            "invalid_archive",
-            format!("not a readable tar archive: {e}"),
-        )
-    };
-    let mut magic = [0u8; 2];
-    let mut file = std::fs::File::open(tar).map_err(ApiError::internal)?;
-    std::io::Read::read_exact(&mut file, &mut magic).map_err(bad)?;
-    let file = std::fs::File::open(tar).map_err(ApiError::internal)?;
-    let reader: Box<dyn std::io::Read> = if magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir()) {
-            return Err(ApiError::bad_request(
-                "invalid_archive",
-                "the archive may hold only files and folders",
-            ));
-        }
-        // `unpack_in` refuses paths that would leave `dest`.
-        if !entry.unpack_in(dest).map_err(bad)? {
-            return Err(ApiError::bad_request(
-                "invalid_archive",
-                "the archive holds a path outside its folder",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The folder holding `config.json`: the archive's top level or its one folder.
-fn checkpoint_root(dir: &Path) -> PathBuf {
-    if dir.join(checkpoint::CONFIG_FILE).exists() {
-        return dir.to_path_buf();
-    }
-    let folders: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    match folders.as_slice() {
-        [only] => only.clone(),
-        _ => dir.to_path_buf(),
-    }
-}
-
-/// Copies the files directly under `prefix` in the object store into `dest`.
-async fn fetch_folder(state: &AppState, prefix: &str, dest: &Path) -> Result<(), ApiError> {
-    let prefix = prefix.trim_matches('/');
-    let keys = state.store.list(prefix).await?;
-    if keys.is_empty() {
-        return Err(ApiError::not_found(format!("store folder {prefix:?}")));
-    }
-    for key in keys {
-        let Some(name) = key
-            .strip_prefix(prefix)
-            .map(|n| n.trim_start_matches('/'))
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            continue;
-        };
-        let data = state
-            .store
-            .get_optional(&key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("store object {key:?}")))?;
-        tokio::fs::write(dest.join(name), &data)
-            .await
-            .map_err(ApiError::internal)?;
     }
     Ok(())
 }
@@ -299,15 +148,20 @@ pub async fn export_mixture(
     State(state): State<AppState>,
     Q(params): Q<ExportParams>,
 ) -> Result<Response, ApiError> {
-    let spec = resolve_mixture(
-        &state,
+    let asked = MixtureRequest::from_query(
         &params.partitions,
         params.weights.as_deref(),
         params.weighting.as_deref(),
-        params.base.as_deref(),
-        params.recipe.as_deref(),
-    )
-    .await?;
+    )?;
+    let (base, recipe) = state
+        .scores
+        .names(
+            &state.pool,
+            params.base.as_deref(),
+            params.recipe.as_deref(),
+        )
+        .await?;
+    let on = resolve::mixture_on(&state.pool, &asked, (&base, &recipe)).await?;
     let wait = match params.wait {
         Some(w) if !(w.is_finite() && w >= 0.0) => {
             return Err(ApiError::bad_request(
@@ -319,36 +173,25 @@ pub async fn export_mixture(
         Some(w) => Duration::from_secs_f64(w.min(state.max_wait.as_secs_f64())),
         None => state.max_wait,
     };
-    let ids: Vec<Uuid> = spec.partitions.iter().map(|p| p.id).collect();
-    let mixture = crate::scoring::canonical_mixture(
-        &state.pool,
-        &ids,
-        spec.weights.as_deref(),
-        spec.weighting,
-    )
-    .await
-    .map_err(scoring_error)?;
-    let missing = models::not_ready(&state.pool, spec.base.id, spec.recipe.id, &ids).await?;
-    let name = |id: Uuid| {
-        spec.partitions
-            .iter()
-            .find(|p| p.id == id)
-            .map_or(String::new(), |p| p.name.clone())
-    };
+    let mixture = &on.mixture;
+    let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
+    let missing = models::not_ready(&state.pool, on.base.id, on.recipe.id, &ids).await?;
+    let name = |id: Uuid| on.partitions.name(id).to_string();
     let train = params.train.unwrap_or(true);
+    let models = (on.base.id, on.recipe.id);
     if let Some(training) =
-        train_missing(&state, spec.base.id, spec.recipe.id, &missing, &name, train).await?
+        units::train_missing(&state.pool, models, &missing, &name, train).await?
     {
         return Ok((StatusCode::ACCEPTED, Json(training)).into_response());
     }
 
     // What is merged names the stored tar: the same export is made once.
     let digest = hex::encode(Sha256::digest(
-        json!([spec.base.id, spec.recipe.id, mixture.key()]).to_string(),
+        json!([on.base.id, on.recipe.id, mixture.key()]).to_string(),
     ));
     let export = ExportJob {
-        base: spec.base.id,
-        recipe: spec.recipe.id,
+        base: on.base.id,
+        recipe: on.recipe.id,
         mixture: mixture.members.clone(),
         object: keys::export(&digest),
     };

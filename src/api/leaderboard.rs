@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::{ApiError, AppState, Q, resolve_base, resolve_eval_sets, resolve_recipe};
+use super::{ApiError, AppState, Q};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::mixture::{Mixture, Weighting};
@@ -25,9 +25,9 @@ async fn scope(
     base: Option<&str>,
     recipe: Option<&str>,
 ) -> Result<(ScoreKey, Value), ApiError> {
-    let base = resolve_base(&state.pool, base).await?;
-    let recipe = resolve_recipe(&state.pool, recipe).await?;
-    let eval_set = resolve_eval_sets(&state.pool, &[eval.to_string()])
+    let base = crate::resolve::base(&state.pool, base).await?;
+    let recipe = crate::resolve::recipe(&state.pool, recipe).await?;
+    let eval_set = crate::resolve::eval_sets(&state.pool, &[eval.to_string()])
         .await?
         .remove(0);
     let key = ScoreKey {

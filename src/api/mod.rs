@@ -12,7 +12,6 @@ mod hf;
 mod jobs;
 mod leaderboard;
 mod metrics;
-mod mixture;
 mod models;
 mod openapi;
 mod overview;
@@ -37,8 +36,8 @@ use uuid::Uuid;
 
 pub use error::ApiError;
 
-use crate::registry::{bases, recipes};
 use crate::store::Store;
+pub use crate::sweep::SweepLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -112,23 +111,6 @@ impl AppState {
             code: "shutting_down",
             message: format!("this server is shutting down; retry the request (job {job} goes on)"),
             details: Some(serde_json::json!({ "job": job })),
-        }
-    }
-}
-
-/// Sweep settings (`sweep_max_mixtures`, `sweep_shard_mixtures`).
-#[derive(Clone, Copy, Debug)]
-pub struct SweepLimits {
-    pub max_mixtures: u64,
-    pub shard_mixtures: usize,
-}
-
-impl Default for SweepLimits {
-    fn default() -> Self {
-        let service = crate::config::Config::default().service;
-        SweepLimits {
-            max_mixtures: service.sweep_max_mixtures,
-            shard_mixtures: service.sweep_shard_mixtures as usize,
         }
     }
 }
@@ -232,92 +214,6 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     }
 }
 
-/// The base named `key`, or the most recent ready base.
-async fn resolve_base(pool: &PgPool, key: Option<&str>) -> Result<bases::Base, ApiError> {
-    match key {
-        Some(key) => bases::find(pool, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("base {key:?}"))),
-        None => {
-            if let Some(base) = bases::latest_ready(pool).await? {
-                return Ok(base);
-            }
-            // No base is ready: say whether one is on its way, and which job makes it.
-            let Some(pending) = bases::latest_pending(pool).await? else {
-                return Err(ApiError::status(
-                    axum::http::StatusCode::CONFLICT,
-                    "no_base",
-                    "no base model yet: create one first",
-                ));
-            };
-            let job = bases::pretrain_job(pool, pending.id).await?;
-            let progress = job.as_ref().map_or(String::new(), |j| {
-                format!(
-                    " (job {}, {}, {:.0}% done)",
-                    j.id,
-                    j.state,
-                    j.progress * 100.0
-                )
-            });
-            Err(ApiError::Client {
-                status: axum::http::StatusCode::CONFLICT,
-                code: "base_pending",
-                message: format!(
-                    "base {:?} is still being pre-trained{progress}: ask again once it is ready",
-                    pending.name
-                ),
-                details: Some(
-                    serde_json::json!({ "base": pending.name, "job": job.map(|j| j.id) }),
-                ),
-            })
-        }
-    }
-}
-
-/// The recipe named `key`, or the most recent one.
-async fn resolve_recipe(pool: &PgPool, key: Option<&str>) -> Result<recipes::Recipe, ApiError> {
-    match key {
-        Some(key) => recipes::find(pool, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("recipe {key:?}"))),
-        None => recipes::latest(pool).await?.ok_or_else(|| {
-            ApiError::status(
-                axum::http::StatusCode::CONFLICT,
-                "no_recipe",
-                "no training recipe yet: create one first",
-            )
-        }),
-    }
-}
-
-/// The eval sets a request names (at least one, each once), resolved by name or id.
-async fn resolve_eval_sets(
-    pool: &PgPool,
-    keys: &[String],
-) -> Result<Vec<crate::registry::datasets::Dataset>, ApiError> {
-    use crate::registry::datasets::{self, Kind};
-    if keys.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_eval_sets",
-            "eval_sets names at least one eval set",
-        ));
-    }
-    let mut sets: Vec<datasets::Dataset> = Vec::with_capacity(keys.len());
-    for key in keys {
-        let set = datasets::find(pool, Kind::EvalSet, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("eval set {key:?}")))?;
-        if sets.iter().any(|s| s.id == set.id) {
-            return Err(ApiError::bad_request(
-                "invalid_eval_sets",
-                format!("eval set {key:?} is named twice"),
-            ));
-        }
-        sets.push(set);
-    }
-    Ok(sets)
-}
-
 /// `Query`, with malformed query strings answered in the API's JSON error shape.
 pub struct Q<T>(pub T);
 
@@ -399,4 +295,14 @@ fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> 
 
 fn parse_uuid(s: &str) -> Option<Uuid> {
     Uuid::parse_str(s).ok()
+}
+
+impl crate::scoring::WaitForJob for AppState {
+    async fn wait_for_job(
+        &self,
+        id: Uuid,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<crate::registry::jobs::Job>, sqlx::Error> {
+        AppState::wait_for_job(self, id, deadline).await
+    }
 }

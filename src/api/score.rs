@@ -1,7 +1,6 @@
 //! `GET /v1/score`: the proxy perplexity of a mixture, from the cache or computed by a job
 //! that this request waits on for up to `wait` seconds.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,18 +11,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::error::Errors;
 use super::metrics::Outcome;
-use super::mixture::resolve_mixture;
-use super::units::train_missing;
 use super::{ApiError, AppState, Q};
-use crate::engine::eval::EvalConfig;
-use crate::registry::datasets::{self, Kind};
-use crate::registry::jobs;
-use crate::registry::scores::{self, Score};
-use crate::scoring::{self, ScoreRequest, ScoreStatus, ScoringError};
+use crate::mixture::MixtureRequest;
+use crate::scoring::{self, Answer, Resolved};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -48,148 +41,27 @@ pub struct ScoreParams {
     train: Option<bool>,
 }
 
-/// A score request resolved against the registry and checked; nothing is queued yet.
-struct Resolved {
-    /// The request as asked, for the answer cache.
-    cache_key: String,
-    prepared: scoring::Prepared,
-    /// Partition id → the name the answer shows.
-    names: HashMap<Uuid, String>,
-    /// The eval set, base and recipe names the answer shows.
-    context: Value,
-    /// Whether missing unit models are queued.
-    train: bool,
-}
-
-enum Answer {
-    Score(Value),
-    /// The score job is still running.
-    Pending(Box<jobs::Job>),
-    /// Unit models are training first ([`train_missing`]'s body).
-    Training(Value),
-}
-
 /// The key of the answer cache: the request's own words, with the defaults filled in.
-fn cache_key(base: &str, recipe: &str, params: &ScoreParams) -> String {
+fn cache_key((base, recipe): &(String, String), asked: &MixtureRequest, eval: &str) -> String {
+    let weights = asked
+        .weights
+        .as_ref()
+        .map(|w| w.iter().map(f64::to_string).collect::<Vec<_>>().join(","));
     [
         base,
         recipe,
-        &params.partitions,
-        &params.eval,
-        params.weights.as_deref().unwrap_or(""),
-        params.weighting.as_deref().unwrap_or(""),
+        &asked.partitions.join(","),
+        eval,
+        weights.as_deref().unwrap_or(""),
+        asked.weighting.as_deref().unwrap_or(""),
     ]
     .join("\n")
-}
-
-/// Resolves names and checks everything a score request says; changes nothing. `names` are
-/// the base and recipe as asked, defaults filled in ([`ScoreCache::names`]).
-async fn resolve(
-    state: &AppState,
-    params: &ScoreParams,
-    (base_key, recipe_key): &(String, String),
-) -> Result<Resolved, ApiError> {
-    let spec = resolve_mixture(
-        state,
-        &params.partitions,
-        params.weights.as_deref(),
-        params.weighting.as_deref(),
-        Some(base_key),
-        Some(recipe_key),
-    )
-    .await?;
-    let eval_set = datasets::find(&state.pool, Kind::EvalSet, &params.eval)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("eval set {:?}", params.eval)))?;
-    let request = ScoreRequest {
-        base: spec.base.id,
-        recipe: spec.recipe.id,
-        partitions: spec.partitions.iter().map(|p| p.id).collect(),
-        weights: spec.weights,
-        weighting: spec.weighting,
-        eval_set: eval_set.id,
-        eval: EvalConfig::default(),
-    };
-    let prepared = scoring::prepare(&state.pool, &request)
-        .await
-        .map_err(scoring_error)?;
-    Ok(Resolved {
-        cache_key: cache_key(base_key, recipe_key, params),
-        prepared,
-        names: spec
-            .partitions
-            .into_iter()
-            .map(|p| (p.id, p.name))
-            .collect(),
-        context: json!({ "eval_set": eval_set.name, "base": spec.base.name, "recipe": spec.recipe.name }),
-        train: params.train.unwrap_or(true),
-    })
-}
-
-pub(super) fn scoring_error(e: ScoringError) -> ApiError {
-    match e {
-        ScoringError::Database(e) => e.into(),
-        e => ApiError::status(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_mixture",
-            e.to_string(),
-        ),
-    }
-}
-
-/// The score from the registry, or from the job that computes it if that ends before
-/// `deadline`; otherwise the job. Missing unit models are queued for training (or, with
-/// `train=false`, a 409 naming them).
-async fn answer(state: &AppState, r: &Resolved, deadline: Instant) -> Result<Answer, ApiError> {
-    let name = |id: Uuid| r.names.get(&id).cloned().unwrap_or_default();
-    let status = scoring::submit(&state.pool, &r.prepared)
-        .await
-        .map_err(scoring_error)?;
-    let job = match status {
-        ScoreStatus::Cached(score) => {
-            let answer = body(&score, true, &name, &r.context);
-            state.scores.put(r.cache_key.clone(), answer.clone());
-            return Ok(Answer::Score(answer));
-        }
-        ScoreStatus::ModelsNotReady(missing) => {
-            let key = &r.prepared.key;
-            let training =
-                train_missing(state, key.base_id, key.recipe_id, &missing, &name, r.train)
-                    .await?
-                    .ok_or_else(|| ApiError::Internal("no unit model was missing".into()))?;
-            return Ok(Answer::Training(training));
-        }
-        ScoreStatus::Pending { job, .. } => job,
-    };
-    let job = state
-        .wait_for_job(job.id, deadline)
-        .await?
-        .ok_or_else(|| ApiError::Internal("a score job vanished".into()))?;
-    match job.state.as_str() {
-        "succeeded" => {
-            let Some(score) = scores::get(&state.pool, &r.prepared.key).await? else {
-                return Err(ApiError::Internal(
-                    "a succeeded score job left no score".into(),
-                ));
-            };
-            state
-                .scores
-                .put(r.cache_key.clone(), body(&score, true, &name, &r.context));
-            Ok(Answer::Score(body(&score, false, &name, &r.context)))
-        }
-        "failed" | "cancelled" => Err(ApiError::status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "score_failed",
-            format!("scoring {}: {}", job.state, job.error.unwrap_or_default()),
-        )),
-        _ => Ok(Answer::Pending(Box::new(job))),
-    }
 }
 
 /// Counts an answer by its outcome. A stored score counts as computed, not cached, when this
 /// server answered the same score 202 before (the client came back for the job it started).
 fn count(state: &AppState, r: &Resolved, answer: &Result<Answer, ApiError>) {
-    let key = serde_json::to_string(&r.prepared.key).expect("keys serialise");
+    let key = serde_json::to_string(&r.request.key()).expect("keys serialise");
     let outcome = match answer {
         Ok(Answer::Score(score)) if score["cached"] == true => {
             if state.metrics.awaited(&key) {
@@ -215,19 +87,6 @@ fn count(state: &AppState, r: &Resolved, answer: &Result<Answer, ApiError>) {
         Err(_) => Outcome::Error,
     };
     state.metrics.score_answered(outcome);
-}
-
-/// Waits for the training jobs that a [`train_missing`] body names; whether all succeeded
-/// before `deadline` (and before the server stops).
-async fn trained(state: &AppState, training: &Value, deadline: Instant) -> Result<bool, ApiError> {
-    let jobs = training["training"].as_array().into_iter().flatten();
-    for id in jobs.filter_map(|t| t["job"].as_str()?.parse::<Uuid>().ok()) {
-        let job = state.wait_for_job(id, deadline).await?;
-        if job.is_none_or(|j| j.state != "succeeded") {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The deadline of a request's `wait` (default 30 s, at most the configured maximum).
@@ -259,19 +118,33 @@ pub async fn get_score(
             params.recipe.as_deref(),
         )
         .await?;
-    if let Some(answer) = state.scores.get(&cache_key(&names.0, &names.1, &params)) {
+    let asked = MixtureRequest::from_query(
+        &params.partitions,
+        params.weights.as_deref(),
+        params.weighting.as_deref(),
+    )?;
+    let key = cache_key(&names, &asked, &params.eval);
+    if let Some(answer) = state.scores.get(&key) {
         state.metrics.score_answered(Outcome::Cached);
         return Ok(Json(answer).into_response());
     }
     let deadline = deadline(&state, params.wait)?;
-    let resolved = resolve(&state, &params, &names).await?;
-    let mut answered = answer(&state, &resolved, deadline).await;
+    let train = params.train.unwrap_or(true);
+    let resolved = scoring::resolve(
+        &state.pool,
+        &asked,
+        &params.eval,
+        (&names.0, &names.1),
+        train,
+    )
+    .await?;
+    let mut answered = answer(&state, &key, &resolved, deadline).await;
     // Unit models that train within the wait are followed by the score itself.
     if let Ok(Answer::Training(training)) = &answered
         && Instant::now() < deadline
-        && trained(&state, training, deadline).await?
+        && scoring::trained(&state, training, deadline).await?
     {
-        answered = answer(&state, &resolved, deadline).await;
+        answered = answer(&state, &key, &resolved, deadline).await;
     }
     count(&state, &resolved, &answered);
     Ok(match answered? {
@@ -285,16 +158,42 @@ pub async fn get_score(
     })
 }
 
+/// [`scoring::answer`], with a score remembered in the answer cache under `key` (as cached:
+/// asked again, it is).
+async fn answer(
+    state: &AppState,
+    key: &str,
+    r: &Resolved,
+    deadline: Instant,
+) -> Result<Answer, ApiError> {
+    let answer = scoring::answer(&state.pool, state, r, deadline).await?;
+    if let Answer::Score(score) = &answer {
+        let mut cached = score.clone();
+        cached["cached"] = json!(true);
+        state.scores.put(key.to_string(), cached);
+    }
+    Ok(answer)
+}
+
 /// One mixture of a batch: a list of partitions, or partitions with weights or a weighting.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchMixture {
     Partitions(Vec<String>),
-    Weighted {
-        partitions: Vec<String>,
-        weights: Option<Vec<f64>>,
-        weighting: Option<String>,
-    },
+    Weighted(MixtureRequest),
+}
+
+impl BatchMixture {
+    fn asked(&self) -> MixtureRequest {
+        match self {
+            BatchMixture::Partitions(partitions) => MixtureRequest {
+                partitions: partitions.clone(),
+                weights: None,
+                weighting: None,
+            },
+            BatchMixture::Weighted(asked) => asked.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -338,57 +237,24 @@ pub async fn post_scores(
         .scores
         .names(&state.pool, batch.base.as_deref(), batch.recipe.as_deref())
         .await?;
+    let train = batch.train.unwrap_or(true);
     let mut resolved = Vec::with_capacity(pairs);
     for (i, mixture) in batch.mixtures.iter().enumerate() {
-        let (partitions, weights, weighting) = match mixture {
-            BatchMixture::Partitions(p) => (p, None, None),
-            BatchMixture::Weighted {
-                partitions,
-                weights,
-                weighting,
-            } => (partitions, weights.as_ref(), weighting.clone()),
-        };
+        let asked = mixture.asked();
         for eval in &batch.eval_sets {
-            let params = ScoreParams {
-                train: batch.train,
-                partitions: partitions.join(","),
-                eval: eval.clone(),
-                weights: weights.map(|w| {
-                    w.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }),
-                weighting: weighting.clone(),
-                base: batch.base.clone(),
-                recipe: batch.recipe.clone(),
-                wait: None,
-            };
-            let r = resolve(&state, &params, &names)
+            let r = scoring::resolve(&state.pool, &asked, eval, (&names.0, &names.1), train)
                 .await
-                .map_err(|e| match e {
-                    ApiError::Client {
-                        status,
-                        code,
-                        message,
-                        details,
-                    } => ApiError::Client {
-                        status,
-                        code,
-                        message: format!("mixtures[{i}] on eval set {eval:?}: {message}"),
-                        details,
-                    },
-                    e => e,
-                })?;
-            resolved.push(r);
+                .map_err(|e| e.context(format_args!("mixtures[{i}] on eval set {eval:?}")))?;
+            let key = cache_key(&names, &asked, eval);
+            resolved.push((key, r));
         }
     }
     // Queue everything first, then wait for the jobs together.
     let mut results: Vec<Value> = Vec::with_capacity(pairs);
     let mut pending = Vec::new();
     let now = Instant::now();
-    for (i, r) in resolved.iter().enumerate() {
-        let first = answer(&state, r, now).await;
+    for (i, (key, r)) in resolved.iter().enumerate() {
+        let first = answer(&state, key, r, now).await;
         if matches!(first, Ok(Answer::Pending(_))) {
             pending.push(i);
             results.push(Value::Null);
@@ -398,8 +264,9 @@ pub async fn post_scores(
         }
     }
     for i in pending {
-        let last = answer(&state, &resolved[i], deadline).await;
-        count(&state, &resolved[i], &last);
+        let (key, r) = &resolved[i];
+        let last = answer(&state, key, r, deadline).await;
+        count(&state, r, &last);
         results[i] = batch_item(last)?;
     }
     let count = |status: &str| results.iter().filter(|r| r["status"] == status).count();
@@ -419,8 +286,8 @@ fn batch_item(answer: Result<Answer, ApiError>) -> Result<Value, ApiError> {
         Ok(Answer::Pending(job)) => json!({ "status": "pending", "job": job }),
         Ok(Answer::Training(training)) => json!({
             "status": "training",
-            "training": training["training"],
-            "message": training["message"],
+            "training": training.training,
+            "message": training.message,
         }),
         Err(ApiError::Client {
             code,
@@ -431,27 +298,5 @@ fn batch_item(answer: Result<Answer, ApiError>) -> Result<Value, ApiError> {
             json!({ "status": code, "error": { "code": code, "message": message, "details": details } })
         }
         Err(e) => return Err(e),
-    })
-}
-
-fn body(score: &Score, cached: bool, names: &dyn Fn(Uuid) -> String, context: &Value) -> Value {
-    let r = &score.result;
-    let mixture: Vec<Value> = score
-        .mixture
-        .as_array()
-        .map(|m| m.iter().map(|e| json!({ "partition": e["partition"].as_str().and_then(|s| s.parse().ok()).map(names), "weight": e["weight"] })).collect())
-        .unwrap_or_default();
-    json!({
-        "perplexity": r["perplexity"],
-        "bits_per_byte": r["bits_per_byte"],
-        "tokens": r["tokens"],
-        "bytes": r["bytes"],
-        "per_domain": r["per_domain"],
-        "macro_perplexity": r["macro_perplexity"],
-        "cached": cached,
-        "mixture": mixture,
-        "eval_set": context["eval_set"],
-        "base": context["base"],
-        "recipe": context["recipe"],
     })
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use serde_json::Value;
 
-use super::{ApiError, resolve_base, resolve_recipe};
+use super::ApiError;
 
 /// Answers already given, by request. A score never changes and a name always means the
 /// same row, so a cached answer stays true; only the defaults (the newest base and recipe)
@@ -47,8 +47,8 @@ impl ScoreCache {
         let (default_base, default_recipe) = match fresh {
             Some((_, b, r)) => (b, r),
             None => {
-                let b = resolve_base(pool, None).await?.name;
-                let r = resolve_recipe(pool, None).await?.name;
+                let b = crate::resolve::base(pool, None).await?.name;
+                let r = crate::resolve::recipe(pool, None).await?.name;
                 *self.defaults.lock().unwrap() = Some((StdInstant::now(), b.clone(), r.clone()));
                 (b, r)
             }

@@ -2,7 +2,7 @@
 //! list of mixtures) on every eval set, in shards that workers share; `GET /v1/sweeps/{id}`
 //! shows its progress and, per eval set, the mixtures ranked, best first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,39 +13,14 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::units::train_missing;
-use super::{
-    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
-    resolve_recipe,
-};
-use crate::engine::eval::EvalConfig;
+use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid};
 use crate::mixture::Member;
-use crate::mixture::{self, Mixture, Weighting};
-use crate::registry::datasets::{self, Dataset, Kind};
-use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
-use crate::registry::sweeps::{self, Sweep, SweepMixture};
-use crate::registry::{bases, models, recipes};
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewSweep {
-    /// With `sizes`: the partitions whose subsets are swept; with `mixtures`, optional, the
-    /// partitions the mixtures may use.
-    partitions: Option<Vec<String>>,
-    /// `[min, max]` subset sizes (default: every size).
-    #[schema(value_type = Option<Vec<u64>>)]
-    sizes: Option<(usize, usize)>,
-    /// An explicit list of mixtures, each a list of partitions.
-    mixtures: Option<Vec<Vec<String>>>,
-    eval_sets: Vec<String>,
-    /// `uniform` (default) or `tokens`.
-    weighting: Option<String>,
-    base: Option<String>,
-    recipe: Option<String>,
-    /// Whether missing unit models are queued for training (default true: the answer is then
-    /// 202 naming their jobs, and the sweep is asked for again once they end).
-    train: Option<bool>,
-}
+use crate::registry::datasets::{self, Kind};
+use crate::registry::scores::MERGE_METHOD;
+use crate::registry::sweeps::{self, Sweep};
+use crate::registry::{bases, recipes};
+use crate::sweep::{self, NewSweep};
+use crate::units::Created;
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
@@ -53,7 +28,7 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 
 /// `POST /v1/sweeps`: everything is checked (names, sizes, the mixture count against the
 /// limit) before the sweep and its shards are queued in one transaction. When unit models
-/// are missing they are queued instead (202, see [`train_missing`]) and nothing else is.
+/// are missing they are queued instead (202) and nothing else is.
 #[utoipa::path(post, path = "/v1/sweeps", tag = "sweeps", request_body = NewSweep, security(("bearer" = [])),
     responses((status = 201, body = Object, description = "the sweep, queued in shards"), (status = 202, body = Object, description = "unit models are trained first: ask again once their jobs end"), Errors))]
 pub async fn create_sweep(
@@ -62,185 +37,18 @@ pub async fn create_sweep(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewSweep =
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
-    let eval_sets = resolve_eval_sets(&state.pool, &new.eval_sets).await?;
-    let weighting = match new.weighting.as_deref() {
-        None => Weighting::Uniform,
-        Some(name) => Weighting::parse(name).map_err(|e| bad("invalid_weighting", e))?,
-    };
-    let (base_key, recipe_key) = state
-        .scores
-        .names(&state.pool, new.base.as_deref(), new.recipe.as_deref())
-        .await?;
-    let base = resolve_base(&state.pool, Some(&base_key)).await?;
-    let recipe = resolve_recipe(&state.pool, Some(&recipe_key)).await?;
-
-    let mut partitions = Partitions::default();
-    let allowed = match &new.partitions {
-        Some(keys) => Some(partitions.resolve_all(&state, keys).await?),
-        None => None,
-    };
-    let limit = state.sweeps.max_mixtures;
-    let too_many = |count: u64| {
-        ApiError::unprocessable(
-            "too_many_mixtures",
-            format!(
-                "this sweep would score {count} mixtures; the limit is {limit} \
-                 (setting sweep_max_mixtures)"
-            ),
-        )
-    };
-    let chosen: Vec<Vec<Uuid>> = match (&new.sizes, &new.mixtures) {
-        (Some(_), Some(_)) => {
-            return Err(bad("invalid_sweep", "give sizes or mixtures, not both"));
+    let request = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match sweep::create(&state.pool, &new, request, state.sweeps).await? {
+        Created::Training(training) => Ok((StatusCode::ACCEPTED, Json(json!(training)))),
+        Created::Done(sweep) => {
+            let sweep = sweeps::get(&state.pool, sweep.id)
+                .await?
+                .ok_or_else(|| ApiError::internal("a created sweep vanished"))?;
+            Ok((
+                StatusCode::CREATED,
+                Json(view(&state, &sweep, Some(10)).await?),
+            ))
         }
-        (_, Some(list)) => {
-            if list.is_empty() {
-                return Err(bad("invalid_sweep", "mixtures lists at least one mixture"));
-            }
-            if list.len() as u64 > limit {
-                return Err(too_many(list.len() as u64));
-            }
-            let mut out = Vec::with_capacity(list.len());
-            for (i, names) in list.iter().enumerate() {
-                let ids = partitions.resolve_all(&state, names).await?;
-                let outside = allowed
-                    .as_ref()
-                    .and_then(|allowed| ids.iter().find(|p| !allowed.contains(p)));
-                if let Some(p) = outside {
-                    return Err(bad(
-                        "invalid_sweep",
-                        format!(
-                            "mixtures[{i}] uses {:?}, which is not among partitions",
-                            partitions.name(*p)
-                        ),
-                    ));
-                }
-                out.push(ids);
-            }
-            out
-        }
-        (sizes, None) => {
-            let Some(ids) = allowed.clone().filter(|p| !p.is_empty()) else {
-                return Err(bad(
-                    "invalid_sweep",
-                    "name the partitions to sweep (with sizes), or give mixtures",
-                ));
-            };
-            if ids.iter().collect::<HashSet<_>>().len() != ids.len() {
-                return Err(bad("invalid_sweep", "a partition is named twice"));
-            }
-            let n = ids.len();
-            let (min, max) = sizes.unwrap_or((1, n));
-            if !(1 <= min && min <= max && max <= n) {
-                return Err(ApiError::unprocessable(
-                    "invalid_sizes",
-                    format!("sizes [{min}, {max}]: need 1 <= min <= max <= {n} partitions"),
-                ));
-            }
-            let count = mixture::count_subsets(n, min, max);
-            if count > limit {
-                return Err(too_many(count));
-            }
-            mixture::subsets(n, min, max)
-                .into_iter()
-                .map(|s| s.into_iter().map(|i| ids[i]).collect())
-                .collect()
-        }
-    };
-
-    let mut seen = HashSet::new();
-    let mut list = Vec::with_capacity(chosen.len());
-    for (i, ids) in chosen.iter().enumerate() {
-        let sizes = (weighting == Weighting::Tokens).then(|| {
-            ids.iter()
-                .map(|p| partitions.bytes(*p) as f64)
-                .collect::<Vec<_>>()
-        });
-        let canonical = Mixture::new(ids, sizes.as_deref(), weighting).map_err(|e| {
-            ApiError::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}"))
-        })?;
-        if seen.insert(canonical.key()) {
-            list.push(SweepMixture::from(&canonical));
-        }
-    }
-    // Every unit model must be ready; missing ones are queued first.
-    let used: Vec<Uuid> = chosen
-        .iter()
-        .flatten()
-        .copied()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let missing = models::not_ready(&state.pool, base.id, recipe.id, &used).await?;
-    let name = |p: Uuid| partitions.name(p).to_string();
-    let train = new.train.unwrap_or(true);
-    if let Some(training) =
-        train_missing(&state, base.id, recipe.id, &missing, &name, train).await?
-    {
-        return Ok((StatusCode::ACCEPTED, Json(training)));
-    }
-
-    let eval = EvalConfig::default();
-    let sweep = Sweep {
-        id: Uuid::new_v4(),
-        base_id: base.id,
-        recipe_id: recipe.id,
-        weighting: weighting.as_str().into(),
-        eval_set_ids: eval_sets.iter().map(|s| s.id).collect(),
-        eval_config: serde_json::to_value(&eval).expect("settings serialise"),
-        eval_config_sha256: eval_config_sha256(&eval),
-        request: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        mixtures: list.len() as i32,
-        created_at: chrono::Utc::now(),
-    };
-    crate::jobs::sweep::queue(&state.pool, &sweep, &list, state.sweeps.shard_mixtures).await?;
-    let sweep = sweeps::get(&state.pool, sweep.id)
-        .await?
-        .ok_or_else(|| ApiError::Internal("a created sweep vanished".into()))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(view(&state, &sweep, Some(10)).await?),
-    ))
-}
-
-/// Partitions resolved by name or id, remembered for the rest of the request.
-#[derive(Default)]
-struct Partitions {
-    by_key: HashMap<String, Uuid>,
-    rows: HashMap<Uuid, Dataset>,
-}
-
-impl Partitions {
-    async fn resolve_all(
-        &mut self,
-        state: &AppState,
-        keys: &[String],
-    ) -> Result<Vec<Uuid>, ApiError> {
-        let mut ids = Vec::with_capacity(keys.len());
-        for key in keys {
-            let id = match self.by_key.get(key) {
-                Some(id) => *id,
-                None => {
-                    let row = datasets::find(&state.pool, Kind::Partition, key)
-                        .await?
-                        .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-                    self.by_key.insert(key.clone(), row.id);
-                    let id = row.id;
-                    self.rows.insert(id, row);
-                    id
-                }
-            };
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-
-    fn name(&self, id: Uuid) -> &str {
-        self.rows.get(&id).map_or("", |r| r.name.as_str())
-    }
-
-    fn bytes(&self, id: Uuid) -> i64 {
-        self.rows.get(&id).map_or(0, |r| r.bytes)
     }
 }
 

@@ -1,5 +1,4 @@
-//! Unit models: listed, queued explicitly (`POST /v1/models`), and queued on demand for the
-//! requests that need them (scores, sweeps, validations, exports).
+//! Unit models: listed, and queued explicitly (`POST /v1/models`).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,88 +9,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::{ApiError, AppState, Page, Q, resolve_base, resolve_recipe};
+use super::{ApiError, AppState, Page, Q};
+use crate::bases::All;
 use crate::registry::datasets::{self, Kind};
-use crate::registry::models::{self, Filter, UnitModel};
-
-/// What a request that needs unit models gets when some are not ready: with `train` (the
-/// default) those neither ready nor training are queued, and the request answers 202 with
-/// this body naming every model it waits for and its job; with `train=false`, or when a
-/// model's training failed, it is a 409 naming them.
-pub(super) async fn train_missing(
-    state: &AppState,
-    base: Uuid,
-    recipe: Uuid,
-    missing: &[(Uuid, Option<UnitModel>)],
-    name: &(dyn Fn(Uuid) -> String + Sync),
-    train: bool,
-) -> Result<Option<Value>, ApiError> {
-    if missing.is_empty() {
-        return Ok(None);
-    }
-    if !train {
-        return Err(not_ready(
-            "models_not_ready",
-            "no ready unit model (train=false) for",
-            missing,
-            name,
-        ));
-    }
-    let partitions: Vec<Uuid> = missing.iter().map(|(p, _)| *p).collect();
-    let models = crate::jobs::train::queue_missing(&state.pool, base, recipe, &partitions).await?;
-    let failed: Vec<(Uuid, Option<UnitModel>)> = models
-        .iter()
-        .filter(|m| m.state == "failed")
-        .map(|m| (m.partition_id, Some(m.clone())))
-        .collect();
-    if !failed.is_empty() {
-        return Err(not_ready(
-            "models_failed",
-            "training failed (POST /v1/models to train again) for",
-            &failed,
-            name,
-        ));
-    }
-    let names: Vec<String> = models.iter().map(|m| name(m.partition_id)).collect();
-    let training: Vec<Value> = models
-        .iter()
-        .map(|m| json!({ "partition": name(m.partition_id), "model": m.id, "job": m.job_id }))
-        .collect();
-    Ok(Some(json!({
-        "training": training,
-        "message": format!(
-            "training the unit models of {}; ask again once their jobs end",
-            names.join(", ")
-        ),
-    })))
-}
-
-/// 409 `code` naming the partitions (by `name`) whose unit models are not ready, with each
-/// model's state and job in `details`.
-fn not_ready(
-    code: &'static str,
-    what: &str,
-    missing: &[(Uuid, Option<UnitModel>)],
-    name: &(dyn Fn(Uuid) -> String + Sync),
-) -> ApiError {
-    let details: Vec<Value> = missing
-        .iter()
-        .map(|(p, model)| {
-            json!({
-                "partition": name(*p),
-                "model_state": model.as_ref().map(|m| m.state.clone()),
-                "job": model.as_ref().and_then(|m| m.job_id),
-            })
-        })
-        .collect();
-    let names: Vec<String> = missing.iter().map(|(p, _)| name(*p)).collect();
-    ApiError::Client {
-        status: StatusCode::CONFLICT,
-        code,
-        message: format!("{what}: {}", names.join(", ")),
-        details: Some(json!(details)),
-    }
-}
+use crate::registry::models::{self, Filter};
+use crate::{resolve, units};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -128,10 +50,10 @@ pub async fn list_models(
         ..Filter::default()
     };
     if let Some(key) = &params.base {
-        filter.base = Some(resolve_base(&state.pool, Some(key)).await?.id);
+        filter.base = Some(resolve::base(&state.pool, Some(key)).await?.id);
     }
     if let Some(key) = &params.recipe {
-        filter.recipe = Some(resolve_recipe(&state.pool, Some(key)).await?.id);
+        filter.recipe = Some(resolve::recipe(&state.pool, Some(key)).await?.id);
     }
     if let Some(key) = &params.partition {
         let partition = datasets::find(&state.pool, Kind::Partition, key)
@@ -160,32 +82,6 @@ enum Partitions {
     All(All),
 }
 
-/// The word `"all"`: every partition.
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum All {
-    All,
-}
-
-/// With `"train": "all"` a new base or recipe queues the unit models of every partition,
-/// for the default recipe or base, in the caller's transaction; how many were queued.
-pub(super) async fn train_all(
-    db: &mut sqlx::PgConnection,
-    base: Uuid,
-    recipe: Uuid,
-) -> Result<usize, sqlx::Error> {
-    let partitions: Vec<Uuid> = datasets::all_partitions(&mut *db)
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    Ok(
-        crate::jobs::train::queue(db, base, recipe, &partitions, false)
-            .await?
-            .len(),
-    )
-}
-
 /// `POST /v1/models {"base"?, "recipe"?, "partitions": [...] | "all"}`: queues the training
 /// of the partitions' unit models that are not ready and not training (failed ones again);
 /// 202 when something was queued or is training, 200 when all are ready. The answer lists
@@ -206,8 +102,8 @@ pub async fn train_models(
             request.recipe.as_deref(),
         )
         .await?;
-    let base = resolve_base(&state.pool, Some(&base_key)).await?;
-    let recipe = resolve_recipe(&state.pool, Some(&recipe_key)).await?;
+    let base = resolve::base(&state.pool, Some(&base_key)).await?;
+    let recipe = resolve::recipe(&state.pool, Some(&recipe_key)).await?;
     let partitions = match request.partitions {
         Partitions::All(All::All) => datasets::all_partitions(&state.pool).await?,
         Partitions::Named(keys) => {
@@ -217,35 +113,23 @@ pub async fn train_models(
                     "partitions names at least one partition, or is \"all\"",
                 ));
             }
-            let mut rows = Vec::with_capacity(keys.len());
-            for key in keys {
-                let row = datasets::find(&state.pool, Kind::Partition, &key)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-                if !rows.iter().any(|(id, _)| *id == row.id) {
-                    rows.push((row.id, row.name));
+            let mut resolved = resolve::Partitions::default();
+            let ids = resolved.resolve(&state.pool, &keys).await?;
+            let mut rows: Vec<(Uuid, String)> = Vec::with_capacity(ids.len());
+            for id in ids {
+                if !rows.iter().any(|(p, _)| *p == id) {
+                    rows.push((id, resolved.name(id).to_string()));
                 }
             }
             rows
         }
     };
-    let ids: Vec<Uuid> = partitions.iter().map(|(id, _)| *id).collect();
-    let mut tx = state.pool.begin().await?;
-    crate::jobs::train::queue(&mut tx, base.id, recipe.id, &ids, true).await?;
-    tx.commit().await?;
-    let all = models::for_partitions(&state.pool, base.id, recipe.id, &ids).await?;
-    let name = |id: Uuid| {
-        partitions
-            .iter()
-            .find(|(p, _)| *p == id)
-            .map_or(String::new(), |(_, n)| n.clone())
-    };
-    let listed: Vec<Value> = ids
+    let models = units::train(&state.pool, base.id, recipe.id, &partitions).await?;
+    let training = models.iter().filter(|(_, m)| m.state != "ready").count();
+    let listed: Vec<Value> = models
         .iter()
-        .filter_map(|id| all.iter().find(|m| m.partition_id == *id))
-        .map(|m| json!({ "partition": name(m.partition_id), "model": m }))
+        .map(|(name, model)| json!({ "partition": name, "model": model }))
         .collect();
-    let training = all.iter().filter(|m| m.state != "ready").count();
     let status = if training > 0 {
         StatusCode::ACCEPTED
     } else {

@@ -3,7 +3,7 @@
 //! mixture's proxies; `GET /v1/validations/report`
 //! says, per eval set and proxy, how well the proxy ranks mixtures as training would.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -14,54 +14,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::Errors;
-use super::units::train_missing;
-use super::{
-    ApiError, AppState, ListParams, Page, Q, parse_uuid, resolve_base, resolve_eval_sets,
-    resolve_recipe,
-};
+use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid};
 use crate::engine::eval::EvalConfig;
-use crate::mixture::{Mixture, Weighting};
-use crate::registry::datasets::{self, Dataset, Kind};
-use crate::registry::models;
+use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::validations::{self, Validation};
-
-/// A mixture to validate: a list of partitions (trained on their union as it is), or
-/// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to
-/// its weight, normalised).
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum MixtureSpec {
-    Union(Vec<String>),
-    Weighted(BTreeMap<String, f64>),
-}
-
-impl MixtureSpec {
-    fn keys(&self) -> Vec<&String> {
-        match self {
-            MixtureSpec::Union(names) => names.iter().collect(),
-            MixtureSpec::Weighted(weights) => weights.keys().collect(),
-        }
-    }
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewValidations {
-    /// One mixture ...
-    mixture: Option<MixtureSpec>,
-    /// ... or several.
-    mixtures: Option<Vec<MixtureSpec>>,
-    eval_sets: Vec<String>,
-    /// Tokens to train each model for (a multiple of the recipe's sequence length; default:
-    /// the recipe's budget times the number of partitions with weight, the paper's k×).
-    tokens: Option<u64>,
-    base: Option<String>,
-    recipe: Option<String>,
-    /// Whether missing unit models are queued for training (default true: the answer is then
-    /// 202 with `training`, and the validations are asked for again once those jobs end).
-    train: Option<bool>,
-}
+use crate::units::Created;
+use crate::validation::create::{self, NewValidations};
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
@@ -81,89 +40,10 @@ pub async fn create_validations(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewValidations =
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
-    let mixtures = match (new.mixture, new.mixtures) {
-        (Some(one), None) => vec![one],
-        (None, Some(many)) if !many.is_empty() => many,
-        _ => {
-            return Err(bad(
-                "invalid_body",
-                "give one mixture (\"mixture\") or a non-empty list (\"mixtures\")",
-            ));
-        }
+    let out = match create::create(&state.pool, &new).await? {
+        Created::Training(training) => return Ok((StatusCode::ACCEPTED, Json(json!(training)))),
+        Created::Done(out) => out,
     };
-    let eval_sets = resolve_eval_sets(&state.pool, &new.eval_sets).await?;
-    let (base_key, recipe_key) = state
-        .scores
-        .names(&state.pool, new.base.as_deref(), new.recipe.as_deref())
-        .await?;
-    let base = resolve_base(&state.pool, Some(&base_key)).await?;
-    let recipe = resolve_recipe(&state.pool, Some(&recipe_key)).await?;
-
-    let step = recipe.config.0.seq_len;
-    if let Some(tokens) = new.tokens
-        && (tokens == 0 || !tokens.is_multiple_of(step))
-    {
-        return Err(bad(
-            "invalid_tokens",
-            format!("tokens is a positive multiple of the recipe's seq_len ({step})"),
-        ));
-    }
-
-    let mut resolved: Vec<(Mixture, Vec<Dataset>)> = Vec::new();
-    for (i, spec) in mixtures.iter().enumerate() {
-        let keys = spec.keys();
-        let mut rows = Vec::with_capacity(keys.len());
-        for key in keys {
-            let row = datasets::find(&state.pool, Kind::Partition, key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-            rows.push(row);
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mixture = match spec {
-            MixtureSpec::Union(_) => Mixture::new(&ids, None, Weighting::Uniform),
-            MixtureSpec::Weighted(weights) => {
-                let weights: Vec<f64> = weights.values().copied().collect();
-                Mixture::new(&ids, Some(&weights), Weighting::Explicit)
-            }
-        }
-        .map_err(|e| ApiError::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}")))?;
-        resolved.push((mixture, rows));
-    }
-    // Each partition once, in the order the request names them.
-    let mut used: Vec<Uuid> = Vec::new();
-    for row in resolved.iter().flat_map(|(_, rows)| rows) {
-        if !used.contains(&row.id) {
-            used.push(row.id);
-        }
-    }
-    // The proxies need the unit models.
-    let missing = models::not_ready(&state.pool, base.id, recipe.id, &used).await?;
-    let name = |id: Uuid| {
-        resolved
-            .iter()
-            .flat_map(|(_, rows)| rows)
-            .find(|r| r.id == id)
-            .map_or(String::new(), |r| r.name.clone())
-    };
-    let train = new.train.unwrap_or(true);
-    if let Some(training) =
-        train_missing(&state, base.id, recipe.id, &missing, &name, train).await?
-    {
-        return Ok((StatusCode::ACCEPTED, Json(training)));
-    }
-
-    let set_ids: Vec<Uuid> = eval_sets.iter().map(|s| s.id).collect();
-    let mixtures: Vec<Mixture> = resolved.into_iter().map(|(m, _)| m).collect();
-    let out = crate::jobs::validate::queue(
-        &state.pool,
-        base.id,
-        &recipe,
-        &mixtures,
-        new.tokens,
-        &set_ids,
-    )
-    .await?;
     let queued = out.iter().any(|(_, job)| job.is_some());
     let mut items = Vec::with_capacity(out.len());
     for (validation, job) in &out {

@@ -3,7 +3,10 @@
 //! far — a ridge regression of the objective on Scheffé's quadratic mixture terms (each
 //! weight, each product of two), whose quality is reported as the Spearman ρ of its
 //! cross-validated predictions — and the exponentiated-gradient steps of a `gradient` search.
-//! Nothing here touches the registry or a model.
+//! Nothing in this file touches the registry or a model; [`create`] checks a search request
+//! and queues it.
+
+pub mod create;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

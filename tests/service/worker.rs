@@ -296,8 +296,8 @@ async fn a_pretrain_job_that_cannot_train_leaves_its_base_failed() {
 mod scores {
     use mixpool::engine::eval::{EvalConfig, evaluate};
     use mixpool::engine::merge::merge_model_dirs;
-    use mixpool::mixture::{MixtureError, Weighting};
-    use mixpool::scoring::{ScoreRequest, ScoreStatus, ScoringError, request};
+    use mixpool::mixture::{Mixture, MixtureError, Weighting};
+    use mixpool::scoring::{ScoreRequest, ScoreStatus, request};
 
     use super::*;
 
@@ -336,9 +336,7 @@ mod scores {
         let req = |partitions: Vec<Uuid>| ScoreRequest {
             base: base.id,
             recipe: recipe.id,
-            partitions,
-            weights: None,
-            weighting: Weighting::Uniform,
+            mixture: Mixture::new(&partitions, None, Weighting::Uniform).unwrap(),
             eval_set: eval_set.id,
             eval: EvalConfig::default(),
         };
@@ -422,22 +420,13 @@ mod scores {
         let local = evaluate(&model, &docs, &EvalConfig::default()).unwrap();
         assert_eq!(local.total.perplexity, ppl);
 
-        let err = request(pool, &req(vec![a, a])).await.unwrap_err();
-        assert!(
-            matches!(err, ScoringError::Mixture(MixtureError::Repeated(_))),
-            "{err}"
-        );
-        let weighted = ScoreRequest {
-            weights: Some(vec![1.0, 3.0]),
-            ..req(vec![a, b])
-        };
+        // A repeated partition is refused when the mixture is made, before any request.
         assert!(matches!(
-            request(pool, &weighted).await,
-            Err(ScoringError::WeightsWithoutExplicit)
+            Mixture::new(&[a, a], None, Weighting::Uniform),
+            Err(MixtureError::Repeated(_))
         ));
         let explicit = ScoreRequest {
-            weights: Some(vec![1.0, 3.0]),
-            weighting: Weighting::Explicit,
+            mixture: Mixture::new(&[a, b], Some(&[1.0, 3.0]), Weighting::Explicit).unwrap(),
             ..req(vec![a, b])
         };
         assert!(

@@ -1,0 +1,241 @@
+//! Creating a search: every setting checked (partitions, eval sets, objective, bounds,
+//! prior, budget), the report and tune halves of a gradient search's eval sets made, and the
+//! search queued with its job in one transaction — or, when unit models are missing, those
+//! queued instead and nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Bounds;
+use crate::engine::eval::EvalConfig;
+use crate::error::{Error, Result};
+use crate::ingest::IngestError;
+use crate::registry::RegistryError;
+use crate::registry::datasets::{self, Kind};
+use crate::registry::models;
+use crate::registry::scores::eval_config_sha256;
+use crate::registry::searches::Search;
+use crate::resolve;
+use crate::store::Store;
+use crate::units::{self, Created};
+
+/// The most points one search may evaluate.
+const MAX_BUDGET: u32 = 10_000;
+/// The most partitions one search may weigh (all stay resident on the worker).
+const MAX_PARTITIONS: usize = 64;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSearch {
+    /// The partitions whose weights are searched (2 to 64).
+    pub partitions: Vec<String>,
+    pub eval_sets: Vec<String>,
+    /// Each eval set's weight in the objective, the weighted sum of log perplexities (default:
+    /// equal weights); eval sets it leaves out weigh nothing.
+    #[schema(value_type = Option<Object>)]
+    pub objective: Option<BTreeMap<String, f64>>,
+    /// Points to evaluate before the proposal (`sample`), or steps to take (`gradient`), 1 to
+    /// 10,000.
+    pub budget: u32,
+    /// `sample` (default): Dirichlet samples in rounds, steered by a fitted predictor.
+    /// `gradient`: exponentiated-gradient steps along the merged model's α-gradient, tuned on
+    /// one half of each eval set's documents (`<name>.tune`) and scored on the other
+    /// (`<name>.report`), both registered as eval sets.
+    pub method: Option<String>,
+    /// `{"partition": [min, max]}`: bounds on its weight (default [0, 1]).
+    #[schema(value_type = Option<Object>)]
+    pub bounds: Option<BTreeMap<String, (f64, f64)>>,
+    /// `{"partition": weight}`: where the search starts (normalised; default: proportional to
+    /// the partitions' sizes, the token-weighted mixture); partitions it leaves out start at 0.
+    #[schema(value_type = Option<Object>)]
+    pub prior: Option<BTreeMap<String, f64>>,
+    /// The seed of the samples (default 0): the same request searches the same points.
+    pub seed: Option<u64>,
+    pub base: Option<String>,
+    pub recipe: Option<String>,
+    /// Whether missing unit models are queued for training (default true: the answer is then
+    /// 202 naming their jobs; ask again once they end).
+    pub train: Option<bool>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> Error {
+    Error::invalid(code, message)
+}
+
+/// Checks a search request and queues the search, or the unit models it lacks. `request` is
+/// the body as sent, kept with the search.
+pub async fn create(
+    pool: &PgPool,
+    store: &Store,
+    new: &NewSearch,
+    request: Value,
+) -> Result<Created<Search>> {
+    let method = new.method.as_deref().unwrap_or("sample");
+    if !["sample", "gradient"].contains(&method) {
+        return Err(bad(
+            "invalid_method",
+            format!("method {method:?}: use sample or gradient"),
+        ));
+    }
+    if !(1..=MAX_BUDGET).contains(&new.budget) {
+        return Err(bad(
+            "invalid_budget",
+            format!("budget is 1 to {MAX_BUDGET} points"),
+        ));
+    }
+    if !(2..=MAX_PARTITIONS).contains(&new.partitions.len()) {
+        return Err(bad(
+            "invalid_partitions",
+            format!("a search weighs 2 to {MAX_PARTITIONS} partitions"),
+        ));
+    }
+    let mut partitions = Vec::with_capacity(new.partitions.len());
+    for key in &new.partitions {
+        let p = datasets::find(pool, Kind::Partition, key)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("partition {key:?}")))?;
+        if partitions.iter().any(|q: &datasets::Dataset| q.id == p.id) {
+            return Err(bad(
+                "invalid_partitions",
+                format!("partition {key:?} is named twice"),
+            ));
+        }
+        partitions.push(p);
+    }
+    // A setting keyed by partition (bounds, prior) or eval set (objective): its position.
+    let position = |keys: &[(Uuid, &str)], key: &str, what: &str| {
+        keys.iter()
+            .position(|(id, name)| *name == key || id.to_string() == key)
+            .ok_or_else(|| {
+                bad(
+                    "invalid_setting",
+                    format!("{what} names {key:?}, which the search does not"),
+                )
+            })
+    };
+    let partition_keys: Vec<(Uuid, &str)> =
+        partitions.iter().map(|p| (p.id, p.name.as_str())).collect();
+    let eval_sets = resolve::eval_sets(pool, &new.eval_sets).await?;
+    let set_keys: Vec<(Uuid, &str)> = eval_sets.iter().map(|s| (s.id, s.name.as_str())).collect();
+
+    let objective = match &new.objective {
+        None => vec![1.0; eval_sets.len()],
+        Some(map) => {
+            let mut w = vec![0.0; eval_sets.len()];
+            for (key, weight) in map {
+                w[position(&set_keys, key, "objective")?] = *weight;
+            }
+            w
+        }
+    };
+    let objective = normalised(objective, "objective")?;
+    let k = partitions.len();
+    let (mut min, mut max) = (vec![0.0; k], vec![1.0; k]);
+    for (key, (lo, hi)) in new.bounds.iter().flatten() {
+        let i = position(&partition_keys, key, "bounds")?;
+        (min[i], max[i]) = (*lo, *hi);
+    }
+    let bounds =
+        Bounds::new(min, max).map_err(|e| Error::unprocessable("invalid_bounds", e.to_string()))?;
+    let prior = match &new.prior {
+        None => partitions.iter().map(|p| p.bytes as f64).collect(),
+        Some(map) => {
+            let mut w = vec![0.0; k];
+            for (key, weight) in map {
+                w[position(&partition_keys, key, "prior")?] = *weight;
+            }
+            w
+        }
+    };
+    let prior = normalised(prior, "prior")?;
+    let seed = new.seed.unwrap_or(0);
+    if seed > i64::MAX as u64 {
+        return Err(bad("invalid_seed", format!("seed is at most {}", i64::MAX)));
+    }
+
+    let base = resolve::base(pool, new.base.as_deref()).await?;
+    let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
+    let ids: Vec<Uuid> = partitions.iter().map(|p| p.id).collect();
+    let missing = models::not_ready(pool, base.id, recipe.id, &ids).await?;
+    let names: HashMap<Uuid, String> = partitions.iter().map(|p| (p.id, p.name.clone())).collect();
+    let name = |p: Uuid| names.get(&p).cloned().unwrap_or_default();
+    let train = new.train.unwrap_or(true);
+    if let Some(training) =
+        units::train_missing(pool, (base.id, recipe.id), &missing, &name, train).await?
+    {
+        return Ok(Created::Training(training));
+    }
+
+    // A gradient search scores its points on the report halves and never looks at them
+    // otherwise.
+    let (eval_set_ids, tune_set_ids) = if method == "gradient" {
+        let (mut report, mut tune) = (Vec::new(), Vec::new());
+        for set in &eval_sets {
+            let (t, r) = crate::ingest::split_eval_set(pool, store, set)
+                .await
+                .map_err(split_error)?;
+            tune.push(t.id);
+            report.push(r.id);
+        }
+        (report, tune)
+    } else {
+        (eval_sets.iter().map(|s| s.id).collect(), Vec::new())
+    };
+    let eval = EvalConfig::default();
+    let search = Search {
+        id: Uuid::new_v4(),
+        base_id: base.id,
+        recipe_id: recipe.id,
+        partition_ids: ids,
+        eval_set_ids,
+        tune_set_ids,
+        objective,
+        method: method.into(),
+        budget: new.budget as i32,
+        bounds_min: bounds.min,
+        bounds_max: bounds.max,
+        prior,
+        seed: seed as i64,
+        eval_config: serde_json::to_value(&eval).expect("settings serialise"),
+        eval_config_sha256: eval_config_sha256(&eval),
+        request,
+        job_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    crate::jobs::search::queue(pool, &search).await?;
+    Ok(Created::Done(search))
+}
+
+/// Weights that are finite, non-negative and not all zero, scaled to sum 1.
+fn normalised(weights: Vec<f64>, what: &str) -> Result<Vec<f64>> {
+    if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+        return Err(bad(
+            "invalid_setting",
+            format!("{what}: weights are finite and non-negative"),
+        ));
+    }
+    let sum: f64 = weights.iter().sum();
+    if sum <= 0.0 {
+        return Err(bad(
+            "invalid_setting",
+            format!("{what}: the weights sum to zero"),
+        ));
+    }
+    Ok(weights.into_iter().map(|w| w / sum).collect())
+}
+
+/// Why an eval set could not be split into its tune and report halves.
+fn split_error(e: IngestError) -> Error {
+    match e {
+        e @ IngestError::TooFewToSplit { .. } => {
+            Error::unprocessable("eval_set_too_small", e.to_string())
+        }
+        IngestError::Registry(RegistryError::Database(e)) => e.into(),
+        IngestError::Store(e) => e.into(),
+        e => Error::internal(e),
+    }
+}

@@ -1,0 +1,141 @@
+//! Creating validations: each mixture's partitions resolved and made canonical, the unit
+//! models its proxies need queued first when missing, then each validation created or found
+//! with the job that trains and evaluates what it lacks.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::mixture::{Mixture, Weighting};
+use crate::registry::datasets::{self, Dataset, Kind};
+use crate::registry::jobs::Job;
+use crate::registry::models;
+use crate::registry::validations::Validation;
+use crate::resolve;
+use crate::units::{self, Created};
+
+/// A mixture to validate: a list of partitions (trained on their union as it is), or
+/// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to
+/// its weight, normalised).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum MixtureSpec {
+    Union(Vec<String>),
+    Weighted(BTreeMap<String, f64>),
+}
+
+impl MixtureSpec {
+    pub fn keys(&self) -> Vec<&String> {
+        match self {
+            MixtureSpec::Union(names) => names.iter().collect(),
+            MixtureSpec::Weighted(weights) => weights.keys().collect(),
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewValidations {
+    /// One mixture ...
+    pub mixture: Option<MixtureSpec>,
+    /// ... or several.
+    pub mixtures: Option<Vec<MixtureSpec>>,
+    pub eval_sets: Vec<String>,
+    /// Tokens to train each model for (a multiple of the recipe's sequence length; default:
+    /// the recipe's budget times the number of partitions with weight, the paper's k×).
+    pub tokens: Option<u64>,
+    pub base: Option<String>,
+    pub recipe: Option<String>,
+    /// Whether missing unit models are queued for training (default true: the answer is then
+    /// 202 with `training`, and the validations are asked for again once those jobs end).
+    pub train: Option<bool>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> Error {
+    Error::invalid(code, message)
+}
+
+/// Checks a validations request (names, repeated partitions, the token budget) and creates
+/// or finds each validation, with the job queued for what it lacks (`None` when it lacks
+/// nothing) — or, when unit models are missing, queues those instead and nothing else.
+pub async fn create(
+    pool: &PgPool,
+    new: &NewValidations,
+) -> Result<Created<Vec<(Validation, Option<Job>)>>> {
+    let mixtures = match (&new.mixture, &new.mixtures) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many.iter().collect(),
+        _ => {
+            return Err(bad(
+                "invalid_body",
+                "give one mixture (\"mixture\") or a non-empty list (\"mixtures\")",
+            ));
+        }
+    };
+    let eval_sets = resolve::eval_sets(pool, &new.eval_sets).await?;
+    let base = resolve::base(pool, new.base.as_deref()).await?;
+    let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
+
+    let step = recipe.config.0.seq_len;
+    if let Some(tokens) = new.tokens
+        && (tokens == 0 || !tokens.is_multiple_of(step))
+    {
+        return Err(bad(
+            "invalid_tokens",
+            format!("tokens is a positive multiple of the recipe's seq_len ({step})"),
+        ));
+    }
+
+    let mut resolved: Vec<(Mixture, Vec<Dataset>)> = Vec::new();
+    for (i, spec) in mixtures.iter().enumerate() {
+        let keys = spec.keys();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row = datasets::find(pool, Kind::Partition, key)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("partition {key:?}")))?;
+            rows.push(row);
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mixture = match spec {
+            MixtureSpec::Union(_) => Mixture::new(&ids, None, Weighting::Uniform),
+            MixtureSpec::Weighted(weights) => {
+                let weights: Vec<f64> = weights.values().copied().collect();
+                Mixture::new(&ids, Some(&weights), Weighting::Explicit)
+            }
+        }
+        .map_err(|e| Error::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}")))?;
+        resolved.push((mixture, rows));
+    }
+    // Each partition once, in the order the request names them.
+    let mut used: Vec<Uuid> = Vec::new();
+    for row in resolved.iter().flat_map(|(_, rows)| rows) {
+        if !used.contains(&row.id) {
+            used.push(row.id);
+        }
+    }
+    // The proxies need the unit models.
+    let missing = models::not_ready(pool, base.id, recipe.id, &used).await?;
+    let name = |id: Uuid| {
+        resolved
+            .iter()
+            .flat_map(|(_, rows)| rows)
+            .find(|r| r.id == id)
+            .map_or(String::new(), |r| r.name.clone())
+    };
+    let train = new.train.unwrap_or(true);
+    if let Some(training) =
+        units::train_missing(pool, (base.id, recipe.id), &missing, &name, train).await?
+    {
+        return Ok(Created::Training(training));
+    }
+
+    let set_ids: Vec<Uuid> = eval_sets.iter().map(|s| s.id).collect();
+    let mixtures: Vec<Mixture> = resolved.into_iter().map(|(m, _)| m).collect();
+    let out = crate::jobs::validate::queue(pool, base.id, &recipe, &mixtures, new.tokens, &set_ids)
+        .await?;
+    Ok(Created::Done(out))
+}
