@@ -29,7 +29,7 @@ use mixpool::registry::datasets::{self, Kind};
 use mixpool::registry::scores::eval_config_sha256;
 use mixpool::registry::sweeps::{Sweep, SweepMixture};
 use mixpool::registry::{bases, models, recipes};
-use mixpool::scoring::{self, ScoreRequest};
+use mixpool::service::scoring::{self, ScoreRequest};
 use mixpool::store::{S3Config, Store, keys};
 use mixpool::worker::Worker;
 use serde_json::Value;

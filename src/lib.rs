@@ -2,7 +2,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bases;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -12,13 +11,10 @@ pub mod ingest;
 pub mod jobs;
 pub mod mixture;
 pub mod registry;
-pub mod resolve;
-pub mod scoring;
 pub mod search;
+pub mod service;
 pub mod stats;
 pub mod store;
-pub mod sweep;
-pub mod units;
 pub mod validation;
 pub mod web;
 pub mod worker;

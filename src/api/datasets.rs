@@ -243,11 +243,11 @@ pub async fn list_partitions(
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     // Named ones must exist; without a name, a pool with no base yet lists no unit models.
     let base = match &params.base {
-        Some(key) => Some(crate::resolve::base(&state.pool, Some(key)).await?),
+        Some(key) => Some(crate::service::resolve::base(&state.pool, Some(key)).await?),
         None => bases::latest_ready(&state.pool).await?,
     };
     let recipe = match &params.recipe {
-        Some(key) => Some(crate::resolve::recipe(&state.pool, Some(key)).await?),
+        Some(key) => Some(crate::service::resolve::recipe(&state.pool, Some(key)).await?),
         None => recipes::latest(&state.pool).await?,
     };
     let filter = datasets::PartitionFilter {

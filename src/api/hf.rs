@@ -18,12 +18,12 @@ use uuid::Uuid;
 
 use super::error::Errors;
 use super::{ApiError, AppState, Q};
-use crate::bases::import::{self, Source};
 use crate::jobs::{Export, ExportJob, Kind as _};
 use crate::mixture::MixtureRequest;
 use crate::registry::{jobs, models};
+use crate::service::import::{self, Source};
+use crate::service::{resolve, units};
 use crate::store::keys;
-use crate::{resolve, units};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ pub struct ImportParams {
     from_store: Option<String>,
     /// `all`: queue every partition's unit model (for the default recipe) with the base.
     #[param(value_type = Option<String>)]
-    train: Option<crate::bases::All>,
+    train: Option<crate::service::bases::All>,
     /// Refuse every config field the engine does not read (default false: fields at their
     /// architecture's default behaviour are accepted and reported as `ignored`).
     strict: Option<bool>,

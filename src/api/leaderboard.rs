@@ -25,9 +25,9 @@ async fn scope(
     base: Option<&str>,
     recipe: Option<&str>,
 ) -> Result<(ScoreKey, Value), ApiError> {
-    let base = crate::resolve::base(&state.pool, base).await?;
-    let recipe = crate::resolve::recipe(&state.pool, recipe).await?;
-    let eval_set = crate::resolve::eval_sets(&state.pool, &[eval.to_string()])
+    let base = crate::service::resolve::base(&state.pool, base).await?;
+    let recipe = crate::service::resolve::recipe(&state.pool, recipe).await?;
+    let eval_set = crate::service::resolve::eval_sets(&state.pool, &[eval.to_string()])
         .await?
         .remove(0);
     let key = ScoreKey {

@@ -36,8 +36,8 @@ use uuid::Uuid;
 
 pub use error::ApiError;
 
+pub use crate::service::sweep::SweepLimits;
 use crate::store::Store;
-pub use crate::sweep::SweepLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -297,7 +297,7 @@ fn parse_uuid(s: &str) -> Option<Uuid> {
     Uuid::parse_str(s).ok()
 }
 
-impl crate::scoring::WaitForJob for AppState {
+impl crate::service::scoring::WaitForJob for AppState {
     async fn wait_for_job(
         &self,
         id: Uuid,

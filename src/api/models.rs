@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::error::Errors;
 use super::{ApiError, AppState, ListParams, Page, Q};
-use crate::bases::{BaseView, NewBase};
 use crate::registry::{Created, bases, recipes};
+use crate::service::bases::{BaseView, NewBase};
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
@@ -28,7 +28,7 @@ pub async fn create_base(
     body: Bytes,
 ) -> Result<(StatusCode, Json<BaseView>), ApiError> {
     let new: NewBase = parse(&body)?;
-    let view = crate::bases::create(&state.pool, &state.store, &new).await?;
+    let view = crate::service::bases::create(&state.pool, &state.store, &new).await?;
     if view.job.is_none() {
         state.scores.defaults_changed();
     }
@@ -85,7 +85,7 @@ pub async fn create_recipe(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let fields: serde_json::Map<String, Value> = parse(&body)?;
-    let (created, training) = crate::bases::recipe::create(&state.pool, fields).await?;
+    let (created, training) = crate::service::recipes::create(&state.pool, fields).await?;
     state.scores.defaults_changed();
     let status = if created.is_new() {
         StatusCode::CREATED

@@ -16,7 +16,7 @@ use super::error::Errors;
 use super::metrics::Outcome;
 use super::{ApiError, AppState, Q};
 use crate::mixture::MixtureRequest;
-use crate::scoring::{self, Answer, Resolved};
+use crate::service::scoring::{self, Answer, Resolved};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -47,8 +47,8 @@ impl ScoreCache {
         let (default_base, default_recipe) = match fresh {
             Some((_, b, r)) => (b, r),
             None => {
-                let b = crate::resolve::base(pool, None).await?.name;
-                let r = crate::resolve::recipe(pool, None).await?.name;
+                let b = crate::service::resolve::base(pool, None).await?.name;
+                let r = crate::service::resolve::recipe(pool, None).await?.name;
                 *self.defaults.lock().unwrap() = Some((StdInstant::now(), b.clone(), r.clone()));
                 (b, r)
             }

@@ -19,8 +19,8 @@ use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Search};
 use crate::registry::{bases, jobs, recipes};
-use crate::search::create::{self as search, NewSearch};
-use crate::units::Created;
+use crate::service::search::{self, NewSearch};
+use crate::service::units::Created;
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)

@@ -19,8 +19,8 @@ use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::MERGE_METHOD;
 use crate::registry::sweeps::{self, Sweep};
 use crate::registry::{bases, recipes};
-use crate::sweep::{self, NewSweep};
-use crate::units::Created;
+use crate::service::sweep::{self, NewSweep};
+use crate::service::units::Created;
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)

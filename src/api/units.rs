@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::error::Errors;
 use super::{ApiError, AppState, Page, Q};
-use crate::bases::All;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::models::{self, Filter};
-use crate::{resolve, units};
+use crate::service::bases::All;
+use crate::service::{resolve, units};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

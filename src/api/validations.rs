@@ -19,8 +19,8 @@ use crate::engine::eval::EvalConfig;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::validations::{self, Validation};
-use crate::units::Created;
-use crate::validation::create::{self, NewValidations};
+use crate::service::units::Created;
+use crate::service::validation::{self, NewValidations};
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
@@ -40,7 +40,7 @@ pub async fn create_validations(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewValidations =
         serde_json::from_slice(&body).map_err(|e| bad("invalid_body", e.to_string()))?;
-    let out = match create::create(&state.pool, &new).await? {
+    let out = match validation::create(&state.pool, &new).await? {
         Created::Training(training) => return Ok((StatusCode::ACCEPTED, Json(json!(training)))),
         Created::Done(out) => out,
     };

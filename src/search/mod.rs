@@ -3,10 +3,7 @@
 //! far — a ridge regression of the objective on Scheffé's quadratic mixture terms (each
 //! weight, each product of two), whose quality is reported as the Spearman ρ of its
 //! cross-validated predictions — and the exponentiated-gradient steps of a `gradient` search.
-//! Nothing in this file touches the registry or a model; [`create`] checks a search request
-//! and queues it.
-
-pub mod create;
+//! Nothing here touches the registry or a model.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -297,7 +297,7 @@ mod scores {
     use mixpool::engine::eval::{EvalConfig, evaluate};
     use mixpool::engine::merge::merge_model_dirs;
     use mixpool::mixture::{Mixture, MixtureError, Weighting};
-    use mixpool::scoring::{ScoreRequest, ScoreStatus, request};
+    use mixpool::service::scoring::{ScoreRequest, ScoreStatus, request};
 
     use super::*;
 

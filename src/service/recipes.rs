@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crate::engine::train::TrainConfig;
 use crate::error::{Error, Result};
 use crate::registry::{Created, recipes};
-use crate::{resolve, units};
+use crate::service::{resolve, units};
 
 /// Creates (or finds, with equal settings) the recipe that `fields` describe: `name`, any
 /// training settings, and `train: "all"` to queue every partition's unit model for the
@@ -48,7 +48,7 @@ pub async fn create(
     let mut tx = pool.begin().await?;
     let created = recipes::insert(&mut tx, &name, &config)
         .await
-        .map_err(super::name_taken)?;
+        .map_err(super::bases::name_taken)?;
     let training = match &base {
         Some(base) => {
             let recipe = match &created {

@@ -2,8 +2,6 @@
 //! merged-token-weighted scores, and the mean of its unit models' own perplexities) and the
 //! report that correlates each proxy with the union model's perplexity, per eval set.
 
-pub mod create;
-
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;

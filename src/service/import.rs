@@ -13,8 +13,8 @@ use crate::engine::checkpoint::{self, WEIGHTS_FILE};
 use crate::engine::hf::{self, HfError};
 use crate::error::{Error, Result};
 use crate::registry::{RegistryError, bases, recipes};
+use crate::service::{resolve, units};
 use crate::store::{Store, keys};
-use crate::{resolve, units};
 
 /// Where the checkpoint is.
 pub enum Source<'a> {

@@ -16,8 +16,8 @@ use crate::mixture::{self, Weighting};
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::sweeps::{Sweep, SweepMixture};
-use crate::resolve;
-use crate::units::{self, Created};
+use crate::service::resolve;
+use crate::service::units::{self, Created};
 
 /// Sweep settings (`sweep_max_mixtures`, `sweep_shard_mixtures`).
 #[derive(Clone, Copy, Debug)]

@@ -16,8 +16,8 @@ use crate::mixture::{Member, Mixture, MixtureRequest};
 use crate::registry::jobs::Job;
 use crate::registry::models::{self, UnitModel};
 use crate::registry::scores::{self, MERGE_METHOD, Score, ScoreKey, eval_config_sha256};
-use crate::resolve;
-use crate::units::{self, Training};
+use crate::service::resolve;
+use crate::service::units::{self, Training};
 
 /// A score asked for, with every name resolved: the mixture is canonical.
 #[derive(Debug, Clone)]

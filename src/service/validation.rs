@@ -14,8 +14,8 @@ use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::jobs::Job;
 use crate::registry::models;
 use crate::registry::validations::Validation;
-use crate::resolve;
-use crate::units::{self, Created};
+use crate::service::resolve;
+use crate::service::units::{self, Created};
 
 /// A mixture to validate: a list of partitions (trained on their union as it is), or
 /// `{"partition": weight}` (trained on sequences drawn from each partition in proportion to

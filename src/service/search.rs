@@ -10,7 +10,6 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::Bounds;
 use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Result};
 use crate::ingest::IngestError;
@@ -19,9 +18,10 @@ use crate::registry::datasets::{self, Kind};
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::searches::Search;
-use crate::resolve;
+use crate::search::Bounds;
+use crate::service::resolve;
+use crate::service::units::{self, Created};
 use crate::store::Store;
-use crate::units::{self, Created};
 
 /// The most points one search may evaluate.
 const MAX_BUDGET: u32 = 10_000;

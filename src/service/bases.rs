@@ -1,9 +1,6 @@
 //! Bases: created from a preset (the random initialisation, stored before the row is
 //! written, or a `pretrain` job queued with a pending row) or imported from a Hugging Face
-//! checkpoint ([`import`]); and the recipes unit models are trained by ([`recipe`]).
-
-pub mod import;
-pub mod recipe;
+//! checkpoint ([`super::import`]).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::jobs::PretrainJob;
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{RegistryError, bases, jobs};
+use crate::service::{resolve, units};
 use crate::store::{Store, keys};
-use crate::{resolve, units};
 
 /// The word `"all"`: every partition.
 #[derive(Deserialize, Clone, Copy)]
