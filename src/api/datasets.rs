@@ -14,6 +14,7 @@ use crate::engine::data::Format;
 use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, models, recipes};
+use crate::service::partitions;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -291,39 +292,9 @@ pub async fn delete_partition(
     State(state): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let partition = datasets::find(&state.pool, Kind::Partition, &key)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("partition {key:?}")))?;
-    let mut tx = state.pool.begin().await?;
-    let models = datasets::delete_partition(&mut tx, &partition)
-        .await
-        .map_err(|e| match e {
-            e @ datasets::DeleteError::InUse { .. } => {
-                ApiError::status(StatusCode::CONFLICT, "partition_in_use", e.to_string())
-            }
-            datasets::DeleteError::Database(e) => e.into(),
-        })?;
-    // Merged models exported from this partition's unit model can never be asked for again.
-    let exports = crate::registry::jobs::exports_of(&mut tx, partition.id).await?;
-    tx.commit().await?;
-    // The rows are gone; their objects follow (an object left by a failure here is unused,
-    // and `mixpool fsck --repair` removes it).
+    let (partition, models) = partitions::delete(&state.pool, &state.store, &key).await?;
+    // A name may come to mean another partition.
     state.scores.clear();
-    let mut keys = vec![crate::store::keys::partition(&partition.sha256)];
-    keys.extend(exports);
-    for model in &models {
-        keys.extend(
-            state
-                .store
-                .list(&crate::store::keys::model(model, ""))
-                .await?,
-        );
-    }
-    for key in keys {
-        if let Err(e) = state.store.delete(&key).await {
-            tracing::warn!("deleting {key}: {e}");
-        }
-    }
     Ok(Json(json!({ "deleted": partition, "models": models })))
 }
 

@@ -5,6 +5,7 @@
 
 pub mod bases;
 pub mod import;
+pub mod partitions;
 pub mod recipes;
 pub mod resolve;
 pub mod scoring;
