@@ -52,28 +52,7 @@ pub async fn upload_partition(
     };
     let new = created.is_new();
     let partition = created.into_inner();
-    // The healing pass queues only wanted unit models: a new partition is stored with the
-    // flag, one uploaded again takes the new one.
-    if !new {
-        datasets::set_train(&state.pool, partition.id, train).await?;
-    }
-    let mut models = Vec::new();
-    if train {
-        // Without a ready base and a recipe there is nothing to train yet: the partition is
-        // kept (a score, `POST /v1/models` or the healing pass queues its model later). A
-        // database that fails here fails the request, which the client retries: the same
-        // bytes are the same partition, and its model is queued then.
-        let base = bases::latest_ready(&state.pool).await?;
-        let recipe = recipes::latest(&state.pool).await?;
-        if let (Some(base), Some(recipe)) = (base, recipe) {
-            let mut tx = state.pool.begin().await?;
-            let model = crate::jobs::train::ensure(&mut tx, base.id, recipe.id, partition.id)
-                .await?
-                .into_inner();
-            tx.commit().await?;
-            models.push(model);
-        }
-    }
+    let models = partitions::uploaded(&state.pool, &partition, new, train).await?;
     Ok((
         status,
         Json(json!({ "partition": partition, "models": models })),

@@ -78,17 +78,6 @@ pub async fn cancel_job(
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_uuid(&id)
         .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{id:?} is not a job id")))?;
-    let mut tx = state.pool.begin().await?;
-    let job = jobs::cancel(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
-    // A job cancelled before it ran shows on its target at once (a running one's when its
-    // worker stops it).
-    if job.state == "cancelled"
-        && let Some(kind) = crate::jobs::find(&job.kind)
-    {
-        kind.cancelled(&mut tx, &job.payload).await?;
-    }
-    tx.commit().await?;
+    let job = crate::service::cancel::job(&state.pool, id).await?;
     Ok(Json(job))
 }

@@ -4,6 +4,7 @@
 //! [`crate::error::Error`] to a status; nothing here knows HTTP.
 
 pub mod bases;
+pub mod cancel;
 pub mod import;
 pub mod partitions;
 pub mod recipes;

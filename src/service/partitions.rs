@@ -1,4 +1,4 @@
-//! Deleting a partition: its rows (and its unit models', whose training is cancelled) in one
+//! A partition uploaded: its unit model queued. Deleting one: its rows (and its unit models', whose training is cancelled) in one
 //! transaction, then its objects and those of the merged models exported from it.
 
 use sqlx::PgPool;
@@ -6,7 +6,41 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::registry::datasets::{self, Dataset, DeleteError, Kind};
+use crate::registry::models::UnitModel;
+use crate::registry::{bases, recipes};
 use crate::store::{Store, keys};
+
+/// After an upload of `partition` (`new` when its bytes were not stored before): its `train`
+/// flag recorded, and with it the unit model for the newest ready base and recipe queued
+/// (none yet without both: a score, `POST /v1/models` or the healing pass queues it later).
+pub async fn uploaded(
+    pool: &PgPool,
+    partition: &Dataset,
+    new: bool,
+    train: bool,
+) -> Result<Vec<UnitModel>> {
+    // The healing pass queues only wanted unit models: a new partition is stored with the
+    // flag, one uploaded again takes the new one.
+    if !new {
+        datasets::set_train(pool, partition.id, train).await?;
+    }
+    if !train {
+        return Ok(Vec::new());
+    }
+    // A database that fails here fails the request, which the client retries: the same
+    // bytes are the same partition, and its model is queued then.
+    let base = bases::latest_ready(pool).await?;
+    let recipe = recipes::latest(pool).await?;
+    let (Some(base), Some(recipe)) = (base, recipe) else {
+        return Ok(Vec::new());
+    };
+    let mut tx = pool.begin().await?;
+    let model = crate::jobs::train::ensure(&mut tx, base.id, recipe.id, partition.id)
+        .await?
+        .into_inner();
+    tx.commit().await?;
+    Ok(vec![model])
+}
 
 /// Removes the partition named `key` when no score needs it (409 `partition_in_use`
 /// otherwise): the partition and the ids of its unit models, deleted with it.
