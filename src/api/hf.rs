@@ -12,18 +12,13 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use uuid::Uuid;
 
 use super::error::Errors;
 use super::{ApiError, AppState, Q};
-use crate::jobs::{Export, ExportJob, Kind as _};
 use crate::mixture::MixtureRequest;
-use crate::registry::{jobs, models};
+use crate::service::export::{self, Exported};
 use crate::service::import::{self, Source};
-use crate::service::{resolve, units};
-use crate::store::keys;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +156,6 @@ pub async fn export_mixture(
             params.recipe.as_deref(),
         )
         .await?;
-    let on = resolve::mixture_on(&state.pool, &asked, (&base, &recipe)).await?;
     let wait = match params.wait {
         Some(w) if !(w.is_finite() && w >= 0.0) => {
             return Err(ApiError::bad_request(
@@ -173,81 +167,26 @@ pub async fn export_mixture(
         Some(w) => Duration::from_secs_f64(w.min(state.max_wait.as_secs_f64())),
         None => state.max_wait,
     };
-    let mixture = &on.mixture;
-    let ids: Vec<Uuid> = mixture.members.iter().map(|m| m.partition).collect();
-    let missing = models::not_ready(&state.pool, on.base.id, on.recipe.id, &ids).await?;
-    let name = |id: Uuid| on.partitions.name(id).to_string();
-    let train = params.train.unwrap_or(true);
-    let models = (on.base.id, on.recipe.id);
-    if let Some(training) =
-        units::train_missing(&state.pool, models, &missing, &name, train).await?
-    {
-        return Ok((StatusCode::ACCEPTED, Json(training)).into_response());
-    }
-
-    // What is merged names the stored tar: the same export is made once.
-    let digest = hex::encode(Sha256::digest(
-        json!([on.base.id, on.recipe.id, mixture.key()]).to_string(),
-    ));
-    let export = ExportJob {
-        base: on.base.id,
-        recipe: on.recipe.id,
-        mixture: mixture.members.clone(),
-        object: keys::export(&digest),
-    };
-    let dedup = Export::dedup_key(&export);
+    let deadline = tokio::time::Instant::now() + wait;
     let scratch = tempfile::tempdir().map_err(ApiError::internal)?;
     let tar_path = scratch.path().join("model.tar");
-    // An export made before is streamed from the store, unless its tar was removed since.
-    if let Some(done) = jobs::latest_succeeded(&state.pool, &dedup).await?
-        && fetch_export(&state, &done, &tar_path).await?
-    {
-        return stream_tar(scratch, &tar_path).await;
-    }
-    let queued = crate::jobs::export::queue(&state.pool, &export).await?;
-    let deadline = tokio::time::Instant::now() + wait;
-    let job = state
-        .wait_for_job(queued.id, deadline)
-        .await?
-        .ok_or_else(|| ApiError::Internal("an export job vanished".into()))?;
-    match job.state.as_str() {
-        "succeeded" => {}
-        "failed" | "cancelled" => {
-            return Err(ApiError::status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "export_failed",
-                format!(
-                    "the export job {} {}: {}",
-                    job.id,
-                    job.state,
-                    job.error.as_deref().unwrap_or("no error recorded")
-                ),
-            ));
-        }
-        _ if state.is_stopping() => return Err(AppState::shutting_down(job.id)),
-        _ => return Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()),
-    }
-    if !fetch_export(&state, &job, &tar_path).await? {
-        return Err(ApiError::internal(format!(
-            "export job {} left no object",
-            job.id
-        )));
-    }
-    stream_tar(scratch, &tar_path).await
-}
-
-/// Downloads (verified) the tar a succeeded export job stored; `false` when the job names
-/// none or the store no longer has it.
-async fn fetch_export(state: &AppState, job: &jobs::Job, path: &Path) -> Result<bool, ApiError> {
-    let result = job.result.clone().unwrap_or_default();
-    let (Some(object), Some(sha256)) = (result["object"].as_str(), result["sha256"].as_str())
-    else {
-        return Ok(false);
+    let train = params.train.unwrap_or(true);
+    let names = (base.as_str(), recipe.as_str());
+    let request = export::Request {
+        asked: &asked,
+        names,
+        train,
+        deadline,
+        tar: &tar_path,
     };
-    match state.store.download_verified(object, sha256, path).await {
-        Ok(()) => Ok(true),
-        Err(crate::store::StoreError::Backend(object_store::Error::NotFound { .. })) => Ok(false),
-        Err(e) => Err(e.into()),
+    match export::export(&state.pool, &state.store, &state, request).await? {
+        Exported::Tar => stream_tar(scratch, &tar_path).await,
+        Exported::Training(training) => Ok((StatusCode::ACCEPTED, Json(training)).into_response()),
+        // The job goes on elsewhere; this server cannot tell the client when it ends.
+        Exported::Pending(job) if state.is_stopping() => Err(AppState::shutting_down(job.id)),
+        Exported::Pending(job) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response())
+        }
     }
 }
 

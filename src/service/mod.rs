@@ -5,6 +5,7 @@
 
 pub mod bases;
 pub mod cancel;
+pub mod export;
 pub mod import;
 pub mod partitions;
 pub mod recipes;
