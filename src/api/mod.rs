@@ -1,6 +1,6 @@
-//! The REST API (v1). Handlers parse and check a request, read the registry, queue work
-//! through the job kinds (`crate::jobs`), wait on it where the request says, and shape the
-//! answer; they never train or evaluate a model.
+//! The REST API (v1). Handlers only do HTTP: they parse a request, call one workflow of
+//! `crate::service` (or read the registry for a view), and shape the answer or map the
+//! service's error to a status. They queue no job and touch no tensor themselves.
 
 mod admin;
 mod auth;
