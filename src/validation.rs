@@ -60,6 +60,9 @@ pub struct Point {
     pub merged_uniform: Option<f64>,
     pub merged_tokens: Option<f64>,
     pub mean_of_units: Option<f64>,
+    /// Whether none of the mixture's partitions is of the eval set's own domain (the
+    /// domains its documents carry); `None` when a partition or the eval set has none.
+    pub excludes_own_domain: Option<bool>,
 }
 
 impl Point {
@@ -72,13 +75,62 @@ impl Point {
     }
 }
 
-/// A proxy's agreement with the truth on one eval set.
-#[derive(Debug, Clone, Serialize)]
+/// A proxy's agreement with the truth on one eval set; each correlation with its bootstrap
+/// 90% interval (`*_90`, see [`stats::bootstrap90`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Agreement {
     pub n: usize,
     /// Pearson's r between the logs of proxy and true perplexity.
     pub pearson_log_ppl: Option<f64>,
+    pub pearson_log_ppl_90: Option<(f64, f64)>,
     pub spearman: Option<f64>,
+    pub spearman_90: Option<(f64, f64)>,
+    /// The mixtures without a partition of the eval set's own domain: how many, and ρ over
+    /// them (the case of a target the partitions do not cover).
+    pub n_excluding: usize,
+    pub rho_excluding: Option<f64>,
+    pub rho_excluding_90: Option<(f64, f64)>,
+    /// ρ over the best quarter of the mixtures by their trained perplexity.
+    pub rho_top: Option<f64>,
+    pub rho_top_90: Option<(f64, f64)>,
+    /// The fraction of pairs of mixtures the proxy orders as training does.
+    pub decision_accuracy: Option<f64>,
+    /// How much worse (%) the trained model of the proxy's best mixture is than the best.
+    pub regret: Option<f64>,
+}
+
+impl Agreement {
+    /// The agreement of `proxy` with the truth over `points` (those where it is known).
+    pub fn of(points: &[Point], proxy: &str) -> Agreement {
+        let known: Vec<&Point> = points.iter().filter(|p| p.proxy(proxy).is_some()).collect();
+        let pairs = |only_excluding: bool| -> (Vec<f64>, Vec<f64>) {
+            known
+                .iter()
+                .filter(|p| !only_excluding || p.excludes_own_domain == Some(true))
+                .map(|p| (p.proxy(proxy).unwrap_or(f64::NAN), p.truth))
+                .unzip()
+        };
+        let (x, y) = pairs(false);
+        let (xe, ye) = pairs(true);
+        let log_pearson = |x: &[f64], y: &[f64]| {
+            let log = |v: &[f64]| v.iter().map(|p| p.ln()).collect::<Vec<_>>();
+            stats::pearson(&log(x), &log(y))
+        };
+        Agreement {
+            n: x.len(),
+            pearson_log_ppl: log_pearson(&x, &y),
+            pearson_log_ppl_90: stats::bootstrap90(&x, &y, log_pearson),
+            spearman: stats::spearman(&x, &y),
+            spearman_90: stats::bootstrap90(&x, &y, stats::spearman),
+            n_excluding: xe.len(),
+            rho_excluding: stats::spearman(&xe, &ye),
+            rho_excluding_90: stats::bootstrap90(&xe, &ye, stats::spearman),
+            rho_top: stats::rho_top(&x, &y),
+            rho_top_90: stats::bootstrap90(&x, &y, stats::rho_top),
+            decision_accuracy: stats::decision_accuracy(&x, &y),
+            regret: stats::regret(&x, &y),
+        }
+    }
 }
 
 /// The report for one eval set.
@@ -103,7 +155,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
     let ready = validations::ready_unions(pool).await?;
     let truths = validations::scores(pool, &sha, None).await?;
     let all_partitions: Vec<Uuid> = ready.iter().flat_map(|v| v.partition_ids.clone()).collect();
-    let sizes = datasets::partition_bytes(pool, &all_partitions).await?;
+    let sizes = datasets::partition_sizes(pool, &all_partitions).await?;
     // Stored scores by (base, recipe): (mixture key, weighting, eval set) → perplexity.
     let mut stored: HashMap<(Uuid, Uuid), PerplexityTable> = HashMap::new();
     for v in &ready {
@@ -134,8 +186,22 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let parts: Vec<(Uuid, i64)> = v
             .partition_ids
             .iter()
-            .map(|p| (*p, sizes.get(p).copied().unwrap_or(0)))
+            .map(|p| (*p, sizes.get(p).map_or(0, |(bytes, _)| *bytes)))
             .collect();
+        // The eval set's own domains: those its documents carry.
+        let own: Vec<&String> = truth.result["per_domain"]
+            .as_object()
+            .map(|d| d.keys().collect())
+            .unwrap_or_default();
+        let domains: Option<Vec<&String>> = v
+            .partition_ids
+            .iter()
+            .map(|p| sizes.get(p).and_then(|(_, d)| d.as_ref()))
+            .collect();
+        let excludes_own_domain = match domains {
+            Some(domains) if !own.is_empty() => Some(!domains.iter().any(|d| own.contains(d))),
+            _ => None,
+        };
         let Ok(proxies) = Proxies::of(&parts) else {
             continue;
         };
@@ -153,6 +219,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             merged_uniform: score(&proxies.uniform),
             merged_tokens: score(&proxies.tokens),
             mean_of_units: singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
+            excludes_own_domain,
         });
     }
     Ok(sets
@@ -160,20 +227,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         .map(|(eval_set, points)| {
             let proxies = PROXIES
                 .into_iter()
-                .map(|name| {
-                    let pairs: Vec<(f64, f64)> = points
-                        .iter()
-                        .filter_map(|p| Some((p.proxy(name)?, p.truth)))
-                        .collect();
-                    let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
-                    let log = |v: &[f64]| v.iter().map(|p| p.ln()).collect::<Vec<_>>();
-                    let agreement = Agreement {
-                        n: pairs.len(),
-                        pearson_log_ppl: stats::pearson(&log(&x), &log(&y)),
-                        spearman: stats::spearman(&x, &y),
-                    };
-                    (name, agreement)
-                })
+                .map(|name| (name, Agreement::of(&points, name)))
                 .collect();
             let note = (points.len() < 3).then(|| {
                 format!(

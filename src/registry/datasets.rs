@@ -156,17 +156,17 @@ pub async fn all_partitions<'e>(
         .await
 }
 
-/// Partition sizes in UTF-8 bytes by id (ids without a row are absent).
-pub async fn partition_bytes(
+/// Partition sizes in UTF-8 bytes and domains by id (ids without a row are absent).
+pub async fn partition_sizes(
     pool: &PgPool,
     ids: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, i64>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64)> =
-        sqlx::query_as("select id, bytes from partitions where id = any($1)")
+) -> Result<std::collections::HashMap<Uuid, (i64, Option<String>)>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, Option<String>)> =
+        sqlx::query_as("select id, bytes, domain from partitions where id = any($1)")
             .bind(ids)
             .fetch_all(pool)
             .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|(id, b, d)| (id, (b, d))).collect())
 }
 
 /// Newest first; pass the last row of a page as `before` for the next.

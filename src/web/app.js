@@ -400,7 +400,7 @@ async function explorer() {
     if (weighting.value === 'explicit') q.weights = names.map((n) => picked.get(n)).join(',');
     else q.weighting = weighting.value;
     setHere({ partitions: q.partitions, eval: q.eval, base: params.base, recipe: params.recipe });
-    // MixtureRequest again once the jobs it waits on end: then the score comes from the cache, but
+    // Asked again once the jobs it waits on end: then the score comes from the cache, but
     // it was computed for this request.
     let waited = false;
     for (;;) {

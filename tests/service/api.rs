@@ -172,7 +172,7 @@ async fn a_score_of_untrained_partitions_trains_them_first_unless_told_not_to() 
     assert_eq!(body["error"]["details"][0]["model_state"], Value::Null);
     assert_eq!(app.jobs().await, 0, "train=false queues nothing");
 
-    // MixtureRequest without train=false: the unit model is queued, and asked again, the same job.
+    // Asked without train=false: the unit model is queued, and asked again, the same job.
     let (status, body) = app.get("/v1/score?partitions=kept&eval=e&wait=0").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["training"][0]["partition"], "kept");

@@ -49,7 +49,7 @@ async fn score_answers_are_counted_by_outcome() {
     .map(|o| answers(&metrics, o))
     .collect();
     assert_eq!(counts, vec![1, 1, 1, 1, 0, 0], "{metrics}");
-    // MixtureRequest again, it is an ordinary cached answer.
+    // Asked again, it is an ordinary cached answer.
     app.get(path).await;
     let (_, metrics) = app.text("/metrics").await;
     assert_eq!(answers(&metrics, "cached"), 1, "{metrics}");

@@ -294,7 +294,7 @@ async fn a_store_that_cannot_be_used_at_start_up_is_named_with_its_cause() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    // MixtureRequest while serve is still waiting for its store: a killed server listens on nothing.
+    // Asked while serve is still waiting for its store: a killed server listens on nothing.
     let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     let alive = serve.try_wait().unwrap().is_none();
     let _ = serve.kill();

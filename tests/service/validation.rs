@@ -210,7 +210,7 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
         );
     }
 
-    // MixtureRequest again: nothing new to do.
+    // Asked again: nothing new to do.
     let jobs = app.jobs().await;
     let (status, again) = app.post("/v1/validations", request.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
