@@ -245,3 +245,57 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(truth: f64, proxy: f64, excludes_own_domain: Option<bool>) -> Point {
+        Point {
+            validation: Uuid::nil(),
+            partitions: Vec::new(),
+            truth,
+            merged_uniform: Some(proxy),
+            merged_tokens: None,
+            mean_of_units: Some(proxy),
+            excludes_own_domain,
+        }
+    }
+
+    /// Six mixtures: the three with the eval set's own domain are ranked right, the three
+    /// without it in reverse; ρ over those is −1 while ρ over all stays high.
+    #[test]
+    fn the_mixtures_without_the_own_domain_are_ranked_apart() {
+        let points = [
+            point(10.0, 1.0, Some(false)),
+            point(11.0, 2.0, Some(false)),
+            point(12.0, 3.0, Some(false)),
+            point(13.0, 6.0, Some(true)),
+            point(14.0, 5.0, Some(true)),
+            point(15.0, 4.0, Some(true)),
+        ];
+        let a = Agreement::of(&points, "merged_uniform");
+        assert_eq!((a.n, a.n_excluding), (6, 3));
+        assert_eq!(a.rho_excluding, Some(-1.0));
+        // 15 pairs, the 3 among the last three wrong.
+        assert_eq!(a.decision_accuracy, Some(12.0 / 15.0));
+        assert_eq!(a.regret, Some(0.0));
+        // ρ over all: d² = 0 + 0 + 0 + 4 + 0 + 4 = 8, 1 − 6·8 / (6·35).
+        assert!((a.spearman.unwrap() - (1.0 - 48.0 / 210.0)).abs() < 1e-12);
+        // The best quarter of six is the three best, ranked right.
+        assert_eq!(a.rho_top, Some(1.0));
+        // A proxy known on no point has nothing to say.
+        let none = Agreement::of(&points, "merged_tokens");
+        assert_eq!(none, Agreement::default());
+        // Without domains there is no `excluding` set.
+        let unknown: Vec<Point> = points
+            .iter()
+            .map(|p| Point {
+                excludes_own_domain: None,
+                ..p.clone()
+            })
+            .collect();
+        let a = Agreement::of(&unknown, "merged_uniform");
+        assert_eq!((a.n_excluding, a.rho_excluding), (0, None));
+    }
+}

@@ -134,10 +134,12 @@ pub struct ReportParams {
     eval: Option<String>,
 }
 
-/// `GET /v1/validations/report[?eval=]`: per eval set, n and each proxy's Pearson r (of log
-/// perplexity) and Spearman ρ against the union models, with the points behind them.
+/// `GET /v1/validations/report[?eval=]`: per eval set, n and each proxy's agreement with the
+/// union models (Pearson r of log perplexity, Spearman ρ, ρ over the mixtures without the eval
+/// set's own domain and over the best quarter, decision accuracy, regret; correlations with
+/// bootstrap 90% intervals), with the points behind them.
 #[utoipa::path(get, path = "/v1/validations/report", tag = "validations", params(ReportParams),
-    responses((status = 200, body = Object, description = "per eval set and proxy: n, Pearson r, Spearman ρ, the points"), Errors))]
+    responses((status = 200, body = Object, description = "per eval set and proxy: n, Pearson r, Spearman ρ, rho_excluding, rho_top, decision_accuracy, regret, intervals; the points"), Errors))]
 pub async fn report(
     State(state): State<AppState>,
     Q(params): Q<ReportParams>,
@@ -175,6 +177,7 @@ pub async fn report(
                         "merged_uniform": p.merged_uniform,
                         "merged_tokens": p.merged_tokens,
                         "mean_of_units": p.mean_of_units,
+                        "excludes_own_domain": p.excludes_own_domain,
                     })
                 })
                 .collect();

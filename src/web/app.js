@@ -637,19 +637,30 @@ async function search(id) {
   if (s.state === 'running' || s.state === 'queued') every(2000, () => load().catch(fail));
 }
 
+/** A correlation with its 90% interval beneath, or a dash. */
+function withInterval(value, interval) {
+  if (value === null || value === undefined) return '—';
+  if (!interval) return value.toFixed(3);
+  return [value.toFixed(3), h('span', { class: 'muted interval' }, ` [${interval[0].toFixed(2)}, ${interval[1].toFixed(2)}]`)];
+}
+
 async function validations() {
   const [report, list] = await Promise.all([get('/v1/validations/report'), get('/v1/validations?limit=100')]);
   const proxies = ['merged_uniform', 'merged_tokens', 'mean_of_units'];
   const rows = report.sets.flatMap((s) => proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.note })));
   const charts = report.sets.map((s) => ({ s, el: h('div', { class: 'chart', 'data-eval-set': s.eval_set }) }));
   render(h('h1', {}, 'Validations: can the proxy be trusted?'),
-    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget.'),
+    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best.'),
     table([
       { title: 'Eval set', cell: (r) => r.set },
       { title: 'Proxy', cell: (r) => r.proxy },
       { title: 'n', num: true, cell: (r) => r.a.n },
-      { title: 'Pearson r', num: true, cell: (r) => (r.a.pearson_log_ppl === null || r.a.pearson_log_ppl === undefined ? '—' : r.a.pearson_log_ppl.toFixed(3)) },
-      { title: 'Spearman ρ', num: true, cell: (r) => (r.a.spearman === null || r.a.spearman === undefined ? '—' : r.a.spearman.toFixed(3)) },
+      { title: 'Pearson r', num: true, cell: (r) => withInterval(r.a.pearson_log_ppl, r.a.pearson_log_ppl_90) },
+      { title: 'Spearman ρ', num: true, cell: (r) => withInterval(r.a.spearman, r.a.spearman_90) },
+      { title: 'ρ without own domain', num: true, cell: (r) => [withInterval(r.a.rho_excluding, r.a.rho_excluding_90), h('span', { class: 'muted' }, ` (n ${r.a.n_excluding ?? 0})`)] },
+      { title: 'ρ best quarter', num: true, cell: (r) => withInterval(r.a.rho_top, r.a.rho_top_90) },
+      { title: 'Pairs right', num: true, cell: (r) => (r.a.decision_accuracy == null ? '—' : `${(r.a.decision_accuracy * 100).toFixed(0)}%`) },
+      { title: 'Regret', num: true, cell: (r) => (r.a.regret == null ? '—' : `${r.a.regret.toFixed(2)}%`) },
       { title: 'Note', cell: (r) => r.note || '' },
     ], rows, { id: 'correlations' }),
     charts.map(({ s, el }) => [h('h2', {}, `${s.eval_set}: proxy against true perplexity`), el]),

@@ -16,7 +16,7 @@ async fn setup() -> App {
     for domain in ["code_python", "code_c", "legal_licenses"] {
         let (status, body) = app
             .post(
-                &format!("/v1/partitions?name={domain}"),
+                &format!("/v1/partitions?name={domain}&domain={domain}"),
                 corpus(domain, 0, 8),
             )
             .await;
@@ -169,6 +169,59 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             assert!(
                 (agreement["spearman"].as_f64().unwrap() - rho).abs() < 1e-12,
                 "{proxy}: {agreement}, ρ from the points {rho}"
+            );
+        }
+        // The mixtures without the eval set's own domain (its documents' domains), ranked
+        // apart: on `legal` the two without legal_licenses, on `mixed` none.
+        let excluding: Vec<&Value> = points
+            .iter()
+            .filter(|p| p["excludes_own_domain"] == true)
+            .collect();
+        let own = if eval == "legal" {
+            vec!["legal_licenses"]
+        } else {
+            vec!["code_python", "code_c", "legal_licenses"]
+        };
+        for p in points {
+            let has_own = p["mixture"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| own.contains(&m.as_str().unwrap()));
+            assert_eq!(p["excludes_own_domain"], json!(!has_own), "{p}");
+        }
+        assert_eq!(excluding.len(), if eval == "legal" { 2 } else { 0 });
+        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+            let agreement = &set["proxies"][proxy];
+            assert_eq!(agreement["n_excluding"], excluding.len(), "{agreement}");
+            assert!(agreement["rho_excluding"].is_null(), "under 3 mixtures");
+            // Every pair ordered as training orders it, or the share that is.
+            let accuracy = agreement["decision_accuracy"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&accuracy), "{agreement}");
+            let (lo, hi) = (
+                agreement["spearman_90"][0].as_f64().unwrap(),
+                agreement["spearman_90"][1].as_f64().unwrap(),
+            );
+            let rho = agreement["spearman"].as_f64().unwrap();
+            assert!(lo <= rho && rho <= hi, "{agreement}");
+            // Regret: the truth of the proxy's pick against the best truth.
+            let pick = points
+                .iter()
+                .min_by(|a, b| {
+                    a[proxy]
+                        .as_f64()
+                        .unwrap()
+                        .total_cmp(&b[proxy].as_f64().unwrap())
+                })
+                .unwrap();
+            let best = points
+                .iter()
+                .map(|p| p["true"].as_f64().unwrap())
+                .fold(f64::INFINITY, f64::min);
+            let regret = (pick["true"].as_f64().unwrap() / best - 1.0) * 100.0;
+            assert!(
+                (agreement["regret"].as_f64().unwrap() - regret).abs() < 1e-9,
+                "{agreement}"
             );
         }
         // The merged proxy is the ordinary score of the mixture, cached for GET /v1/score.

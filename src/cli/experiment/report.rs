@@ -46,6 +46,60 @@ fn fmt(v: &Value) -> String {
     v.as_f64().map_or("–".into(), |x| format!("{x:.3}"))
 }
 
+/// `value [lo, hi]` for a measure with its 90% interval, or a dash.
+fn with_interval(value: &Value, interval: &Value) -> String {
+    match (value.as_f64(), interval[0].as_f64(), interval[1].as_f64()) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.2}, {hi:.2}]"),
+        _ => fmt(value),
+    }
+}
+
+/// What a user choosing among mixtures needs from a proxy, per held-out set: ρ over the
+/// mixtures without the set's own domain and over the best quarter, the share of pairs
+/// ordered right, and the regret of trusting its best; then each proxy's medians.
+fn ranking_measures(sets: &[Value], line: &mut impl FnMut(String)) {
+    line("## Can it rank the mixtures a user chooses among?\n".into());
+    line("Per held-out set and proxy: ρ over the validated mixtures that leave out the set's own domain (n of them), ρ over the best quarter by trained perplexity, each with a bootstrap 90% interval; the share of pairs of mixtures ordered as training orders them; and regret, how much worse (%) the trained model of the proxy's best mixture is than the best trained one.\n".into());
+    line("| eval set | proxy | n excl. | ρ excluding own domain | ρ best quarter | pairs right | regret |".into());
+    line("|---|---|---|---|---|---|---|".into());
+    let mut medians: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for set in sets {
+        for (key, name) in PROXY_NAMES {
+            let a = &set["proxies"][key];
+            for measure in ["rho_excluding", "rho_top", "decision_accuracy", "regret"] {
+                if let Some(v) = a[measure].as_f64() {
+                    medians.entry((key, measure)).or_default().push(v);
+                }
+            }
+            line(format!(
+                "| {} | {name} | {} | {} | {} | {} | {} |",
+                set["eval_set"].as_str().unwrap_or(""),
+                a["n_excluding"],
+                with_interval(&a["rho_excluding"], &a["rho_excluding_90"]),
+                with_interval(&a["rho_top"], &a["rho_top_90"]),
+                a["decision_accuracy"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{:.0}%", v * 100.0)),
+                a["regret"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.2}%")),
+            ));
+        }
+    }
+    line(String::new());
+    for (key, name) in PROXY_NAMES {
+        let m = |measure: &str| median(medians.get(&(key, measure)).cloned().unwrap_or_default());
+        line(format!(
+            "- {name}: median ρ excluding own domain {}, median ρ best quarter {}, median pairs right {}, median regret {}.",
+            m("rho_excluding").map_or("–".into(), |v| format!("{v:.3}")),
+            m("rho_top").map_or("–".into(), |v| format!("{v:.3}")),
+            m("decision_accuracy").map_or("–".into(), |v| format!("{:.0}%", v * 100.0)),
+            m("regret").map_or("–".into(), |v| format!("{v:.2}%")),
+        ));
+    }
+    line(String::new());
+}
+
 pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
     let s = c.settings;
     let sets = report["sets"].as_array().cloned().unwrap_or_default();
@@ -160,6 +214,7 @@ pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
         verdict(merged_ahead * 2 > sets.len())
     ));
     line(String::new());
+    ranking_measures(&sets, &mut line);
     line(format!(
         "![proxy against truth per held-out set](./{})\n",
         plot.file_name().unwrap().to_string_lossy()
