@@ -54,9 +54,14 @@ impl Proxies {
 /// (`None` where its scores are not all stored yet).
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
+    /// The validation (of the lowest seed, when there are several).
     pub validation: Uuid,
     pub partitions: Vec<Uuid>,
+    /// The trained perplexity: the mean of `truths`.
     pub truth: f64,
+    /// The seeds the mixture was trained with, lowest first, and each one's perplexity.
+    pub seeds: Vec<i64>,
+    pub truths: Vec<f64>,
     pub merged_uniform: Option<f64>,
     pub merged_tokens: Option<f64>,
     pub mean_of_units: Option<f64>,
@@ -133,16 +138,57 @@ impl Agreement {
     }
 }
 
+/// Training against itself on one eval set: Spearman's ρ between the trained perplexities of
+/// the first two seeds, over the mixtures trained with both (and over those of them without
+/// the eval set's own domain), each with its bootstrap 90% interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ceiling {
+    pub n: usize,
+    pub spearman: Option<f64>,
+    pub spearman_90: Option<(f64, f64)>,
+    pub n_excluding: usize,
+    pub rho_excluding: Option<f64>,
+    pub rho_excluding_90: Option<(f64, f64)>,
+}
+
+impl Ceiling {
+    pub fn of(points: &[Point]) -> Ceiling {
+        let twice = |only_excluding: bool| -> (Vec<f64>, Vec<f64>) {
+            points
+                .iter()
+                .filter(|p| p.truths.len() >= 2)
+                .filter(|p| !only_excluding || p.excludes_own_domain == Some(true))
+                .map(|p| (p.truths[0], p.truths[1]))
+                .unzip()
+        };
+        let (x, y) = twice(false);
+        let (xe, ye) = twice(true);
+        Ceiling {
+            n: x.len(),
+            spearman: stats::spearman(&x, &y),
+            spearman_90: stats::bootstrap90(&x, &y, stats::spearman),
+            n_excluding: xe.len(),
+            rho_excluding: stats::spearman(&xe, &ye),
+            rho_excluding_90: stats::bootstrap90(&xe, &ye, stats::spearman),
+        }
+    }
+}
+
 /// The report for one eval set.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetReport {
     pub eval_set: Uuid,
     pub n: usize,
     pub proxies: BTreeMap<&'static str, Agreement>,
+    /// How well training ranks the mixtures against itself: the best any proxy can do.
+    pub ceiling: Ceiling,
     /// Why a correlation is missing, when one is.
     pub note: Option<String>,
     pub points: Vec<Point>,
 }
+
+/// (eval set, base, recipe, mixture key): a mixture validated on one eval set, any seed.
+type MixtureOnSet<'a> = (Uuid, Uuid, Uuid, &'a str);
 
 /// Perplexities by (mixture key, weighting, eval set).
 type PerplexityTable = HashMap<(String, String, Uuid), f64>;
@@ -172,7 +218,8 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             );
         }
     }
-    let mut sets: BTreeMap<Uuid, Vec<Point>> = BTreeMap::new();
+    // A mixture validated with several seeds is one point: its truth the mean over seeds.
+    let mut seeds: Vec<(MixtureOnSet, Vec<(&validations::Validation, f64)>)> = Vec::new();
     for truth in &truths {
         if only.is_some_and(|e| e != truth.eval_set_id) {
             continue;
@@ -183,16 +230,35 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let Some(ppl) = truth.result["perplexity"].as_f64() else {
             continue;
         };
+        let key = (
+            truth.eval_set_id,
+            v.base_id,
+            v.recipe_id,
+            v.mixture_key.as_str(),
+        );
+        match seeds.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push((v, ppl)),
+            None => seeds.push((key, vec![(v, ppl)])),
+        }
+    }
+    // The eval sets' own domains: those their documents carry.
+    let mut own: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for truth in &truths {
+        if let Some(domains) = truth.result["per_domain"].as_object() {
+            own.entry(truth.eval_set_id)
+                .or_insert_with(|| domains.keys().cloned().collect());
+        }
+    }
+    let mut sets: BTreeMap<Uuid, Vec<Point>> = BTreeMap::new();
+    for ((eval_set, ..), mut runs) in seeds {
+        runs.sort_by_key(|(v, _)| v.seed);
+        let v = runs[0].0;
         let parts: Vec<(Uuid, i64)> = v
             .partition_ids
             .iter()
             .map(|p| (*p, sizes.get(p).map_or(0, |(bytes, _)| *bytes)))
             .collect();
-        // The eval set's own domains: those its documents carry.
-        let own: Vec<&String> = truth.result["per_domain"]
-            .as_object()
-            .map(|d| d.keys().collect())
-            .unwrap_or_default();
+        let own = own.get(&eval_set).cloned().unwrap_or_default();
         let domains: Option<Vec<&String>> = v
             .partition_ids
             .iter()
@@ -208,14 +274,17 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let table = &stored[&(v.base_id, v.recipe_id)];
         let score = |m: &Mixture| {
             table
-                .get(&(m.key(), m.weighting.as_str().to_string(), truth.eval_set_id))
+                .get(&(m.key(), m.weighting.as_str().to_string(), eval_set))
                 .copied()
         };
         let singles: Option<Vec<f64>> = proxies.singles.iter().map(score).collect();
-        sets.entry(truth.eval_set_id).or_default().push(Point {
+        let truths: Vec<f64> = runs.iter().map(|(_, ppl)| *ppl).collect();
+        sets.entry(eval_set).or_default().push(Point {
             validation: v.id,
             partitions: v.partition_ids.clone(),
-            truth: ppl,
+            truth: truths.iter().sum::<f64>() / truths.len() as f64,
+            seeds: runs.iter().map(|(v, _)| v.seed).collect(),
+            truths,
             merged_uniform: score(&proxies.uniform),
             merged_tokens: score(&proxies.tokens),
             mean_of_units: singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
@@ -239,6 +308,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                 eval_set,
                 n: points.len(),
                 proxies,
+                ceiling: Ceiling::of(&points),
                 note,
                 points,
             }
@@ -255,6 +325,8 @@ mod tests {
             validation: Uuid::nil(),
             partitions: Vec::new(),
             truth,
+            seeds: vec![0],
+            truths: vec![truth],
             merged_uniform: Some(proxy),
             merged_tokens: None,
             mean_of_units: Some(proxy),

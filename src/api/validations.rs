@@ -87,6 +87,7 @@ async fn view(state: &AppState, v: &Validation) -> Result<Value, ApiError> {
         }),
         "state": v.state,
         "tokens": v.tokens,
+        "seed": v.seed,
         "job_id": v.job_id,
         "train": v.train,
         "results": results,
@@ -137,7 +138,8 @@ pub struct ReportParams {
 /// `GET /v1/validations/report[?eval=]`: per eval set, n and each proxy's agreement with the
 /// union models (Pearson r of log perplexity, Spearman ρ, ρ over the mixtures without the eval
 /// set's own domain and over the best quarter, decision accuracy, regret; correlations with
-/// bootstrap 90% intervals), with the points behind them.
+/// bootstrap 90% intervals), the ceiling (ρ between two seeds' trained perplexities, over the
+/// mixtures trained with both), and the points behind them (the truth the mean over seeds).
 #[utoipa::path(get, path = "/v1/validations/report", tag = "validations", params(ReportParams),
     responses((status = 200, body = Object, description = "per eval set and proxy: n, Pearson r, Spearman ρ, rho_excluding, rho_top, decision_accuracy, regret, intervals; the points"), Errors))]
 pub async fn report(
@@ -174,6 +176,8 @@ pub async fn report(
                         "validation": p.validation,
                         "mixture": p.partitions.iter().map(|id| names.get(id)).collect::<Vec<_>>(),
                         "true": p.truth,
+                        "seeds": p.seeds,
+                        "truths": p.truths,
                         "merged_uniform": p.merged_uniform,
                         "merged_tokens": p.merged_tokens,
                         "mean_of_units": p.mean_of_units,
@@ -185,6 +189,7 @@ pub async fn report(
                 "eval_set": set_names.get(&s.eval_set),
                 "n": s.n,
                 "proxies": s.proxies,
+                "ceiling": s.ceiling,
                 "note": s.note,
                 "points": points,
             })

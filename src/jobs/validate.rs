@@ -78,15 +78,16 @@ pub fn validation_job(validation: Uuid, eval_sets: Vec<Uuid>) -> NewJob {
 /// The validation of each mixture from `base` with `recipe`, created or found in one
 /// transaction with the job that trains it (once) and evaluates it on those of `eval_sets`
 /// it lacks ([`validations::ensure`]). A mixture trains for `tokens`, or the recipe's
-/// budget once per partition with weight.
+/// budget once per partition with weight, with `seed`, or the recipe's.
 pub async fn queue(
     pool: &sqlx::PgPool,
     base: Uuid,
     recipe: &recipes::Recipe,
     mixtures: &[Mixture],
-    tokens: Option<u64>,
+    (tokens, seed): (Option<u64>, Option<u64>),
     eval_sets: &[Uuid],
 ) -> Result<Vec<(validations::Validation, Option<crate::registry::jobs::Job>)>, sqlx::Error> {
+    let seed = seed.unwrap_or(recipe.config.0.seed) as i64;
     let sha = eval_config_sha256(&EvalConfig::default());
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(mixtures.len());
@@ -103,6 +104,7 @@ pub async fn queue(
             partitions: &partitions,
             weights: weighted.then_some(weights.as_slice()),
             tokens: tokens as i64,
+            seed,
         };
         out.push(validations::ensure(&mut tx, &new, eval_sets, &sha, validation_job).await?);
     }
@@ -147,6 +149,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .ok_or_else(|| fatal(format!("base {} has no weights yet", base.name)))?;
             let mut config = recipe.config.0.clone();
             config.tokens = validation.tokens as u64;
+            config.seed = validation.seed as u64;
             let run = TrainingRun {
                 model: base.config.0.clone(),
                 start: Start::Stored {

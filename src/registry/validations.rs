@@ -22,6 +22,8 @@ pub struct Validation {
     pub sampling: String,
     /// In `partition_ids`' order, summing to 1 (`weights` sampling only).
     pub weights: Option<Vec<f64>>,
+    /// The training seed: the recipe's, or another to train the same mixture again.
+    pub seed: i64,
     /// queued (a job will train it), ready (weights stored) or failed.
     pub state: String,
     pub job_id: Option<Uuid>,
@@ -50,6 +52,7 @@ pub struct NewValidation<'a> {
     /// The share of each partition's sequences; `None`: the union as it is.
     pub weights: Option<&'a [f64]>,
     pub tokens: i64,
+    pub seed: i64,
 }
 
 impl NewValidation<'_> {
@@ -74,9 +77,9 @@ pub async fn ensure(
 ) -> Result<(Validation, Option<Job>), sqlx::Error> {
     sqlx::query(
         "insert into validations (id, base_id, recipe_id, mixture_key, partition_ids, tokens,
-                                  sampling, weights, state)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
-         on conflict (base_id, recipe_id, sampling, mixture_key, tokens) do nothing",
+                                  sampling, weights, seed, state)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued')
+         on conflict (base_id, recipe_id, sampling, mixture_key, tokens, seed) do nothing",
     )
     .bind(Uuid::new_v4())
     .bind(new.base)
@@ -86,11 +89,12 @@ pub async fn ensure(
     .bind(new.tokens)
     .bind(new.sampling())
     .bind(new.weights)
+    .bind(new.seed)
     .execute(&mut *db)
     .await?;
     let validation: Validation = sqlx::query_as(
         "select * from validations where base_id = $1 and recipe_id = $2 and sampling = $3
-             and mixture_key = $4 and tokens = $5
+             and mixture_key = $4 and tokens = $5 and seed = $6
          for update",
     )
     .bind(new.base)
@@ -98,6 +102,7 @@ pub async fn ensure(
     .bind(new.sampling())
     .bind(new.mixture_key)
     .bind(new.tokens)
+    .bind(new.seed)
     .fetch_one(&mut *db)
     .await?;
     let done: Vec<Uuid> = sqlx::query_scalar(

@@ -47,6 +47,9 @@ pub struct NewValidations {
     /// Tokens to train each model for (a multiple of the recipe's sequence length; default:
     /// the recipe's budget times the number of partitions with weight, the paper's k×).
     pub tokens: Option<u64>,
+    /// The training seed (default: the recipe's). The same mixture validated with two seeds
+    /// shows how well training agrees with itself: the report's ceiling for any proxy.
+    pub seed: Option<u64>,
     pub base: Option<String>,
     pub recipe: Option<String>,
     /// Whether missing unit models are queued for training (default true: the answer is then
@@ -80,6 +83,9 @@ pub async fn create(
     let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
 
     let step = recipe.config.0.seq_len;
+    if new.seed.is_some_and(|seed| seed > i64::MAX as u64) {
+        return Err(bad("invalid_seed", format!("seed is at most {}", i64::MAX)));
+    }
     if let Some(tokens) = new.tokens
         && (tokens == 0 || !tokens.is_multiple_of(step))
     {
@@ -135,7 +141,8 @@ pub async fn create(
 
     let set_ids: Vec<Uuid> = eval_sets.iter().map(|s| s.id).collect();
     let mixtures: Vec<Mixture> = resolved.into_iter().map(|(m, _)| m).collect();
-    let out = crate::jobs::validate::queue(pool, base.id, &recipe, &mixtures, new.tokens, &set_ids)
-        .await?;
+    let budget = (new.tokens, new.seed);
+    let out =
+        crate::jobs::validate::queue(pool, base.id, &recipe, &mixtures, budget, &set_ids).await?;
     Ok(Created::Done(out))
 }

@@ -647,10 +647,12 @@ function withInterval(value, interval) {
 async function validations() {
   const [report, list] = await Promise.all([get('/v1/validations/report'), get('/v1/validations?limit=100')]);
   const proxies = ['merged_uniform', 'merged_tokens', 'mean_of_units'];
-  const rows = report.sets.flatMap((s) => proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.note })));
+  // Where mixtures were trained with two seeds, training against itself: the ceiling.
+  const ceiling = (s) => (s.ceiling && s.ceiling.n > 0 ? [{ set: s.eval_set, proxy: 'ceiling: two seeds', a: s.ceiling, note: `${s.ceiling.n} mixture(s) trained twice` }] : []);
+  const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.note })), ...ceiling(s)]);
   const charts = report.sets.map((s) => ({ s, el: h('div', { class: 'chart', 'data-eval-set': s.eval_set }) }));
   render(h('h1', {}, 'Validations: can the proxy be trusted?'),
-    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best.'),
+    h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best. Mixtures trained with a second seed give the ceiling: how well training ranks them against itself, the most any proxy can reach; their truth is the mean over seeds.'),
     table([
       { title: 'Eval set', cell: (r) => r.set },
       { title: 'Proxy', cell: (r) => r.proxy },
@@ -671,6 +673,7 @@ async function validations() {
       { title: 'Sampling', cell: (v) => (v.sampling === 'weights' ? 'in proportion' : 'union') },
       { title: 'State', cell: (v) => stateTag(v.state) },
       { title: 'Tokens', num: true, cell: (v) => fmt.num(v.tokens) },
+      { title: 'Seed', num: true, cell: (v) => v.seed },
       { title: 'Created', cell: (v) => fmt.time(v.created_at) },
     ], list.items, { id: 'validations' }));
   for (const { s, el } of charts) {

@@ -293,6 +293,83 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
         (status, missing["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+
+    // The same four mixtures trained again with another seed, evaluated on `legal`: the
+    // ceiling is ρ between the two seeds' perplexities, and the truth their mean.
+    let before = app.get("/v1/validations/report?eval=legal").await.1;
+    let request = json!({"mixtures": mixtures, "eval_sets": ["legal"], "seed": 7});
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    assert!(
+        created["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["seed"] == 7)
+    );
+    let (status, refused) = app
+        .post(
+            "/v1/validations",
+            json!({"mixtures": mixtures, "eval_sets": ["legal"], "seed": u64::MAX}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    evaluated(&app, 8, 1).await;
+    let (_, report) = app.get("/v1/validations/report?eval=legal").await;
+    let set = &report["sets"][0];
+    assert_eq!(
+        set["n"], 4,
+        "one point per mixture, whatever its seeds: {set}"
+    );
+    let points = set["points"].as_array().unwrap();
+    let (first, second): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .map(|p| {
+            let truths = p["truths"].as_array().unwrap();
+            assert_eq!(p["seeds"].as_array().unwrap().len(), 2, "{p}");
+            assert!(p["seeds"].as_array().unwrap().contains(&json!(7)), "{p}");
+            let (a, b) = (truths[0].as_f64().unwrap(), truths[1].as_f64().unwrap());
+            assert_eq!(p["true"].as_f64().unwrap(), (a + b) / 2.0, "{p}");
+            // The other seed's model is another model.
+            assert_ne!(a, b, "{p}");
+            (a, b)
+        })
+        .unzip();
+    // The earlier seed's perplexities are what the report showed before.
+    let earlier: Vec<f64> = before["sets"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["true"].as_f64().unwrap())
+        .collect();
+    let mut sorted_first = first.clone();
+    let mut sorted_earlier = earlier.clone();
+    sorted_first.sort_by(f64::total_cmp);
+    sorted_earlier.sort_by(f64::total_cmp);
+    assert_eq!(sorted_first, sorted_earlier);
+    let ceiling = &set["ceiling"];
+    assert_eq!(ceiling["n"], 4, "{ceiling}");
+    let rho = spearman_of_distinct(&first, &second);
+    assert!(
+        (ceiling["spearman"].as_f64().unwrap() - rho).abs() < 1e-12,
+        "{ceiling}, ρ from the points {rho}"
+    );
+    // The proxies are now compared with the mean over seeds.
+    let truths: Vec<f64> = points.iter().map(|p| p["true"].as_f64().unwrap()).collect();
+    let merged: Vec<f64> = points
+        .iter()
+        .map(|p| p["merged_uniform"].as_f64().unwrap())
+        .collect();
+    let rho = spearman_of_distinct(&merged, &truths);
+    assert!(
+        (set["proxies"]["merged_uniform"]["spearman"]
+            .as_f64()
+            .unwrap()
+            - rho)
+            .abs()
+            < 1e-12,
+        "{set}"
+    );
 }
 
 #[tokio::test]
