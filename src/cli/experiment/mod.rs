@@ -44,6 +44,9 @@ pub struct ExperimentArgs {
     /// Mixtures of 2 and 3 domains to validate (half each; a seeded draw).
     #[arg(long, default_value_t = 20)]
     pub validations: usize,
+    /// How many of them are trained again with another seed: the ceiling of any proxy.
+    #[arg(long, default_value_t = 10)]
+    pub twice: usize,
     /// Held-out bytes per domain (each document cut to 4,000).
     #[arg(long, default_value_t = 20_000)]
     pub eval_bytes: usize,
@@ -71,6 +74,7 @@ pub async fn run(args: ExperimentArgs, config: &Config) -> Result<()> {
         base_tokens: args.base_tokens,
         unit_tokens: args.unit_tokens,
         validations: args.validations,
+        twice: args.twice.min(args.validations),
         eval_bytes: args.eval_bytes,
         out: args.out,
     };
@@ -89,6 +93,7 @@ struct Settings {
     base_tokens: u64,
     unit_tokens: u64,
     validations: usize,
+    twice: usize,
     eval_bytes: usize,
     out: PathBuf,
 }
@@ -208,6 +213,26 @@ async fn protocol(
     })
     .await?;
     times.0.push(("validate", phase.elapsed().as_secs_f64()));
+
+    // The first of them trained again with the next seed: how well training agrees with
+    // itself, the most any proxy can reach.
+    let phase = Instant::now();
+    let seed = recipe["config"]["seed"].as_u64().unwrap_or(0) + 1;
+    let again = &chosen[..s.twice];
+    let request = json!({"mixtures": again, "eval_sets": eval_sets, "seed": seed});
+    api.send("POST", "/v1/validations", request.to_string())
+        .await?;
+    wait(api, "/v1/validations/report", |r| {
+        Ok(r["sets"].as_array().is_some_and(|sets| {
+            sets.iter()
+                .all(|s| s["ceiling"]["n"].as_u64() == Some(again.len() as u64))
+        }))
+    })
+    .await?;
+    times.0.push((
+        "validate again with another seed",
+        phase.elapsed().as_secs_f64(),
+    ));
     let report = api.get("/v1/validations/report").await?;
 
     let phase = Instant::now();
