@@ -53,6 +53,10 @@ pub struct ValidateArgs {
     /// Tokens to train each model for (default: the recipe's budget per partition).
     #[arg(long)]
     pub tokens: Option<u64>,
+    /// The training seed (default: the recipe's); the same mixtures validated with two seeds
+    /// give the report's ceiling.
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub models: Models,
     /// Print the validations and the report as JSON instead of tables.
@@ -151,6 +155,9 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     if let Some(tokens) = a.tokens {
         request["tokens"] = json!(tokens);
     }
+    if let Some(seed) = a.seed {
+        request["seed"] = json!(seed);
+    }
     a.models.apply(&mut request);
     let created = api.create("/v1/validations", request).await?;
     let ids: Vec<String> = created["items"]
@@ -241,6 +248,49 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     println!(
         "\nproxy against truth over every validated mixture (Pearson r of log perplexity / Spearman ρ)\n{table}"
     );
+    let mut table = Table::new();
+    table.set_header([
+        "eval set",
+        "proxy",
+        "ρ excluding own domain (n)",
+        "ρ best quarter",
+        "pairs right",
+        "regret",
+    ]);
+    for set in report["sets"].as_array().into_iter().flatten() {
+        let name = set["eval_set"].as_str().unwrap_or("").to_string();
+        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+            let p = &set["proxies"][proxy];
+            table.add_row([
+                name.clone(),
+                proxy.to_string(),
+                format!("{} ({})", number(&p["rho_excluding"]), p["n_excluding"]),
+                number(&p["rho_top"]),
+                p["decision_accuracy"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{:.0}%", v * 100.0)),
+                p["regret"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.2}%")),
+            ]);
+        }
+        let c = &set["ceiling"];
+        if c["n"].as_u64().unwrap_or(0) > 0 {
+            table.add_row([
+                name.clone(),
+                format!(
+                    "ceiling: two seeds, ρ {} over {}",
+                    number(&c["spearman"]),
+                    c["n"]
+                ),
+                format!("{} ({})", number(&c["rho_excluding"]), c["n_excluding"]),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    println!("\nwhat choosing among mixtures needs of a proxy\n{table}");
     Ok(())
 }
 
