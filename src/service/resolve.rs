@@ -119,6 +119,11 @@ impl Partitions {
         Ok(ids)
     }
 
+    /// The row of a partition resolved here.
+    pub fn row(&self, id: Uuid) -> Option<&Dataset> {
+        self.rows.get(&id)
+    }
+
     /// The name of a partition resolved here.
     pub fn name(&self, id: Uuid) -> &str {
         self.rows.get(&id).map_or("", |r| r.name.as_str())

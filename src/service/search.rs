@@ -14,7 +14,7 @@ use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Result};
 use crate::ingest::IngestError;
 use crate::registry::RegistryError;
-use crate::registry::datasets::{self, Kind};
+use crate::registry::datasets;
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::searches::Search;
@@ -93,18 +93,17 @@ pub async fn create(
             format!("a search weighs 2 to {MAX_PARTITIONS} partitions"),
         ));
     }
-    let mut partitions = Vec::with_capacity(new.partitions.len());
-    for key in &new.partitions {
-        let p = datasets::find(pool, Kind::Partition, key)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("partition {key:?}")))?;
-        if partitions.iter().any(|q: &datasets::Dataset| q.id == p.id) {
+    let mut resolved = resolve::Partitions::default();
+    let mut partitions: Vec<&datasets::Dataset> = Vec::with_capacity(new.partitions.len());
+    let ids = resolved.resolve(pool, &new.partitions).await?;
+    for (key, id) in new.partitions.iter().zip(&ids) {
+        if partitions.iter().any(|q| q.id == *id) {
             return Err(bad(
                 "invalid_partitions",
                 format!("partition {key:?} is named twice"),
             ));
         }
-        partitions.push(p);
+        partitions.extend(resolved.row(*id));
     }
     // A setting keyed by partition (bounds, prior) or eval set (objective): its position.
     let position = |keys: &[(Uuid, &str)], key: &str, what: &str| {

@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::mixture::{Mixture, Weighting};
-use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::jobs::Job;
 use crate::registry::models;
 use crate::registry::validations::Validation;
@@ -95,43 +94,34 @@ pub async fn create(
         ));
     }
 
-    let mut resolved: Vec<(Mixture, Vec<Dataset>)> = Vec::new();
+    let mut partitions = resolve::Partitions::default();
+    let mut resolved: Vec<(Mixture, Vec<Uuid>)> = Vec::new();
     for (i, spec) in mixtures.iter().enumerate() {
-        let keys = spec.keys();
-        let mut rows = Vec::with_capacity(keys.len());
-        for key in keys {
-            let row = datasets::find(pool, Kind::Partition, key)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("partition {key:?}")))?;
-            rows.push(row);
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mixture = match spec {
-            MixtureSpec::Union(_) => Mixture::new(&ids, None, Weighting::Uniform),
-            MixtureSpec::Weighted(weights) => {
-                let weights: Vec<f64> = weights.values().copied().collect();
-                Mixture::new(&ids, Some(&weights), Weighting::Explicit)
-            }
-        }
-        .map_err(|e| Error::unprocessable("invalid_mixture", format!("mixtures[{i}]: {e}")))?;
-        resolved.push((mixture, rows));
+        let keys: Vec<String> = spec.keys().into_iter().cloned().collect();
+        let ids = partitions.resolve(pool, &keys).await?;
+        let weights: Option<Vec<f64>> = match spec {
+            MixtureSpec::Union(_) => None,
+            MixtureSpec::Weighted(weights) => Some(weights.values().copied().collect()),
+        };
+        let weighting = match weights {
+            None => Weighting::Uniform,
+            Some(_) => Weighting::Explicit,
+        };
+        let mixture = partitions
+            .mixture(&ids, weights.as_deref(), weighting)
+            .map_err(|e| e.context(format_args!("mixtures[{i}]")))?;
+        resolved.push((mixture, ids));
     }
     // Each partition once, in the order the request names them.
     let mut used: Vec<Uuid> = Vec::new();
-    for row in resolved.iter().flat_map(|(_, rows)| rows) {
-        if !used.contains(&row.id) {
-            used.push(row.id);
+    for id in resolved.iter().flat_map(|(_, ids)| ids) {
+        if !used.contains(id) {
+            used.push(*id);
         }
     }
     // The proxies need the unit models.
     let missing = models::not_ready(pool, base.id, recipe.id, &used).await?;
-    let name = |id: Uuid| {
-        resolved
-            .iter()
-            .flat_map(|(_, rows)| rows)
-            .find(|r| r.id == id)
-            .map_or(String::new(), |r| r.name.clone())
-    };
+    let name = |id: Uuid| partitions.name(id).to_string();
     let train = new.train.unwrap_or(true);
     if let Some(training) =
         units::train_missing(pool, (base.id, recipe.id), &missing, &name, train).await?
