@@ -15,6 +15,9 @@ use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::{scores, validations};
 use crate::stats;
 
+/// Validated mixtures an eval set needs before the report names its best proxy.
+pub const TRUSTED_AT: usize = 8;
+
 /// The proxies, in report order.
 pub const PROXIES: [&str; 3] = ["merged_uniform", "merged_tokens", "mean_of_units"];
 
@@ -182,6 +185,8 @@ pub struct SetReport {
     pub proxies: BTreeMap<&'static str, Agreement>,
     /// How well training ranks the mixtures against itself: the best any proxy can do.
     pub ceiling: Ceiling,
+    /// With at least [`TRUSTED_AT`] validated mixtures: the proxy with the highest ρ.
+    pub best_proxy: Option<&'static str>,
     /// Why a correlation is missing, when one is.
     pub note: Option<String>,
     pub points: Vec<Point>,
@@ -189,6 +194,24 @@ pub struct SetReport {
 
 /// (eval set, base, recipe, mixture key): a mixture validated on one eval set, any seed.
 type MixtureOnSet<'a> = (Uuid, Uuid, Uuid, &'a str);
+
+/// The proxy with the highest ρ over `n` validated mixtures (the first of equals), once `n`
+/// reaches [`TRUSTED_AT`].
+fn best_proxy(n: usize, proxies: &BTreeMap<&'static str, Agreement>) -> Option<&'static str> {
+    if n < TRUSTED_AT {
+        return None;
+    }
+    let mut best: Option<(&'static str, f64)> = None;
+    for name in PROXIES {
+        let Some(rho) = proxies.get(name).and_then(|a| a.spearman) else {
+            continue;
+        };
+        if best.is_none_or(|(_, b)| rho > b) {
+            best = Some((name, rho));
+        }
+    }
+    best.map(|(name, _)| name)
+}
 
 /// Perplexities by (mixture key, weighting, eval set).
 type PerplexityTable = HashMap<(String, String, Uuid), f64>;
@@ -294,10 +317,11 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
     Ok(sets
         .into_iter()
         .map(|(eval_set, points)| {
-            let proxies = PROXIES
+            let proxies: BTreeMap<&'static str, Agreement> = PROXIES
                 .into_iter()
                 .map(|name| (name, Agreement::of(&points, name)))
                 .collect();
+            let best_proxy = best_proxy(points.len(), &proxies);
             let note = (points.len() < 3).then(|| {
                 format!(
                     "{} validated mixture(s): correlations need at least 3",
@@ -309,6 +333,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                 n: points.len(),
                 proxies,
                 ceiling: Ceiling::of(&points),
+                best_proxy,
                 note,
                 points,
             }
@@ -332,6 +357,32 @@ mod tests {
             mean_of_units: Some(proxy),
             excludes_own_domain,
         }
+    }
+
+    #[test]
+    fn the_best_proxy_is_named_once_enough_mixtures_are_validated() {
+        let with = |rho: [Option<f64>; 3]| -> BTreeMap<&'static str, Agreement> {
+            PROXIES
+                .into_iter()
+                .zip(rho)
+                .map(|(name, spearman)| {
+                    (
+                        name,
+                        Agreement {
+                            spearman,
+                            ..Agreement::default()
+                        },
+                    )
+                })
+                .collect()
+        };
+        let proxies = with([Some(0.8), Some(0.9), Some(0.7)]);
+        assert_eq!(best_proxy(TRUSTED_AT - 1, &proxies), None);
+        assert_eq!(best_proxy(TRUSTED_AT, &proxies), Some("merged_tokens"));
+        // Equals: the first in report order; unknown ρ never wins.
+        let proxies = with([Some(0.9), Some(0.9), None]);
+        assert_eq!(best_proxy(20, &proxies), Some("merged_uniform"));
+        assert_eq!(best_proxy(20, &with([None, None, None])), None);
     }
 
     /// Six mixtures: the three with the eval set's own domain are ranked right, the three

@@ -190,6 +190,7 @@ pub async fn report(
                 "n": s.n,
                 "proxies": s.proxies,
                 "ceiling": s.ceiling,
+                "best_proxy": s.best_proxy,
                 "note": s.note,
                 "points": points,
             })

@@ -649,7 +649,7 @@ async function validations() {
   const proxies = ['merged_uniform', 'merged_tokens', 'mean_of_units'];
   // Where mixtures were trained with two seeds, training against itself: the ceiling.
   const ceiling = (s) => (s.ceiling && s.ceiling.n > 0 ? [{ set: s.eval_set, proxy: 'ceiling: two seeds', a: s.ceiling, note: `${s.ceiling.n} mixture(s) trained twice` }] : []);
-  const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.note })), ...ceiling(s)]);
+  const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.best_proxy === p ? 'the best ρ on this set' : s.note })), ...ceiling(s)]);
   const charts = report.sets.map((s) => ({ s, el: h('div', { class: 'chart', 'data-eval-set': s.eval_set }) }));
   render(h('h1', {}, 'Validations: can the proxy be trusted?'),
     h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best. Mixtures trained with a second seed give the ceiling: how well training ranks them against itself, the most any proxy can reach; their truth is the mean over seeds.'),

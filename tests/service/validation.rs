@@ -150,6 +150,10 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
         let eval = set["eval_set"].as_str().unwrap();
         assert_eq!(set["n"], 4);
         assert!(set["note"].is_null());
+        assert!(
+            set["best_proxy"].is_null(),
+            "4 mixtures are too few to name one"
+        );
         let points = set["points"].as_array().unwrap();
         for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
             let agreement = &set["proxies"][proxy];
