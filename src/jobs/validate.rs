@@ -150,14 +150,21 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
             let mut config = recipe.config.0.clone();
             config.tokens = validation.tokens as u64;
             config.seed = validation.seed as u64;
+            // The partitions in the order of their content, not of their random ids: the same
+            // mixture trains the same model in any registry, and differs only by its seed.
+            let mut order: Vec<usize> = (0..partitions.len()).collect();
+            order.sort_by(|&a, &b| partitions[a].sha256.cmp(&partitions[b].sha256));
             let run = TrainingRun {
                 model: base.config.0.clone(),
                 start: Start::Stored {
                     base: Box::new(base.clone()),
                     sha256: weights,
                 },
-                partitions: partitions.clone(),
-                weights: validation.weights.clone(),
+                partitions: order.iter().map(|&i| partitions[i].clone()).collect(),
+                weights: validation
+                    .weights
+                    .as_ref()
+                    .map(|w| order.iter().map(|&i| w[i]).collect()),
                 config,
                 output: keys::model(&validation.id, WEIGHTS_FILE),
                 mirror: keys::model(&validation.id, "train_state"),

@@ -570,3 +570,38 @@ async fn bad_validations_are_refused_by_name_and_queue_nothing() {
         .unwrap();
     assert_eq!(validations, 0);
 }
+
+/// The ids a registry gives its partitions are random: a union's training data must not
+/// follow them, or the same mixture trains another model in every registry (and a second
+/// seed could not be told from a second registry). Two registries, the same partitions: the
+/// same validated perplexities, bit for bit.
+#[tokio::test]
+async fn a_union_trains_the_same_model_whatever_ids_its_partitions_got() {
+    let (first, second) = tokio::join!(setup(), setup());
+    let request = json!({
+        "mixtures": [["code_python", "code_c", "legal_licenses"], ["legal_licenses", "code_c"]],
+        "eval_sets": ["legal"],
+    });
+    let mut results = Vec::new();
+    for app in [&first, &second] {
+        let (status, created) = app.post("/v1/validations", request.to_string()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+        let mut by_mixture: Vec<(Vec<String>, f64)> = evaluated(app, 2, 1)
+            .await
+            .iter()
+            .map(|v| {
+                let mut names: Vec<String> = v["mixture"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_string())
+                    .collect();
+                names.sort();
+                (names, result_on(v, "legal"))
+            })
+            .collect();
+        by_mixture.sort_by(|a, b| a.0.cmp(&b.0));
+        results.push(by_mixture);
+    }
+    assert_eq!(results[0], results[1]);
+}
