@@ -4,7 +4,10 @@
 //! 2. one score job per mixture (resident merge, but each job fetches its units, builds the
 //!    model and tokenises the eval set anew);
 //! 3. the steps a score job took before resident merges, in-process: download the unit
-//!    models to disk, write the merged checkpoint, load it, evaluate.
+//!    models to disk, write the merged checkpoint, load it, evaluate;
+//!
+//! and the same mixtures as sweeps by the ensemble proxy, twice: first with no per-token
+//! NLLs stored, then with them stored (mixtures per second against the resident sweep's).
 //!
 //! For each: wall time, the summed pure forward time of the evaluations, and the overhead per
 //! mixture, (wall − forward) / mixtures. Needs PostgreSQL (`scripts/postgres.sh`).
@@ -232,6 +235,7 @@ async fn main() {
         base_id: base.id,
         recipe_id: recipe.id,
         weighting: "uniform".into(),
+        proxy: "average".into(),
         eval_set_ids: vec![eval_set.id],
         eval_config: serde_json::to_value(&eval).unwrap(),
         eval_config_sha256: eval_config_sha256(&eval),
@@ -269,6 +273,36 @@ async fn main() {
         .await
         .unwrap();
 
+    // 1b. The same mixtures by the ensemble proxy: first with no per-token NLLs stored (a
+    // forward pass per unit model), then again once they are (none).
+    let mut ensemble_runs = Vec::new();
+    for _ in 0..2 {
+        let sweep = Sweep {
+            id: Uuid::new_v4(),
+            proxy: "ensemble".into(),
+            ..sweep.clone()
+        };
+        let started = Instant::now();
+        let jobs = mixpool::jobs::sweep::queue(&pool, &sweep, &list, 32)
+            .await
+            .unwrap();
+        while worker.try_run_one().await.unwrap() {}
+        let wall = started.elapsed().as_secs_f64();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let forward: i64 = sqlx::query_scalar(
+            "select sum((result->'shard'->>'forward_passes')::int8)::int8 from jobs where id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        ensemble_runs.push((wall, forward));
+        sqlx::query("delete from scores")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
     // 2. One score job per mixture.
     let started = Instant::now();
     for m in &mixtures[..sample] {
@@ -276,6 +310,7 @@ async fn main() {
             base: base.id,
             recipe: recipe.id,
             mixture: m.clone(),
+            proxy: mixpool::proxy::Proxy::Average,
             eval_set: eval_set.id,
             eval: eval.clone(),
         };
@@ -355,6 +390,17 @@ async fn main() {
         sweep_forward,
     );
     row("one score job per mixture", sample, jobs_wall, jobs_forward);
+    let per_second = |wall: f64| mixtures.len() as f64 / wall;
+    println!(
+        "ensemble sweep: {:.1} mixtures/s with no per-token NLLs stored ({} forward passes), {:.1} mixtures/s once stored ({} forward passes); resident merged sweep {:.1} mixtures/s: {:.1}x and {:.1}x",
+        per_second(ensemble_runs[0].0),
+        ensemble_runs[0].1,
+        per_second(ensemble_runs[1].0),
+        ensemble_runs[1].1,
+        per_second(sweep_wall),
+        sweep_wall / ensemble_runs[0].0,
+        sweep_wall / ensemble_runs[1].0,
+    );
     row(
         "files (the earlier score job)",
         sample,

@@ -131,6 +131,14 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
             }
         }
     }
+    // Each unit model's per-token NLLs on an eval set (the ensemble proxy's input).
+    for (model, object, sha) in crate::registry::logprobs::objects(pool).await? {
+        expect(
+            object,
+            Some(sha),
+            format!("per-token NLLs of unit model {model}"),
+        );
+    }
     // Exports are a cache (a removed one is merged again): owned, not required; an export
     // that merged a deleted partition is owned by nothing.
     let exports = registry::live_exports(pool).await?;

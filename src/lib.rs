@@ -10,6 +10,7 @@ pub mod fsck;
 pub mod ingest;
 pub mod jobs;
 pub mod mixture;
+pub mod proxy;
 pub mod registry;
 pub mod search;
 pub mod service;

@@ -34,6 +34,20 @@ pub mod keys {
     pub fn model(id: &uuid::Uuid, file: &str) -> String {
         format!("models/{id}/{file}")
     }
+    /// A unit model's per-token NLLs on an eval set under an evaluation setting, named by
+    /// their own sha256 as well.
+    pub fn logprobs(
+        unit: &uuid::Uuid,
+        eval_set: &uuid::Uuid,
+        config: &str,
+        sha256: &str,
+    ) -> String {
+        let (config, sha256) = (
+            &config[..16.min(config.len())],
+            &sha256[..16.min(sha256.len())],
+        );
+        model(unit, &format!("logprobs/{eval_set}-{config}-{sha256}.nll"))
+    }
     pub fn eval_set(sha256: &str) -> String {
         format!("evalsets/{sha256}/data.jsonl.zst")
     }

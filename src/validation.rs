@@ -10,16 +10,24 @@ use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, MixtureError, Weighting};
+use crate::proxy::Proxy;
 use crate::registry::datasets;
-use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
+use crate::registry::scores::eval_config_sha256;
 use crate::registry::{scores, validations};
 use crate::stats;
 
 /// Validated mixtures an eval set needs before the report names its best proxy.
 pub const TRUSTED_AT: usize = 8;
 
-/// The proxies, in report order.
-pub const PROXIES: [&str; 3] = ["merged_uniform", "merged_tokens", "mean_of_units"];
+/// The proxies, in report order: the uniform and the token-weighted parameter average, the
+/// mean of the unit models' own perplexities, and the uniform ensemble of their
+/// distributions.
+pub const PROXIES: [&str; 4] = [
+    "merged_uniform",
+    "merged_tokens",
+    "mean_of_units",
+    "ensemble",
+];
 
 /// The scores a validation is compared with: the mixture merged with uniform and with
 /// token-proportional weights, and each partition's unit model alone.
@@ -45,11 +53,15 @@ impl Proxies {
         })
     }
 
-    /// Every mixture whose score the proxies need.
-    pub fn mixtures(&self) -> impl Iterator<Item = &Mixture> {
-        [&self.uniform, &self.tokens]
-            .into_iter()
-            .chain(self.singles.iter())
+    /// Every score the proxies need: each mixture with the proxy that scores it.
+    pub fn scored(self) -> Vec<(Mixture, Proxy)> {
+        let mut out = vec![
+            (self.uniform.clone(), Proxy::Average),
+            (self.tokens, Proxy::Average),
+        ];
+        out.extend(self.singles.into_iter().map(|m| (m, Proxy::Average)));
+        out.push((self.uniform, Proxy::Ensemble));
+        out
     }
 }
 
@@ -65,21 +77,16 @@ pub struct Point {
     /// The seeds the mixture was trained with, lowest first, and each one's perplexity.
     pub seeds: Vec<i64>,
     pub truths: Vec<f64>,
-    pub merged_uniform: Option<f64>,
-    pub merged_tokens: Option<f64>,
-    pub mean_of_units: Option<f64>,
+    /// Each proxy's perplexity, where its scores are all stored (by [`PROXIES`] name).
+    pub proxies: BTreeMap<&'static str, f64>,
     /// Whether none of the mixture's partitions is of the eval set's own domain (the
     /// domains its documents carry); `None` when a partition or the eval set has none.
     pub excludes_own_domain: Option<bool>,
 }
 
 impl Point {
-    fn proxy(&self, name: &str) -> Option<f64> {
-        match name {
-            "merged_uniform" => self.merged_uniform,
-            "merged_tokens" => self.merged_tokens,
-            _ => self.mean_of_units,
-        }
+    pub fn proxy(&self, name: &str) -> Option<f64> {
+        self.proxies.get(name).copied()
     }
 }
 
@@ -213,8 +220,8 @@ fn best_proxy(n: usize, proxies: &BTreeMap<&'static str, Agreement>) -> Option<&
     best.map(|(name, _)| name)
 }
 
-/// Perplexities by (mixture key, weighting, eval set).
-type PerplexityTable = HashMap<(String, String, Uuid), f64>;
+/// Perplexities by (proxy, mixture key, weighting, eval set).
+type PerplexityTable = HashMap<(String, String, String, Uuid), f64>;
 
 /// Per eval set (all, or `only`), every ready validation's point and each proxy's
 /// correlation with the truth. Correlations need at least 3 points.
@@ -231,11 +238,11 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         if let std::collections::hash_map::Entry::Vacant(entry) =
             stored.entry((v.base_id, v.recipe_id))
         {
-            let rows = scores::all_for(pool, v.base_id, v.recipe_id, MERGE_METHOD, &sha).await?;
+            let rows = scores::all_for(pool, v.base_id, v.recipe_id, &sha).await?;
             entry.insert(
                 rows.into_iter()
-                    .filter_map(|(key, weighting, set, result)| {
-                        Some(((key, weighting, set), result["perplexity"].as_f64()?))
+                    .filter_map(|(proxy, key, weighting, set, result)| {
+                        Some(((proxy, key, weighting, set), result["perplexity"].as_f64()?))
                     })
                     .collect(),
             );
@@ -295,12 +302,29 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             continue;
         };
         let table = &stored[&(v.base_id, v.recipe_id)];
-        let score = |m: &Mixture| {
-            table
-                .get(&(m.key(), m.weighting.as_str().to_string(), eval_set))
-                .copied()
+        let score = |m: &Mixture, proxy: Proxy| {
+            let key = (
+                proxy.as_str().to_string(),
+                m.key(),
+                m.weighting.as_str().to_string(),
+                eval_set,
+            );
+            table.get(&key).copied()
         };
-        let singles: Option<Vec<f64>> = proxies.singles.iter().map(score).collect();
+        let singles: Option<Vec<f64>> = proxies
+            .singles
+            .iter()
+            .map(|m| score(m, Proxy::Average))
+            .collect();
+        let known = [
+            ("merged_uniform", score(&proxies.uniform, Proxy::Average)),
+            ("merged_tokens", score(&proxies.tokens, Proxy::Average)),
+            (
+                "mean_of_units",
+                singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
+            ),
+            ("ensemble", score(&proxies.uniform, Proxy::Ensemble)),
+        ];
         let truths: Vec<f64> = runs.iter().map(|(_, ppl)| *ppl).collect();
         sets.entry(eval_set).or_default().push(Point {
             validation: v.id,
@@ -308,9 +332,10 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             truth: truths.iter().sum::<f64>() / truths.len() as f64,
             seeds: runs.iter().map(|(v, _)| v.seed).collect(),
             truths,
-            merged_uniform: score(&proxies.uniform),
-            merged_tokens: score(&proxies.tokens),
-            mean_of_units: singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
+            proxies: known
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?)))
+                .collect(),
             excludes_own_domain,
         });
     }
@@ -352,16 +377,14 @@ mod tests {
             truth,
             seeds: vec![0],
             truths: vec![truth],
-            merged_uniform: Some(proxy),
-            merged_tokens: None,
-            mean_of_units: Some(proxy),
+            proxies: [("merged_uniform", proxy), ("mean_of_units", proxy)].into(),
             excludes_own_domain,
         }
     }
 
     #[test]
     fn the_best_proxy_is_named_once_enough_mixtures_are_validated() {
-        let with = |rho: [Option<f64>; 3]| -> BTreeMap<&'static str, Agreement> {
+        let with = |rho: [Option<f64>; 4]| -> BTreeMap<&'static str, Agreement> {
             PROXIES
                 .into_iter()
                 .zip(rho)
@@ -376,13 +399,13 @@ mod tests {
                 })
                 .collect()
         };
-        let proxies = with([Some(0.8), Some(0.9), Some(0.7)]);
+        let proxies = with([Some(0.8), Some(0.9), Some(0.7), None]);
         assert_eq!(best_proxy(TRUSTED_AT - 1, &proxies), None);
         assert_eq!(best_proxy(TRUSTED_AT, &proxies), Some("merged_tokens"));
         // Equals: the first in report order; unknown ρ never wins.
-        let proxies = with([Some(0.9), Some(0.9), None]);
+        let proxies = with([Some(0.9), Some(0.9), None, Some(0.85)]);
         assert_eq!(best_proxy(20, &proxies), Some("merged_uniform"));
-        assert_eq!(best_proxy(20, &with([None, None, None])), None);
+        assert_eq!(best_proxy(20, &with([None; 4])), None);
     }
 
     /// Six mixtures: the three with the eval set's own domain are ranked right, the three

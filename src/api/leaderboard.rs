@@ -14,9 +14,10 @@ use super::{ApiError, AppState, Q};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::mixture::{Mixture, Weighting};
+use crate::proxy::Proxy;
 use crate::registry::datasets::{self, Kind};
+use crate::registry::scores::eval_config_sha256;
 use crate::registry::scores::{self, Rank, ScoreKey};
-use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 
 /// The scores of `base` × `recipe` on `eval` under the default evaluation settings.
 async fn scope(
@@ -24,7 +25,9 @@ async fn scope(
     eval: &str,
     base: Option<&str>,
     recipe: Option<&str>,
+    proxy: Option<&str>,
 ) -> Result<(ScoreKey, Value), ApiError> {
+    let proxy = Proxy::parse(proxy)?;
     let base = crate::service::resolve::base(&state.pool, base).await?;
     let recipe = crate::service::resolve::recipe(&state.pool, recipe).await?;
     let eval_set = crate::service::resolve::eval_sets(&state.pool, &[eval.to_string()])
@@ -35,11 +38,13 @@ async fn scope(
         recipe_id: recipe.id,
         mixture_key: String::new(),
         weighting: "uniform".into(),
-        merge_method: MERGE_METHOD.into(),
+        merge_method: proxy.as_str().into(),
         eval_set_id: eval_set.id,
         eval_config_sha256: eval_config_sha256(&EvalConfig::default()),
     };
-    let context = json!({ "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name });
+    let context = json!({
+        "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name, "proxy": proxy,
+    });
     Ok((key, context))
 }
 
@@ -61,6 +66,8 @@ pub struct LeaderboardParams {
     limit: Option<i64>,
     /// Rows to skip (default 0).
     offset: Option<i64>,
+    /// Whose scores: `average` (default) or `ensemble`.
+    proxy: Option<String>,
 }
 
 /// `GET /v1/leaderboard?eval=E`: every stored score of the base and recipe on the eval set
@@ -113,6 +120,7 @@ pub async fn leaderboard(
         &params.eval,
         params.base.as_deref(),
         params.recipe.as_deref(),
+        params.proxy.as_deref(),
     )
     .await?;
     let (total, rows) = scores::leaderboard(
@@ -154,6 +162,7 @@ pub async fn leaderboard(
         "eval_set": context["eval_set"],
         "base": context["base"],
         "recipe": context["recipe"],
+        "proxy": context["proxy"],
         "sort": sort,
         "order": if descending { "desc" } else { "asc" },
         "total": total,
@@ -184,6 +193,8 @@ pub struct HeatmapParams {
     limit: Option<usize>,
     base: Option<String>,
     recipe: Option<String>,
+    /// Whose scores: `average` (default) or `ensemble`.
+    proxy: Option<String>,
 }
 
 /// `GET /v1/heatmap?eval=E`: the stored perplexity of every uniform merge of two of the
@@ -202,6 +213,7 @@ pub async fn heatmap(
         &params.eval,
         params.base.as_deref(),
         params.recipe.as_deref(),
+        params.proxy.as_deref(),
     )
     .await?;
     let partitions: Vec<(Uuid, String)> = match &params.partitions {
@@ -269,6 +281,7 @@ pub async fn heatmap(
         "eval_set": context["eval_set"],
         "base": context["base"],
         "recipe": context["recipe"],
+        "proxy": context["proxy"],
         "partitions": partitions.iter().map(|(_, n)| n).collect::<Vec<_>>(),
         "missing": pairs.len() - cells.len(),
         "cells": cells,

@@ -16,6 +16,7 @@ use super::error::Errors;
 use super::metrics::Outcome;
 use super::{ApiError, AppState, Q};
 use crate::mixture::MixtureRequest;
+use crate::proxy::Proxy;
 use crate::service::scoring::{self, Answer, Resolved};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -30,6 +31,9 @@ pub struct ScoreParams {
     weights: Option<String>,
     /// `uniform` (default) or `tokens`.
     weighting: Option<String>,
+    /// `average` (default: the merged parameters) or `ensemble` (the mixture of the unit
+    /// models' next-token distributions).
+    proxy: Option<String>,
     /// The base (default: the newest).
     base: Option<String>,
     /// The recipe (default: the newest).
@@ -42,7 +46,12 @@ pub struct ScoreParams {
 }
 
 /// The key of the answer cache: the request's own words, with the defaults filled in.
-fn cache_key((base, recipe): &(String, String), asked: &MixtureRequest, eval: &str) -> String {
+fn cache_key(
+    (base, recipe): &(String, String),
+    asked: &MixtureRequest,
+    proxy: Proxy,
+    eval: &str,
+) -> String {
     let weights = asked
         .weights
         .as_ref()
@@ -54,6 +63,7 @@ fn cache_key((base, recipe): &(String, String), asked: &MixtureRequest, eval: &s
         eval,
         weights.as_deref().unwrap_or(""),
         asked.weighting.as_deref().unwrap_or(""),
+        proxy.as_str(),
     ]
     .join("\n")
 }
@@ -123,7 +133,8 @@ pub async fn get_score(
         params.weights.as_deref(),
         params.weighting.as_deref(),
     )?;
-    let key = cache_key(&names, &asked, &params.eval);
+    let proxy = Proxy::parse(params.proxy.as_deref())?;
+    let key = cache_key(&names, &asked, proxy, &params.eval);
     if let Some(answer) = state.scores.get(&key) {
         state.metrics.score_answered(Outcome::Cached);
         return Ok(Json(answer).into_response());
@@ -133,6 +144,7 @@ pub async fn get_score(
     let resolved = scoring::resolve(
         &state.pool,
         &asked,
+        proxy,
         &params.eval,
         (&names.0, &names.1),
         train,
@@ -203,6 +215,8 @@ pub struct Batch {
     eval_sets: Vec<String>,
     base: Option<String>,
     recipe: Option<String>,
+    /// `average` (default) or `ensemble`.
+    proxy: Option<String>,
     /// Seconds to wait for the scores being computed, all together (default 30).
     wait: Option<f64>,
     /// Whether missing unit models are queued for training (default true).
@@ -238,14 +252,22 @@ pub async fn post_scores(
         .names(&state.pool, batch.base.as_deref(), batch.recipe.as_deref())
         .await?;
     let train = batch.train.unwrap_or(true);
+    let proxy = Proxy::parse(batch.proxy.as_deref())?;
     let mut resolved = Vec::with_capacity(pairs);
     for (i, mixture) in batch.mixtures.iter().enumerate() {
         let asked = mixture.asked();
         for eval in &batch.eval_sets {
-            let r = scoring::resolve(&state.pool, &asked, eval, (&names.0, &names.1), train)
-                .await
-                .map_err(|e| e.context(format_args!("mixtures[{i}] on eval set {eval:?}")))?;
-            let key = cache_key(&names, &asked, eval);
+            let r = scoring::resolve(
+                &state.pool,
+                &asked,
+                proxy,
+                eval,
+                (&names.0, &names.1),
+                train,
+            )
+            .await
+            .map_err(|e| e.context(format_args!("mixtures[{i}] on eval set {eval:?}")))?;
+            let key = cache_key(&names, &asked, proxy, eval);
             resolved.push((key, r));
         }
     }

@@ -16,7 +16,6 @@ use super::error::Errors;
 use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid};
 use crate::mixture::Member;
 use crate::registry::datasets::{self, Kind};
-use crate::registry::scores::MERGE_METHOD;
 use crate::registry::sweeps::{self, Sweep};
 use crate::registry::{bases, recipes};
 use crate::service::sweep::{self, NewSweep};
@@ -101,7 +100,7 @@ pub async fn list_sweeps(
 
 /// A sweep as the API shows it; with `ranked`, that many of the best mixtures per eval set.
 async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<Value, ApiError> {
-    let outcomes = sweeps::outcomes(&state.pool, sweep, MERGE_METHOD).await?;
+    let outcomes = sweeps::outcomes(&state.pool, sweep).await?;
     let jobs = sweeps::job_states(&state.pool, sweep.id).await?;
     let base = bases::find(&state.pool, &sweep.base_id.to_string()).await?;
     let recipe = recipes::find(&state.pool, &sweep.recipe_id.to_string()).await?;
@@ -136,6 +135,7 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
         "base": base.map(|b| b.name),
         "recipe": recipe.map(|r| r.name),
         "weighting": sweep.weighting,
+        "proxy": sweep.proxy,
         "eval_sets": sweep.eval_set_ids.iter().map(|id| eval_names.get(id).cloned()).collect::<Vec<_>>(),
         "mixtures": sweep.mixtures,
         "progress": {

@@ -21,6 +21,7 @@ use crate::registry::scores::eval_config_sha256;
 use crate::registry::validations::{self, Validation};
 use crate::service::units::Created;
 use crate::service::validation::{self, NewValidations};
+use crate::validation::PROXIES;
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
@@ -172,17 +173,18 @@ pub async fn report(
                 .points
                 .iter()
                 .map(|p| {
-                    json!({
+                    let mut point = json!({
                         "validation": p.validation,
                         "mixture": p.partitions.iter().map(|id| names.get(id)).collect::<Vec<_>>(),
                         "true": p.truth,
                         "seeds": p.seeds,
                         "truths": p.truths,
-                        "merged_uniform": p.merged_uniform,
-                        "merged_tokens": p.merged_tokens,
-                        "mean_of_units": p.mean_of_units,
                         "excludes_own_domain": p.excludes_own_domain,
-                    })
+                    });
+                    for name in PROXIES {
+                        point[name] = json!(p.proxy(name));
+                    }
+                    point
                 })
                 .collect();
             json!({
@@ -197,5 +199,5 @@ pub async fn report(
         })
         .collect();
     sets.sort_by(|a, b| a["eval_set"].as_str().cmp(&b["eval_set"].as_str()));
-    Ok(Json(json!({ "sets": sets })))
+    Ok(Json(json!({ "proxies": PROXIES, "sets": sets })))
 }

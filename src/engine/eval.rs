@@ -71,17 +71,68 @@ pub struct EvalResult {
 }
 
 struct Window {
-    domain: usize,
     /// Input ids; the targets are the same ids shifted by one (`len` + 1 ids in all).
     ids: Vec<i64>,
+}
+
+/// Where the predicted tokens of a prepared eval set belong: each window's domain and
+/// length, in evaluation order, and each domain's UTF-8 bytes and documents. Totals are
+/// summed from per-token NLLs in this order only ([`Layout::totals`]), so a model's
+/// evaluation and any arithmetic on its stored per-token NLLs give the same numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub domains: Vec<String>,
+    /// (UTF-8 bytes, documents) per domain.
+    pub sizes: Vec<(u64, u64)>,
+    /// (domain, predicted tokens) per window.
+    pub windows: Vec<(u32, u32)>,
+}
+
+impl Layout {
+    /// Predicted tokens in all windows.
+    pub fn tokens(&self) -> usize {
+        self.windows.iter().map(|&(_, n)| n as usize).sum()
+    }
+
+    /// The totals of per-token NLLs, `nll(i)` for the i-th predicted token in window order:
+    /// each window summed in f64 in token order, then the windows in order per domain.
+    pub fn totals(&self, nll: impl Fn(usize) -> f64) -> EvalResult {
+        let mut sums: Vec<(f64, u64)> = vec![(0.0, 0); self.domains.len()];
+        let mut at = 0usize;
+        for &(domain, len) in &self.windows {
+            let window: f64 = (at..at + len as usize).map(&nll).sum();
+            at += len as usize;
+            sums[domain as usize].0 += window;
+            sums[domain as usize].1 += len as u64;
+        }
+        let per_domain: BTreeMap<String, Totals> = self
+            .domains
+            .iter()
+            .zip(sums.iter().zip(&self.sizes))
+            .map(|(name, (&(nll, tokens), &(bytes, docs)))| {
+                (name.clone(), Totals::new(nll, tokens, bytes, docs))
+            })
+            .collect();
+        let total = Totals::new(
+            sums.iter().map(|s| s.0).sum(),
+            sums.iter().map(|s| s.1).sum(),
+            self.sizes.iter().map(|s| s.0).sum(),
+            self.sizes.iter().map(|s| s.1).sum(),
+        );
+        let n = per_domain.len() as f64;
+        EvalResult {
+            total,
+            macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
+            macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
+            per_domain,
+        }
+    }
 }
 
 /// An eval set tokenised and cut into windows for one model's tokenizer and context: made
 /// once, evaluated with any weights of that architecture (every merge of a sweep).
 pub struct Prepared {
-    domains: Vec<String>,
-    /// UTF-8 bytes and documents per domain.
-    sizes: Vec<(u64, u64)>,
+    layout: Layout,
     /// Longest first, so each batch pads little and the order does not depend on the input's.
     windows: Vec<Window>,
 }
@@ -121,61 +172,64 @@ impl Prepared {
             let predicted = ids.len() - 1;
             for start in (0..predicted).step_by(context) {
                 let len = context.min(predicted - start);
-                windows.push(Window {
-                    domain,
-                    ids: ids[start..start + len + 1].to_vec(),
-                });
+                windows.push((
+                    domain as u32,
+                    Window {
+                        ids: ids[start..start + len + 1].to_vec(),
+                    },
+                ));
             }
         }
         if windows.is_empty() {
             return Err(DataError::Empty);
         }
-        windows.sort_by_key(|w| std::cmp::Reverse(w.ids.len()));
-        Ok(Prepared {
+        windows.sort_by_key(|(_, w): &(u32, Window)| std::cmp::Reverse(w.ids.len()));
+        let layout = Layout {
             domains,
             sizes,
-            windows,
+            windows: windows
+                .iter()
+                .map(|(domain, w)| (*domain, (w.ids.len() - 1) as u32))
+                .collect(),
+        };
+        Ok(Prepared {
+            layout,
+            windows: windows.into_iter().map(|(_, w)| w).collect(),
         })
     }
 
     /// Predicted tokens in all windows.
     pub fn tokens(&self) -> u64 {
-        self.windows.iter().map(|w| (w.ids.len() - 1) as u64).sum()
+        self.layout.tokens() as u64
+    }
+
+    /// Where each predicted token belongs.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The model's NLL of each predicted token (fp32 cross-entropy), in the layout's order,
+    /// `batch_size` windows per forward pass.
+    pub fn token_nll(&self, model: &LoadedModel, batch_size: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.layout.tokens());
+        let device = model.vs.device();
+        tch::no_grad(|| {
+            for batch in self.windows.chunks(batch_size.max(1)) {
+                let nll = position_nll(model, batch, device).to_device(Device::Cpu);
+                let width = nll.size()[1] as usize;
+                let nll = Vec::<f32>::try_from(&nll.view([-1])).expect("a float tensor");
+                for (row, w) in batch.iter().enumerate() {
+                    out.extend_from_slice(&nll[row * width..row * width + w.ids.len() - 1]);
+                }
+            }
+        });
+        out
     }
 
     /// The model's perplexity on the prepared windows, `batch_size` windows per forward pass.
     pub fn evaluate(&self, model: &LoadedModel, batch_size: usize) -> EvalResult {
-        let mut sums: Vec<(f64, u64)> = vec![(0.0, 0); self.domains.len()];
-        let device = model.vs.device();
-        tch::no_grad(|| {
-            for batch in self.windows.chunks(batch_size.max(1)) {
-                for (window, nll) in batch.iter().zip(batch_nll(model, batch, device)) {
-                    sums[window.domain].0 += nll;
-                    sums[window.domain].1 += (window.ids.len() - 1) as u64;
-                }
-            }
-        });
-        let per_domain: BTreeMap<String, Totals> = self
-            .domains
-            .iter()
-            .zip(sums.iter().zip(&self.sizes))
-            .map(|(name, (&(nll, tokens), &(bytes, docs)))| {
-                (name.clone(), Totals::new(nll, tokens, bytes, docs))
-            })
-            .collect();
-        let total = Totals::new(
-            sums.iter().map(|s| s.0).sum(),
-            sums.iter().map(|s| s.1).sum(),
-            self.sizes.iter().map(|s| s.0).sum(),
-            self.sizes.iter().map(|s| s.1).sum(),
-        );
-        let n = per_domain.len() as f64;
-        EvalResult {
-            total,
-            macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
-            macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
-            per_domain,
-        }
+        let nll = self.token_nll(model, batch_size);
+        self.layout.totals(|i| nll[i] as f64)
     }
 }
 
@@ -205,16 +259,15 @@ impl Prepared {
     }
 }
 
-/// Summed NLL of each window's targets: fp32 cross-entropy per position (padding ignored),
-/// summed per window in f64.
-fn batch_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Vec<f64> {
-    let nll = window_nll(model, batch, device).to_device(Device::Cpu);
-    Vec::<f64>::try_from(&nll).expect("a 1-D double tensor")
-}
-
 /// Each window's summed NLL as a double tensor on the device (differentiable when grad is
 /// enabled).
 fn window_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
+    position_nll(model, batch, device).sum_dim_intlist(-1, false, Kind::Double)
+}
+
+/// The fp32 cross-entropy of every target position, `[windows, longest window]`, zero at
+/// padding.
+fn position_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
     const PAD: i64 = -100;
     let width = batch.iter().map(|w| w.ids.len() - 1).max().unwrap();
     let mut inputs = vec![0i64; batch.len() * width];
@@ -237,5 +290,5 @@ fn window_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
         PAD,
         0.0,
     );
-    nll.view(shape).sum_dim_intlist(-1, false, Kind::Double)
+    nll.view(shape)
 }

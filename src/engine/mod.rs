@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod ensemble;
 pub mod eval;
 pub mod hf;
 pub mod merge;

@@ -18,6 +18,7 @@ use super::JobError;
 use super::context::{Context, remove_dir};
 use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
+use crate::engine::ensemble::TokenNll;
 use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
 use crate::engine::resident::{Unit, Workspace};
 use crate::registry::bases::Base;
@@ -65,6 +66,11 @@ enum Command {
     Save {
         dir: PathBuf,
         reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    TokenNll {
+        unit: Uuid,
+        eval_sets: Vec<Uuid>,
+        reply: oneshot::Sender<Result<Vec<TokenNll>, JobError>>,
     },
 }
 
@@ -123,6 +129,11 @@ impl Merger {
 
     pub fn is_resident(&self, model: Uuid) -> bool {
         self.resident.contains_key(&model)
+    }
+
+    /// How many unit models are resident.
+    pub fn resident_count(&self) -> usize {
+        self.resident.len()
     }
 
     /// Memory the resident unit models take.
@@ -201,6 +212,24 @@ impl Merger {
                 units: units.to_vec(),
                 weights: weights.to_vec(),
                 objective: objective.to_vec(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// A resident unit model's NLL of every token of `eval_sets`, in their order (one forward
+    /// pass over each; the working model then holds the unit's weights).
+    pub async fn token_nll(
+        &self,
+        unit: Uuid,
+        eval_sets: &[Uuid],
+    ) -> Result<Vec<TokenNll>, JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::TokenNll {
+                unit,
+                eval_sets: eval_sets.to_vec(),
                 reply,
             })
             .map_err(|_| stopped())?;
@@ -327,6 +356,29 @@ fn owner(
                     Ok(out)
                 };
                 let _ = reply.send(descend());
+            }
+            Command::TokenNll {
+                unit,
+                eval_sets,
+                reply,
+            } => {
+                let mut run = || -> Result<Vec<TokenNll>, JobError> {
+                    let chosen = resident(&units, &[unit])?;
+                    workspace.merge(&chosen, &[1.0]).map_err(|e| fatal(&e))?;
+                    eval_sets
+                        .iter()
+                        .map(|id| {
+                            let set = prepared
+                                .get(id)
+                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?;
+                            Ok(TokenNll {
+                                layout: set.layout().clone(),
+                                nll: set.token_nll(workspace.model(), eval.batch_size),
+                            })
+                        })
+                        .collect()
+                };
+                let _ = reply.send(run());
             }
             Command::Save { dir, reply } => {
                 let _ = reply.send(workspace.model().save(&dir).map_err(|e| fatal(&e)));

@@ -4,6 +4,7 @@
 //! one. Adding a kind is a file that implements [`kind::Kind`] and one line below.
 
 pub mod context;
+mod ensemble;
 pub mod export;
 pub mod kind;
 mod merger;

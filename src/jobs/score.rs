@@ -1,5 +1,6 @@
-//! `score` jobs: one mixture's unit models merged in memory and evaluated on one eval set;
-//! the score row and the job's success commit together.
+//! `score` jobs: one mixture's score on one eval set by its proxy (the unit models merged
+//! in memory and evaluated, or their ensemble from stored per-token NLLs); the score row and
+//! the job's success commit together.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -8,11 +9,14 @@ use uuid::Uuid;
 
 use super::JobError;
 use super::context::Context;
+use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
-use super::merger::Merger;
+use super::merger::{Merger, Scored};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
+use crate::proxy::Proxy;
 use crate::registry::datasets;
+use crate::registry::models::UnitModel;
 use crate::registry::scores::ScoreKey;
 use crate::registry::{bases, scores};
 
@@ -66,19 +70,35 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
     let partitions: Vec<Uuid> = job.mixture.iter().map(|m| m.partition).collect();
     let members = super::ready_units(pool, key.base_id, key.recipe_id, &partitions).await?;
 
-    let mut merger = Merger::open(cx, &base, std::slice::from_ref(&eval_set), &job.eval).await?;
-    cx.check_fits(members.len(), merger.unit_bytes)?;
-    let scored = async {
-        for unit in &members {
-            merger.load(cx, unit).await?;
+    let ids: Vec<Uuid> = members.iter().map(|u| u.id).collect();
+    let weights: Vec<f64> = job.mixture.iter().map(|m| m.weight).collect();
+    let sets = std::slice::from_ref(&eval_set);
+    // Forward passes over the eval set: the merge's one, or the ensemble's per unit model
+    // whose per-token NLLs were not stored yet.
+    let mut forward_passes = 1;
+    let scored = if key.merge_method == Proxy::Ensemble.as_str() {
+        let units: Vec<&UnitModel> = members.iter().collect();
+        let nll = UnitNll::gather(cx, &base, sets, &job.eval, &units, None).await?;
+        forward_passes = nll.computed;
+        let started = std::time::Instant::now();
+        Scored {
+            results: vec![nll.score(&ids, &weights, eval_set.id)?],
+            merge_seconds: started.elapsed().as_secs_f64(),
+            eval_seconds: 0.0,
         }
-        let ids: Vec<Uuid> = members.iter().map(|u| u.id).collect();
-        let weights: Vec<f64> = job.mixture.iter().map(|m| m.weight).collect();
-        merger.score(&ids, &weights, &[eval_set.id]).await
-    }
-    .await;
-    merger.close().await;
-    let scored = scored?;
+    } else {
+        let mut merger = Merger::open(cx, &base, sets, &job.eval).await?;
+        cx.check_fits(members.len(), merger.unit_bytes)?;
+        let scored = async {
+            for unit in &members {
+                merger.load(cx, unit).await?;
+            }
+            merger.score(&ids, &weights, &[eval_set.id]).await
+        }
+        .await;
+        merger.close().await;
+        scored?
+    };
     let result = serde_json::to_value(&scored.results[0]).expect("results serialise");
 
     let mut tx = pool.begin().await?;
@@ -90,7 +110,7 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
         "eval": scored.eval_seconds,
         "total": started.elapsed().as_secs_f64(),
     });
-    let result = json!({ "score": score.id, "seconds": seconds });
+    let result = json!({ "score": score.id, "forward_passes": forward_passes, "seconds": seconds });
     let done = cx.succeed(tx, &result).await?;
     cx.clear_scratch().await;
     Ok(done)

@@ -1,6 +1,7 @@
-//! `sweep` jobs: one shard of a sweep. The shard's unit models stay resident on the device
-//! while each mixture is merged in memory and evaluated on every eval set of the sweep that
-//! lacks its score. Each mixture's scores are stored (with the job's progress, fenced by its
+//! `sweep` jobs: one shard of a sweep. For the `average` proxy the shard's unit models stay
+//! resident on the device while each mixture is merged in memory and evaluated on every eval
+//! set of the sweep that lacks its score; for the `ensemble` proxy each unit model's
+//! per-token NLLs are fetched (or computed once) and every mixture is arithmetic on them. Each mixture's scores are stored (with the job's progress, fenced by its
 //! attempt) as soon as they are computed, so a worker that takes over the shard of a dead one
 //! skips what is stored: nothing is scored twice. Unit models that do not fit the worker's
 //! memory budget together are taken in groups that do.
@@ -13,14 +14,15 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::context::Context;
+use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
 use super::merger::Merger;
 use super::{Done, JobError};
-use crate::engine::eval::EvalConfig;
+use crate::engine::eval::{EvalConfig, EvalResult};
 use crate::mixture::Member;
+use crate::proxy::Proxy;
 use crate::registry::datasets;
 use crate::registry::models::UnitModel;
-use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::sweeps;
 use crate::registry::{bases, models};
@@ -64,10 +66,14 @@ pub async fn queue(
     shard: usize,
 ) -> Result<Vec<crate::registry::jobs::Job>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let jobs = sweeps::create(&mut tx, sweep, mixtures, MERGE_METHOD, shard, shard_job).await?;
+    let jobs = sweeps::create(&mut tx, sweep, mixtures, shard, shard_job).await?;
     tx.commit().await?;
     Ok(jobs)
 }
+
+/// Ensemble scores stored per transaction: each costs microseconds to compute, so a
+/// transaction per mixture would be most of the work.
+const ENSEMBLE_BATCH: usize = 64;
 
 /// A mixture of the shard with the eval sets it still lacks.
 struct Todo {
@@ -82,9 +88,14 @@ struct Tally {
     mixtures: usize,
     /// Mixtures already scored on every eval set when the shard started.
     cached: usize,
-    /// Mixtures merged and evaluated by this attempt, and the scores it stored.
+    /// Mixtures scored by this attempt, and the scores it stored.
     computed: usize,
     scores: usize,
+    /// Forward passes over an eval set: one per score for merges; for the ensemble, one per
+    /// unit model and eval set whose per-token NLLs were not stored yet.
+    forward_passes: usize,
+    /// Per-token NLLs of a unit model on an eval set found stored (ensemble).
+    logprobs_reused: usize,
     groups: usize,
     /// The most memory the resident unit models took at once.
     peak_resident_bytes: u64,
@@ -117,7 +128,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
         recipe_id: sweep.recipe_id,
         mixture_key: String::new(),
         weighting: sweep.weighting.clone(),
-        merge_method: MERGE_METHOD.into(),
+        merge_method: sweep.proxy.clone(),
         eval_set_id: Uuid::nil(),
         eval_config_sha256: sweep.eval_config_sha256.clone(),
     };
@@ -171,15 +182,32 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
                 "partition {p} has no ready unit model"
             )));
         }
-        let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
         let shard = Shard {
             cx,
             sweep: &sweep,
             scope: &scope,
             units: &units,
         };
-        let outcome = shard.run(&mut merger, &todo, &mut tally).await;
-        merger.close().await;
+        let outcome = if sweep.proxy == Proxy::Ensemble.as_str() {
+            let needed: HashSet<Uuid> = todo.iter().flat_map(|t| t.eval_sets.clone()).collect();
+            let sets: Vec<_> = eval_sets
+                .iter()
+                .filter(|s| needed.contains(&s.id))
+                .cloned()
+                .collect();
+            let models: Vec<&UnitModel> = units.values().collect();
+            let loading = Instant::now();
+            let nll = UnitNll::gather(cx, &base, &sets, &eval, &models, None).await?;
+            tally.load_seconds = loading.elapsed().as_secs_f64();
+            tally.forward_passes = nll.computed;
+            tally.logprobs_reused = nll.reused;
+            shard.ensemble(&nll, &todo, &mut tally).await
+        } else {
+            let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
+            let outcome = shard.run(&mut merger, &todo, &mut tally).await;
+            merger.close().await;
+            outcome
+        };
         cx.clear_scratch().await;
         match outcome? {
             Done::Succeeded => {}
@@ -247,34 +275,77 @@ impl Shard<'_> {
                 tally.eval_seconds += scored.eval_seconds;
                 finished += 1;
                 let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
-                if !self.store(item, &scored.results, progress).await? {
+                if !self.store(&[(item, scored.results)], progress).await? {
                     return Ok(Done::LeaseLost);
                 }
                 tally.computed += 1;
-                tally.scores += scored.results.len();
+                tally.scores += item.eval_sets.len();
+                tally.forward_passes += item.eval_sets.len();
             }
         }
         Ok(Done::Succeeded)
     }
 
-    /// Stores one mixture's scores with the job's progress, in one transaction fenced by the
+    /// Scores every mixture of `todo` as the ensemble of its unit models, from their
+    /// per-token NLLs (`nll`), storing [`ENSEMBLE_BATCH`] mixtures per transaction.
+    async fn ensemble(
+        &self,
+        nll: &UnitNll,
+        todo: &[Todo],
+        tally: &mut Tally,
+    ) -> Result<Done, JobError> {
+        let mut finished = 0usize;
+        for batch in todo.chunks(ENSEMBLE_BATCH) {
+            if self.cx.is_cancelled() {
+                return Ok(Done::Cancelled);
+            }
+            let started = Instant::now();
+            let mut scored = Vec::with_capacity(batch.len());
+            for item in batch {
+                let ids: Vec<Uuid> = item
+                    .members
+                    .iter()
+                    .map(|m| self.units[&m.partition].id)
+                    .collect();
+                let weights: Vec<f64> = item.members.iter().map(|m| m.weight).collect();
+                let results = item
+                    .eval_sets
+                    .iter()
+                    .map(|set| nll.score(&ids, &weights, *set))
+                    .collect::<Result<Vec<_>, _>>()?;
+                scored.push((item, results));
+            }
+            tally.merge_seconds += started.elapsed().as_secs_f64();
+            finished += batch.len();
+            let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
+            if !self.store(&scored, progress).await? {
+                return Ok(Done::LeaseLost);
+            }
+            tally.computed += batch.len();
+            tally.scores += batch.iter().map(|t| t.eval_sets.len()).sum::<usize>();
+        }
+        Ok(Done::Succeeded)
+    }
+
+    /// Stores mixtures' scores with the job's progress, in one transaction fenced by the
     /// attempt; `false` when the lease was lost (nothing is stored then).
     async fn store(
         &self,
-        item: &Todo,
-        results: &[crate::engine::eval::EvalResult],
+        scored: &[(&Todo, Vec<EvalResult>)],
         (fraction, done, total): (f32, usize, usize),
     ) -> Result<bool, JobError> {
-        let members = serde_json::to_value(&item.members).expect("mixtures serialise");
         let mut tx = self.cx.pool.begin().await?;
-        for (eval_set, result) in item.eval_sets.iter().zip(results) {
-            let key = ScoreKey {
-                mixture_key: item.key.clone(),
-                eval_set_id: *eval_set,
-                ..self.scope.clone()
-            };
-            let result = serde_json::to_value(result).expect("results serialise");
-            scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
+        for (item, results) in scored {
+            let members = serde_json::to_value(&item.members).expect("mixtures serialise");
+            for (eval_set, result) in item.eval_sets.iter().zip(results) {
+                let key = ScoreKey {
+                    mixture_key: item.key.clone(),
+                    eval_set_id: *eval_set,
+                    ..self.scope.clone()
+                };
+                let result = serde_json::to_value(result).expect("results serialise");
+                scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
+            }
         }
         let message = format!("mixture {done}/{total}");
         self.cx.commit_progress(tx, fraction, &message).await

@@ -4,8 +4,8 @@
 //! partitions' summed budget: the paper's k-partition mixture trains k× the unit steps), with
 //! its train state mirrored like a unit model's. It is then evaluated on the requested eval
 //! sets, beside the mixture's proxies (for a union: merged uniform, merged token-weighted,
-//! each unit alone; with weights: the merge with those weights), which are stored as
-//! ordinary scores where they are missing.
+//! each unit alone, the uniform ensemble; with weights: the merge and the ensemble with those
+//! weights), which are stored as ordinary scores where they are missing.
 
 use std::collections::HashSet;
 
@@ -16,6 +16,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::context::Context;
+use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
 use super::merger::Merger;
 use super::mirror::StateMirror;
@@ -24,10 +25,11 @@ use super::{Done, JobError};
 use crate::engine::checkpoint::WEIGHTS_FILE;
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
+use crate::proxy::Proxy;
 use crate::registry::datasets;
 use crate::registry::jobs::NewJob;
+use crate::registry::scores::eval_config_sha256;
 use crate::registry::scores::{self, ScoreKey};
-use crate::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use crate::registry::{bases, models, recipes, validations};
 use crate::store::keys;
 use crate::validation::Proxies;
@@ -195,21 +197,24 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
     let eval_json = serde_json::to_value(&eval).expect("settings serialise");
     let sha = eval_config_sha256(&eval);
     let sizes: Vec<(Uuid, i64)> = partitions.iter().map(|p| (p.id, p.bytes)).collect();
-    // A weighted validation's proxy is the merge with its weights; a union's are the paper's.
-    let proxies: Vec<Mixture> = match &validation.weights {
-        Some(weights) => vec![
-            Mixture::new(
+    // A weighted validation's proxies are the merge and the ensemble with its weights; a
+    // union's are the paper's, each unit alone and the uniform ensemble.
+    let proxies: Vec<(Mixture, Proxy)> = match &validation.weights {
+        Some(weights) => {
+            let mixture = Mixture::new(
                 &validation.partition_ids,
                 Some(weights),
                 Weighting::Explicit,
             )
-            .map_err(|e| fatal(e.to_string()))?,
-        ],
+            .map_err(|e| fatal(e.to_string()))?;
+            vec![
+                (mixture.clone(), Proxy::Average),
+                (mixture, Proxy::Ensemble),
+            ]
+        }
         None => Proxies::of(&sizes)
             .map_err(|e| fatal(e.to_string()))?
-            .mixtures()
-            .cloned()
-            .collect(),
+            .scored(),
     };
     let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
@@ -219,6 +224,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
             .score(&[validation.id], &[1.0], &job.eval_sets)
             .await?;
         let mut unit_of = std::collections::HashMap::new();
+        let mut members = Vec::new();
         for p in &validation.partition_ids {
             let unit = units
                 .iter()
@@ -226,15 +232,19 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .ok_or_else(|| fatal(format!("partition {p} has no ready unit model")))?;
             merger.load(cx, unit).await?;
             unit_of.insert(*p, unit.id);
+            members.push(unit);
         }
+        // Each unit's per-token NLLs: a unit alone and the ensemble are arithmetic on them.
+        let nll =
+            UnitNll::gather(cx, &base, &eval_sets, &eval, &members, Some(&mut merger)).await?;
         let mut proxy_scores = Vec::new();
-        for mixture in &proxies {
+        for (mixture, proxy) in &proxies {
             let scope = ScoreKey {
                 base_id: validation.base_id,
                 recipe_id: validation.recipe_id,
                 mixture_key: mixture.key(),
                 weighting: mixture.weighting.as_str().into(),
-                merge_method: MERGE_METHOD.into(),
+                merge_method: proxy.as_str().into(),
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: sha.clone(),
             };
@@ -263,8 +273,15 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .map(|m| unit_of[&m.partition])
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let scored = merger.score(&ids, &weights, &missing).await?;
-            for (set, result) in missing.into_iter().zip(scored.results) {
+            let results = if *proxy == Proxy::Ensemble || ids.len() == 1 {
+                missing
+                    .iter()
+                    .map(|set| nll.score(&ids, &weights, *set))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                merger.score(&ids, &weights, &missing).await?.results
+            };
+            for (set, result) in missing.into_iter().zip(results) {
                 proxy_scores.push((
                     ScoreKey {
                         eval_set_id: set,

@@ -5,6 +5,7 @@ pub mod bases;
 pub mod datasets;
 pub mod fsck;
 pub mod jobs;
+pub mod logprobs;
 pub mod metrics;
 pub mod models;
 pub mod overview;

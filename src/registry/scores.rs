@@ -128,22 +128,20 @@ pub async fn stored_pairs(
     .await
 }
 
-/// Every stored merge score of a base and recipe under one evaluation setting:
-/// (mixture key, weighting, eval set, result).
+/// Every stored score of a base and recipe under one evaluation setting, of every proxy:
+/// (proxy, mixture key, weighting, eval set, result).
 pub async fn all_for(
     pool: &PgPool,
     base: Uuid,
     recipe: Uuid,
-    merge_method: &str,
     eval_config_sha256: &str,
-) -> Result<Vec<(String, String, Uuid, Value)>, sqlx::Error> {
+) -> Result<Vec<(String, String, String, Uuid, Value)>, sqlx::Error> {
     sqlx::query_as(
-        "select mixture_key, weighting, eval_set_id, result from scores
-         where base_id = $1 and recipe_id = $2 and merge_method = $3 and eval_config_sha256 = $4",
+        "select merge_method, mixture_key, weighting, eval_set_id, result from scores
+         where base_id = $1 and recipe_id = $2 and eval_config_sha256 = $3",
     )
     .bind(base)
     .bind(recipe)
-    .bind(merge_method)
     .bind(eval_config_sha256)
     .fetch_all(pool)
     .await

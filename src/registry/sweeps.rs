@@ -19,6 +19,8 @@ pub struct Sweep {
     pub recipe_id: Uuid,
     /// `uniform` or `tokens`.
     pub weighting: String,
+    /// The proxy its scores are stored under (`average`, `ensemble`).
+    pub proxy: String,
     pub eval_set_ids: Vec<Uuid>,
     pub eval_config: Value,
     pub eval_config_sha256: String,
@@ -60,7 +62,7 @@ const UNSCORED: &str = "
             select 1 from scores s
             where s.base_id = w.base_id and s.recipe_id = w.recipe_id
               and s.mixture_key = m.mixture_key and s.weighting = w.weighting
-              and s.merge_method = $2 and s.eval_set_id = e.id
+              and s.merge_method = w.proxy and s.eval_set_id = e.id
               and s.eval_config_sha256 = w.eval_config_sha256))
     order by m.position";
 
@@ -71,19 +73,19 @@ pub async fn create(
     db: &mut PgConnection,
     sweep: &Sweep,
     mixtures: &[SweepMixture],
-    merge_method: &str,
     shard: usize,
     job: fn(Uuid, Vec<i32>) -> jobs::NewJob,
 ) -> Result<Vec<Job>, sqlx::Error> {
     sqlx::query(
-        "insert into sweeps (id, base_id, recipe_id, weighting, eval_set_ids, eval_config,
+        "insert into sweeps (id, base_id, recipe_id, weighting, proxy, eval_set_ids, eval_config,
                              eval_config_sha256, request, mixtures)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(sweep.id)
     .bind(sweep.base_id)
     .bind(sweep.recipe_id)
     .bind(&sweep.weighting)
+    .bind(&sweep.proxy)
     .bind(&sweep.eval_set_ids)
     .bind(&sweep.eval_config)
     .bind(&sweep.eval_config_sha256)
@@ -107,7 +109,6 @@ pub async fn create(
     .await?;
     let unscored: Vec<i32> = sqlx::query_scalar(UNSCORED)
         .bind(sweep.id)
-        .bind(merge_method)
         .fetch_all(&mut *db)
         .await?;
     let mut created = Vec::new();
@@ -166,24 +167,19 @@ pub async fn mixtures_at(
 }
 
 /// Every mixture of the sweep on every one of its eval sets, with its score when stored.
-pub async fn outcomes(
-    pool: &PgPool,
-    sweep: &Sweep,
-    merge_method: &str,
-) -> Result<Vec<Outcome>, sqlx::Error> {
+pub async fn outcomes(pool: &PgPool, sweep: &Sweep) -> Result<Vec<Outcome>, sqlx::Error> {
     sqlx::query_as(
         "select m.position, m.mixture, e.id as eval_set_id, s.result
          from sweep_mixtures m join sweeps w on w.id = m.sweep_id
          cross join unnest(w.eval_set_ids) e(id)
          left join scores s on s.base_id = w.base_id and s.recipe_id = w.recipe_id
              and s.mixture_key = m.mixture_key and s.weighting = w.weighting
-             and s.merge_method = $2 and s.eval_set_id = e.id
+             and s.merge_method = w.proxy and s.eval_set_id = e.id
              and s.eval_config_sha256 = w.eval_config_sha256
          where m.sweep_id = $1
          order by m.position",
     )
     .bind(sweep.id)
-    .bind(merge_method)
     .fetch_all(pool)
     .await
 }

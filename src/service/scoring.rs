@@ -13,9 +13,10 @@ use uuid::Uuid;
 use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Reason, Result};
 use crate::mixture::{Member, Mixture, MixtureRequest};
+use crate::proxy::Proxy;
 use crate::registry::jobs::Job;
 use crate::registry::models::{self, UnitModel};
-use crate::registry::scores::{self, MERGE_METHOD, Score, ScoreKey, eval_config_sha256};
+use crate::registry::scores::{self, Score, ScoreKey, eval_config_sha256};
 use crate::service::resolve;
 use crate::service::units::{self, Training};
 
@@ -25,6 +26,7 @@ pub struct ScoreRequest {
     pub base: Uuid,
     pub recipe: Uuid,
     pub mixture: Mixture,
+    pub proxy: Proxy,
     pub eval_set: Uuid,
     pub eval: EvalConfig,
 }
@@ -37,7 +39,7 @@ impl ScoreRequest {
             recipe_id: self.recipe,
             mixture_key: self.mixture.key(),
             weighting: self.mixture.weighting.as_str().into(),
-            merge_method: MERGE_METHOD.into(),
+            merge_method: self.proxy.as_str().into(),
             eval_set_id: self.eval_set,
             eval_config_sha256: eval_config_sha256(&self.eval),
         }
@@ -117,6 +119,7 @@ pub enum Answer {
 pub async fn resolve(
     pool: &PgPool,
     asked: &MixtureRequest,
+    proxy: Proxy,
     eval_set: &str,
     names: (&str, &str),
     train: bool,
@@ -128,6 +131,7 @@ pub async fn resolve(
             base: on.base.id,
             recipe: on.recipe.id,
             mixture: on.mixture,
+            proxy,
             eval_set: eval_set.id,
             eval: EvalConfig::default(),
         },
@@ -209,6 +213,7 @@ fn view(score: &Score, cached: bool, r: &Resolved) -> Value {
         "bytes": result["bytes"],
         "per_domain": result["per_domain"],
         "macro_perplexity": result["macro_perplexity"],
+        "proxy": score.merge_method,
         "cached": cached,
         "mixture": mixture,
         "eval_set": r.context["eval_set"],

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Result};
 use crate::mixture::{self, Weighting};
+use crate::proxy::Proxy;
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::sweeps::{Sweep, SweepMixture};
@@ -50,6 +51,9 @@ pub struct NewSweep {
     pub eval_sets: Vec<String>,
     /// `uniform` (default) or `tokens`.
     pub weighting: Option<String>,
+    /// `average` (default: the merged parameters) or `ensemble` (the mixture of the unit
+    /// models' distributions, from their stored per-token NLLs).
+    pub proxy: Option<String>,
     pub base: Option<String>,
     pub recipe: Option<String>,
     /// Whether missing unit models are queued for training (default true: the answer is then
@@ -71,6 +75,7 @@ pub async fn create(
         None => Weighting::Uniform,
         Some(name) => Weighting::parse(name).map_err(|e| Error::invalid("invalid_weighting", e))?,
     };
+    let proxy = Proxy::parse(new.proxy.as_deref())?;
     let base = resolve::base(pool, new.base.as_deref()).await?;
     let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
     let mut partitions = resolve::Partitions::default();
@@ -109,6 +114,7 @@ pub async fn create(
         base_id: base.id,
         recipe_id: recipe.id,
         weighting: weighting.as_str().into(),
+        proxy: proxy.as_str().into(),
         eval_set_ids: eval_sets.iter().map(|s| s.id).collect(),
         eval_config: serde_json::to_value(&eval).expect("settings serialise"),
         eval_config_sha256: eval_config_sha256(&eval),

@@ -646,7 +646,7 @@ function withInterval(value, interval) {
 
 async function validations() {
   const [report, list] = await Promise.all([get('/v1/validations/report'), get('/v1/validations?limit=100')]);
-  const proxies = ['merged_uniform', 'merged_tokens', 'mean_of_units'];
+  const proxies = report.proxies;
   // Where mixtures were trained with two seeds, training against itself: the ceiling.
   const ceiling = (s) => (s.ceiling && s.ceiling.n > 0 ? [{ set: s.eval_set, proxy: 'ceiling: two seeds', a: s.ceiling, note: `${s.ceiling.n} mixture(s) trained twice` }] : []);
   const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.best_proxy === p ? 'the best ρ on this set' : s.note })), ...ceiling(s)]);

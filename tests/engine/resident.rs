@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use mixpool::engine::checkpoint::LoadedModel;
+use mixpool::engine::ensemble::{TokenNll, ensemble};
 use mixpool::engine::eval::{EvalConfig, Prepared, evaluate};
 use mixpool::engine::merge::merge_model_dirs;
 use mixpool::engine::resident::Workspace;
@@ -99,6 +100,39 @@ fn a_prepared_eval_set_gives_what_evaluating_the_documents_gives() {
     let direct = evaluate(&model, &docs, &config).unwrap();
     assert_eq!(prepared.evaluate(&model, config.batch_size), direct);
     assert_eq!(prepared.tokens(), direct.total.tokens);
+}
+
+/// The ensemble proxy's exactness, on real models: the stored per-token NLLs of a model
+/// total to its evaluation, and an ensemble of it alone, or of it with itself under any
+/// weights, is that evaluation bit for bit; an ensemble of two models lies between them.
+#[test]
+fn an_ensemble_of_one_model_or_of_identical_models_is_its_evaluation_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = units(&small_llama(), dir.path());
+    let docs: Vec<_> = corpus_docs("tech_docs").into_iter().take(20).collect();
+    let config = EvalConfig::default();
+    let nll = |path: &Path| {
+        let model = LoadedModel::load(path, Device::Cpu).unwrap();
+        let prepared = Prepared::new(&model, &docs, &config).unwrap();
+        let stored = TokenNll {
+            layout: prepared.layout().clone(),
+            nll: prepared.token_nll(&model, config.batch_size),
+        };
+        let stored = TokenNll::decode(&stored.encode()).unwrap();
+        (stored, evaluate(&model, &docs, &config).unwrap())
+    };
+    let (a, own) = nll(&paths[0]);
+    assert_eq!(a.totals(), own);
+    assert_eq!(ensemble(&[&a], &[1.0]).unwrap(), own);
+    assert_eq!(ensemble(&[&a, &a], &[0.5, 0.5]).unwrap(), own);
+    assert_eq!(ensemble(&[&a, &a, &a], &[0.2, 0.3, 0.5]).unwrap(), own);
+    let (b, other) = nll(&paths[1]);
+    let mixed = ensemble(&[&a, &b], &[0.5, 0.5]).unwrap().total.perplexity;
+    let (pa, pb) = (own.total.perplexity, other.total.perplexity);
+    assert!(
+        mixed <= pa.max(pb) && mixed != pa && mixed != pb,
+        "{mixed} {pa} {pb}"
+    );
 }
 
 #[test]

@@ -294,9 +294,11 @@ async fn a_pretrain_job_that_cannot_train_leaves_its_base_failed() {
 }
 
 mod scores {
-    use mixpool::engine::eval::{EvalConfig, evaluate};
+    use mixpool::engine::ensemble::{TokenNll, ensemble as engine_ensemble};
+    use mixpool::engine::eval::{EvalConfig, Prepared, evaluate};
     use mixpool::engine::merge::merge_model_dirs;
     use mixpool::mixture::{Mixture, MixtureError, Weighting};
+    use mixpool::proxy::Proxy;
     use mixpool::service::scoring::{ScoreRequest, ScoreStatus, request};
 
     use super::*;
@@ -337,6 +339,7 @@ mod scores {
             base: base.id,
             recipe: recipe.id,
             mixture: Mixture::new(&partitions, None, Weighting::Uniform).unwrap(),
+            proxy: Proxy::Average,
             eval_set: eval_set.id,
             eval: EvalConfig::default(),
         };
@@ -436,5 +439,55 @@ mod scores {
             ),
             "other weights, another score"
         );
+        assert!(s.worker.try_run_one().await.unwrap());
+
+        // The ensemble proxy: a unit alone is that unit's merge score exactly; the mixture is
+        // −ln Σ α p of the units' own per-token NLLs, evaluated here from the stored models.
+        let ensemble = |partitions: Vec<Uuid>| ScoreRequest {
+            proxy: Proxy::Ensemble,
+            ..req(partitions)
+        };
+        let worker = &s.worker;
+        let scored = |r: ScoreRequest| async move {
+            let job = match request(pool, &r).await.unwrap() {
+                ScoreStatus::Pending { job, .. } => job,
+                other => panic!("not queued: {other:?}"),
+            };
+            assert!(worker.try_run_one().await.unwrap());
+            let job = jobs::get(pool, job.id).await.unwrap().unwrap();
+            assert_eq!(job.state, "succeeded", "{:?}", job.error);
+            let ScoreStatus::Cached(score) = request(pool, &r).await.unwrap() else {
+                panic!("not stored")
+            };
+            (score.result, job.result.unwrap()["forward_passes"].as_u64())
+        };
+        let (alone, passes) = scored(ensemble(vec![a])).await;
+        assert_eq!(passes, Some(1), "the unit's first sight of the eval set");
+        let (merged_alone, _) = scored(req(vec![a])).await;
+        assert_eq!(
+            alone, merged_alone,
+            "an ensemble of one is the unit's score exactly"
+        );
+        let (both, passes) = scored(ensemble(vec![a, b])).await;
+        assert_eq!(passes, Some(1), "only b's per-token NLLs were missing");
+        let (tokens, passes) = scored(ScoreRequest {
+            mixture: Mixture::new(&[a, b], Some(&[1.0, 3.0]), Weighting::Explicit).unwrap(),
+            ..ensemble(vec![a, b])
+        })
+        .await;
+        assert_eq!(passes, Some(0), "stored per-token NLLs are reused");
+        assert_ne!(tokens, both);
+        let prepared = Prepared::new(&model, &docs, &EvalConfig::default()).unwrap();
+        let unit_nll = |dir: &std::path::Path| TokenNll {
+            layout: prepared.layout().clone(),
+            nll: prepared.token_nll(&LoadedModel::load(dir, Device::Cpu).unwrap(), 16),
+        };
+        let (na, nb) = (unit_nll(&dirs[0]), unit_nll(&dirs[1]));
+        let local = engine_ensemble(&[&na, &nb], &[0.5, 0.5]).unwrap();
+        assert_eq!(both["perplexity"].as_f64(), Some(local.total.perplexity));
+        // Between the two units' own perplexities, and never above the worse.
+        let own = |t: &TokenNll| t.totals().total.perplexity;
+        let ppl = local.total.perplexity;
+        assert!(ppl <= own(&na).max(own(&nb)), "{ppl}");
     }
 }

@@ -26,6 +26,10 @@ pub struct ScoreArgs {
     /// uniform or tokens (weights by the partitions' sizes).
     #[arg(long)]
     pub weighting: Option<String>,
+    /// average (the merged parameters; default) or ensemble (the mixture of the unit models'
+    /// distributions).
+    #[arg(long)]
+    pub proxy: Option<String>,
     #[command(flatten)]
     pub models: Models,
     /// Seconds to wait for training and scoring before giving up.
@@ -60,6 +64,9 @@ pub struct CheckArgs {
     /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
     #[arg(long, value_parser = parse_fraction, requires = "baseline")]
     pub max_regression: Option<f64>,
+    /// average (default) or ensemble: the proxy both mixtures are scored by.
+    #[arg(long)]
+    pub proxy: Option<String>,
     #[command(flatten)]
     pub models: Models,
     /// Seconds to wait for training and scoring before giving up (exit 2).
@@ -157,7 +164,7 @@ fn mixture(partitions: &[String], weights: Option<&Vec<f64>>, weighting: Option<
 pub async fn score(a: ScoreArgs) -> Result<()> {
     let api = Api::new(&a.server)?;
     let m = mixture(&a.partitions, a.weights.as_ref(), a.weighting.as_ref());
-    let mut request = json!({"mixtures": [m], "eval_sets": [a.eval]});
+    let mut request = json!({"mixtures": [m], "eval_sets": [a.eval], "proxy": a.proxy});
     a.models.apply(&mut request);
     let items = scores(&api, request, Duration::from_secs(a.wait)).await?;
     let score = &items[0]["score"];
@@ -211,7 +218,7 @@ pub async fn check(a: CheckArgs) -> Result<bool> {
     if let Some(baseline) = &a.baseline {
         mixtures.push(json!(baseline));
     }
-    let mut request = json!({"mixtures": mixtures, "eval_sets": a.eval_sets});
+    let mut request = json!({"mixtures": mixtures, "eval_sets": a.eval_sets, "proxy": a.proxy});
     a.models.apply(&mut request);
     let items = scores(&api, request, Duration::from_secs(a.timeout)).await?;
     let sets = a.eval_sets.len();
@@ -245,6 +252,7 @@ pub async fn check(a: CheckArgs) -> Result<bool> {
             "mixture": a.mixture,
             "weights": a.weights,
             "baseline": a.baseline,
+            "proxy": a.proxy.as_deref().unwrap_or("average"),
             "checks": checks,
         }))?;
         return Ok(holds);

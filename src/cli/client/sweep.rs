@@ -29,6 +29,10 @@ pub struct SweepArgs {
     /// uniform (default) or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
+    /// average (the merged parameters; default) or ensemble (the mixture of the unit models'
+    /// distributions: no forward pass once each unit has seen the eval set).
+    #[arg(long)]
+    pub proxy: Option<String>,
     #[command(flatten)]
     pub models: Models,
     /// Ranked mixtures shown per eval set.
@@ -83,6 +87,9 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
     }
     if let Some(weighting) = &a.weighting {
         request["weighting"] = json!(weighting);
+    }
+    if let Some(proxy) = &a.proxy {
+        request["proxy"] = json!(proxy);
     }
     a.models.apply(&mut request);
     let created = api.create("/v1/sweeps", request).await?;
@@ -220,14 +227,16 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
         }
     }
     println!("{table}");
+    let proxies: Vec<&str> = report["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let mut table = Table::new();
-    table.set_header([
-        "eval set",
-        "n",
-        "merged uniform r / ρ",
-        "merged tokens r / ρ",
-        "mean of units r / ρ",
-    ]);
+    let mut header = vec!["eval set".to_string(), "n".to_string()];
+    header.extend(proxies.iter().map(|p| format!("{p} r / ρ")));
+    table.set_header(header);
     for set in report["sets"].as_array().into_iter().flatten() {
         let cell = |k: &str| {
             let p = &set["proxies"][k];
@@ -237,13 +246,12 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
                 number(&p["spearman"])
             )
         };
-        table.add_row([
+        let mut row = vec![
             set["eval_set"].as_str().unwrap_or("").to_string(),
             set["n"].to_string(),
-            cell("merged_uniform"),
-            cell("merged_tokens"),
-            cell("mean_of_units"),
-        ]);
+        ];
+        row.extend(proxies.iter().map(|p| cell(p)));
+        table.add_row(row);
     }
     println!(
         "\nproxy against truth over every validated mixture (Pearson r of log perplexity / Spearman ρ)\n{table}"
@@ -259,7 +267,7 @@ pub async fn validate(a: ValidateArgs) -> Result<()> {
     ]);
     for set in report["sets"].as_array().into_iter().flatten() {
         let name = set["eval_set"].as_str().unwrap_or("").to_string();
-        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+        for proxy in &proxies {
             let p = &set["proxies"][proxy];
             table.add_row([
                 name.clone(),
