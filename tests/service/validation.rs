@@ -146,6 +146,21 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
     assert_eq!(status, StatusCode::OK, "{report}");
     let sets = report["sets"].as_array().unwrap();
     assert_eq!(sets.len(), 2, "{report}");
+    let proxies: Vec<&str> = report["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        proxies,
+        [
+            "merged_uniform",
+            "merged_tokens",
+            "mean_of_units",
+            "ensemble"
+        ]
+    );
     for set in sets {
         let eval = set["eval_set"].as_str().unwrap();
         assert_eq!(set["n"], 4);
@@ -155,7 +170,8 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             "4 mixtures are too few to name one"
         );
         let points = set["points"].as_array().unwrap();
-        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+        for proxy in &proxies {
+            let proxy = *proxy;
             let agreement = &set["proxies"][proxy];
             assert_eq!(agreement["n"], 4, "{proxy}: {agreement}");
             let (x, y): (Vec<f64>, Vec<f64>) = points
@@ -195,7 +211,8 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             assert_eq!(p["excludes_own_domain"], json!(!has_own), "{p}");
         }
         assert_eq!(excluding.len(), if eval == "legal" { 2 } else { 0 });
-        for proxy in ["merged_uniform", "merged_tokens", "mean_of_units"] {
+        for proxy in &proxies {
+            let proxy = *proxy;
             let agreement = &set["proxies"][proxy];
             assert_eq!(agreement["n_excluding"], excluding.len(), "{agreement}");
             assert!(agreement["rho_excluding"].is_null(), "under 3 mixtures");
@@ -247,6 +264,17 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             "{score}"
         );
         assert_eq!(score["perplexity"], pair["merged_uniform"]);
+        let (status, score) = app
+            .get(&format!(
+                "/v1/score?partitions=code_c,code_python&eval={eval}&wait=0&proxy=ensemble"
+            ))
+            .await;
+        assert_eq!(
+            (status, &score["cached"]),
+            (StatusCode::OK, &json!(true)),
+            "{score}"
+        );
+        assert_eq!(score["perplexity"], pair["ensemble"]);
         let (_, a) = app
             .get(&format!(
                 "/v1/score?partitions=code_python&eval={eval}&wait=0"
@@ -261,10 +289,12 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             .iter()
             .find(|p| p["mixture"].as_array().unwrap().len() == 1)
             .unwrap();
-        assert_eq!(
-            single["true"], single["merged_uniform"],
-            "one partition: truth = proxy"
-        );
+        for proxy in &proxies {
+            assert_eq!(
+                single["true"], single[*proxy],
+                "one partition: truth = {proxy}"
+            );
+        }
     }
 
     // Asked again: nothing new to do.

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::app::{App, corpus, spawn_app, spawn_app_with};
 
+mod ensemble;
 mod refused;
 
 const DOMAINS: [&str; 4] = ["code_python", "code_c", "legal_licenses", "tech_docs"];
