@@ -364,6 +364,7 @@ pub fn train_model(
         state_dir: Some(state),
         cancel: None,
         progress: Some(&mut progress),
+        moments: None,
     };
     let outcome = train::train(model, &tokens, recipe, options);
     if let Some(bar) = bar {

@@ -13,6 +13,9 @@ use super::tokenizer::{BYTE_VOCAB, Tokenizer};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A trained unit model's diagonal Fisher estimate (AdamW's bias-corrected second moments),
+/// beside its weights.
+pub const FISHER_FILE: &str = "fisher.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The imported checkpoint's `config.json`, verbatim: what export writes back.
 pub const HF_CONFIG_FILE: &str = "hf_config.json";

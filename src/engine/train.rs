@@ -210,6 +210,10 @@ pub struct TrainOptions<'a> {
     pub state_dir: Option<&'a Path>,
     pub cancel: Option<&'a AtomicBool>,
     pub progress: Option<&'a mut dyn FnMut(&Progress)>,
+    /// Where to write, once training finishes, AdamW's bias-corrected second moments
+    /// v / (1 − β₂ᵗ), one fp32 tensor per parameter under its name: the diagonal Fisher
+    /// estimate that a Fisher-weighted merge weighs each coordinate by.
+    pub moments: Option<&'a Path>,
 }
 
 /// Trains `model` in place on the token stream for `config.tokens` tokens.
@@ -311,6 +315,9 @@ pub fn train_on(
         {
             adam.save(dir, config, step + 1)?;
         }
+    }
+    if let Some(path) = options.moments {
+        adam.save_moments(path, config, steps)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let trained = config.tokens - (start * config.batch_tokens).min(config.tokens);
@@ -437,6 +444,24 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// Writes the bias-corrected second moments after `t` steps to `path` (through a
+    /// temporary file and a rename).
+    fn save_moments(&self, path: &Path, c: &TrainConfig, t: u64) -> Result<(), TrainError> {
+        let bias2 = 1.0 - c.beta2.powi(t as i32);
+        let tensors: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|(n, _, _, v)| (n.clone(), (v / bias2).to_kind(Kind::Float).to_device(Device::Cpu)))
+            .collect();
+        let partial = path.with_extension("partial");
+        Tensor::write_safetensors(&tensors, &partial)
+            .and_then(|()| Ok(std::fs::rename(&partial, path)?))
+            .map_err(|e| TrainError::State {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// Loads the saved state from `dir` if there is one; returns the step to continue from.

@@ -82,11 +82,13 @@ async fn run(cx: &Context, job: PretrainJob) -> Outcome {
         config: job.config,
         output: keys::base(&base.id, WEIGHTS_FILE),
         mirror: keys::base(&base.id, "train_state"),
+        fisher: None,
     };
     let Some(training::Trained {
         stored,
         summary,
         data_tokens,
+        ..
     }) = training::run(cx, &run).await?
     else {
         return Ok(Done::Cancelled);

@@ -10,7 +10,7 @@ use super::kind::{Kind, Outcome};
 use super::mirror::StateMirror;
 use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
-use crate::engine::checkpoint::WEIGHTS_FILE;
+use crate::engine::checkpoint::{FISHER_FILE, WEIGHTS_FILE};
 use crate::registry::Created;
 use crate::registry::datasets;
 use crate::registry::jobs::NewJob;
@@ -93,9 +93,11 @@ async fn run(cx: &Context, job: TrainJob) -> Outcome {
         config: recipe.config.0.clone(),
         output: keys::model(&id, WEIGHTS_FILE),
         mirror: keys::model(&id, "train_state"),
+        fisher: Some(keys::model(&id, FISHER_FILE)),
     };
     let Some(training::Trained {
         stored,
+        fisher,
         summary,
         data_tokens,
     }) = training::run(cx, &run).await?
@@ -107,7 +109,8 @@ async fn run(cx: &Context, job: TrainJob) -> Outcome {
         return Ok(Done::Cancelled);
     };
     let mut tx = pool.begin().await?;
-    if models::mark_ready(&mut tx, id, &stored.sha256)
+    let fisher_sha = fisher.as_ref().map(|f| f.sha256.as_str());
+    if models::mark_ready(&mut tx, id, &stored.sha256, fisher_sha)
         .await?
         .is_none()
     {
@@ -115,10 +118,14 @@ async fn run(cx: &Context, job: TrainJob) -> Outcome {
         // job wrote since goes too, and the job ends cancelled, not retried.
         drop(tx);
         let _ = cx.store.delete(&run.output).await;
+        if let Some(key) = &run.fisher {
+            let _ = cx.store.delete(key).await;
+        }
         StateMirror::forget(&cx.store, &run.mirror).await;
         return Ok(Done::Cancelled);
     }
-    let result = json!({ "model": id, "weights_sha256": stored.sha256, "train": summary, "data_tokens": data_tokens });
+    let result = json!({ "model": id, "weights_sha256": stored.sha256, "fisher_sha256": fisher_sha,
+                         "train": summary, "data_tokens": data_tokens });
     training::finish(cx, tx, &result, &run).await
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::context::{Context, blocking};
 use super::mirror::StateMirror;
 use super::{Done, JobError};
-use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
+use crate::engine::checkpoint::{self, FISHER_FILE, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
 use crate::engine::train::{self, Outcome, Progress, TrainOptions};
 use crate::registry::jobs;
@@ -55,6 +55,7 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
     let (config, model_config) = (run.config.clone(), run.model.clone());
     let init_seed = run.start.init_seed();
     let weights = run.weights.clone();
+    let keep_fisher = run.fisher.is_some();
     let work = dir.clone();
     let out = out_dir.clone();
     let summary = blocking(move || -> Result<Option<(train::Summary, u64)>, JobError> {
@@ -122,10 +123,12 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
             }
         };
         let state = work.join("train_state");
+        let moments = out.join(FISHER_FILE);
         let options = TrainOptions {
             state_dir: Some(&state),
             cancel: Some(&cancel),
             progress: Some(&mut report),
+            moments: keep_fisher.then_some(moments.as_path()),
         };
         match train::train_on(&model, sequences, &config, options).map_err(|e| fatal(&e))? {
             Outcome::Finished(summary) => {
@@ -158,8 +161,13 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
         .store
         .put_file(&out_dir.join(WEIGHTS_FILE), &run.output)
         .await?;
+    let fisher = match &run.fisher {
+        Some(key) => Some(cx.store.put_file(&out_dir.join(FISHER_FILE), key).await?),
+        None => None,
+    };
     Ok(Some(Trained {
         stored,
+        fisher,
         summary,
         data_tokens,
     }))
@@ -168,6 +176,8 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
 /// What a finished training run produced.
 pub(super) struct Trained {
     pub stored: crate::store::Stored,
+    /// The diagonal Fisher estimate, where the run kept it.
+    pub fisher: Option<crate::store::Stored>,
     pub summary: train::Summary,
     /// The training data's size in tokens (under the model's tokenizer; documents end with
     /// EOS).
@@ -204,6 +214,8 @@ pub(super) struct TrainingRun {
     pub config: train::TrainConfig,
     /// Where the trained weights go.
     pub output: String,
+    /// Where the final second moments (the diagonal Fisher estimate) go, when kept.
+    pub fisher: Option<String>,
     /// Where the train state is mirrored while the job runs.
     pub mirror: String,
 }

@@ -170,6 +170,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 config,
                 output: keys::model(&validation.id, WEIGHTS_FILE),
                 mirror: keys::model(&validation.id, "train_state"),
+                fisher: None,
             };
             let Some(training::Trained {
                 stored, summary, ..

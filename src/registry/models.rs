@@ -19,6 +19,8 @@ pub struct UnitModel {
     pub job_id: Option<Uuid>,
     pub weights_sha256: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The diagonal Fisher estimate's sha256, when training kept it.
+    pub fisher_sha256: Option<String>,
 }
 
 /// The unit model for (base, recipe, partition): created with its training job (`job` of
@@ -86,12 +88,15 @@ pub async fn mark_ready(
     db: &mut PgConnection,
     id: Uuid,
     weights_sha256: &str,
+    fisher_sha256: Option<&str>,
 ) -> Result<Option<UnitModel>, sqlx::Error> {
     sqlx::query_as(
-        "update models set state = 'ready', weights_sha256 = $2 where id = $1 returning *",
+        "update models set state = 'ready', weights_sha256 = $2, fisher_sha256 = $3
+         where id = $1 returning *",
     )
     .bind(id)
     .bind(weights_sha256)
+    .bind(fisher_sha256)
     .fetch_optional(db)
     .await
 }

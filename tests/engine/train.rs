@@ -7,7 +7,7 @@ use mixpool::engine::tokenizer::Tokenizer;
 use mixpool::engine::train::{
     Outcome, Progress, Schedule, TrainConfig, TrainError, TrainOptions, train,
 };
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::helpers::{assert_same_weights, corpus_docs, init, small_gpt2, small_llama};
 
@@ -110,7 +110,13 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
     let load = || LoadedModel::load(base.path(), Device::Cpu).unwrap();
 
     let whole = load();
-    finish(train(&whole, &tokens, &config, TrainOptions::default()).unwrap());
+    let moments = tempfile::tempdir().unwrap();
+    let fisher = |name: &str| moments.path().join(name);
+    let options = TrainOptions {
+        moments: Some(&fisher("whole.safetensors")),
+        ..Default::default()
+    };
+    finish(train(&whole, &tokens, &config, options).unwrap());
 
     // Cancelled after step 5: the state is saved there and the next run resumes from it.
     let state = tempfile::tempdir().unwrap();
@@ -121,19 +127,40 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
         state_dir: Some(state.path()),
         cancel: Some(&cancel),
         progress: Some(&mut stop_at_5),
+        moments: Some(&fisher("cancelled.safetensors")),
     };
     assert!(matches!(
         train(&first, &tokens, &config, options).unwrap(),
         Outcome::Cancelled { step: 5 }
     ));
+    assert!(!fisher("cancelled.safetensors").exists(), "moments once finished only");
     let resumed = load();
     let options = TrainOptions {
         state_dir: Some(state.path()),
+        moments: Some(&fisher("resumed.safetensors")),
         ..Default::default()
     };
     let summary = finish(train(&resumed, &tokens, &config, options).unwrap());
     assert_eq!(summary.resumed_at, 5);
     assert_same_weights(&whole, &resumed);
+    // The second moments (the Fisher estimate) kept at the end: one positive fp32 tensor per
+    // parameter, the same after a resume.
+    let read = |name: &str| -> std::collections::BTreeMap<String, Tensor> {
+        Tensor::read_safetensors(fisher(name))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (a, b) = (read("whole.safetensors"), read("resumed.safetensors"));
+    assert_eq!(a.len(), whole.vs.variables().len());
+    assert!(a.keys().eq(b.keys()));
+    for ((na, ta), tb) in a.iter().zip(b.values()) {
+        assert_eq!(ta.kind(), tch::Kind::Float);
+        assert!(ta.equal(tb), "{na}");
+        assert!(ta.min().double_value(&[]) >= 0.0 && ta.max().double_value(&[]) > 0.0, "{na}");
+        let var = &whole.vs.variables()[na];
+        assert_eq!(ta.size(), var.size(), "{na}");
+    }
 
     // Killed after step 6: only the periodic state of step 4 is on disk; steps 5 and 6 are
     // replayed from it.

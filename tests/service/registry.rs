@@ -276,7 +276,7 @@ mod pool {
             1,
             "the first job is still active: shared"
         );
-        models::mark_ready(&mut db, model.id, "weights")
+        models::mark_ready(&mut db, model.id, "weights", None)
             .await
             .unwrap();
         let listed = models::for_partitions(&pool, base, recipe, &[partition, Uuid::new_v4()])

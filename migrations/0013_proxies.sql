@@ -15,3 +15,7 @@ create table unit_logprobs (
 
 -- A sweep scores its mixtures with one proxy (`average`: the merged parameters).
 alter table sweeps add column proxy text not null default 'average';
+
+-- A unit model's diagonal Fisher estimate (AdamW's final second moments), kept beside its
+-- weights for the Fisher-weighted merge; models trained before have none.
+alter table models add column fisher_sha256 text;
