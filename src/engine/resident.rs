@@ -27,6 +27,24 @@ enum Held {
     Device(Tensor),
 }
 
+/// A unit model's diagonal Fisher estimate (its final AdamW second moments), in the working
+/// model's parameter order, fp32 on the workspace's device.
+pub struct Fisher {
+    tensors: Vec<Tensor>,
+    bytes: u64,
+}
+
+impl Fisher {
+    /// Memory the estimate takes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Added to every Fisher value so a coordinate no unit's training moved (all zeros) is
+/// averaged plainly instead of dividing zero by zero.
+const FISHER_FLOOR: f64 = 1e-30;
+
 impl Unit {
     /// Memory the unit takes.
     pub fn bytes(&self) -> u64 {
@@ -153,6 +171,103 @@ impl Workspace {
             tensors,
             bytes: total,
         })
+    }
+
+    /// Reads a unit's Fisher estimate (`fisher.safetensors`: one tensor per parameter, by
+    /// name, of its shape) onto the workspace's device; `source` names it in errors.
+    pub fn load_fisher(&self, bytes: &[u8], source: &str) -> Result<Fisher, MergeError> {
+        let err = |message: String| MergeError::Read {
+            path: source.to_string(),
+            message,
+        };
+        let file = SafeTensors::deserialize(bytes).map_err(|e| err(e.to_string()))?;
+        let mut tensors = Vec::with_capacity(self.params.len());
+        let mut total = 0u64;
+        for param in &self.params {
+            let view = file
+                .tensor(&param.name)
+                .map_err(|_| err(format!("no tensor {}", param.name)))?;
+            if view.shape() != param.shape.as_slice() || view.dtype() != Dtype::F32 {
+                return Err(err(format!(
+                    "{} is {:?} {:?}, not F32 {:?}",
+                    param.name,
+                    view.dtype(),
+                    view.shape(),
+                    param.shape
+                )));
+            }
+            let shape: Vec<i64> = param.shape.iter().map(|&d| d as i64).collect();
+            total += view.data().len() as u64;
+            tensors.push(
+                Tensor::from_data_size(view.data(), &shape, tch::Kind::Float)
+                    .to_device(self.device()),
+            );
+        }
+        Ok(Fisher {
+            tensors,
+            bytes: total,
+        })
+    }
+
+    /// Sets the model's parameters to the Fisher-weighted average of `units`: per coordinate,
+    /// θ = Σ_k α_k F_k θ_k / Σ_j α_j F_j, with each unit's Fisher value F_k taken relative to
+    /// the largest of them at that coordinate. Where the units' estimates are equal every
+    /// relative value is exactly 1, the coordinate weights are exactly α_k / Σ α_j, and the
+    /// merge is the plain average's bit for bit (on the CPU; an fp64 accumulator rounded to
+    /// the checkpoints' dtype, in the units' order, as there).
+    pub fn merge_fisher(
+        &mut self,
+        units: &[(&Unit, &Fisher)],
+        weights: &[f64],
+    ) -> Result<(), MergeError> {
+        if units.len() != weights.len() {
+            return Err(MergeError::WeightCount {
+                inputs: units.len(),
+                weights: weights.len(),
+            });
+        }
+        normalize_weights(weights)?;
+        let double = tch::Kind::Double;
+        tch::no_grad(|| {
+            for (p, param) in self.params.iter_mut().enumerate() {
+                let kind = kind_of(param.dtype.expect("set when the units were loaded"))
+                    .expect("checked when loaded");
+                let shape: Vec<i64> = param.shape.iter().map(|&d| d as i64).collect();
+                let fisher: Vec<Tensor> = units
+                    .iter()
+                    .map(|(_, f)| f.tensors[p].to_kind(double) + FISHER_FLOOR)
+                    .collect();
+                let largest = fisher[1..]
+                    .iter()
+                    .fold(fisher[0].shallow_clone(), |m, f| m.maximum(f));
+                let scaled: Vec<Tensor> = fisher
+                    .iter()
+                    .zip(weights)
+                    .map(|(f, &a)| (f / &largest) * a)
+                    .collect();
+                let total = scaled[1..]
+                    .iter()
+                    .fold(scaled[0].shallow_clone(), |sum, s| sum + s);
+                let mut merged: Option<Tensor> = None;
+                for ((unit, _), s) in units.iter().zip(&scaled) {
+                    let theta = match &unit.tensors[p] {
+                        Held::Device(t) => t.to_kind(double),
+                        Held::Host(data) => {
+                            Tensor::from_data_size(data, &shape, kind).to_kind(double)
+                        }
+                    };
+                    let term = theta * (s / &total);
+                    merged = Some(match merged {
+                        None => term,
+                        Some(acc) => acc + term,
+                    });
+                }
+                param
+                    .var
+                    .copy_(&merged.expect("at least one unit").to_kind(kind));
+            }
+        });
+        Ok(())
     }
 
     /// The mean NLL on `prepared` of the merge of `units` with `weights` (which sum to 1),

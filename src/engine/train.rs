@@ -453,7 +453,12 @@ impl AdamW {
         let tensors: Vec<(String, Tensor)> = self
             .params
             .iter()
-            .map(|(n, _, _, v)| (n.clone(), (v / bias2).to_kind(Kind::Float).to_device(Device::Cpu)))
+            .map(|(n, _, _, v)| {
+                (
+                    n.clone(),
+                    (v / bias2).to_kind(Kind::Float).to_device(Device::Cpu),
+                )
+            })
             .collect();
         let partial = path.with_extension("partial");
         Tensor::write_safetensors(&tensors, &partial)

@@ -53,6 +53,94 @@ fn a_resident_merge_sets_the_parameters_a_merged_file_holds_bit_for_bit() {
     }
 }
 
+/// A Fisher estimate of `model`'s shapes: `value(name, parameter)` per parameter, as the
+/// bytes of a `fisher.safetensors`.
+fn fisher_bytes(model: &LoadedModel, value: impl Fn(&str, &Tensor) -> Tensor) -> Vec<u8> {
+    let named: Vec<(String, Tensor)> = tensors(model)
+        .into_iter()
+        .map(|(name, t)| {
+            let v = value(&name, &t).to_kind(Kind::Float);
+            (name, v)
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    Tensor::write_safetensors(&named, file.path()).unwrap();
+    std::fs::read(file.path()).unwrap()
+}
+
+#[test]
+fn a_fisher_merge_with_equal_estimates_is_the_plain_average_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in [small_llama(), small_gpt2()] {
+        let paths = units(&config, dir.path());
+        let mut ws = workspace(&paths[0]);
+        let loaded: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
+                ws.load_unit(&bytes, &p.display().to_string()).unwrap()
+            })
+            .collect();
+        // Equal estimates with zeros among them (coordinates no training moved).
+        let shared = fisher_bytes(ws.model(), |_, t| {
+            (t.rand_like() - 0.3).clamp_min(0.0) * 1e-4
+        });
+        let equal: Vec<_> = (0..3)
+            .map(|_| ws.load_fisher(&shared, "equal").unwrap())
+            .collect();
+        for (members, weights) in [
+            (vec![0, 1, 2], vec![1.0, 1.0, 1.0]),
+            (vec![2, 0], vec![0.3, 0.7]),
+            (vec![0, 1, 2], vec![0.2, 0.5, 0.3]),
+            (vec![1], vec![1.0]),
+        ] {
+            let chosen: Vec<_> = members.iter().map(|&i| &loaded[i]).collect();
+            ws.merge(&chosen, &weights).unwrap();
+            let plain = tensors(ws.model())
+                .into_iter()
+                .map(|(n, t)| (n, t.copy()))
+                .collect::<Vec<_>>();
+            let with: Vec<_> = members.iter().map(|&i| (&loaded[i], &equal[i])).collect();
+            ws.merge_fisher(&with, &weights).unwrap();
+            for ((name, a), (_, b)) in plain.iter().zip(tensors(ws.model())) {
+                assert!(a.equal(&b), "{name} with weights {weights:?}");
+            }
+        }
+        // One unit's estimate far above the other's: each coordinate follows that unit.
+        let units_of = |i: usize| LoadedModel::load(&paths[i], Device::Cpu).unwrap();
+        let sure = ws
+            .load_fisher(&fisher_bytes(ws.model(), |_, t| t.ones_like()), "sure")
+            .unwrap();
+        let unsure = ws
+            .load_fisher(
+                &fisher_bytes(ws.model(), |_, t| t.ones_like() * 1e-9),
+                "unsure",
+            )
+            .unwrap();
+        ws.merge_fisher(&[(&loaded[0], &unsure), (&loaded[1], &sure)], &[0.5, 0.5])
+            .unwrap();
+        let target = units_of(1);
+        for ((name, merged), (_, want)) in tensors(ws.model()).iter().zip(tensors(&target)) {
+            let gap = (merged - &want).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]).max(1e-6);
+            assert!(gap <= 1e-6 * scale, "{name}: {gap}");
+        }
+        // An estimate of another model, or no estimate at all, is refused by name.
+        let other = if config == small_llama() {
+            small_gpt2()
+        } else {
+            small_llama()
+        };
+        let stranger = init(other, 1);
+        let err = ws
+            .load_fisher(&fisher_bytes(&stranger, |_, t| t.ones_like()), "stranger")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("stranger"), "{err}");
+        assert!(ws.load_fisher(b"not a safetensors file", "junk").is_err());
+    }
+}
+
 #[test]
 fn bf16_units_merge_resident_as_they_do_from_files() {
     let dir = tempfile::tempdir().unwrap();

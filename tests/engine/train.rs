@@ -133,7 +133,10 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
         train(&first, &tokens, &config, options).unwrap(),
         Outcome::Cancelled { step: 5 }
     ));
-    assert!(!fisher("cancelled.safetensors").exists(), "moments once finished only");
+    assert!(
+        !fisher("cancelled.safetensors").exists(),
+        "moments once finished only"
+    );
     let resumed = load();
     let options = TrainOptions {
         state_dir: Some(state.path()),
@@ -157,7 +160,10 @@ fn interrupted_and_resumed_training_equals_uninterrupted_training() {
     for ((na, ta), tb) in a.iter().zip(b.values()) {
         assert_eq!(ta.kind(), tch::Kind::Float);
         assert!(ta.equal(tb), "{na}");
-        assert!(ta.min().double_value(&[]) >= 0.0 && ta.max().double_value(&[]) > 0.0, "{na}");
+        assert!(
+            ta.min().double_value(&[]) >= 0.0 && ta.max().double_value(&[]) > 0.0,
+            "{na}"
+        );
         let var = &whole.vs.variables()[na];
         assert_eq!(ta.size(), var.size(), "{na}");
     }
