@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::engine::checkpoint::WEIGHTS_FILE;
+use crate::engine::checkpoint::{FISHER_FILE, WEIGHTS_FILE};
 use crate::registry::fsck::{self as registry, Datasets, Trained};
 use crate::registry::jobs;
 use crate::store::{Store, keys};
@@ -131,8 +131,16 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
             }
         }
     }
-    // Each unit model's per-token NLLs on an eval set (the ensemble proxy's input).
-    for (model, object, sha) in crate::registry::logprobs::objects(pool).await? {
+    // Beside a unit model's weights: its Fisher estimate, and its per-token NLLs on each
+    // eval set an ensemble scored.
+    for (model, sha) in registry::fisher_estimates(pool).await? {
+        expect(
+            keys::model(&model, FISHER_FILE),
+            Some(sha),
+            format!("the Fisher estimate of unit model {model}"),
+        );
+    }
+    for (model, object, sha) in registry::logprobs(pool).await? {
         expect(
             object,
             Some(sha),

@@ -15,16 +15,20 @@ pub enum Proxy {
     /// The weighted mixture of the unit models' next-token distributions, computed from
     /// their stored per-token NLLs: no forward pass once each unit has seen the eval set.
     Ensemble,
+    /// The parameter average weighted per coordinate by each unit's diagonal Fisher estimate
+    /// (its final AdamW second moments); the plain average, saying so, for units without one.
+    Fisher,
 }
 
 impl Proxy {
-    pub const ALL: [Proxy; 2] = [Proxy::Average, Proxy::Ensemble];
+    pub const ALL: [Proxy; 3] = [Proxy::Average, Proxy::Ensemble, Proxy::Fisher];
 
     /// The name in requests, answers and score keys.
     pub fn as_str(self) -> &'static str {
         match self {
             Proxy::Average => "average",
             Proxy::Ensemble => "ensemble",
+            Proxy::Fisher => "fisher",
         }
     }
 
@@ -59,6 +63,6 @@ mod tests {
         }
         assert_eq!(Proxy::parse(None).unwrap(), Proxy::Average);
         let err = Proxy::parse(Some("merge")).unwrap_err().to_string();
-        assert!(err.contains("average, ensemble"), "{err}");
+        assert!(err.contains("average, ensemble, fisher"), "{err}");
     }
 }

@@ -60,7 +60,8 @@ impl Proxies {
             (self.tokens, Proxy::Average),
         ];
         out.extend(self.singles.into_iter().map(|m| (m, Proxy::Average)));
-        out.push((self.uniform, Proxy::Ensemble));
+        out.push((self.uniform.clone(), Proxy::Ensemble));
+        out.push((self.uniform, Proxy::Fisher));
         out
     }
 }
@@ -324,6 +325,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                 singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
             ),
             ("ensemble", score(&proxies.uniform, Proxy::Ensemble)),
+            ("fisher", score(&proxies.uniform, Proxy::Fisher)),
         ];
         let truths: Vec<f64> = runs.iter().map(|(_, ppl)| *ppl).collect();
         sets.entry(eval_set).or_default().push(Point {
@@ -384,7 +386,7 @@ mod tests {
 
     #[test]
     fn the_best_proxy_is_named_once_enough_mixtures_are_validated() {
-        let with = |rho: [Option<f64>; 4]| -> BTreeMap<&'static str, Agreement> {
+        let with = |rho: [Option<f64>; 5]| -> BTreeMap<&'static str, Agreement> {
             PROXIES
                 .into_iter()
                 .zip(rho)
@@ -399,13 +401,13 @@ mod tests {
                 })
                 .collect()
         };
-        let proxies = with([Some(0.8), Some(0.9), Some(0.7), None]);
+        let proxies = with([Some(0.8), Some(0.9), Some(0.7), None, Some(0.85)]);
         assert_eq!(best_proxy(TRUSTED_AT - 1, &proxies), None);
         assert_eq!(best_proxy(TRUSTED_AT, &proxies), Some("merged_tokens"));
         // Equals: the first in report order; unknown ρ never wins.
-        let proxies = with([Some(0.9), Some(0.9), None, Some(0.85)]);
+        let proxies = with([Some(0.9), Some(0.9), None, Some(0.85), None]);
         assert_eq!(best_proxy(20, &proxies), Some("merged_uniform"));
-        assert_eq!(best_proxy(20, &with([None; 4])), None);
+        assert_eq!(best_proxy(20, &with([None; 5])), None);
     }
 
     /// Six mixtures: the three with the eval set's own domain are ranked right, the three

@@ -66,7 +66,7 @@ pub struct LeaderboardParams {
     limit: Option<i64>,
     /// Rows to skip (default 0).
     offset: Option<i64>,
-    /// Whose scores: `average` (default) or `ensemble`.
+    /// Whose scores: `average` (default), `ensemble` or `fisher`.
     proxy: Option<String>,
 }
 
@@ -193,7 +193,7 @@ pub struct HeatmapParams {
     limit: Option<usize>,
     base: Option<String>,
     recipe: Option<String>,
-    /// Whose scores: `average` (default) or `ensemble`.
+    /// Whose scores: `average` (default), `ensemble` or `fisher`.
     proxy: Option<String>,
 }
 

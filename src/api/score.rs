@@ -31,8 +31,9 @@ pub struct ScoreParams {
     weights: Option<String>,
     /// `uniform` (default) or `tokens`.
     weighting: Option<String>,
-    /// `average` (default: the merged parameters) or `ensemble` (the mixture of the unit
-    /// models' next-token distributions).
+    /// `average` (default: the merged parameters), `ensemble` (the mixture of the unit
+    /// models' next-token distributions) or `fisher` (the average weighted per coordinate by
+    /// each unit's Fisher estimate).
     proxy: Option<String>,
     /// The base (default: the newest).
     base: Option<String>,
@@ -215,7 +216,7 @@ pub struct Batch {
     eval_sets: Vec<String>,
     base: Option<String>,
     recipe: Option<String>,
-    /// `average` (default) or `ensemble`.
+    /// `average` (default), `ensemble` or `fisher`.
     proxy: Option<String>,
     /// Seconds to wait for the scores being computed, all together (default 30).
     wait: Option<f64>,

@@ -461,7 +461,10 @@ impl AdamW {
             })
             .collect();
         let partial = path.with_extension("partial");
-        Tensor::write_safetensors(&tensors, &partial)
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(tch::TchError::from)
+            .and_then(|()| Tensor::write_safetensors(&tensors, &partial))
             .and_then(|()| Ok(std::fs::rename(&partial, path)?))
             .map_err(|e| TrainError::State {
                 path: path.display().to_string(),

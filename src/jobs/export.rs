@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::JobError;
 use super::context::{Context, blocking};
 use super::kind::{Kind, Outcome};
-use super::merger::Merger;
+use super::merger::{Combine, Merger};
 use crate::engine::eval::EvalConfig;
 use crate::engine::hf;
 use crate::mixture::Member;
@@ -69,7 +69,7 @@ async fn run(cx: &Context, job: ExportJob) -> Outcome {
         }
         let ids: Vec<Uuid> = members.iter().map(|u| u.id).collect();
         let weights: Vec<f64> = job.mixture.iter().map(|m| m.weight).collect();
-        merger.score(&ids, &weights, &[]).await?;
+        merger.score(&ids, &weights, Combine::Average, &[]).await?;
         merger.save(merged.clone()).await
     }
     .await;

@@ -16,11 +16,11 @@ use uuid::Uuid;
 
 use super::JobError;
 use super::context::{Context, remove_dir};
-use crate::engine::checkpoint::{self, LoadedModel, WEIGHTS_FILE};
+use crate::engine::checkpoint::{self, FISHER_FILE, LoadedModel, WEIGHTS_FILE};
 use crate::engine::data::{self, Format};
 use crate::engine::ensemble::TokenNll;
 use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
-use crate::engine::resident::{Unit, Workspace};
+use crate::engine::resident::{Fisher, Unit, Workspace};
 use crate::registry::bases::Base;
 use crate::registry::datasets::Dataset;
 use crate::registry::models::UnitModel;
@@ -42,6 +42,18 @@ pub(super) struct Scored {
     pub results: Vec<EvalResult>,
     pub merge_seconds: f64,
     pub eval_seconds: f64,
+    /// Why a Fisher merge was a plain average instead, when it was.
+    pub note: Option<String>,
+}
+
+/// How a merge combines its unit models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combine {
+    /// The weighted parameter average.
+    Average,
+    /// Weighted per coordinate by each unit's Fisher estimate (loaded with
+    /// [`Merger::load_fisher`]); the plain average where a unit has none, and the note says so.
+    Fisher,
 }
 
 enum Command {
@@ -50,10 +62,16 @@ enum Command {
         bytes: Bytes,
         reply: oneshot::Sender<Result<u64, JobError>>,
     },
+    LoadFisher {
+        id: Uuid,
+        bytes: Bytes,
+        reply: oneshot::Sender<Result<u64, JobError>>,
+    },
     Forget(Uuid),
     Score {
         units: Vec<Uuid>,
         weights: Vec<f64>,
+        combine: Combine,
         eval_sets: Vec<Uuid>,
         reply: oneshot::Sender<Result<Scored, JobError>>,
     },
@@ -80,6 +98,16 @@ pub(super) struct Descended {
     pub objective: f64,
     /// ∂objective/∂α_k, one per unit.
     pub gradient: Vec<f64>,
+}
+
+impl Combine {
+    /// How `proxy` merges (the ensemble does not).
+    pub fn of(proxy: crate::proxy::Proxy) -> Combine {
+        match proxy {
+            crate::proxy::Proxy::Fisher => Combine::Fisher,
+            _ => Combine::Average,
+        }
+    }
 }
 
 fn stopped() -> JobError {
@@ -171,6 +199,29 @@ impl Merger {
         Ok(())
     }
 
+    /// Fetches a resident unit model's Fisher estimate (verified) onto the device, where
+    /// training kept one; `false` where it did not.
+    pub async fn load_fisher(&mut self, cx: &Context, unit: &UnitModel) -> Result<bool, JobError> {
+        let Some(sha) = unit.fisher_sha256.as_deref() else {
+            return Ok(false);
+        };
+        let bytes = cx
+            .store
+            .get_verified(&keys::model(&unit.id, FISHER_FILE), sha)
+            .await?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::LoadFisher {
+                id: unit.id,
+                bytes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let size = answer.await.map_err(|_| stopped())??;
+        *self.resident.entry(unit.id).or_default() += size;
+        Ok(true)
+    }
+
     /// Frees a resident unit model.
     pub fn forget(&mut self, model: Uuid) {
         if self.resident.remove(&model).is_some() {
@@ -183,6 +234,7 @@ impl Merger {
         &self,
         units: &[Uuid],
         weights: &[f64],
+        combine: Combine,
         eval_sets: &[Uuid],
     ) -> Result<Scored, JobError> {
         let (reply, answer) = oneshot::channel();
@@ -190,6 +242,7 @@ impl Merger {
             .send(Command::Score {
                 units: units.to_vec(),
                 weights: weights.to_vec(),
+                combine,
                 eval_sets: eval_sets.to_vec(),
                 reply,
             })
@@ -285,6 +338,7 @@ fn owner(
     };
     let _ = ready.send(Ok(workspace.unit_bytes()));
     let mut units: HashMap<Uuid, Unit> = HashMap::new();
+    let mut fishers: HashMap<Uuid, Fisher> = HashMap::new();
     while let Ok(command) = inbox.recv() {
         match command {
             Command::Load { id, bytes, reply } => {
@@ -297,19 +351,54 @@ fn owner(
                     size
                 }));
             }
+            Command::LoadFisher { id, bytes, reply } => {
+                let loaded = workspace
+                    .load_fisher(&bytes, &format!("the Fisher estimate of unit model {id}"))
+                    .map_err(|e| fatal(&e));
+                let _ = reply.send(loaded.map(|fisher| {
+                    let size = fisher.bytes();
+                    fishers.insert(id, fisher);
+                    size
+                }));
+            }
             Command::Forget(id) => {
                 units.remove(&id);
+                fishers.remove(&id);
             }
             Command::Score {
                 units: ids,
                 weights,
+                combine,
                 eval_sets,
                 reply,
             } => {
                 let mut score = || -> Result<Scored, JobError> {
                     let chosen = resident(&units, &ids)?;
                     let started = Instant::now();
-                    workspace.merge(&chosen, &weights).map_err(|e| fatal(&e))?;
+                    let without: Vec<&Uuid> =
+                        ids.iter().filter(|id| !fishers.contains_key(id)).collect();
+                    let note = (combine == Combine::Fisher && !without.is_empty()).then(|| {
+                        format!(
+                            "the plain average: unit model(s) {} have no Fisher estimate",
+                            without
+                                .iter()
+                                .map(|id| id.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    });
+                    if combine == Combine::Fisher && note.is_none() {
+                        let with: Vec<(&Unit, &Fisher)> = chosen
+                            .iter()
+                            .zip(&ids)
+                            .map(|(u, id)| (*u, &fishers[id]))
+                            .collect();
+                        workspace
+                            .merge_fisher(&with, &weights)
+                            .map_err(|e| fatal(&e))?;
+                    } else {
+                        workspace.merge(&chosen, &weights).map_err(|e| fatal(&e))?;
+                    }
                     let merge_seconds = started.elapsed().as_secs_f64();
                     let started = Instant::now();
                     let results = eval_sets
@@ -325,6 +414,7 @@ fn owner(
                         results,
                         merge_seconds,
                         eval_seconds: started.elapsed().as_secs_f64(),
+                        note,
                     })
                 };
                 let _ = reply.send(score());

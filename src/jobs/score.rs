@@ -11,7 +11,7 @@ use super::JobError;
 use super::context::Context;
 use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
-use super::merger::{Merger, Scored};
+use super::merger::{Combine, Merger, Scored};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::proxy::Proxy;
@@ -85,21 +85,32 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
             results: vec![nll.score(&ids, &weights, eval_set.id)?],
             merge_seconds: started.elapsed().as_secs_f64(),
             eval_seconds: 0.0,
+            note: None,
         }
     } else {
+        let proxy =
+            Proxy::parse(Some(&key.merge_method)).map_err(|e| JobError::Fatal(e.to_string()))?;
+        let combine = Combine::of(proxy);
         let mut merger = Merger::open(cx, &base, sets, &job.eval).await?;
-        cx.check_fits(members.len(), merger.unit_bytes)?;
+        let per_unit = merger.unit_bytes * if combine == Combine::Fisher { 2 } else { 1 };
+        cx.check_fits(members.len(), per_unit)?;
         let scored = async {
             for unit in &members {
                 merger.load(cx, unit).await?;
+                if combine == Combine::Fisher {
+                    merger.load_fisher(cx, unit).await?;
+                }
             }
-            merger.score(&ids, &weights, &[eval_set.id]).await
+            merger.score(&ids, &weights, combine, &[eval_set.id]).await
         }
         .await;
         merger.close().await;
         scored?
     };
-    let result = serde_json::to_value(&scored.results[0]).expect("results serialise");
+    let mut result = serde_json::to_value(&scored.results[0]).expect("results serialise");
+    if let Some(note) = &scored.note {
+        result["note"] = json!(note);
+    }
 
     let mut tx = pool.begin().await?;
     let mixture = serde_json::to_value(&job.mixture).expect("mixtures serialise");

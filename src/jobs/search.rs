@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::context::Context;
 use super::kind::{Kind, Outcome};
-use super::merger::Merger;
+use super::merger::{Combine, Merger};
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
@@ -339,7 +339,10 @@ impl Run<'_> {
                 .map(|m| self.units[&m.partition].id)
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let scored = self.merger.score(&units, &weights, &missing).await?;
+            let scored = self
+                .merger
+                .score(&units, &weights, Combine::Average, &missing)
+                .await?;
             for (set, result) in missing.iter().zip(&scored.results) {
                 let key = ScoreKey {
                     mixture_key: point.mixture_key.clone(),

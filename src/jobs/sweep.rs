@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::context::Context;
 use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
-use super::merger::Merger;
+use super::merger::{Combine, Merger};
 use super::{Done, JobError};
 use crate::engine::eval::{EvalConfig, EvalResult};
 use crate::mixture::Member;
@@ -187,6 +187,9 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
             sweep: &sweep,
             scope: &scope,
             units: &units,
+            combine: Proxy::parse(Some(&sweep.proxy))
+                .map(Combine::of)
+                .map_err(|e| JobError::Fatal(e.to_string()))?,
         };
         let outcome = if sweep.proxy == Proxy::Ensemble.as_str() {
             let needed: HashSet<Uuid> = todo.iter().flat_map(|t| t.eval_sets.clone()).collect();
@@ -226,6 +229,8 @@ struct Shard<'a> {
     scope: &'a ScoreKey,
     /// Ready unit models by partition.
     units: &'a HashMap<Uuid, UnitModel>,
+    /// How merges combine the units (the ensemble's shards do not merge).
+    combine: Combine,
 }
 
 impl Shard<'_> {
@@ -236,9 +241,15 @@ impl Shard<'_> {
         todo: &[Todo],
         tally: &mut Tally,
     ) -> Result<Done, JobError> {
+        let per_unit = merger.unit_bytes
+            * if self.combine == Combine::Fisher {
+                2
+            } else {
+                1
+            };
         let capacity = self.cx.check_fits(
             todo.iter().map(|t| t.members.len()).max().unwrap_or(0),
-            merger.unit_bytes,
+            per_unit,
         )?;
         let groups = groups(todo, capacity);
         tally.groups = groups.len();
@@ -256,6 +267,9 @@ impl Shard<'_> {
             for unit in self.units.values().filter(|u| needed.contains(&u.id)) {
                 if !merger.is_resident(unit.id) {
                     merger.load(self.cx, unit).await?;
+                    if self.combine == Combine::Fisher {
+                        merger.load_fisher(self.cx, unit).await?;
+                    }
                 }
             }
             tally.load_seconds += loading.elapsed().as_secs_f64();
@@ -270,12 +284,17 @@ impl Shard<'_> {
                     .map(|m| self.units[&m.partition].id)
                     .collect();
                 let weights: Vec<f64> = item.members.iter().map(|m| m.weight).collect();
-                let scored = merger.score(&ids, &weights, &item.eval_sets).await?;
+                let scored = merger
+                    .score(&ids, &weights, self.combine, &item.eval_sets)
+                    .await?;
                 tally.merge_seconds += scored.merge_seconds;
                 tally.eval_seconds += scored.eval_seconds;
                 finished += 1;
                 let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
-                if !self.store(&[(item, scored.results)], progress).await? {
+                if !self
+                    .store(&[(item, scored.results, scored.note)], progress)
+                    .await?
+                {
                     return Ok(Done::LeaseLost);
                 }
                 tally.computed += 1;
@@ -313,7 +332,7 @@ impl Shard<'_> {
                     .iter()
                     .map(|set| nll.score(&ids, &weights, *set))
                     .collect::<Result<Vec<_>, _>>()?;
-                scored.push((item, results));
+                scored.push((item, results, None));
             }
             tally.merge_seconds += started.elapsed().as_secs_f64();
             finished += batch.len();
@@ -331,11 +350,11 @@ impl Shard<'_> {
     /// attempt; `false` when the lease was lost (nothing is stored then).
     async fn store(
         &self,
-        scored: &[(&Todo, Vec<EvalResult>)],
+        scored: &[(&Todo, Vec<EvalResult>, Option<String>)],
         (fraction, done, total): (f32, usize, usize),
     ) -> Result<bool, JobError> {
         let mut tx = self.cx.pool.begin().await?;
-        for (item, results) in scored {
+        for (item, results, note) in scored {
             let members = serde_json::to_value(&item.members).expect("mixtures serialise");
             for (eval_set, result) in item.eval_sets.iter().zip(results) {
                 let key = ScoreKey {
@@ -343,7 +362,10 @@ impl Shard<'_> {
                     eval_set_id: *eval_set,
                     ..self.scope.clone()
                 };
-                let result = serde_json::to_value(result).expect("results serialise");
+                let mut result = serde_json::to_value(result).expect("results serialise");
+                if let Some(note) = note {
+                    result["note"] = json!(note);
+                }
                 scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
             }
         }

@@ -4,8 +4,9 @@
 //! partitions' summed budget: the paper's k-partition mixture trains k× the unit steps), with
 //! its train state mirrored like a unit model's. It is then evaluated on the requested eval
 //! sets, beside the mixture's proxies (for a union: merged uniform, merged token-weighted,
-//! each unit alone, the uniform ensemble; with weights: the merge and the ensemble with those
-//! weights), which are stored as ordinary scores where they are missing.
+//! each unit alone, the uniform ensemble and Fisher merge; with weights: the merge, the
+//! ensemble and the Fisher merge with those weights), which are stored as ordinary scores
+//! where they are missing.
 
 use std::collections::HashSet;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 use super::context::Context;
 use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
-use super::merger::Merger;
+use super::merger::{Combine, Merger};
 use super::mirror::StateMirror;
 use super::training::{self, Start, TrainingRun};
 use super::{Done, JobError};
@@ -219,10 +220,11 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
     };
     let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
-        cx.check_fits(units.len() + 1, merger.unit_bytes)?;
+        // The union model, and each unit with its Fisher estimate (twice a unit's memory).
+        cx.check_fits(2 * units.len() + 1, merger.unit_bytes)?;
         merger.load_model(cx, validation.id, &weights_sha).await?;
         let union = merger
-            .score(&[validation.id], &[1.0], &job.eval_sets)
+            .score(&[validation.id], &[1.0], Combine::Average, &job.eval_sets)
             .await?;
         let mut unit_of = std::collections::HashMap::new();
         let mut members = Vec::new();
@@ -232,6 +234,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .find(|u| u.partition_id == *p && u.state == "ready")
                 .ok_or_else(|| fatal(format!("partition {p} has no ready unit model")))?;
             merger.load(cx, unit).await?;
+            merger.load_fisher(cx, unit).await?;
             unit_of.insert(*p, unit.id);
             members.push(unit);
         }
@@ -274,15 +277,23 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .map(|m| unit_of[&m.partition])
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let results = if *proxy == Proxy::Ensemble || ids.len() == 1 {
-                missing
+            let (results, note) = if *proxy == Proxy::Ensemble || ids.len() == 1 {
+                let results = missing
                     .iter()
                     .map(|set| nll.score(&ids, &weights, *set))
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect::<Result<Vec<_>, _>>()?;
+                (results, None)
             } else {
-                merger.score(&ids, &weights, &missing).await?.results
+                let scored = merger
+                    .score(&ids, &weights, Combine::of(*proxy), &missing)
+                    .await?;
+                (scored.results, scored.note)
             };
             for (set, result) in missing.into_iter().zip(results) {
+                let mut result = serde_json::to_value(result).expect("results serialise");
+                if let Some(note) = &note {
+                    result["note"] = json!(note);
+                }
                 proxy_scores.push((
                     ScoreKey {
                         eval_set_id: set,
@@ -305,8 +316,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
         validations::insert_score(&mut tx, validation.id, *set, &eval_json, &sha, &result).await?;
     }
     for (key, members, result) in &proxy_scores {
-        let result = serde_json::to_value(result).expect("results serialise");
-        scores::insert(&mut tx, key, members, &eval_json, &result).await?;
+        scores::insert(&mut tx, key, members, &eval_json, result).await?;
     }
     let result = json!({
         "validation": validation.id,

@@ -64,6 +64,20 @@ pub async fn ready_weights(
     .await
 }
 
+/// The unit models' Fisher estimates (kept beside their weights): (model, sha256).
+pub async fn fisher_estimates(pool: &PgPool) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("select id, fisher_sha256 from models where fisher_sha256 is not null")
+        .fetch_all(pool)
+        .await
+}
+
+/// Each unit model's stored per-token NLLs on an eval set: (model, object, sha256).
+pub async fn logprobs(pool: &PgPool) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
+    sqlx::query_as("select model_id, object, sha256 from unit_logprobs")
+        .fetch_all(pool)
+        .await
+}
+
 /// Succeeded exports whose partitions all still exist: (job, object, sha256).
 pub async fn live_exports(
     pool: &PgPool,

@@ -53,10 +53,3 @@ pub async fn upsert(pool: &PgPool, row: &Logprobs) -> Result<(), sqlx::Error> {
     .await?;
     Ok(())
 }
-
-/// Every stored row's object and checksum, for `fsck`.
-pub async fn objects(pool: &PgPool) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
-    sqlx::query_as("select model_id, object, sha256 from unit_logprobs")
-        .fetch_all(pool)
-        .await
-}

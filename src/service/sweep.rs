@@ -51,8 +51,9 @@ pub struct NewSweep {
     pub eval_sets: Vec<String>,
     /// `uniform` (default) or `tokens`.
     pub weighting: Option<String>,
-    /// `average` (default: the merged parameters) or `ensemble` (the mixture of the unit
-    /// models' distributions, from their stored per-token NLLs).
+    /// `average` (default: the merged parameters), `ensemble` (the mixture of the unit
+    /// models' distributions, from their stored per-token NLLs) or `fisher` (the average
+    /// weighted per coordinate by each unit's Fisher estimate).
     pub proxy: Option<String>,
     pub base: Option<String>,
     pub recipe: Option<String>,

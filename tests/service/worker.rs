@@ -451,6 +451,7 @@ mod scores {
         let scored = |r: ScoreRequest| async move {
             let job = match request(pool, &r).await.unwrap() {
                 ScoreStatus::Pending { job, .. } => job,
+                ScoreStatus::Cached(score) => return (score.result, None),
                 other => panic!("not queued: {other:?}"),
             };
             assert!(worker.try_run_one().await.unwrap());
@@ -489,5 +490,46 @@ mod scores {
         let own = |t: &TokenNll| t.totals().total.perplexity;
         let ppl = local.total.perplexity;
         assert!(ppl <= own(&na).max(own(&nb)), "{ppl}");
+
+        // The Fisher-weighted merge: trained units keep their estimate, and the merge differs
+        // from the plain one; without an estimate it is the plain average, and says so.
+        let units = models::for_partitions(pool, base.id, recipe.id, &[a, b])
+            .await
+            .unwrap();
+        assert!(units.iter().all(|u| u.fisher_sha256.is_some()));
+        let fisher = |partitions: Vec<Uuid>| ScoreRequest {
+            proxy: Proxy::Fisher,
+            ..req(partitions)
+        };
+        let (weighted, _) = scored(fisher(vec![a, b])).await;
+        assert!(weighted["note"].is_null(), "{weighted}");
+        let (plain, _) = scored(req(vec![a, b])).await;
+        assert_ne!(weighted["perplexity"], plain["perplexity"]);
+        let (alone, _) = scored(fisher(vec![b])).await;
+        let (merged_alone, _) = scored(req(vec![b])).await;
+        assert_eq!(alone["perplexity"], merged_alone["perplexity"]);
+        sqlx::query("update models set fisher_sha256 = null where partition_id = $1")
+            .bind(a)
+            .execute(pool)
+            .await
+            .unwrap();
+        let (fallback, _) = scored(ScoreRequest {
+            mixture: Mixture::new(&[a, b], Some(&[1.0, 3.0]), Weighting::Explicit).unwrap(),
+            ..fisher(vec![a, b])
+        })
+        .await;
+        let (explicit, _) = scored(ScoreRequest {
+            mixture: Mixture::new(&[a, b], Some(&[1.0, 3.0]), Weighting::Explicit).unwrap(),
+            ..req(vec![a, b])
+        })
+        .await;
+        assert_eq!(fallback["perplexity"], explicit["perplexity"]);
+        assert!(
+            fallback["note"]
+                .as_str()
+                .unwrap()
+                .contains("no Fisher estimate"),
+            "{fallback}"
+        );
     }
 }

@@ -26,8 +26,8 @@ pub struct ScoreArgs {
     /// uniform or tokens (weights by the partitions' sizes).
     #[arg(long)]
     pub weighting: Option<String>,
-    /// average (the merged parameters; default) or ensemble (the mixture of the unit models'
-    /// distributions).
+    /// average (the merged parameters; default), ensemble (the mixture of the unit models'
+    /// distributions) or fisher (the average weighted by each unit's Fisher estimate).
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]
@@ -64,7 +64,7 @@ pub struct CheckArgs {
     /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
     #[arg(long, value_parser = parse_fraction, requires = "baseline")]
     pub max_regression: Option<f64>,
-    /// average (default) or ensemble: the proxy both mixtures are scored by.
+    /// average (default), ensemble or fisher: the proxy both mixtures are scored by.
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]

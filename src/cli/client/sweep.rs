@@ -29,8 +29,9 @@ pub struct SweepArgs {
     /// uniform (default) or tokens.
     #[arg(long)]
     pub weighting: Option<String>,
-    /// average (the merged parameters; default) or ensemble (the mixture of the unit models'
-    /// distributions: no forward pass once each unit has seen the eval set).
+    /// average (the merged parameters; default), ensemble (the mixture of the unit models'
+    /// distributions: no forward pass once each unit has seen the eval set) or fisher (the
+    /// average weighted per coordinate by each unit's Fisher estimate).
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]

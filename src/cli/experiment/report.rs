@@ -23,11 +23,12 @@ pub(super) struct Run<'a> {
     pub(super) times: &'a Times,
 }
 
-const PROXY_NAMES: [(&str, &str); 4] = [
+const PROXY_NAMES: [(&str, &str); 5] = [
     ("merged_uniform", "merged, uniform"),
     ("merged_tokens", "merged, token-weighted"),
     ("mean_of_units", "mean of units"),
     ("ensemble", "ensemble"),
+    ("fisher", "Fisher-weighted"),
 ];
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
