@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::context::Context;
+use super::context::{Context, blocking};
 use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
 use super::merger::{Combine, Merger};
@@ -204,7 +204,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
             tally.load_seconds = loading.elapsed().as_secs_f64();
             tally.forward_passes = nll.computed;
             tally.logprobs_reused = nll.reused;
-            shard.ensemble(&nll, &todo, &mut tally).await
+            shard.ensemble(nll, &todo, &mut tally).await
         } else {
             let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
             let outcome = shard.run(&mut merger, &todo, &mut tally).await;
@@ -309,31 +309,47 @@ impl Shard<'_> {
     /// per-token NLLs (`nll`), storing [`ENSEMBLE_BATCH`] mixtures per transaction.
     async fn ensemble(
         &self,
-        nll: &UnitNll,
+        nll: UnitNll,
         todo: &[Todo],
         tally: &mut Tally,
     ) -> Result<Done, JobError> {
+        let nll = std::sync::Arc::new(nll);
         let mut finished = 0usize;
         for batch in todo.chunks(ENSEMBLE_BATCH) {
             if self.cx.is_cancelled() {
                 return Ok(Done::Cancelled);
             }
             let started = Instant::now();
-            let mut scored = Vec::with_capacity(batch.len());
-            for item in batch {
-                let ids: Vec<Uuid> = item
-                    .members
+            let asked: Vec<(Vec<Uuid>, Vec<f64>, Vec<Uuid>)> = batch
+                .iter()
+                .map(|item| {
+                    let ids = item
+                        .members
+                        .iter()
+                        .map(|m| self.units[&m.partition].id)
+                        .collect();
+                    let weights = item.members.iter().map(|m| m.weight).collect();
+                    (ids, weights, item.eval_sets.clone())
+                })
+                .collect();
+            // Arithmetic over every token of the eval sets: off the async threads.
+            let nll = nll.clone();
+            let results = blocking(move || {
+                asked
                     .iter()
-                    .map(|m| self.units[&m.partition].id)
-                    .collect();
-                let weights: Vec<f64> = item.members.iter().map(|m| m.weight).collect();
-                let results = item
-                    .eval_sets
-                    .iter()
-                    .map(|set| nll.score(&ids, &weights, *set))
-                    .collect::<Result<Vec<_>, _>>()?;
-                scored.push((item, results, None));
-            }
+                    .map(|(ids, weights, sets)| {
+                        sets.iter()
+                            .map(|set| nll.score(ids, weights, *set))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            let scored: Vec<_> = batch
+                .iter()
+                .zip(results)
+                .map(|(item, results)| (item, results, None))
+                .collect();
             tally.merge_seconds += started.elapsed().as_secs_f64();
             finished += batch.len();
             let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
