@@ -1,13 +1,12 @@
 //! Proxies: how the unit models of a mixture stand in for a model trained on it. Each
-//! proxy's scores are ordinary scores, stored under its name (the scores' `merge_method`),
+//! proxy's scores are ordinary scores, stored under its key (the scores' `merge_method`),
 //! so they are cached, swept, ranked and validated alike.
 
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
 
 use crate::error::Error;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Proxy {
     /// The weighted parameter average of the unit models, evaluated: the paper's proxy.
     #[default]
@@ -18,18 +17,88 @@ pub enum Proxy {
     /// The parameter average weighted per coordinate by each unit's diagonal Fisher estimate
     /// (its final AdamW second moments); the plain average, saying so, for units without one.
     Fisher,
+    /// θ_base + λ Σ α_k (θ_k − θ_base): the average's displacement from the base, scaled.
+    /// λ = 1 is the average itself, and is stored as it.
+    TaskVectors(Scale),
 }
 
-impl Proxy {
-    pub const ALL: [Proxy; 3] = [Proxy::Average, Proxy::Ensemble, Proxy::Fisher];
+/// A task-vector scale λ, in hundredths (so proxies compare and hash exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scale(u16);
 
-    /// The name in requests, answers and score keys.
-    pub fn as_str(self) -> &'static str {
+impl Scale {
+    /// The scales validations score, from which the report picks one per eval set.
+    pub const GRID: [Scale; 5] = [Scale(50), Scale(100), Scale(150), Scale(200), Scale(300)];
+    pub const ONE: Scale = Scale(100);
+    /// The largest scale a request may name.
+    const MAX: u16 = 1000;
+
+    pub fn value(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+
+    /// λ from its decimal form: above 0, at most 10, in steps of 0.01.
+    pub fn parse(text: &str) -> Option<Scale> {
+        let value: f64 = text.parse().ok()?;
+        let hundredths = (value * 100.0).round();
+        let exact = (hundredths / 100.0 - value).abs() < 1e-9;
+        (exact && hundredths >= 1.0 && hundredths <= f64::from(Scale::MAX))
+            .then_some(Scale(hundredths as u16))
+    }
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.value())
+    }
+}
+
+/// The names a request may use, in the order error messages list them.
+const NAMES: &str = "average, ensemble, fisher, task_vectors@<λ>";
+
+impl Proxy {
+    /// The proxies with a fixed key (task vectors take a scale).
+    pub const FIXED: [Proxy; 3] = [Proxy::Average, Proxy::Ensemble, Proxy::Fisher];
+
+    /// The proxy's family name: `average`, `ensemble`, `fisher` or `task_vectors`.
+    pub fn name(self) -> &'static str {
         match self {
             Proxy::Average => "average",
             Proxy::Ensemble => "ensemble",
             Proxy::Fisher => "fisher",
+            Proxy::TaskVectors(_) => "task_vectors",
         }
+    }
+
+    /// The name in answers and score keys: the family name, with `@λ` for task vectors
+    /// (`task_vectors@1.5`); λ = 1 is the average's key.
+    pub fn key(self) -> String {
+        match self {
+            Proxy::TaskVectors(Scale::ONE) => Proxy::Average.key(),
+            Proxy::TaskVectors(scale) => format!("task_vectors@{scale}"),
+            fixed => fixed.name().to_string(),
+        }
+    }
+
+    /// The same proxy, with task vectors at λ = 1 as the average they equal.
+    pub fn canonical(self) -> Proxy {
+        match self {
+            Proxy::TaskVectors(Scale::ONE) => Proxy::Average,
+            other => other,
+        }
+    }
+
+    /// Whether its merge reads each unit's Fisher estimate (twice a unit's memory).
+    pub fn needs_fisher(self) -> bool {
+        self == Proxy::Fisher
+    }
+
+    /// The proxy a key names (as [`Proxy::key`] writes it).
+    pub fn from_key(key: &str) -> Option<Proxy> {
+        if let Some(scale) = key.strip_prefix("task_vectors@") {
+            return Scale::parse(scale).map(|s| Proxy::TaskVectors(s).canonical());
+        }
+        Proxy::FIXED.into_iter().find(|p| p.name() == key)
     }
 
     /// The proxy a request names (default `average`); an error lists the names.
@@ -37,16 +106,18 @@ impl Proxy {
         let Some(name) = name else {
             return Ok(Proxy::default());
         };
-        Proxy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Proxy::ALL.iter().map(|p| p.as_str()).collect();
-                Error::invalid(
-                    "invalid_proxy",
-                    format!("proxy {name:?}: use {}", names.join(", ")),
-                )
-            })
+        Proxy::from_key(name).ok_or_else(|| {
+            Error::invalid(
+                "invalid_proxy",
+                format!("proxy {name:?}: use {NAMES} (λ above 0, at most 10, in steps of 0.01)"),
+            )
+        })
+    }
+}
+
+impl Serialize for Proxy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.key())
     }
 }
 
@@ -55,14 +126,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_back_and_unknown_ones_are_refused_with_the_list() {
-        for proxy in Proxy::ALL {
-            assert_eq!(Proxy::parse(Some(proxy.as_str())).unwrap(), proxy);
+    fn keys_parse_back_and_unknown_ones_are_refused_with_the_list() {
+        let mut all = Proxy::FIXED.to_vec();
+        all.extend(
+            Scale::GRID
+                .iter()
+                .filter(|&&s| s != Scale::ONE)
+                .map(|&s| Proxy::TaskVectors(s)),
+        );
+        for proxy in all {
+            assert_eq!(Proxy::parse(Some(&proxy.key())).unwrap(), proxy);
             let json = serde_json::to_value(proxy).unwrap();
-            assert_eq!(json, proxy.as_str());
+            assert_eq!(json, proxy.key());
         }
+        assert_eq!(Proxy::TaskVectors(Scale(150)).key(), "task_vectors@1.5");
+        assert_eq!(Proxy::TaskVectors(Scale(50)).key(), "task_vectors@0.5");
+        assert_eq!(Proxy::TaskVectors(Scale(200)).key(), "task_vectors@2");
+        // λ = 1 is the average, under its key.
+        assert_eq!(Proxy::TaskVectors(Scale::ONE).key(), "average");
+        assert_eq!(
+            Proxy::parse(Some("task_vectors@1.00")).unwrap(),
+            Proxy::Average
+        );
         assert_eq!(Proxy::parse(None).unwrap(), Proxy::Average);
-        let err = Proxy::parse(Some("merge")).unwrap_err().to_string();
-        assert!(err.contains("average, ensemble, fisher"), "{err}");
+        for bad in [
+            "merge",
+            "task_vectors@",
+            "task_vectors@0",
+            "task_vectors@-1",
+            "task_vectors@1.234",
+            "task_vectors@11",
+            "task_vectors@nan",
+        ] {
+            let err = Proxy::parse(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(NAMES), "{bad}: {err}");
+        }
     }
 }

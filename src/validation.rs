@@ -1,6 +1,7 @@
 //! Validations seen from the scores: a mixture's proxies (its merged-uniform and
-//! merged-token-weighted scores, and the mean of its unit models' own perplexities) and the
-//! report that correlates each proxy with the union model's perplexity, per eval set.
+//! merged-token-weighted scores, the mean of its unit models' own perplexities, the ensemble,
+//! the Fisher-weighted and the task-vector merges) and the report that correlates each proxy
+//! with the union model's perplexity, per eval set.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, MixtureError, Weighting};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Scale};
 use crate::registry::datasets;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::{scores, validations};
@@ -20,14 +21,22 @@ use crate::stats;
 pub const TRUSTED_AT: usize = 8;
 
 /// The proxies, in report order: the uniform and the token-weighted parameter average, the
-/// mean of the unit models' own perplexities, and the uniform ensemble of their
-/// distributions.
-pub const PROXIES: [&str; 4] = [
+/// mean of the unit models' own perplexities, the uniform ensemble of their distributions,
+/// the uniform Fisher-weighted average, and the uniform task-vector merge at the scale λ
+/// (of [`Scale::GRID`]) that ranks the eval set's validations best.
+pub const PROXIES: [&str; 6] = [
     "merged_uniform",
     "merged_tokens",
     "mean_of_units",
     "ensemble",
+    "fisher",
+    "task_vectors",
 ];
+
+/// A point's task-vector perplexity at one scale: `task_vectors@λ`.
+fn at_scale(scale: Scale) -> String {
+    format!("task_vectors@{scale}")
+}
 
 /// The scores a validation is compared with: the mixture merged with uniform and with
 /// token-proportional weights, and each partition's unit model alone.
@@ -61,7 +70,10 @@ impl Proxies {
         ];
         out.extend(self.singles.into_iter().map(|m| (m, Proxy::Average)));
         out.push((self.uniform.clone(), Proxy::Ensemble));
-        out.push((self.uniform, Proxy::Fisher));
+        out.push((self.uniform.clone(), Proxy::Fisher));
+        for scale in Scale::GRID.into_iter().filter(|&s| s != Scale::ONE) {
+            out.push((self.uniform.clone(), Proxy::TaskVectors(scale)));
+        }
         out
     }
 }
@@ -78,8 +90,9 @@ pub struct Point {
     /// The seeds the mixture was trained with, lowest first, and each one's perplexity.
     pub seeds: Vec<i64>,
     pub truths: Vec<f64>,
-    /// Each proxy's perplexity, where its scores are all stored (by [`PROXIES`] name).
-    pub proxies: BTreeMap<&'static str, f64>,
+    /// Each proxy's perplexity, where its scores are all stored (by [`PROXIES`] name, and
+    /// the task-vector merge at every scale as `task_vectors@λ`).
+    pub proxies: BTreeMap<String, f64>,
     /// Whether none of the mixture's partitions is of the eval set's own domain (the
     /// domains its documents carry); `None` when a partition or the eval set has none.
     pub excludes_own_domain: Option<bool>,
@@ -113,6 +126,10 @@ pub struct Agreement {
     pub decision_accuracy: Option<f64>,
     /// How much worse (%) the trained model of the proxy's best mixture is than the best.
     pub regret: Option<f64>,
+    /// The task-vector scale λ the report chose (the one with the highest ρ over these
+    /// points, chosen on them: an in-sample choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
 }
 
 impl Agreement {
@@ -145,7 +162,33 @@ impl Agreement {
             rho_top_90: stats::bootstrap90(&x, &y, stats::rho_top),
             decision_accuracy: stats::decision_accuracy(&x, &y),
             regret: stats::regret(&x, &y),
+            scale: None,
         }
+    }
+
+    /// The task-vector merge's agreement at the scale of [`Scale::GRID`] with the highest ρ
+    /// over `points` (λ nearest 1 among equals; λ = 1, the average, while none has a ρ), and
+    /// that scale. Each point's `task_vectors` is set to its perplexity at that scale.
+    pub fn task_vectors(points: &mut [Point]) -> Agreement {
+        let mut grid = Scale::GRID;
+        grid.sort_by(|a, b| (a.value() - 1.0).abs().total_cmp(&(b.value() - 1.0).abs()));
+        let mut best = (Scale::ONE, Agreement::of(points, &at_scale(Scale::ONE)));
+        for scale in grid {
+            let agreement = Agreement::of(points, &at_scale(scale));
+            if let Some(rho) = agreement.spearman
+                && best.1.spearman.is_none_or(|b| rho > b)
+            {
+                best = (scale, agreement);
+            }
+        }
+        let (scale, mut agreement) = best;
+        for point in points.iter_mut() {
+            if let Some(value) = point.proxy(&at_scale(scale)) {
+                point.proxies.insert("task_vectors".into(), value);
+            }
+        }
+        agreement.scale = Some(scale.value());
+        agreement
     }
 }
 
@@ -305,7 +348,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let table = &stored[&(v.base_id, v.recipe_id)];
         let score = |m: &Mixture, proxy: Proxy| {
             let key = (
-                proxy.as_str().to_string(),
+                proxy.key(),
                 m.key(),
                 m.weighting.as_str().to_string(),
                 eval_set,
@@ -317,16 +360,26 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             .iter()
             .map(|m| score(m, Proxy::Average))
             .collect();
-        let known = [
-            ("merged_uniform", score(&proxies.uniform, Proxy::Average)),
-            ("merged_tokens", score(&proxies.tokens, Proxy::Average)),
+        let mut known = vec![
             (
-                "mean_of_units",
+                "merged_uniform".into(),
+                score(&proxies.uniform, Proxy::Average),
+            ),
+            (
+                "merged_tokens".into(),
+                score(&proxies.tokens, Proxy::Average),
+            ),
+            (
+                "mean_of_units".into(),
                 singles.map(|s| s.iter().sum::<f64>() / s.len() as f64),
             ),
-            ("ensemble", score(&proxies.uniform, Proxy::Ensemble)),
-            ("fisher", score(&proxies.uniform, Proxy::Fisher)),
+            ("ensemble".into(), score(&proxies.uniform, Proxy::Ensemble)),
+            ("fisher".into(), score(&proxies.uniform, Proxy::Fisher)),
         ];
+        for scale in Scale::GRID {
+            let value = score(&proxies.uniform, Proxy::TaskVectors(scale));
+            known.push((at_scale(scale), value));
+        }
         let truths: Vec<f64> = runs.iter().map(|(_, ppl)| *ppl).collect();
         sets.entry(eval_set).or_default().push(Point {
             validation: v.id,
@@ -343,10 +396,14 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
     }
     Ok(sets
         .into_iter()
-        .map(|(eval_set, points)| {
+        .map(|(eval_set, mut points)| {
+            let task_vectors = Agreement::task_vectors(&mut points);
             let proxies: BTreeMap<&'static str, Agreement> = PROXIES
                 .into_iter()
-                .map(|name| (name, Agreement::of(&points, name)))
+                .map(|name| match name {
+                    "task_vectors" => (name, task_vectors.clone()),
+                    _ => (name, Agreement::of(&points, name)),
+                })
                 .collect();
             let best_proxy = best_proxy(points.len(), &proxies);
             let note = (points.len() < 3).then(|| {
@@ -379,14 +436,18 @@ mod tests {
             truth,
             seeds: vec![0],
             truths: vec![truth],
-            proxies: [("merged_uniform", proxy), ("mean_of_units", proxy)].into(),
+            proxies: [
+                ("merged_uniform".into(), proxy),
+                ("mean_of_units".into(), proxy),
+            ]
+            .into(),
             excludes_own_domain,
         }
     }
 
     #[test]
     fn the_best_proxy_is_named_once_enough_mixtures_are_validated() {
-        let with = |rho: [Option<f64>; 5]| -> BTreeMap<&'static str, Agreement> {
+        let with = |rho: [Option<f64>; 6]| -> BTreeMap<&'static str, Agreement> {
             PROXIES
                 .into_iter()
                 .zip(rho)
@@ -401,13 +462,49 @@ mod tests {
                 })
                 .collect()
         };
-        let proxies = with([Some(0.8), Some(0.9), Some(0.7), None, Some(0.85)]);
+        let proxies = with([Some(0.8), Some(0.9), Some(0.7), None, Some(0.85), Some(0.6)]);
         assert_eq!(best_proxy(TRUSTED_AT - 1, &proxies), None);
         assert_eq!(best_proxy(TRUSTED_AT, &proxies), Some("merged_tokens"));
         // Equals: the first in report order; unknown ρ never wins.
-        let proxies = with([Some(0.9), Some(0.9), None, Some(0.85), None]);
+        let proxies = with([Some(0.9), Some(0.9), None, Some(0.85), None, Some(0.9)]);
         assert_eq!(best_proxy(20, &proxies), Some("merged_uniform"));
-        assert_eq!(best_proxy(20, &with([None; 5])), None);
+        assert_eq!(best_proxy(20, &with([None; 6])), None);
+    }
+
+    /// Four mixtures scored at three scales: λ = 0.5 ranks them in reverse, λ = 2 and λ = 3
+    /// both right (λ = 2 is chosen, nearer 1), λ = 1 (the average) with one pair swapped.
+    #[test]
+    fn the_task_vector_scale_is_the_one_that_ranks_the_validations_best() {
+        let truths = [10.0, 11.0, 12.0, 13.0];
+        let at = |values: [f64; 4]| values;
+        let table = [
+            (Scale::GRID[0], at([4.0, 3.0, 2.0, 1.0])),
+            (Scale::ONE, at([1.0, 3.0, 2.0, 4.0])),
+            (Scale::GRID[3], at([1.0, 2.0, 3.0, 4.0])),
+            (Scale::GRID[4], at([1.0, 2.0, 3.5, 4.0])),
+        ];
+        let mut points: Vec<Point> = truths
+            .iter()
+            .enumerate()
+            .map(|(i, &truth)| {
+                let mut p = point(truth, table[1].1[i], None);
+                for (scale, values) in &table {
+                    p.proxies.insert(at_scale(*scale), values[i]);
+                }
+                p
+            })
+            .collect();
+        let a = Agreement::task_vectors(&mut points);
+        assert_eq!(a.scale, Some(2.0));
+        assert_eq!(a.spearman, Some(1.0));
+        assert_eq!(a.n, 4);
+        for (p, want) in points.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+            assert_eq!(p.proxy("task_vectors"), Some(want));
+        }
+        // Fewer than three points: no ρ anywhere, so the average's scale.
+        let mut two = points[..2].to_vec();
+        let a = Agreement::task_vectors(&mut two);
+        assert_eq!((a.scale, a.spearman, a.n), (Some(1.0), None, 2));
     }
 
     /// Six mixtures: the three with the eval set's own domain are ranked right, the three

@@ -38,7 +38,7 @@ async fn scope(
         recipe_id: recipe.id,
         mixture_key: String::new(),
         weighting: "uniform".into(),
-        merge_method: proxy.as_str().into(),
+        merge_method: proxy.key(),
         eval_set_id: eval_set.id,
         eval_config_sha256: eval_config_sha256(&EvalConfig::default()),
     };

@@ -64,7 +64,7 @@ fn cache_key(
         eval,
         weights.as_deref().unwrap_or(""),
         asked.weighting.as_deref().unwrap_or(""),
-        proxy.as_str(),
+        &proxy.key(),
     ]
     .join("\n")
 }

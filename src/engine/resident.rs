@@ -322,6 +322,45 @@ impl Workspace {
             });
         }
         let weights = normalize_weights(weights)?;
+        self.combine(units, &weights);
+        Ok(())
+    }
+
+    /// Sets the model's parameters to the task-vector merge θ_base + λ Σ α_k (θ_k − θ_base)
+    /// of `units` with `weights` (checked and normalised, so Σ α = 1): the linear
+    /// combination (1 − λ) θ_base + Σ λ α_k θ_k, accumulated as the average is, base first.
+    /// λ = 1 gives the base a coefficient of exactly 0 and is the plain average bit for bit
+    /// (on the CPU); λ = 0 is the base.
+    pub fn merge_task_vectors(
+        &mut self,
+        base: &Unit,
+        units: &[&Unit],
+        weights: &[f64],
+        lambda: f64,
+    ) -> Result<(), MergeError> {
+        if units.len() != weights.len() {
+            return Err(MergeError::WeightCount {
+                inputs: units.len(),
+                weights: weights.len(),
+            });
+        }
+        if !lambda.is_finite() {
+            return Err(MergeError::BadWeight {
+                index: 0,
+                value: lambda,
+            });
+        }
+        let weights = normalize_weights(weights)?;
+        let mut inputs = vec![base];
+        inputs.extend_from_slice(units);
+        let mut coefficients = vec![1.0 - lambda];
+        coefficients.extend(weights.iter().map(|w| lambda * w));
+        self.combine(&inputs, &coefficients);
+        Ok(())
+    }
+
+    /// Sets the model's parameters to Σ c_k θ_k over `units`, for any finite coefficients.
+    fn combine(&mut self, units: &[&Unit], weights: &[f64]) {
         let (acc, out) = (&mut self.acc, &mut self.out);
         tch::no_grad(|| {
             for (p, param) in self.params.iter_mut().enumerate() {
@@ -336,7 +375,7 @@ impl Workspace {
                                 Held::Host(_) => unreachable!("one workspace, one device"),
                             })
                             .collect();
-                        average_tensors(&sources, &weights, kind)
+                        average_tensors(&sources, weights, kind)
                     }
                     Held::Host(_) => {
                         let numel = param.shape.iter().product::<usize>();
@@ -345,7 +384,7 @@ impl Workspace {
                         for start in (0..numel).step_by(CPU_BLOCK) {
                             let len = CPU_BLOCK.min(numel - start);
                             let bytes = start * size..(start + len) * size;
-                            for (i, (unit, &w)) in units.iter().zip(&weights).enumerate() {
+                            for (i, (unit, &w)) in units.iter().zip(weights).enumerate() {
                                 let Held::Host(data) = &unit.tensors[p] else {
                                     unreachable!("one workspace, one device")
                                 };
@@ -360,6 +399,5 @@ impl Workspace {
                 param.var.copy_(&merged);
             }
         });
-        Ok(())
     }
 }

@@ -21,6 +21,7 @@ use crate::engine::data::{self, Format};
 use crate::engine::ensemble::TokenNll;
 use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
 use crate::engine::resident::{Fisher, Unit, Workspace};
+use crate::proxy::Proxy;
 use crate::registry::bases::Base;
 use crate::registry::datasets::Dataset;
 use crate::registry::models::UnitModel;
@@ -34,6 +35,8 @@ pub(super) struct Merger {
     resident: HashMap<Uuid, u64>,
     /// What one unit model of the base's architecture takes.
     pub unit_bytes: u64,
+    /// The base's weights, when resident (task-vector merges start from them).
+    base: Option<Uuid>,
     dir: PathBuf,
 }
 
@@ -47,13 +50,16 @@ pub(super) struct Scored {
 }
 
 /// How a merge combines its unit models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Combine {
     /// The weighted parameter average.
     Average,
     /// Weighted per coordinate by each unit's Fisher estimate (loaded with
     /// [`Merger::load_fisher`]); the plain average where a unit has none, and the note says so.
     Fisher,
+    /// The base plus λ times the average's displacement from it (the base loaded with
+    /// [`Merger::load_base`]).
+    TaskVectors(f64),
 }
 
 enum Command {
@@ -72,6 +78,7 @@ enum Command {
         units: Vec<Uuid>,
         weights: Vec<f64>,
         combine: Combine,
+        base: Option<Uuid>,
         eval_sets: Vec<Uuid>,
         reply: oneshot::Sender<Result<Scored, JobError>>,
     },
@@ -102,11 +109,18 @@ pub(super) struct Descended {
 
 impl Combine {
     /// How `proxy` merges (the ensemble does not).
-    pub fn of(proxy: crate::proxy::Proxy) -> Combine {
-        match proxy {
-            crate::proxy::Proxy::Fisher => Combine::Fisher,
-            _ => Combine::Average,
+    pub fn of(proxy: Proxy) -> Combine {
+        match proxy.canonical() {
+            Proxy::Fisher => Combine::Fisher,
+            Proxy::TaskVectors(scale) => Combine::TaskVectors(scale.value()),
+            Proxy::Average | Proxy::Ensemble => Combine::Average,
         }
+    }
+
+    /// Unit models' worth of memory one unit takes resident under this combination (a
+    /// Fisher merge also holds each unit's estimate).
+    pub fn units_per_unit(self) -> u64 {
+        if self == Combine::Fisher { 2 } else { 1 }
     }
 }
 
@@ -151,6 +165,7 @@ impl Merger {
             thread,
             resident: HashMap::new(),
             unit_bytes,
+            base: None,
             dir,
         })
     }
@@ -199,6 +214,33 @@ impl Merger {
         Ok(())
     }
 
+    /// Fetches the base's weights (verified) onto the device, for task-vector merges.
+    pub async fn load_base(&mut self, cx: &Context, base: &Base) -> Result<(), JobError> {
+        if self.base == Some(base.id) {
+            return Ok(());
+        }
+        let sha = base
+            .weights_sha256
+            .as_deref()
+            .ok_or_else(|| JobError::Fatal(format!("base {} has no weights yet", base.name)))?;
+        let bytes = cx
+            .store
+            .get_verified(&keys::base(&base.id, WEIGHTS_FILE), sha)
+            .await?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Load {
+                id: base.id,
+                bytes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let size = answer.await.map_err(|_| stopped())??;
+        self.resident.insert(base.id, size);
+        self.base = Some(base.id);
+        Ok(())
+    }
+
     /// Fetches a resident unit model's Fisher estimate (verified) onto the device, where
     /// training kept one; `false` where it did not.
     pub async fn load_fisher(&mut self, cx: &Context, unit: &UnitModel) -> Result<bool, JobError> {
@@ -225,6 +267,9 @@ impl Merger {
     /// Frees a resident unit model.
     pub fn forget(&mut self, model: Uuid) {
         if self.resident.remove(&model).is_some() {
+            if self.base == Some(model) {
+                self.base = None;
+            }
             let _ = self.commands.send(Command::Forget(model));
         }
     }
@@ -243,6 +288,7 @@ impl Merger {
                 units: units.to_vec(),
                 weights: weights.to_vec(),
                 combine,
+                base: self.base,
                 eval_sets: eval_sets.to_vec(),
                 reply,
             })
@@ -369,6 +415,7 @@ fn owner(
                 units: ids,
                 weights,
                 combine,
+                base,
                 eval_sets,
                 reply,
             } => {
@@ -387,18 +434,23 @@ fn owner(
                                 .join(", ")
                         )
                     });
-                    if combine == Combine::Fisher && note.is_none() {
-                        let with: Vec<(&Unit, &Fisher)> = chosen
-                            .iter()
-                            .zip(&ids)
-                            .map(|(u, id)| (*u, &fishers[id]))
-                            .collect();
-                        workspace
-                            .merge_fisher(&with, &weights)
-                            .map_err(|e| fatal(&e))?;
-                    } else {
-                        workspace.merge(&chosen, &weights).map_err(|e| fatal(&e))?;
+                    match combine {
+                        Combine::Fisher if note.is_none() => {
+                            let with: Vec<(&Unit, &Fisher)> = chosen
+                                .iter()
+                                .zip(&ids)
+                                .map(|(u, id)| (*u, &fishers[id]))
+                                .collect();
+                            workspace.merge_fisher(&with, &weights)
+                        }
+                        Combine::TaskVectors(lambda) => {
+                            let base = base.ok_or_else(|| fatal(&"the base is not resident"))?;
+                            let base = resident(&units, &[base])?[0];
+                            workspace.merge_task_vectors(base, &chosen, &weights, lambda)
+                        }
+                        _ => workspace.merge(&chosen, &weights),
                     }
+                    .map_err(|e| fatal(&e))?;
                     let merge_seconds = started.elapsed().as_secs_f64();
                     let started = Instant::now();
                     let results = eval_sets

@@ -76,7 +76,9 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
     // Forward passes over the eval set: the merge's one, or the ensemble's per unit model
     // whose per-token NLLs were not stored yet.
     let mut forward_passes = 1;
-    let scored = if key.merge_method == Proxy::Ensemble.as_str() {
+    let proxy = Proxy::from_key(&key.merge_method)
+        .ok_or_else(|| JobError::Fatal(format!("unknown proxy {:?}", key.merge_method)))?;
+    let scored = if proxy == Proxy::Ensemble {
         let units: Vec<&UnitModel> = members.iter().collect();
         let nll = UnitNll::gather(cx, &base, sets, &job.eval, &units, None).await?;
         forward_passes = nll.computed;
@@ -88,13 +90,17 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
             note: None,
         }
     } else {
-        let proxy =
-            Proxy::parse(Some(&key.merge_method)).map_err(|e| JobError::Fatal(e.to_string()))?;
         let combine = Combine::of(proxy);
+        let with_base = matches!(combine, Combine::TaskVectors(_));
         let mut merger = Merger::open(cx, &base, sets, &job.eval).await?;
-        let per_unit = merger.unit_bytes * if combine == Combine::Fisher { 2 } else { 1 };
-        cx.check_fits(members.len(), per_unit)?;
+        cx.check_fits(
+            members.len() + usize::from(with_base),
+            merger.unit_bytes * combine.units_per_unit(),
+        )?;
         let scored = async {
+            if with_base {
+                merger.load_base(cx, &base).await?;
+            }
             for unit in &members {
                 merger.load(cx, unit).await?;
                 if combine == Combine::Fisher {

@@ -182,16 +182,17 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
                 "partition {p} has no ready unit model"
             )));
         }
+        let proxy = Proxy::from_key(&sweep.proxy)
+            .ok_or_else(|| JobError::Fatal(format!("unknown proxy {:?}", sweep.proxy)))?;
         let shard = Shard {
             cx,
             sweep: &sweep,
+            base: &base,
             scope: &scope,
             units: &units,
-            combine: Proxy::parse(Some(&sweep.proxy))
-                .map(Combine::of)
-                .map_err(|e| JobError::Fatal(e.to_string()))?,
+            combine: Combine::of(proxy),
         };
-        let outcome = if sweep.proxy == Proxy::Ensemble.as_str() {
+        let outcome = if proxy == Proxy::Ensemble {
             let needed: HashSet<Uuid> = todo.iter().flat_map(|t| t.eval_sets.clone()).collect();
             let sets: Vec<_> = eval_sets
                 .iter()
@@ -226,6 +227,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
 struct Shard<'a> {
     cx: &'a Context,
     sweep: &'a sweeps::Sweep,
+    base: &'a bases::Base,
     scope: &'a ScoreKey,
     /// Ready unit models by partition.
     units: &'a HashMap<Uuid, UnitModel>,
@@ -241,17 +243,16 @@ impl Shard<'_> {
         todo: &[Todo],
         tally: &mut Tally,
     ) -> Result<Done, JobError> {
-        let per_unit = merger.unit_bytes
-            * if self.combine == Combine::Fisher {
-                2
-            } else {
-                1
-            };
+        // A task-vector merge also holds the base.
+        let base_slot = usize::from(matches!(self.combine, Combine::TaskVectors(_)));
         let capacity = self.cx.check_fits(
-            todo.iter().map(|t| t.members.len()).max().unwrap_or(0),
-            per_unit,
+            todo.iter().map(|t| t.members.len()).max().unwrap_or(0) + base_slot,
+            merger.unit_bytes * self.combine.units_per_unit(),
         )?;
-        let groups = groups(todo, capacity);
+        if base_slot == 1 {
+            merger.load_base(self.cx, self.base).await?;
+        }
+        let groups = groups(todo, capacity - base_slot);
         tally.groups = groups.len();
         let mut finished = 0usize;
         for group in groups {

@@ -220,8 +220,9 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
     };
     let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
-        // The union model, and each unit with its Fisher estimate (twice a unit's memory).
-        cx.check_fits(2 * units.len() + 1, merger.unit_bytes)?;
+        // The union model, the base (task-vector merges start from it), and each unit with
+        // its Fisher estimate (twice a unit's memory).
+        cx.check_fits(2 * units.len() + 2, merger.unit_bytes)?;
         merger.load_model(cx, validation.id, &weights_sha).await?;
         let union = merger
             .score(&[validation.id], &[1.0], Combine::Average, &job.eval_sets)
@@ -248,7 +249,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 recipe_id: validation.recipe_id,
                 mixture_key: mixture.key(),
                 weighting: mixture.weighting.as_str().into(),
-                merge_method: proxy.as_str().into(),
+                merge_method: proxy.key(),
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: sha.clone(),
             };
@@ -284,6 +285,9 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                     .collect::<Result<Vec<_>, _>>()?;
                 (results, None)
             } else {
+                if matches!(proxy, Proxy::TaskVectors(_)) {
+                    merger.load_base(cx, &base).await?;
+                }
                 let scored = merger
                     .score(&ids, &weights, Combine::of(*proxy), &missing)
                     .await?;

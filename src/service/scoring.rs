@@ -39,7 +39,7 @@ impl ScoreRequest {
             recipe_id: self.recipe,
             mixture_key: self.mixture.key(),
             weighting: self.mixture.weighting.as_str().into(),
-            merge_method: self.proxy.as_str().into(),
+            merge_method: self.proxy.key(),
             eval_set_id: self.eval_set,
             eval_config_sha256: eval_config_sha256(&self.eval),
         }

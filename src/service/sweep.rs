@@ -115,7 +115,7 @@ pub async fn create(
         base_id: base.id,
         recipe_id: recipe.id,
         weighting: weighting.as_str().into(),
-        proxy: proxy.as_str().into(),
+        proxy: proxy.key(),
         eval_set_ids: eval_sets.iter().map(|s| s.id).collect(),
         eval_config: serde_json::to_value(&eval).expect("settings serialise"),
         eval_config_sha256: eval_config_sha256(&eval),

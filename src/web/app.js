@@ -655,7 +655,7 @@ async function validations() {
     h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best. Mixtures trained with a second seed give the ceiling: how well training ranks them against itself, the most any proxy can reach; their truth is the mean over seeds.'),
     table([
       { title: 'Eval set', cell: (r) => r.set },
-      { title: 'Proxy', cell: (r) => r.proxy },
+      { title: 'Proxy', cell: (r) => (r.a.scale == null ? r.proxy : `${r.proxy} (λ ${r.a.scale})`) },
       { title: 'n', num: true, cell: (r) => r.a.n },
       { title: 'Pearson r', num: true, cell: (r) => withInterval(r.a.pearson_log_ppl, r.a.pearson_log_ppl_90) },
       { title: 'Spearman ρ', num: true, cell: (r) => withInterval(r.a.spearman, r.a.spearman_90) },

@@ -142,6 +142,75 @@ fn a_fisher_merge_with_equal_estimates_is_the_plain_average_bit_for_bit() {
 }
 
 #[test]
+fn a_task_vector_merge_scales_the_average_away_from_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in [small_llama(), small_gpt2()] {
+        let paths = units(&config, dir.path());
+        let base_path = dir.path().join("base");
+        init(config.clone(), 7).save(&base_path).unwrap();
+        let mut ws = workspace(&paths[0]);
+        let load = |ws: &mut Workspace, p: &Path| {
+            let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
+            ws.load_unit(&bytes, &p.display().to_string()).unwrap()
+        };
+        let base = load(&mut ws, &base_path);
+        let loaded: Vec<_> = paths.iter().map(|p| load(&mut ws, p)).collect();
+        let snapshot = |ws: &Workspace| -> Vec<(String, Tensor)> {
+            tensors(ws.model())
+                .into_iter()
+                .map(|(n, t)| (n, t.copy()))
+                .collect()
+        };
+        for (members, weights) in [
+            (vec![0, 1, 2], vec![1.0, 1.0, 1.0]),
+            (vec![2, 0], vec![0.3, 0.7]),
+            (vec![1], vec![1.0]),
+        ] {
+            let chosen: Vec<_> = members.iter().map(|&i| &loaded[i]).collect();
+            ws.merge(&chosen, &weights).unwrap();
+            let average = snapshot(&ws);
+            // λ = 1: the base's coefficient is exactly 0, so the plain average bit for bit.
+            ws.merge_task_vectors(&base, &chosen, &weights, 1.0)
+                .unwrap();
+            for ((name, a), (_, b)) in average.iter().zip(tensors(ws.model())) {
+                assert!(a.equal(&b), "{name} with weights {weights:?}");
+            }
+            // λ = 0: the base itself.
+            ws.merge_task_vectors(&base, &chosen, &weights, 0.0)
+                .unwrap();
+            let from_file = LoadedModel::load(&base_path, Device::Cpu).unwrap();
+            assert_same_weights(ws.model(), &from_file);
+            // λ = 2.5: base + 2.5 (average − base), computed here in fp64.
+            ws.merge_task_vectors(&base, &chosen, &weights, 2.5)
+                .unwrap();
+            for (((name, avg), (_, b)), (_, got)) in average
+                .iter()
+                .zip(tensors(&from_file))
+                .zip(tensors(ws.model()))
+            {
+                let (avg, b) = (avg.to_kind(Kind::Double), b.to_kind(Kind::Double));
+                let want = &b + (avg - &b) * 2.5;
+                let gap = (got.to_kind(Kind::Double) - &want)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                let scale = want.abs().max().double_value(&[]).max(1e-6);
+                assert!(gap <= 1e-6 * scale, "{name}: {gap}");
+            }
+        }
+        let chosen = [&loaded[0]];
+        assert!(
+            ws.merge_task_vectors(&base, &chosen, &[1.0], f64::NAN)
+                .is_err()
+        );
+        assert!(
+            ws.merge_task_vectors(&base, &chosen, &[1.0, 1.0], 1.5)
+                .is_err()
+        );
+    }
+}
+
+#[test]
 fn bf16_units_merge_resident_as_they_do_from_files() {
     let dir = tempfile::tempdir().unwrap();
     let paths = units(&small_llama(), dir.path());

@@ -158,7 +158,9 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             "merged_uniform",
             "merged_tokens",
             "mean_of_units",
-            "ensemble"
+            "ensemble",
+            "fisher",
+            "task_vectors"
         ]
     );
     for set in sets {
@@ -170,6 +172,8 @@ async fn validations_train_the_union_for_the_summed_budget_and_report_against_th
             "4 mixtures are too few to name one"
         );
         let points = set["points"].as_array().unwrap();
+        let scale = set["proxies"]["task_vectors"]["scale"].as_f64().unwrap();
+        assert!([0.5, 1.0, 1.5, 2.0, 3.0].contains(&scale), "{scale}");
         for proxy in &proxies {
             let proxy = *proxy;
             let agreement = &set["proxies"][proxy];

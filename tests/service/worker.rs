@@ -491,6 +491,38 @@ mod scores {
         let ppl = local.total.perplexity;
         assert!(ppl <= own(&na).max(own(&nb)), "{ppl}");
 
+        // The task-vector merge: base + λ (average − base), here with λ = 2 against the same
+        // arithmetic on the stored models; λ = 1 is the average's own score.
+        let task_vectors = |scale: &str| ScoreRequest {
+            proxy: Proxy::parse(Some(&format!("task_vectors@{scale}"))).unwrap(),
+            ..req(vec![a, b])
+        };
+        let (doubled, _) = scored(task_vectors("2")).await;
+        let stored = mixpool::registry::scores::get(pool, &task_vectors("2").key())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.merge_method, "task_vectors@2");
+        let average = LoadedModel::load(&merged, Device::Cpu).unwrap();
+        let base_model = LoadedModel::load(s.base_dir.path(), Device::Cpu).unwrap();
+        let mut vars = average.vs.variables();
+        tch::no_grad(|| {
+            for (name, theta) in base_model.vs.variables() {
+                let avg = vars.get_mut(&name).unwrap();
+                let b = theta.to_kind(tch::Kind::Double);
+                let moved = &b + (avg.to_kind(tch::Kind::Double) - &b) * 2.0;
+                avg.copy_(&moved.to_kind(avg.kind()));
+            }
+        });
+        let local = evaluate(&average, &docs, &EvalConfig::default()).unwrap();
+        let got = doubled["perplexity"].as_f64().unwrap();
+        let rel = (got - local.total.perplexity).abs() / local.total.perplexity;
+        assert!(rel < 1e-4, "{got} against {}", local.total.perplexity);
+        let (one, _) = scored(task_vectors("1")).await;
+        let (average, _) = scored(req(vec![a, b])).await;
+        assert_eq!(one, average);
+        assert_ne!(doubled["perplexity"], average["perplexity"]);
+
         // The Fisher-weighted merge: trained units keep their estimate, and the merge differs
         // from the plain one; without an estimate it is the plain average, and says so.
         let units = models::for_partitions(pool, base.id, recipe.id, &[a, b])

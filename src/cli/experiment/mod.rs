@@ -57,6 +57,11 @@ pub struct ExperimentArgs {
     pub serve: ServeArgs,
 }
 
+/// The proxies the sweep is run with, each timed: the paper's merge (first: the report ranks
+/// by it), the ensemble, the Fisher-weighted merge and a task-vector merge (one scale; any
+/// costs the same).
+const SWEPT_PROXIES: [&str; 4] = ["average", "ensemble", "fisher", "task_vectors@2"];
+
 /// Bytes per domain in the base's pre-training sample.
 const SEED_BYTES: usize = 300_000;
 const EVAL_DOC: usize = 4_000;
@@ -179,23 +184,34 @@ async fn protocol(
         .0
         .push(("train the unit models", phase.elapsed().as_secs_f64()));
 
-    // Every mixture of 1 to 3 domains on every held-out set.
+    // Every mixture of 1 to 3 domains on every held-out set, with each proxy: the paper's
+    // merge first (the sweep the report ranks by), then the others, each timed alone.
     let eval_sets: Vec<String> = names.iter().map(|n| format!("held-out-{n}")).collect();
     let phase = Instant::now();
-    let request = json!({"partitions": names, "sizes": [1, 3], "eval_sets": eval_sets});
-    let sweep = api.send("POST", "/v1/sweeps", request.to_string()).await?;
-    let id = sweep["id"].as_str().context("a sweep id")?.to_string();
-    let sweep = wait(
-        api,
-        &format!("/v1/sweeps/{id}?limit=3"),
-        |w| match w["state"].as_str() {
-            Some("succeeded") => Ok(true),
-            Some("failed" | "cancelled") => bail!("the sweep ended {}", w["state"]),
-            _ => Ok(false),
-        },
-    )
-    .await?;
-    times.0.push(("sweep", phase.elapsed().as_secs_f64()));
+    let mut proxy_sweeps = Vec::new();
+    for proxy in SWEPT_PROXIES {
+        let started = Instant::now();
+        let request = json!({
+            "partitions": names, "sizes": [1, 3], "eval_sets": eval_sets, "proxy": proxy,
+        });
+        let sweep = api.send("POST", "/v1/sweeps", request.to_string()).await?;
+        let id = sweep["id"].as_str().context("a sweep id")?.to_string();
+        let sweep = wait(
+            api,
+            &format!("/v1/sweeps/{id}?limit=3"),
+            |w| match w["state"].as_str() {
+                Some("succeeded") => Ok(true),
+                Some("failed" | "cancelled") => bail!("the {proxy} sweep ended {}", w["state"]),
+                _ => Ok(false),
+            },
+        )
+        .await?;
+        proxy_sweeps.push((proxy, started.elapsed().as_secs_f64(), sweep));
+    }
+    let sweep = proxy_sweeps[0].2.clone();
+    times
+        .0
+        .push(("sweep, every proxy", phase.elapsed().as_secs_f64()));
 
     // The ground truth for a seeded draw of pairs and triples.
     let chosen = draw(&names, s.validations);
@@ -251,6 +267,7 @@ async fn protocol(
         base: &base_row,
         recipe: &recipe,
         sweep: &sweep,
+        proxy_sweeps: &proxy_sweeps,
         chosen: &chosen,
         ratios: &ratios,
         times: &times,

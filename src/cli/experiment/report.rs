@@ -18,18 +18,29 @@ pub(super) struct Run<'a> {
     pub(super) base: &'a Value,
     pub(super) recipe: &'a Value,
     pub(super) sweep: &'a Value,
+    /// Each proxy's sweep of the same mixtures: its name, wall seconds and final status.
+    pub(super) proxy_sweeps: &'a [(&'static str, f64, Value)],
     pub(super) chosen: &'a [Vec<String>],
     pub(super) ratios: &'a Value,
     pub(super) times: &'a Times,
 }
 
-const PROXY_NAMES: [(&str, &str); 5] = [
+const PROXY_NAMES: [(&str, &str); 6] = [
     ("merged_uniform", "merged, uniform"),
     ("merged_tokens", "merged, token-weighted"),
     ("mean_of_units", "mean of units"),
     ("ensemble", "ensemble"),
     ("fisher", "Fisher-weighted"),
+    ("task_vectors", "task vectors"),
 ];
+
+/// A proxy's name in a table row, with the task-vector scale the report chose for the set.
+fn row_name(name: &str, agreement: &Value) -> String {
+    match agreement["scale"].as_f64() {
+        Some(scale) => format!("{name} (λ {scale})"),
+        None => name.to_string(),
+    }
+}
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -74,8 +85,9 @@ fn ranking_measures(sets: &[Value], line: &mut impl FnMut(String)) {
                 }
             }
             line(format!(
-                "| {} | {name} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 set["eval_set"].as_str().unwrap_or(""),
+                row_name(name, a),
                 a["n_excluding"],
                 with_interval(&a["rho_excluding"], &a["rho_excluding_90"]),
                 with_interval(&a["rho_top"], &a["rho_top_90"]),
@@ -320,6 +332,27 @@ pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
     line(String::new());
 
     line(ratios::section(c.ratios));
+
+    line("## Each proxy's sweep\n".into());
+    line(format!(
+        "The same {} mixtures on the {} held-out sets, swept once per proxy on this machine, one after another (the ensemble's forward passes are each unit model's one pass over each set; its scores are then arithmetic on the stored per-token NLLs).\n",
+        c.sweep["mixtures"],
+        c.names.len()
+    ));
+    line(
+        "| proxy | seconds | mixtures per second | time against the merge |\n|---|---|---|---|"
+            .into(),
+    );
+    let merge_seconds = c.proxy_sweeps.first().map_or(0.0, |(_, s, _)| *s);
+    for (proxy, seconds, sweep) in c.proxy_sweeps {
+        let mixtures = sweep["mixtures"].as_f64().unwrap_or(0.0);
+        line(format!(
+            "| {proxy} | {seconds:.0} | {:.2} | {:.2}× |",
+            mixtures / seconds.max(1e-9),
+            seconds / merge_seconds.max(1e-9)
+        ));
+    }
+    line(String::new());
 
     line("## Wall times of this run\n".into());
     line("| phase | seconds |\n|---|---|".into());
