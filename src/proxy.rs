@@ -14,6 +14,9 @@ pub enum Proxy {
     /// The weighted mixture of the unit models' next-token distributions, computed from
     /// their stored per-token NLLs: no forward pass once each unit has seen the eval set.
     Ensemble,
+    /// The weighted mean of the unit models' own perplexities: nothing combined, from their
+    /// stored per-token NLLs. The baseline every combining proxy has to beat.
+    Units,
     /// The parameter average weighted per coordinate by each unit's diagonal Fisher estimate
     /// (its final AdamW second moments); the plain average, saying so, for units without one.
     Fisher,
@@ -54,17 +57,40 @@ impl std::fmt::Display for Scale {
 }
 
 /// The names a request may use, in the order error messages list them.
-const NAMES: &str = "average, ensemble, fisher, task_vectors@<λ>";
+const NAMES: &str = "average, ensemble, units, fisher, task_vectors@<λ>, task_vectors, best";
+
+/// A proxy as a request names it: one proxy, or one that the eval set's validations choose
+/// (see [`crate::validation::choose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Named(Proxy),
+    /// `task_vectors`: at the scale λ the validations report for the eval set.
+    TaskVectors,
+    /// `best`: the proxy with the highest ρ over the eval set's validated mixtures.
+    Best,
+}
+
+impl Choice {
+    /// The choice a request names (default the paper's `average`); an error lists the names.
+    pub fn parse(name: Option<&str>) -> Result<Choice, Error> {
+        match name {
+            Some("best") => Ok(Choice::Best),
+            Some("task_vectors") => Ok(Choice::TaskVectors),
+            other => Proxy::parse(other).map(Choice::Named),
+        }
+    }
+}
 
 impl Proxy {
     /// The proxies with a fixed key (task vectors take a scale).
-    pub const FIXED: [Proxy; 3] = [Proxy::Average, Proxy::Ensemble, Proxy::Fisher];
+    pub const FIXED: [Proxy; 4] = [Proxy::Average, Proxy::Ensemble, Proxy::Units, Proxy::Fisher];
 
     /// The proxy's family name: `average`, `ensemble`, `fisher` or `task_vectors`.
     pub fn name(self) -> &'static str {
         match self {
             Proxy::Average => "average",
             Proxy::Ensemble => "ensemble",
+            Proxy::Units => "units",
             Proxy::Fisher => "fisher",
             Proxy::TaskVectors(_) => "task_vectors",
         }
@@ -88,9 +114,9 @@ impl Proxy {
         }
     }
 
-    /// Whether its merge reads each unit's Fisher estimate (twice a unit's memory).
-    pub fn needs_fisher(self) -> bool {
-        self == Proxy::Fisher
+    /// Whether it is arithmetic on the unit models' stored per-token NLLs (no merge).
+    pub fn reads_token_nll(self) -> bool {
+        matches!(self, Proxy::Ensemble | Proxy::Units)
     }
 
     /// The proxy a key names (as [`Proxy::key`] writes it).

@@ -10,9 +10,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::engine::eval::EvalConfig;
+use crate::error::Error;
 use crate::mixture::{Mixture, MixtureError, Weighting};
-use crate::proxy::{Proxy, Scale};
+use crate::proxy::{Choice, Proxy, Scale};
 use crate::registry::datasets;
+use crate::registry::datasets::Dataset;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::{scores, validations};
 use crate::stats;
@@ -262,6 +264,104 @@ fn best_proxy(n: usize, proxies: &BTreeMap<&'static str, Agreement>) -> Option<&
         }
     }
     best.map(|(name, _)| name)
+}
+
+/// What a request's proxy is on one eval set, and why, where the validations chose it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub proxy: Proxy,
+    pub reason: Option<String>,
+}
+
+/// The scoring proxy of a report proxy: the merges by either weighting are the average (a
+/// mixture's weights are its own), the mean of units is `units`, task vectors at `scale`.
+fn scoring(name: &str, agreement: &Agreement) -> Proxy {
+    match name {
+        "ensemble" => Proxy::Ensemble,
+        "fisher" => Proxy::Fisher,
+        "mean_of_units" => Proxy::Units,
+        "task_vectors" => agreement
+            .scale
+            .and_then(|s| Scale::parse(&s.to_string()))
+            .map_or(Proxy::Average, |s| Proxy::TaskVectors(s).canonical()),
+        _ => Proxy::Average,
+    }
+}
+
+/// The proxy `choice` names on `eval_set`: a named one as it is; `task_vectors` at the scale
+/// with the best ρ over the eval set's validated mixtures (at least 3); `best` the proxy with
+/// the best ρ once [`TRUSTED_AT`] mixtures are validated. A 409 says how many there are.
+pub async fn choose(pool: &PgPool, choice: Choice, eval_set: &Dataset) -> Result<Chosen, Error> {
+    if let Choice::Named(proxy) = choice {
+        return Ok(Chosen {
+            proxy,
+            reason: None,
+        });
+    }
+    let (needed, what, why) = match choice {
+        Choice::Best => (TRUSTED_AT, "proxy=best", "the best ρ of every proxy"),
+        _ => (
+            3,
+            "proxy=task_vectors (its scale λ)",
+            "the best ρ of every scale",
+        ),
+    };
+    let set = report(pool, Some(eval_set.id)).await?.into_iter().next();
+    let n = set.as_ref().map_or(0, |s| s.n);
+    let refuse = || {
+        Error::conflict(
+            "proxy_not_chosen",
+            format!(
+                "{what} is chosen from the validations on eval set {:?}: it has {n} validated \
+                 mixture(s), {needed} are needed (POST /v1/validations), or name a proxy",
+                eval_set.name
+            ),
+        )
+    };
+    let set = set.ok_or_else(refuse)?;
+    let name = match choice {
+        Choice::Best => set.best_proxy.ok_or_else(refuse)?,
+        _ if set.proxies["task_vectors"].spearman.is_some() => "task_vectors",
+        _ => return Err(refuse()),
+    };
+    let agreement = &set.proxies[name];
+    let proxy = scoring(name, agreement);
+    Ok(Chosen {
+        proxy,
+        reason: Some(format!(
+            "{name} has {why} (ρ {:.3}) over {} validated mixtures of eval set {:?}; scored as {}",
+            agreement.spearman.unwrap_or(f64::NAN),
+            set.n,
+            eval_set.name,
+            proxy.key()
+        )),
+    })
+}
+
+/// The one proxy `choice` names on all of `eval_sets` (a sweep scores by one); where the
+/// validations choose differently per eval set, a 400 names them.
+pub async fn choose_one(
+    pool: &PgPool,
+    choice: Choice,
+    eval_sets: &[Dataset],
+) -> Result<Chosen, Error> {
+    let mut chosen: Vec<(Chosen, &str)> = Vec::with_capacity(eval_sets.len());
+    for set in eval_sets {
+        chosen.push((choose(pool, choice, set).await?, &set.name));
+    }
+    let (first, first_set) = chosen.first().cloned().expect("at least one eval set");
+    if let Some((other, set)) = chosen.iter().find(|(c, _)| c.proxy != first.proxy) {
+        return Err(Error::invalid(
+            "invalid_proxy",
+            format!(
+                "the validations choose {} on eval set {first_set:?} and {} on {set:?}: ask \
+                 for them apart, or name a proxy",
+                first.proxy.key(),
+                other.proxy.key()
+            ),
+        ));
+    }
+    Ok(first)
 }
 
 /// Perplexities by (proxy, mixture key, weighting, eval set).

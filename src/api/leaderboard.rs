@@ -14,7 +14,7 @@ use super::{ApiError, AppState, Q};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::Member;
 use crate::mixture::{Mixture, Weighting};
-use crate::proxy::Proxy;
+use crate::proxy::Choice;
 use crate::registry::datasets::{self, Kind};
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::scores::{self, Rank, ScoreKey};
@@ -27,12 +27,14 @@ async fn scope(
     recipe: Option<&str>,
     proxy: Option<&str>,
 ) -> Result<(ScoreKey, Value), ApiError> {
-    let proxy = Proxy::parse(proxy)?;
+    let choice = Choice::parse(proxy)?;
     let base = crate::service::resolve::base(&state.pool, base).await?;
     let recipe = crate::service::resolve::recipe(&state.pool, recipe).await?;
     let eval_set = crate::service::resolve::eval_sets(&state.pool, &[eval.to_string()])
         .await?
         .remove(0);
+    let chosen = crate::validation::choose(&state.pool, choice, &eval_set).await?;
+    let proxy = chosen.proxy;
     let key = ScoreKey {
         base_id: base.id,
         recipe_id: recipe.id,
@@ -44,6 +46,7 @@ async fn scope(
     };
     let context = json!({
         "eval_set": eval_set.name, "base": base.name, "recipe": recipe.name, "proxy": proxy,
+        "proxy_chosen": chosen.reason,
     });
     Ok((key, context))
 }
@@ -66,7 +69,7 @@ pub struct LeaderboardParams {
     limit: Option<i64>,
     /// Rows to skip (default 0).
     offset: Option<i64>,
-    /// Whose scores: `average` (default), `ensemble` or `fisher`.
+    /// Whose scores: `average` (default), `ensemble`, `units`, `fisher`, `task_vectors@λ`, or chosen by the eval set's validations: `task_vectors` (its best λ) or `best`.
     proxy: Option<String>,
 }
 
@@ -163,6 +166,7 @@ pub async fn leaderboard(
         "base": context["base"],
         "recipe": context["recipe"],
         "proxy": context["proxy"],
+        "proxy_chosen": context["proxy_chosen"],
         "sort": sort,
         "order": if descending { "desc" } else { "asc" },
         "total": total,
@@ -193,7 +197,7 @@ pub struct HeatmapParams {
     limit: Option<usize>,
     base: Option<String>,
     recipe: Option<String>,
-    /// Whose scores: `average` (default), `ensemble` or `fisher`.
+    /// Whose scores: `average` (default), `ensemble`, `units`, `fisher`, `task_vectors@λ`, or chosen by the eval set's validations: `task_vectors` (its best λ) or `best`.
     proxy: Option<String>,
 }
 
@@ -282,6 +286,7 @@ pub async fn heatmap(
         "base": context["base"],
         "recipe": context["recipe"],
         "proxy": context["proxy"],
+        "proxy_chosen": context["proxy_chosen"],
         "partitions": partitions.iter().map(|(_, n)| n).collect::<Vec<_>>(),
         "missing": pairs.len() - cells.len(),
         "cells": cells,

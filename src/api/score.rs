@@ -16,7 +16,7 @@ use super::error::Errors;
 use super::metrics::Outcome;
 use super::{ApiError, AppState, Q};
 use crate::mixture::MixtureRequest;
-use crate::proxy::Proxy;
+use crate::proxy::{Choice, Proxy};
 use crate::service::scoring::{self, Answer, Resolved};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -32,8 +32,11 @@ pub struct ScoreParams {
     /// `uniform` (default) or `tokens`.
     weighting: Option<String>,
     /// `average` (default: the merged parameters), `ensemble` (the mixture of the unit
-    /// models' next-token distributions) or `fisher` (the average weighted per coordinate by
-    /// each unit's Fisher estimate).
+    /// models' next-token distributions), `units` (the mean of their own perplexities),
+    /// `fisher` (the average weighted per coordinate by each unit's Fisher estimate),
+    /// `task_vectors@λ` (base + λ (average − base)), or chosen by the eval set's validations:
+    /// `task_vectors` (at its best λ) or `best` (the proxy with the best ρ; 409 until 8
+    /// mixtures are validated).
     proxy: Option<String>,
     /// The base (default: the newest).
     base: Option<String>,
@@ -101,6 +104,22 @@ fn count(state: &AppState, r: &Resolved, answer: &Result<Answer, ApiError>) {
 }
 
 /// The deadline of a request's `wait` (default 30 s, at most the configured maximum).
+/// The proxy a request names on `eval` (`best` and `task_vectors` as its validations choose).
+async fn chosen_proxy(
+    state: &AppState,
+    asked: Option<&str>,
+    eval: &str,
+) -> Result<Proxy, ApiError> {
+    let choice = Choice::parse(asked)?;
+    if let Choice::Named(proxy) = choice {
+        return Ok(proxy);
+    }
+    let eval_set = crate::service::resolve::eval_set(&state.pool, eval).await?;
+    Ok(crate::validation::choose(&state.pool, choice, &eval_set)
+        .await?
+        .proxy)
+}
+
 fn deadline(state: &AppState, wait: Option<f64>) -> Result<Instant, ApiError> {
     let wait = wait.unwrap_or(30.0);
     if !(wait.is_finite() && wait >= 0.0) {
@@ -134,7 +153,7 @@ pub async fn get_score(
         params.weights.as_deref(),
         params.weighting.as_deref(),
     )?;
-    let proxy = Proxy::parse(params.proxy.as_deref())?;
+    let proxy = chosen_proxy(&state, params.proxy.as_deref(), &params.eval).await?;
     let key = cache_key(&names, &asked, proxy, &params.eval);
     if let Some(answer) = state.scores.get(&key) {
         state.metrics.score_answered(Outcome::Cached);
@@ -216,7 +235,7 @@ pub struct Batch {
     eval_sets: Vec<String>,
     base: Option<String>,
     recipe: Option<String>,
-    /// `average` (default), `ensemble` or `fisher`.
+    /// `average` (default), `ensemble`, `units`, `fisher`, `task_vectors@λ`, or chosen by the eval set's validations: `task_vectors` (its best λ) or `best`.
     proxy: Option<String>,
     /// Seconds to wait for the scores being computed, all together (default 30).
     wait: Option<f64>,
@@ -253,11 +272,14 @@ pub async fn post_scores(
         .names(&state.pool, batch.base.as_deref(), batch.recipe.as_deref())
         .await?;
     let train = batch.train.unwrap_or(true);
-    let proxy = Proxy::parse(batch.proxy.as_deref())?;
     let mut resolved = Vec::with_capacity(pairs);
+    let mut proxies = Vec::with_capacity(batch.eval_sets.len());
+    for eval in &batch.eval_sets {
+        proxies.push(chosen_proxy(&state, batch.proxy.as_deref(), eval).await?);
+    }
     for (i, mixture) in batch.mixtures.iter().enumerate() {
         let asked = mixture.asked();
-        for eval in &batch.eval_sets {
+        for (eval, &proxy) in batch.eval_sets.iter().zip(&proxies) {
             let r = scoring::resolve(
                 &state.pool,
                 &asked,

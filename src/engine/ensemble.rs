@@ -10,7 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::eval::{EvalResult, Layout};
+use std::collections::BTreeMap;
+
+use super::eval::{EvalResult, Layout, Totals};
 use super::merge::{MergeError, normalize_weights};
 
 /// A unit model's NLL of every predicted token of one eval set, and where each belongs.
@@ -121,6 +123,43 @@ pub fn ensemble(units: &[&TokenNll], weights: &[f64]) -> Result<EvalResult, Merg
     Ok(layout.totals(|i| nll[i]))
 }
 
+/// The `units` proxy: the weighted mean of `units`' own perplexities (weights normalised
+/// here), overall and per domain, each as the totals that perplexity implies over the eval
+/// set's tokens. The mixture's unit models are not combined at all: this is the baseline a
+/// combining proxy has to beat. One unit gives its own perplexities exactly.
+pub fn mean_of_units(units: &[&TokenNll], weights: &[f64]) -> Result<EvalResult, MergeError> {
+    if units.len() != weights.len() {
+        return Err(MergeError::WeightCount {
+            inputs: units.len(),
+            weights: weights.len(),
+        });
+    }
+    let weights = normalize_weights(weights)?;
+    let own: Vec<EvalResult> = units.iter().map(|u| u.totals()).collect();
+    let mean = |ppl: &dyn Fn(&EvalResult) -> f64| -> f64 {
+        own.iter().zip(&weights).map(|(r, w)| w * ppl(r)).sum()
+    };
+    let like = |t: &Totals, perplexity: f64| {
+        Totals::of_perplexity(perplexity, t.tokens, t.bytes, t.documents)
+    };
+    let first = &own[0];
+    let per_domain: BTreeMap<String, Totals> = first
+        .per_domain
+        .iter()
+        .map(|(name, t)| {
+            let ppl = mean(&|r| r.per_domain[name].perplexity);
+            (name.clone(), like(t, ppl))
+        })
+        .collect();
+    let n = per_domain.len() as f64;
+    Ok(EvalResult {
+        total: like(&first.total, mean(&|r| r.total.perplexity)),
+        macro_perplexity: per_domain.values().map(|t| t.perplexity).sum::<f64>() / n,
+        macro_bits_per_byte: per_domain.values().map(|t| t.bits_per_byte).sum::<f64>() / n,
+        per_domain,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +204,33 @@ mod tests {
         assert!(mixed.total.nll > ea && mixed.total.nll < eb);
         // A weight on one unit only is that unit.
         assert_eq!(ensemble(&[&a, &b], &[0.0, 1.0]).unwrap(), b.totals());
+    }
+
+    #[test]
+    fn the_mean_of_units_is_the_weighted_mean_of_their_perplexities() {
+        let a = unit(&[1.0, 1.0, 1.0, 1.0, 1.0]);
+        let b = unit(&[3.0, 1.0, 1.0, 1.0, 2.0]);
+        let own = |u: &TokenNll| u.totals();
+        assert_eq!(
+            mean_of_units(&[&a], &[1.0]).unwrap().total.perplexity,
+            own(&a).total.perplexity
+        );
+        assert_eq!(
+            mean_of_units(&[&b, &b], &[0.5, 0.5])
+                .unwrap()
+                .total
+                .perplexity,
+            own(&b).total.perplexity
+        );
+        // 3:1 → 0.75 ppl_a + 0.25 ppl_b, overall and per domain; e^1 and e^{(3+1+2)/3} on b.
+        let mixed = mean_of_units(&[&a, &b], &[3.0, 1.0]).unwrap();
+        let want = 0.75 * own(&a).total.perplexity + 0.25 * own(&b).total.perplexity;
+        assert!((mixed.total.perplexity - want).abs() < 1e-12);
+        let on_b = 0.75 * 1f64.exp() + 0.25 * 2f64.exp();
+        assert!((mixed.per_domain["b"].perplexity - on_b).abs() < 1e-12);
+        assert_eq!(mixed.per_domain["b"].tokens, 3);
+        assert!((mixed.per_domain["b"].nll - 3.0 * on_b.ln()).abs() < 1e-12);
+        assert!(mean_of_units(&[&a], &[1.0, 1.0]).is_err());
     }
 
     #[test]

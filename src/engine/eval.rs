@@ -46,6 +46,21 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The totals of a perplexity given outright over these tokens: the NLL it implies.
+    pub fn of_perplexity(perplexity: f64, tokens: u64, bytes: u64, documents: u64) -> Self {
+        let mean_nll = perplexity.ln();
+        let nll = mean_nll * tokens as f64;
+        Totals {
+            nll,
+            tokens,
+            bytes,
+            documents,
+            perplexity,
+            mean_nll,
+            bits_per_byte: nll / (std::f64::consts::LN_2 * bytes as f64),
+        }
+    }
+
     fn new(nll: f64, tokens: u64, bytes: u64, documents: u64) -> Self {
         let mean_nll = nll / tokens as f64;
         Totals {

@@ -11,8 +11,9 @@ use uuid::Uuid;
 use super::JobError;
 use super::context::Context;
 use super::merger::Merger;
-use crate::engine::ensemble::{TokenNll, ensemble};
+use crate::engine::ensemble::{TokenNll, ensemble, mean_of_units};
 use crate::engine::eval::{EvalConfig, EvalResult};
+use crate::proxy::Proxy;
 use crate::registry::bases::Base;
 use crate::registry::datasets::Dataset;
 use crate::registry::logprobs::{self, Logprobs};
@@ -111,9 +112,11 @@ impl UnitNll {
         })
     }
 
-    /// The ensemble of `models` with `weights` on `eval_set`.
+    /// `proxy` (the ensemble or the mean of units) of `models` with `weights` on
+    /// `eval_set`.
     pub fn score(
         &self,
+        proxy: Proxy,
         models: &[Uuid],
         weights: &[f64],
         eval_set: Uuid,
@@ -122,7 +125,17 @@ impl UnitNll {
             .iter()
             .map(|m| self.unit(*m, eval_set))
             .collect::<Result<_, _>>()?;
-        ensemble(&units, weights).map_err(|e| JobError::Fatal(e.to_string()))
+        match proxy {
+            Proxy::Ensemble => ensemble(&units, weights),
+            Proxy::Units => mean_of_units(&units, weights),
+            other => {
+                return Err(JobError::Fatal(format!(
+                    "the {} proxy needs a merge, not stored per-token NLLs",
+                    other.key()
+                )));
+            }
+        }
+        .map_err(|e| JobError::Fatal(e.to_string()))
     }
 }
 

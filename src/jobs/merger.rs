@@ -108,12 +108,12 @@ pub(super) struct Descended {
 }
 
 impl Combine {
-    /// How `proxy` merges (the ensemble does not).
+    /// How `proxy` merges (those from stored per-token NLLs do not).
     pub fn of(proxy: Proxy) -> Combine {
         match proxy.canonical() {
             Proxy::Fisher => Combine::Fisher,
             Proxy::TaskVectors(scale) => Combine::TaskVectors(scale.value()),
-            Proxy::Average | Proxy::Ensemble => Combine::Average,
+            Proxy::Average | Proxy::Ensemble | Proxy::Units => Combine::Average,
         }
     }
 

@@ -78,13 +78,13 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
     let mut forward_passes = 1;
     let proxy = Proxy::from_key(&key.merge_method)
         .ok_or_else(|| JobError::Fatal(format!("unknown proxy {:?}", key.merge_method)))?;
-    let scored = if proxy == Proxy::Ensemble {
+    let scored = if proxy.reads_token_nll() {
         let units: Vec<&UnitModel> = members.iter().collect();
         let nll = UnitNll::gather(cx, &base, sets, &job.eval, &units, None).await?;
         forward_passes = nll.computed;
         let started = std::time::Instant::now();
         Scored {
-            results: vec![nll.score(&ids, &weights, eval_set.id)?],
+            results: vec![nll.score(proxy, &ids, &weights, eval_set.id)?],
             merge_seconds: started.elapsed().as_secs_f64(),
             eval_seconds: 0.0,
             note: None,

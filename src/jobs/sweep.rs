@@ -192,7 +192,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
             units: &units,
             combine: Combine::of(proxy),
         };
-        let outcome = if proxy == Proxy::Ensemble {
+        let outcome = if proxy.reads_token_nll() {
             let needed: HashSet<Uuid> = todo.iter().flat_map(|t| t.eval_sets.clone()).collect();
             let sets: Vec<_> = eval_sets
                 .iter()
@@ -205,7 +205,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
             tally.load_seconds = loading.elapsed().as_secs_f64();
             tally.forward_passes = nll.computed;
             tally.logprobs_reused = nll.reused;
-            shard.ensemble(nll, &todo, &mut tally).await
+            shard.score_by_token_nll(proxy, nll, &todo, &mut tally).await
         } else {
             let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
             let outcome = shard.run(&mut merger, &todo, &mut tally).await;
@@ -306,10 +306,12 @@ impl Shard<'_> {
         Ok(Done::Succeeded)
     }
 
-    /// Scores every mixture of `todo` as the ensemble of its unit models, from their
-    /// per-token NLLs (`nll`), storing [`ENSEMBLE_BATCH`] mixtures per transaction.
-    async fn ensemble(
+    /// Scores every mixture of `todo` by `proxy` (the ensemble of its unit models or their
+    /// mean) from their per-token NLLs (`nll`), storing [`ENSEMBLE_BATCH`] mixtures per
+    /// transaction.
+    async fn score_by_token_nll(
         &self,
+        proxy: Proxy,
         nll: UnitNll,
         todo: &[Todo],
         tally: &mut Tally,
@@ -340,7 +342,7 @@ impl Shard<'_> {
                     .iter()
                     .map(|(ids, weights, sets)| {
                         sets.iter()
-                            .map(|set| nll.score(ids, weights, *set))
+                            .map(|set| nll.score(proxy, ids, weights, *set))
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .collect::<Result<Vec<_>, _>>()

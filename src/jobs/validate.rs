@@ -281,7 +281,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
             let (results, note) = if *proxy == Proxy::Ensemble || ids.len() == 1 {
                 let results = missing
                     .iter()
-                    .map(|set| nll.score(&ids, &weights, *set))
+                    .map(|set| nll.score(Proxy::Ensemble, &ids, &weights, *set))
                     .collect::<Result<Vec<_>, _>>()?;
                 (results, None)
             } else {

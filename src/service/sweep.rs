@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Result};
 use crate::mixture::{self, Weighting};
-use crate::proxy::Proxy;
+use crate::proxy::Choice;
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::sweeps::{Sweep, SweepMixture};
@@ -52,8 +52,11 @@ pub struct NewSweep {
     /// `uniform` (default) or `tokens`.
     pub weighting: Option<String>,
     /// `average` (default: the merged parameters), `ensemble` (the mixture of the unit
-    /// models' distributions, from their stored per-token NLLs) or `fisher` (the average
-    /// weighted per coordinate by each unit's Fisher estimate).
+    /// models' distributions, from their stored per-token NLLs), `units` (the mean of their
+    /// own perplexities, from the same), `fisher` (the average weighted per coordinate by
+    /// each unit's Fisher estimate), `task_vectors@λ` (base + λ (average − base)), or chosen
+    /// by the eval sets' validations: `task_vectors` (at the best λ) or `best` (the proxy
+    /// with the best ρ); one proxy for all the sweep's eval sets.
     pub proxy: Option<String>,
     pub base: Option<String>,
     pub recipe: Option<String>,
@@ -76,7 +79,10 @@ pub async fn create(
         None => Weighting::Uniform,
         Some(name) => Weighting::parse(name).map_err(|e| Error::invalid("invalid_weighting", e))?,
     };
-    let proxy = Proxy::parse(new.proxy.as_deref())?;
+    let choice = Choice::parse(new.proxy.as_deref())?;
+    let proxy = crate::validation::choose_one(pool, choice, &eval_sets)
+        .await?
+        .proxy;
     let base = resolve::base(pool, new.base.as_deref()).await?;
     let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
     let mut partitions = resolve::Partitions::default();

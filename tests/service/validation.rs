@@ -639,3 +639,115 @@ async fn a_union_trains_the_same_model_whatever_ids_its_partitions_got() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+/// `best` and `task_vectors` are chosen per eval set from its validations: refused with a 409
+/// saying how many there are until enough are validated, then the proxy the report names
+/// scores, ranks and sweeps.
+#[tokio::test]
+async fn best_and_task_vectors_follow_the_report_once_enough_mixtures_are_validated() {
+    let app = setup().await;
+    let (status, body) = app
+        .post(
+            "/v1/partitions?name=tech_docs&domain=tech_docs",
+            corpus("tech_docs", 10, 8),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.trained("tech_docs").await;
+    let sweep = |proxy: &str, sets: &[&str]| {
+        json!({"partitions": ["code_c", "tech_docs"], "sizes": [1, 2],
+               "eval_sets": sets, "proxy": proxy})
+        .to_string()
+    };
+    let score = |proxy: &str| {
+        format!("/v1/score?partitions=code_c,tech_docs&eval=mixed&proxy={proxy}&wait=60")
+    };
+    for proxy in ["best", "task_vectors"] {
+        for (status, body) in [
+            app.get(&score(proxy)).await,
+            app.get(&format!("/v1/leaderboard?eval=mixed&proxy={proxy}"))
+                .await,
+            app.post("/v1/sweeps", sweep(proxy, &["mixed"])).await,
+        ] {
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body["error"]["code"], "proxy_not_chosen", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("has 0 validated"), "{message}");
+        }
+    }
+
+    // Eight mixtures of the four partitions: every pair and two triples.
+    let mixtures = json!([
+        ["code_python", "code_c"],
+        ["code_python", "legal_licenses"],
+        ["code_python", "tech_docs"],
+        ["code_c", "legal_licenses"],
+        ["code_c", "tech_docs"],
+        ["legal_licenses", "tech_docs"],
+        ["code_python", "code_c", "legal_licenses"],
+        ["code_c", "legal_licenses", "tech_docs"]
+    ]);
+    let request = json!({"mixtures": mixtures, "eval_sets": ["mixed"]});
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    evaluated(&app, 8, 1).await;
+    let (status, report) = app.get("/v1/validations/report?eval=mixed").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let set = &report["sets"][0];
+    assert_eq!(set["n"], 8);
+    let best = set["best_proxy"].as_str().expect("named at 8 mixtures");
+    // The highest ρ, the first of equals in report order.
+    let top = report["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .filter_map(|p| Some((p, set["proxies"][p]["spearman"].as_f64()?)))
+        .fold(None, |b: Option<(&str, f64)>, (p, r)| match b {
+            Some((_, br)) if br >= r => b,
+            _ => Some((p, r)),
+        })
+        .unwrap();
+    assert_eq!(best, top.0, "{set}");
+    let scale = set["proxies"]["task_vectors"]["scale"].as_f64().unwrap();
+    let task_vectors = if scale == 1.0 {
+        "average".to_string()
+    } else {
+        format!("task_vectors@{scale}")
+    };
+    let scored_by = match best {
+        "merged_uniform" | "merged_tokens" => "average".to_string(),
+        "mean_of_units" => "units".to_string(),
+        "task_vectors" => task_vectors.clone(),
+        other => other.to_string(),
+    };
+    for (proxy, want) in [("best", &scored_by), ("task_vectors", &task_vectors)] {
+        let (status, scored) = app.get(&score(proxy)).await;
+        assert_eq!(status, StatusCode::OK, "{scored}");
+        assert_eq!(&scored["proxy"], want, "{proxy}: {scored}");
+        let (status, named) = app.get(&score(want)).await;
+        assert_eq!(status, StatusCode::OK, "{named}");
+        assert_eq!(named["perplexity"], scored["perplexity"]);
+        let (status, board) = app
+            .get(&format!("/v1/leaderboard?eval=mixed&proxy={proxy}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{board}");
+        assert_eq!(&board["proxy"], want, "{board}");
+        let why = board["proxy_chosen"].as_str().unwrap();
+        assert!(why.contains("8 validated mixtures"), "{why}");
+        let (status, created) = app.post("/v1/sweeps", sweep(proxy, &["mixed"])).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(&created["proxy"], want, "{created}");
+    }
+    // One proxy per sweep: an eval set without validations cannot choose one.
+    let (status, body) = app
+        .post("/v1/sweeps", sweep("best", &["mixed", "legal"]))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"legal\"")
+    );
+}

@@ -27,7 +27,9 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub weighting: Option<String>,
     /// average (the merged parameters; default), ensemble (the mixture of the unit models'
-    /// distributions) or fisher (the average weighted by each unit's Fisher estimate).
+    /// distributions), units (the mean of their perplexities), fisher (the average weighted
+    /// by each unit's Fisher estimate), task_vectors@λ (base + λ (average − base)), or as
+    /// the eval set's validations choose: task_vectors (its best λ) or best.
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]
@@ -64,7 +66,8 @@ pub struct CheckArgs {
     /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
     #[arg(long, value_parser = parse_fraction, requires = "baseline")]
     pub max_regression: Option<f64>,
-    /// average (default), ensemble or fisher: the proxy both mixtures are scored by.
+    /// The proxy both mixtures are scored by: average (default), ensemble, units, fisher,
+    /// task_vectors@λ, or as the eval set's validations choose: task_vectors or best.
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]

@@ -30,8 +30,10 @@ pub struct SweepArgs {
     #[arg(long)]
     pub weighting: Option<String>,
     /// average (the merged parameters; default), ensemble (the mixture of the unit models'
-    /// distributions: no forward pass once each unit has seen the eval set) or fisher (the
-    /// average weighted per coordinate by each unit's Fisher estimate).
+    /// distributions: no forward pass once each unit has seen the eval set), units (the mean
+    /// of their perplexities, likewise), fisher (the average weighted per coordinate by each
+    /// unit's Fisher estimate), task_vectors@λ (base + λ (average − base)), or as the eval
+    /// sets' validations choose: task_vectors (the best λ) or best (the best ρ).
     #[arg(long)]
     pub proxy: Option<String>,
     #[command(flatten)]

@@ -77,6 +77,36 @@ async fn an_ensemble_sweep_runs_one_forward_pass_per_unit_and_set_then_none() {
     assert_eq!(counted(&jobs, before, "forward_passes"), 0, "{jobs:?}");
     assert_eq!(counted(&jobs, before, "logprobs_reused"), 3 * 2);
 
+    // The mean of units: arithmetic on the same stored NLLs, the mean of the singles' scores.
+    let before = sweep_jobs(&app).await.len();
+    let units = sweep("uniform").replace("\"ensemble\"", "\"units\"");
+    let (status, created) = app.post("/v1/sweeps", units).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["proxy"], "units");
+    let means = finished(&app, created["id"].as_str().unwrap()).await;
+    let jobs = sweep_jobs(&app).await;
+    assert_eq!(counted(&jobs, before, "forward_passes"), 0, "{jobs:?}");
+    for result in means["results"].as_array().unwrap() {
+        let eval = result["eval_set"].as_str().unwrap();
+        for entry in result["ranking"].as_array().unwrap() {
+            let mixture = mixture_names(entry);
+            let mut own = Vec::new();
+            for name in &mixture {
+                let (status, alone) = app
+                    .get(&format!("/v1/score?partitions={name}&eval={eval}&wait=60"))
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{alone}");
+                own.push(alone["perplexity"].as_f64().unwrap());
+            }
+            let want = own.iter().sum::<f64>() / own.len() as f64;
+            let got = entry["perplexity"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-12 * want,
+                "{mixture:?}: {got} against {want}"
+            );
+        }
+    }
+
     // The leaderboard of each proxy holds its own scores only.
     let (status, board) = app
         .get("/v1/leaderboard?eval=mixed&proxy=ensemble&limit=100")
