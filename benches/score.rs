@@ -10,9 +10,10 @@ use mixpool::engine::eval::EvalConfig;
 use mixpool::engine::model::ModelConfig;
 use mixpool::engine::train::TrainConfig;
 use mixpool::mixture::{Mixture, Weighting};
+use mixpool::proxy::Proxy;
 use mixpool::registry::datasets::{self, Kind, NewDataset};
+use mixpool::registry::scores::eval_config_sha256;
 use mixpool::registry::scores::{self, ScoreKey};
-use mixpool::registry::scores::{MERGE_METHOD, eval_config_sha256};
 use mixpool::registry::{bases, recipes};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -125,7 +126,7 @@ async fn main() {
         recipe_id: recipe.id,
         mixture_key: mixture.key(),
         weighting: "uniform".into(),
-        merge_method: MERGE_METHOD.into(),
+        merge_method: Proxy::Average.key(),
         eval_set_id: eval,
         eval_config_sha256: eval_config_sha256(&EvalConfig::default()),
     };

@@ -15,7 +15,6 @@ use uuid::Uuid;
 use super::error::Errors;
 use super::{ApiError, AppState, ListParams, Page, Q, parse_uuid};
 use crate::registry::datasets::{self, Kind};
-use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Search};
 use crate::registry::{bases, jobs, recipes};
@@ -125,7 +124,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
             recipe_id: search.recipe_id,
             mixture_key: String::new(),
             weighting: "explicit".into(),
-            merge_method: MERGE_METHOD.into(),
+            merge_method: search.proxy.clone(),
             eval_set_id: *set_id,
             eval_config_sha256: search.eval_config_sha256.clone(),
         };
@@ -188,6 +187,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         "id": search.id,
         "state": job.as_ref().map(|j| j.state.clone()),
         "method": search.method,
+        "proxy": search.proxy,
         "budget": search.budget,
         "seed": search.seed,
         "base": base.map(|b| b.name),

@@ -17,15 +17,16 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::context::Context;
+use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
 use super::merger::{Combine, Merger};
 use super::{Done, JobError};
 use crate::engine::eval::EvalConfig;
 use crate::mixture::{Mixture, Weighting};
+use crate::proxy::Proxy;
 use crate::registry::bases;
 use crate::registry::datasets;
 use crate::registry::models::UnitModel;
-use crate::registry::scores::MERGE_METHOD;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point};
 use crate::search::{Bounds, Descent, Observed, Plan, Predictor};
@@ -97,23 +98,54 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
     let bounds = Bounds::new(search.bounds_min.clone(), search.bounds_max.clone())
         .map_err(|e| fatal(e.to_string()))?;
 
+    let proxy = Proxy::from_key(&search.proxy)
+        .ok_or_else(|| fatal(format!("unknown proxy {:?}", search.proxy)))?;
+    let combine = Combine::of(proxy);
+    let with_base = matches!(combine, Combine::TaskVectors(_));
+
     let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
-        cx.check_fits(units.len(), merger.unit_bytes)?;
+        cx.check_fits(
+            units.len() + usize::from(with_base),
+            merger.unit_bytes * combine.units_per_unit(),
+        )?;
         for unit in units.values() {
             merger.load(cx, unit).await?;
+            if combine == Combine::Fisher {
+                merger.load_fisher(cx, unit).await?;
+            }
         }
+        if with_base {
+            merger.load_base(cx, &base).await?;
+        }
+        // A proxy of stored per-token NLLs: each unit's, on the sets the points are scored
+        // on, computed here where missing; every point is then arithmetic on them.
+        let nll = if proxy.reads_token_nll() {
+            let scored: Vec<_> = eval_sets
+                .iter()
+                .filter(|s| search.eval_set_ids.contains(&s.id))
+                .cloned()
+                .collect();
+            let members: Vec<&UnitModel> = units.values().collect();
+            let nll =
+                UnitNll::gather(cx, &base, &scored, &eval, &members, Some(&mut merger)).await?;
+            Some(nll)
+        } else {
+            None
+        };
         let run = Run {
             cx,
             search: &search,
             units: &units,
             merger: &merger,
+            proxy,
+            nll,
             scope: ScoreKey {
                 base_id: search.base_id,
                 recipe_id: search.recipe_id,
                 mixture_key: String::new(),
                 weighting: "explicit".into(),
-                merge_method: MERGE_METHOD.into(),
+                merge_method: proxy.key(),
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: search.eval_config_sha256.clone(),
             },
@@ -161,6 +193,9 @@ struct Run<'a> {
     /// Ready unit models by partition.
     units: &'a HashMap<Uuid, UnitModel>,
     merger: &'a Merger,
+    proxy: Proxy,
+    /// The unit models' per-token NLLs, where the proxy reads them instead of merging.
+    nll: Option<UnitNll>,
     /// The explicit-weight scores of the search's base, recipe and evaluation settings.
     scope: ScoreKey,
     /// Evaluations in all: the budget and the proposal.
@@ -339,17 +374,31 @@ impl Run<'_> {
                 .map(|m| self.units[&m.partition].id)
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let scored = self
-                .merger
-                .score(&units, &weights, Combine::Average, &missing)
-                .await?;
-            for (set, result) in missing.iter().zip(&scored.results) {
+            let (results, note) = match &self.nll {
+                Some(nll) => {
+                    let results = missing
+                        .iter()
+                        .map(|set| nll.score(self.proxy, &units, &weights, *set))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (results, None)
+                }
+                None => {
+                    let combine = Combine::of(self.proxy);
+                    let scored = self.merger.score(&units, &weights, combine, &missing);
+                    let scored = scored.await?;
+                    (scored.results, scored.note)
+                }
+            };
+            for (set, result) in missing.iter().zip(&results) {
                 let key = ScoreKey {
                     mixture_key: point.mixture_key.clone(),
                     eval_set_id: *set,
                     ..self.scope.clone()
                 };
-                let result = serde_json::to_value(result).expect("results serialise");
+                let mut result = serde_json::to_value(result).expect("results serialise");
+                if let Some(note) = &note {
+                    result["note"] = json!(note);
+                }
                 let stored =
                     scores::insert(&mut tx, &key, &members, &self.search.eval_config, &result)
                         .await?;

@@ -205,7 +205,9 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
             tally.load_seconds = loading.elapsed().as_secs_f64();
             tally.forward_passes = nll.computed;
             tally.logprobs_reused = nll.reused;
-            shard.score_by_token_nll(proxy, nll, &todo, &mut tally).await
+            shard
+                .score_by_token_nll(proxy, nll, &todo, &mut tally)
+                .await
         } else {
             let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
             let outcome = shard.run(&mut merger, &todo, &mut tally).await;

@@ -11,9 +11,6 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::eval::EvalConfig;
 
-/// The only merge method so far: the weighted parameter average.
-pub const MERGE_METHOD: &str = "average";
-
 /// sha256 of the evaluation settings' canonical JSON.
 pub fn eval_config_sha256(config: &EvalConfig) -> String {
     hex::encode(Sha256::digest(

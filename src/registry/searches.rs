@@ -23,6 +23,8 @@ pub struct Search {
     /// Each eval set's weight in the objective, summing to 1.
     pub objective: Vec<f64>,
     pub method: String,
+    /// The proxy its points are scored by (a score key's `merge_method`).
+    pub proxy: String,
     pub budget: i32,
     pub bounds_min: Vec<f64>,
     pub bounds_max: Vec<f64>,
@@ -59,8 +61,9 @@ pub async fn create(
     sqlx::query(
         "insert into searches (id, base_id, recipe_id, partition_ids, eval_set_ids, objective,
                                method, budget, bounds_min, bounds_max, prior, seed, eval_config,
-                               eval_config_sha256, request, job_id, tune_set_ids)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                               eval_config_sha256, request, job_id, tune_set_ids, proxy)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18)",
     )
     .bind(search.id)
     .bind(search.base_id)
@@ -79,6 +82,7 @@ pub async fn create(
     .bind(&search.request)
     .bind(job.id)
     .bind(&search.tune_set_ids)
+    .bind(&search.proxy)
     .execute(&mut *db)
     .await?;
     Ok(job)

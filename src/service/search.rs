@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::engine::eval::EvalConfig;
 use crate::error::{Error, Result};
 use crate::ingest::IngestError;
+use crate::proxy::{Choice, Proxy};
 use crate::registry::RegistryError;
 use crate::registry::datasets;
 use crate::registry::models;
@@ -46,6 +47,12 @@ pub struct NewSearch {
     /// one half of each eval set's documents (`<name>.tune`) and scored on the other
     /// (`<name>.report`), both registered as eval sets.
     pub method: Option<String>,
+    /// The proxy the points are scored by: `average` (default: the merged parameters),
+    /// `ensemble` or `units` (arithmetic on the unit models' stored per-token NLLs: no
+    /// forward pass per point), `fisher`, `task_vectors@λ`, or as the eval sets' validations
+    /// choose: `task_vectors` or `best`. A `gradient` search descends the merge's gradient:
+    /// `average` only.
+    pub proxy: Option<String>,
     /// `{"partition": [min, max]}`: bounds on its weight (default [0, 1]).
     #[schema(value_type = Option<Object>)]
     pub bounds: Option<BTreeMap<String, (f64, f64)>>,
@@ -79,6 +86,13 @@ pub async fn create(
         return Err(bad(
             "invalid_method",
             format!("method {method:?}: use sample or gradient"),
+        ));
+    }
+    let choice = Choice::parse(new.proxy.as_deref())?;
+    if method == "gradient" && choice != Choice::Named(Proxy::Average) {
+        return Err(bad(
+            "invalid_proxy",
+            "a gradient search descends the merged model's α-gradient: proxy average only",
         ));
     }
     if !(1..=MAX_BUDGET).contains(&new.budget) {
@@ -119,6 +133,9 @@ pub async fn create(
     let partition_keys: Vec<(Uuid, &str)> =
         partitions.iter().map(|p| (p.id, p.name.as_str())).collect();
     let eval_sets = resolve::eval_sets(pool, &new.eval_sets).await?;
+    let proxy = crate::validation::choose_one(pool, choice, &eval_sets)
+        .await?
+        .proxy;
     let set_keys: Vec<(Uuid, &str)> = eval_sets.iter().map(|s| (s.id, s.name.as_str())).collect();
 
     let objective = match &new.objective {
@@ -194,6 +211,7 @@ pub async fn create(
         tune_set_ids,
         objective,
         method: method.into(),
+        proxy: proxy.key(),
         budget: new.budget as i32,
         bounds_min: bounds.min,
         bounds_max: bounds.max,

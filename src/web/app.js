@@ -593,7 +593,7 @@ async function search(id) {
     const rows = (s.points || []).slice().sort((a, b) => (a[rank] ?? Infinity) - (b[rank] ?? Infinity));
     body.replaceChildren(...[
       meta([['State', stateTag(s.state)], ['Progress', [bar(s.progress.fraction, { id: 'search-progress' }), ` ${s.progress.evaluated} of ${s.progress.total} points`]],
-        ['Method', gradient ? `gradient, ${s.budget} steps, tuned on ${s.tune_sets.join(', ')}` : `sample, budget ${s.budget}, seed ${s.seed}`], ['Base, recipe', `${s.base}, ${s.recipe}`],
+        ['Method', gradient ? `gradient, ${s.budget} steps, tuned on ${s.tune_sets.join(', ')}` : `sample, budget ${s.budget}, seed ${s.seed}`], ['Proxy', s.proxy], ['Base, recipe', `${s.base}, ${s.recipe}`],
         ['Objective', Object.entries(s.objective).map(([e, w]) => `${fmt.weight(w)} × ln ppl(${e})`).join(' + ')],
         ['Bounds', s.partitions.map((p) => `${p} [${s.bounds[p].map(fmt.weight).join(', ')}]`).join(' · ')],
         ['Prior', weights(s.prior)],

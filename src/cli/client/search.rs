@@ -29,6 +29,11 @@ pub struct SearchArgs {
     /// merged model's α-gradient, tuned on one half of each eval set, scored on the other.
     #[arg(long, value_parser = ["sample", "gradient"])]
     pub method: Option<String>,
+    /// The proxy the points are scored by: average (default), ensemble, units, fisher,
+    /// task_vectors@λ, or as the eval sets' validations choose: task_vectors or best
+    /// (`sample` searches; a gradient search takes the average).
+    #[arg(long)]
+    pub proxy: Option<String>,
     /// Bounds on a partition's weight, `PARTITION=MIN,MAX` (repeat).
     #[arg(long = "bound")]
     pub bounds: Vec<String>,
@@ -94,6 +99,9 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     }
     if let Some(method) = &a.method {
         request["method"] = json!(method);
+    }
+    if let Some(proxy) = &a.proxy {
+        request["proxy"] = json!(proxy);
     }
     a.models.apply(&mut request);
     let api = Api::new(&a.server)?;

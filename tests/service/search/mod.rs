@@ -147,6 +147,56 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
+/// A search scores its points by the proxy it names: each point is that proxy's ordinary
+/// score (GET /v1/score with the weights and the proxy answers it from the cache), and a
+/// gradient search, which descends the merge's gradient, takes the merge only.
+#[tokio::test]
+async fn a_search_scores_its_points_by_the_proxy_it_names() {
+    let app = pool().await;
+    for proxy in ["ensemble", "task_vectors@2"] {
+        let request = json!({
+            "partitions": PARTITIONS, "eval_sets": ["legal", "code"], "budget": 4, "seed": 1,
+            "proxy": proxy,
+        });
+        let (status, created) = app.post("/v1/searches", request.to_string()).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let search = finished(&app, created["id"].as_str().unwrap()).await;
+        assert_eq!(search["proxy"], proxy, "{search}");
+        let points = search["points"].as_array().unwrap();
+        assert_eq!(points.len(), 5, "{search}");
+        for point in points {
+            let list: Vec<String> = weights(point).iter().map(f64::to_string).collect();
+            for set in ["legal", "code"] {
+                let path = format!(
+                    "/v1/score?partitions={}&weights={}&eval={set}&train=false",
+                    PARTITIONS.join(","),
+                    list.join(",")
+                );
+                let (status, score) = app.get(&format!("{path}&proxy={proxy}")).await;
+                assert_eq!(status, StatusCode::OK, "{score}");
+                assert_eq!(
+                    (&score["cached"], &score["proxy"]),
+                    (&json!(true), &json!(proxy))
+                );
+                assert_eq!(score["perplexity"], point["perplexity"][set], "{point}");
+                // Not the merge's score: before anything asked for it (this GET queues it),
+                // the merge of these weights is not stored at all.
+                if proxy == "ensemble" {
+                    let (status, merged) = app.get(&format!("{path}&wait=0")).await;
+                    assert_eq!(status, StatusCode::ACCEPTED, "{merged}");
+                }
+            }
+        }
+    }
+    let request = json!({
+        "partitions": PARTITIONS, "eval_sets": ["legal"], "budget": 2, "method": "gradient",
+        "proxy": "ensemble",
+    });
+    let (status, body) = app.post("/v1/searches", request.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_proxy", "{body}");
+}
+
 #[tokio::test]
 async fn a_gradient_search_tunes_on_one_half_of_each_eval_set_and_scores_on_the_other() {
     let app = pool().await;
