@@ -103,6 +103,7 @@ async fn main() {
         object_sha256: name.into(),
         bytes: 1,
         documents: 1,
+        shape: None,
         train: true,
     };
     let a = datasets::insert(&mut db, Kind::Partition, &dataset("a"))

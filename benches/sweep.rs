@@ -158,6 +158,7 @@ async fn main() {
             format: Some(Format::Jsonl),
             max_bytes: 1 << 26,
             train: true,
+            choices: None,
         };
         async move {
             let body = Bytes::from(lines.join("\n") + "\n");

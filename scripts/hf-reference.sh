@@ -12,6 +12,7 @@ if ! "$VENV/bin/python" -c "import transformers, torch" 2>/dev/null; then
     "$VENV/bin/pip" install -q --find-links "$CACHE/wheels" torch==2.11.0 transformers safetensors
 fi
 "$VENV/bin/python" scripts/hf_reference.py generate tests/fixtures/hf
+"$VENV/bin/python" scripts/hf_reference.py choices-expected
 
 export LIBTORCH=$(scripts/libtorch.sh) CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 corpus=$(scripts/corpus.sh)
@@ -37,3 +38,20 @@ theirs=$("$VENV/bin/python" scripts/hf_reference.py perplexity "$work/export" "$
     "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["perplexity"])')
 echo "merged model, exported: mixpool perplexity $ours, transformers $theirs"
 "$VENV/bin/python" -c "import sys; a, b = $ours, $theirs; sys.exit(0 if abs(a - b) / b <= 1e-4 else 'the exported model differs')"
+
+# Multiple-choice figures on a byte-level preset, exported: mixpool's against transformers'.
+"$mixpool" local pretrain --preset tiny --data "$work/a.jsonl" --out "$work/tiny" \
+    --tokens 8192 --seq-len 64 --batch-tokens 1024 --micro-batch 16 --device cpu > /dev/null
+"$mixpool" local export "$work/tiny" --out "$work/tiny-export" > /dev/null
+for shape in tests/fixtures/choices/*.jsonl; do
+    "$mixpool" local eval --model "$work/tiny" --choices "$shape" --device cpu > "$work/ours.json"
+    "$VENV/bin/python" scripts/hf_reference.py choices "$work/tiny-export" "$shape" > "$work/theirs.json"
+    "$VENV/bin/python" - "$work/ours.json" "$work/theirs.json" "$shape" <<'EOF'
+import json, sys
+ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+for key in ("bits_per_byte_gold", "accuracy", "accuracy_raw", "n"):
+    a, b = ours[key], theirs[key]
+    assert abs(a - b) <= 1e-6 * max(abs(b), 1e-12), f"{sys.argv[3]}: {key} {a} against {b}"
+print(f"byte-level tiny, {sys.argv[3]}: bits per byte of gold {ours['bits_per_byte_gold']:.6f} (transformers {theirs['bits_per_byte_gold']:.6f}), accuracy {ours['accuracy']:.3f}")
+EOF
+done

@@ -3,6 +3,8 @@
     python scripts/hf_reference.py generate OUT_DIR [NAME…]  # tiny random models + expected outputs
     python scripts/hf_reference.py perplexity MODEL_DIR TEXT_FILE
                                                            # perplexity as mixpool computes it
+    python scripts/hf_reference.py choices MODEL_DIR QUESTIONS_FILE
+                                                           # multiple-choice figures, likewise
 
 `scripts/hf-reference.sh` sets up the venv (torch 2.11.0, transformers) and runs both: it
 regenerates the committed fixtures, then checks that a merged model exported by mixpool
@@ -29,6 +31,9 @@ from transformers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fixture models the multiple-choice figures are committed for: fp32 and fp16 weights,
+# Llama, Qwen2 and GPT-2, each with its BPE tokenizer.
+CHOICE_MODELS = ["llama_gqa_untied", "qwen2_bias", "gpt2"]
 VOCAB = 320  # the model's; the tokenizer has 300 entries
 CONTEXT = 64
 
@@ -253,10 +258,111 @@ def check_perplexity(model_dir: Path, text_file: Path) -> None:
     print(json.dumps({"perplexity": math.exp(nll / tokens), "tokens": tokens}))
 
 
+def question(r: dict) -> dict:
+    """A record in any accepted shape as (context, choices, gold, task), by the conventions
+    mixpool documents: ARC and PIQA as "Question: …\nAnswer:" with each choice after a space,
+    HellaSwag's endings after a space, lm-eval-harness and mixpool's own records as given."""
+    task = r.get("task") or "default"
+    if "context" in r:
+        return {"context": r["context"], "choices": r["choices"], "gold": int(r["gold"]), "task": task}
+    if "query" in r:
+        return {"context": r["query"], "choices": r["choices"], "gold": int(r["gold"]), "task": task}
+    if "answerKey" in r:
+        c = r["choices"]
+        return {
+            "context": f"Question: {r['question']}\nAnswer:",
+            "choices": [" " + t for t in c["text"]],
+            "gold": c["label"].index(r["answerKey"]),
+            "task": task,
+        }
+    if "endings" in r:
+        return {"context": r["ctx"], "choices": [" " + e for e in r["endings"]], "gold": int(r["label"]), "task": task}
+    return {
+        "context": f"Question: {r['goal']}\nAnswer:",
+        "choices": [" " + r["sol1"], " " + r["sol2"]],
+        "gold": int(r["label"]),
+        "task": task,
+    }
+
+
+def choice_figures(model_dir: Path, questions_file: Path) -> dict:
+    """mixpool's multiple-choice convention, computed with transformers: for each choice,
+    ll = the sum of the log-probabilities of its tokens after BOS and the context (context and
+    choice tokenised apart, the context cut from the left to fit the window); per task the
+    mean of -ll(gold) / (gold bytes * ln 2), the share of questions whose gold choice has the
+    highest ll per byte (ties to the lowest index) and by raw ll; then macro means over tasks.
+    The questions are JSONL in any shape mixpool accepts (see `question`). A model
+    directory without tokenizer.json is byte-level: ids are UTF-8 bytes, BOS is 256."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if (model_dir / "tokenizer.json").exists():
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        encode = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+        bos = model.config.bos_token_id
+    else:
+        encode = lambda text: list(text.encode())  # noqa: E731
+        bos = 256
+    c = model.config
+    window = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or c.context_length
+    tasks: dict[str, list] = {}
+    with torch.no_grad():
+        for line in questions_file.read_text().splitlines():
+            if not line.strip():
+                continue
+            q = question(json.loads(line))
+            context = encode(q["context"])
+            lls = []
+            for choice in q["choices"]:
+                ids = encode(choice)
+                keep = min(len(context), window - len(ids))
+                seq = torch.tensor([[bos] + context[len(context) - keep :] + ids])
+                logp = torch.log_softmax(model(seq[:, :-1]).logits.float()[0], dim=-1)
+                targets = seq[0, 1:]
+                token_lp = logp[torch.arange(len(targets)), targets]
+                lls.append(token_lp[-len(ids) :].double().sum().item())
+            size = [len(choice.encode()) for choice in q["choices"]]
+            gold = q["gold"]
+            best = lambda value: max(range(len(lls)), key=lambda k: (value(k), -k))  # noqa: E731
+            tasks.setdefault(q.get("task", "default"), []).append((
+                -lls[gold] / (size[gold] * math.log(2)),
+                best(lambda k: lls[k] / size[k]) == gold,
+                best(lambda k: lls[k]) == gold,
+            ))
+    per_task = {
+        name: {
+            "bits_per_byte_gold": sum(r[0] for r in rows) / len(rows),
+            "accuracy": sum(r[1] for r in rows) / len(rows),
+            "accuracy_raw": sum(r[2] for r in rows) / len(rows),
+            "n": len(rows),
+        }
+        for name, rows in tasks.items()
+    }
+    mean = lambda key: sum(t[key] for t in per_task.values()) / len(per_task)  # noqa: E731
+    return {
+        "bits_per_byte_gold": mean("bits_per_byte_gold"),
+        "accuracy": mean("accuracy"),
+        "accuracy_raw": mean("accuracy_raw"),
+        "n": sum(t["n"] for t in per_task.values()),
+        "per_task": per_task,
+    }
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["generate"]:
         generate(Path(sys.argv[2]), sys.argv[3:])
     elif sys.argv[1:2] == ["perplexity"]:
         check_perplexity(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["choices"]:
+        print(json.dumps(choice_figures(Path(sys.argv[2]), Path(sys.argv[3]))))
+    elif sys.argv[1:2] == ["choices-expected"]:
+        # The committed figures of the fixture models on the fixture question files.
+        fixtures = ROOT / "tests" / "fixtures"
+        expected = {
+            model: {
+                f.stem: choice_figures(fixtures / "hf" / model, f)
+                for f in sorted((fixtures / "choices").glob("*.jsonl"))
+            }
+            for model in CHOICE_MODELS
+        }
+        (fixtures / "choices" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     else:
         sys.exit(__doc__)

@@ -1,5 +1,6 @@
 //! Uploads into the pool: a body (JSONL or plain text, optionally gzip or zstd) is checked
-//! line by line, normalised to JSONL (`text`, and `domain` where given), compressed with zstd
+//! line by line, normalised to JSONL (`text`, and `domain` where given; for an eval set of
+//! multiple-choice questions, `context`, `choices`, `gold` and `task`), compressed with zstd
 //! and streamed into the store under its content hash, then registered. Nothing is held whole
 //! in memory except a plain-text document, and a bad upload leaves neither object nor row.
 //!
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use crate::engine::choices::{self, ChoicesError, Shape, looks_like_choices};
 use crate::engine::data::{self, DataError, Document, Format};
 use crate::registry::datasets::{self, Dataset, Kind, NewDataset};
 use crate::registry::{Created, RegistryError};
@@ -32,12 +34,17 @@ pub struct Upload {
     pub max_bytes: u64,
     /// Partitions only: whether its unit models are wanted.
     pub train: bool,
+    /// Eval sets only: whether it holds multiple-choice questions (`Some(true)`) or text
+    /// (`Some(false)`); taken from the first record's fields when not given.
+    pub choices: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{0}")]
     Data(#[from] DataError),
+    #[error("{0}")]
+    Choices(#[from] ChoicesError),
     #[error("the upload is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error(
@@ -73,6 +80,8 @@ struct Parsed {
     sha256: String,
     documents: i64,
     bytes: i64,
+    /// A choices set's record shape.
+    shape: Option<Shape>,
 }
 
 /// Stores and registers `body`; identical content already in the pool is returned as
@@ -99,8 +108,12 @@ where
     });
     let content_sha = Arc::new(OnceLock::new());
     let (format, limit, sha) = (upload.format, upload.max_bytes, content_sha.clone());
+    let choices = match upload.kind {
+        Kind::EvalSet => upload.choices,
+        Kind::Partition => Some(false),
+    };
     let parser = tokio::task::spawn_blocking(move || {
-        let result = parse(in_rx, &out_tx, format, limit);
+        let result = parse(in_rx, &out_tx, format, choices, limit);
         match &result {
             Ok(parsed) => {
                 let _ = sha.set(parsed.sha256.clone());
@@ -138,6 +151,7 @@ where
         object_sha256: stored.sha256.clone(),
         bytes: parsed.bytes,
         documents: parsed.documents,
+        shape: parsed.shape.map(|s| s.as_str().to_string()),
         train: upload.train,
     };
     let mut db = pool.acquire().await.map_err(RegistryError::from)?;
@@ -192,6 +206,7 @@ pub async fn split_eval_set(
             format: Some(Format::Jsonl),
             max_bytes: u64::MAX,
             train: false,
+            choices: None,
         };
         let body = Bytes::from(data::jsonl(&docs));
         let created = ingest(
@@ -209,10 +224,13 @@ pub async fn split_eval_set(
 }
 
 /// Reads the body from `input`, writes zstd-compressed normalised JSONL to `output`.
+/// `choices`: whether the body is multiple-choice questions (`None`: as its first record
+/// says).
 fn parse(
     input: mpsc::Receiver<Result<Bytes, std::io::Error>>,
     output: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     format: Option<Format>,
+    choices: Option<bool>,
     limit: u64,
 ) -> Result<Parsed, IngestError> {
     let raw = Limited {
@@ -241,6 +259,7 @@ fn parse(
         },
     );
     let first = text.fill_buf().map_err(body_error)?;
+    let choices = choices.unwrap_or_else(|| format.is_none() && looks_like_choices(first));
     let format = format.unwrap_or_else(|| match first.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Format::Jsonl,
         _ => Format::Text,
@@ -270,7 +289,33 @@ fn parse(
         bytes += doc.text.len() as i64;
         Ok(())
     };
+    let mut shape = None;
     match format {
+        _ if choices => {
+            let mut line = Vec::new();
+            let mut line_no = 0;
+            loop {
+                line.clear();
+                if text.read_until(b'\n', &mut line).map_err(body_error)? == 0 {
+                    break;
+                }
+                line_no += 1;
+                let s = std::str::from_utf8(&line).map_err(|_| ChoicesError::Record {
+                    line: line_no,
+                    message: "not UTF-8".into(),
+                })?;
+                if let Some(question) = choices::parse_line(s, line_no, &mut shape)? {
+                    let mut line = serde_json::to_vec(&question).expect("questions serialise");
+                    line.push(b'\n');
+                    hasher.update(&line);
+                    encoder.write_all(&line).map_err(body_error)?;
+                    documents += 1;
+                    bytes += (question.context.len()
+                        + question.choices.iter().map(String::len).sum::<usize>())
+                        as i64;
+                }
+            }
+        }
         Format::Jsonl => {
             let mut line = Vec::new();
             let mut line_no = 0;
@@ -304,6 +349,7 @@ fn parse(
         sha256,
         documents,
         bytes,
+        shape,
     })
 }
 

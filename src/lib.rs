@@ -3,6 +3,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cloze;
 pub mod config;
 pub mod engine;
 pub mod error;

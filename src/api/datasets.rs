@@ -30,6 +30,10 @@ pub struct UploadParams {
     format: Option<String>,
     /// Partitions only: queue the unit model for the default base and recipe (default true).
     train: Option<bool>,
+    /// Eval sets only: `text` (held-out documents) or `choices` (multiple-choice questions:
+    /// `{"context", "choices", "gold", "task"?}` per line, or the lm-eval-harness, ARC,
+    /// HellaSwag or PIQA shapes); taken from the first record's fields when absent.
+    kind: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/partitions", tag = "datasets", params(UploadParams),
@@ -144,7 +148,25 @@ async fn upload(
             ));
         }
     };
+    let choices = match (kind, params.kind.as_deref()) {
+        (_, None) => None,
+        (Kind::EvalSet, Some("text")) => Some(false),
+        (Kind::EvalSet, Some("choices")) => Some(true),
+        (Kind::EvalSet, Some(other)) => {
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                format!("kind {other:?}: use text or choices"),
+            ));
+        }
+        (Kind::Partition, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                "kind is for eval sets: a partition is training text",
+            ));
+        }
+    };
     let upload = Upload {
+        choices,
         kind,
         name: params.name,
         domain: params.domain,
@@ -171,6 +193,7 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> ApiError {
         match e {
             IngestError::Data(e) => ApiError::unprocessable("invalid_data", e.to_string()),
+            IngestError::Choices(e) => ApiError::unprocessable("invalid_data", e.to_string()),
             e @ IngestError::TooLarge { .. } => {
                 ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }

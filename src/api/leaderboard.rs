@@ -59,9 +59,10 @@ pub struct LeaderboardParams {
     eval: String,
     base: Option<String>,
     recipe: Option<String>,
-    /// `perplexity` (default), `bits_per_byte`, `size` or `created`.
+    /// `perplexity` (default), `bits_per_byte`, `bits_per_byte_gold` or `accuracy` (sets of
+    /// questions), `size` or `created`.
     sort: Option<String>,
-    /// `asc` (default; best perplexity first) or `desc`.
+    /// `asc` or `desc`; by default the best first (`desc` for accuracy, `asc` otherwise).
     order: Option<String>,
     /// Only mixtures of this many partitions.
     size: Option<i32>,
@@ -88,7 +89,13 @@ pub async fn leaderboard(
             format!("sort {sort:?}: use one of {}", Rank::NAMES.join(", ")),
         )
     })?;
-    let descending = match params.order.as_deref().unwrap_or("asc") {
+    // Best first by default: the highest accuracy, the lowest of everything else.
+    let best_first = if rank == Rank::Accuracy {
+        "desc"
+    } else {
+        "asc"
+    };
+    let descending = match params.order.as_deref().unwrap_or(best_first) {
         "asc" => false,
         "desc" => true,
         other => {
@@ -156,6 +163,8 @@ pub async fn leaderboard(
                 "perplexity": s.result["perplexity"],
                 "bits_per_byte": s.result["bits_per_byte"],
                 "macro_perplexity": s.result["macro_perplexity"],
+                "bits_per_byte_gold": s.result["bits_per_byte_gold"],
+                "accuracy": s.result["accuracy"],
                 "tokens": s.result["tokens"],
                 "created_at": s.created_at,
             })

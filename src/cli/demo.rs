@@ -37,6 +37,8 @@ const EVAL_BYTES: usize = 12_000;
 const EVAL_DOC: usize = 3_000;
 /// Bytes per domain in the base's pre-training sample.
 const SEED_BYTES: usize = 300_000;
+/// Cloze questions per domain, from documents kept out of training.
+const CLOZE_QUESTIONS: usize = 20;
 const BASE: &str = "demo-tiny";
 
 pub async fn run(args: DemoArgs, config: &Config) -> Result<()> {
@@ -80,12 +82,22 @@ async fn seed(
     let mut eval_docs = Vec::new();
     let mut seed_docs = Vec::new();
     let mut partitions = Vec::new();
+    let mut cloze_docs = Vec::new();
+    let cloze = crate::cloze::ClozeConfig {
+        questions: CLOZE_QUESTIONS,
+        ..Default::default()
+    };
     for (name, docs) in domains {
-        let (held_out, train) = split(&name, docs, EVAL_BYTES, EVAL_DOC);
+        let (held_out, mut train) = split(&name, docs, EVAL_BYTES, EVAL_DOC);
+        // The cloze questions' documents: the next ones, kept out of training too.
+        let kept = (CLOZE_QUESTIONS * cloze.choices * 2).min(train.len() / 4);
+        let questions: Vec<String> = train.drain(..kept).map(|d| d.text).collect();
+        cloze_docs.push((name.clone(), questions));
         eval_docs.extend(held_out);
         seed_docs.extend(take_bytes(&train, SEED_BYTES));
         partitions.push((name, train));
     }
+    let questions = crate::cloze::build(&cloze_docs, &cloze);
 
     api.send(
         "POST",
@@ -118,6 +130,16 @@ async fn seed(
     }
     api.send("POST", "/v1/eval-sets?name=held-out", jsonl(&eval_docs))
         .await?;
+    let questions_jsonl: String = questions
+        .iter()
+        .map(|q| serde_json::to_string(q).expect("questions serialise") + "\n")
+        .collect();
+    api.send(
+        "POST",
+        "/v1/eval-sets?name=cloze&kind=choices",
+        questions_jsonl,
+    )
+    .await?;
     let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
     tracing::info!(
         "the pool is seeded (unit models train in the background). Try:\n  \
@@ -162,7 +184,7 @@ async fn seed(
             });
         }
     }
-    let batch = json!({"mixtures": mixtures, "eval_sets": ["held-out"], "wait": 600});
+    let batch = json!({"mixtures": mixtures, "eval_sets": ["held-out", "cloze"], "wait": 600});
     let answer = loop {
         let answer = api.send("POST", "/v1/scores", batch.to_string()).await?;
         if answer["pending"] == 0 {
@@ -170,15 +192,34 @@ async fn seed(
         }
         tracing::info!("{} of {} mixtures scored", answer["done"], mixtures.len());
     };
+    // Each mixture's answers, in order: on held-out, then on cloze.
     let n = names.len();
-    let mut table = vec![vec![f64::NAN; n]; n];
-    for (k, &(i, j)) in cells.iter().enumerate() {
-        let ppl = answer["results"][k]["score"]["perplexity"]
+    let figure = |k: usize, set: usize, name: &str| {
+        answer["results"][2 * k + set]["score"][name]
             .as_f64()
-            .unwrap_or(f64::NAN);
-        (table[i][j], table[j][i]) = (ppl, ppl);
-    }
-    print_table(&names, &table, eval_docs.len());
+            .unwrap_or(f64::NAN)
+    };
+    let table_of = |set: usize, name: &str| {
+        let mut table = vec![vec![f64::NAN; n]; n];
+        for (k, &(i, j)) in cells.iter().enumerate() {
+            let v = figure(k, set, name);
+            (table[i][j], table[j][i]) = (v, v);
+        }
+        table
+    };
+    println!(
+        "\nPerplexity (bytes) on {} held-out documents from {n} domains.",
+        eval_docs.len()
+    );
+    print_table(&names, &table_of(0, "perplexity"));
+    println!(
+        "\nCloze accuracy on {} questions ({CLOZE_QUESTIONS} per domain at most: a passage's \
+         opening, its true continuation among {} of the domain's documents; the choice with \
+         the highest log-likelihood per byte).",
+        questions.len(),
+        cloze.choices
+    );
+    print_table(&names, &table_of(1, "accuracy"));
     println!(
         "\nThe server keeps running at {} (Ctrl-C stops it).",
         api.url()
@@ -297,11 +338,7 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn print_table(names: &[&str], table: &[Vec<f64>], docs: usize) {
-    println!(
-        "\nPerplexity (bytes) on {docs} held-out documents from {} domains.",
-        names.len()
-    );
+fn print_table(names: &[&str], table: &[Vec<f64>]) {
     println!("Diagonal: one unit model; elsewhere: the 50/50 merge of two.\n");
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(8);
     print!("{:width$}", "", width = width + 4);

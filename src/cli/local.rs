@@ -11,6 +11,7 @@ use tch::Device;
 use super::serve::Engine;
 use crate::config::Config;
 use crate::engine::checkpoint::{LoadedModel, read_config};
+use crate::engine::choices::{self, PreparedChoices};
 use crate::engine::data::{self, Document};
 use crate::engine::device;
 use crate::engine::eval::{self, EvalConfig, EvalResult};
@@ -26,8 +27,13 @@ pub enum LocalCommand {
     Pretrain(PretrainArgs),
     /// Continue training a model on one partition for a fixed token budget (a unit model).
     Train(TrainArgs),
-    /// Perplexity and bits per byte of a model on an evaluation set, as JSON.
+    /// Perplexity and bits per byte of a model on an evaluation set, as JSON; or with
+    /// `--choices`, its figures on multiple-choice questions.
     Eval(EvalArgs),
+    /// Cloze tasks from a corpus folder of `<domain>.jsonl` files, as a JSONL choices file:
+    /// per domain, a passage's opening with its true continuation among those of other
+    /// documents of the domain.
+    Cloze(ClozeArgs),
     /// Parameter-average model directories into one.
     Merge(MergeArgs),
     /// Import a Hugging Face checkpoint directory (Llama, Mistral, Qwen2, GPT-2) as a model
@@ -185,8 +191,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Evaluation data (JSONL with an optional `domain` per line, or text); repeat for more.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "choices")]
     pub data: Vec<PathBuf>,
+    /// Multiple-choice questions instead (JSONL in any accepted shape): their figures.
+    #[arg(long, conflicts_with = "data")]
+    pub choices: Option<PathBuf>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -195,6 +204,27 @@ pub struct EvalArgs {
     pub context: Option<usize>,
     #[command(flatten)]
     pub engine: Engine,
+}
+
+#[derive(Args)]
+pub struct ClozeArgs {
+    /// A folder of `<domain>.jsonl` files.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Questions per domain.
+    #[arg(long, default_value_t = 50)]
+    pub questions: usize,
+    /// Documents of each domain left out first (those a pool trains on).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Choices per question.
+    #[arg(long, default_value_t = 4)]
+    pub choices: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The JSONL file to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -282,12 +312,60 @@ pub fn run(command: LocalCommand, settings: &Config) -> Result<()> {
         LocalCommand::Eval(a) => {
             let device = a.engine.device(settings)?;
             let model = LoadedModel::load(&a.model, device)?;
-            let docs = read_all(&a.data)?;
             let config = EvalConfig {
                 batch_size: a.batch_size,
                 context: a.context,
             };
+            if let Some(path) = &a.choices {
+                let text = std::fs::read(path).with_context(|| path.display().to_string())?;
+                let text = data::decompress(text)?;
+                let (questions, _) =
+                    choices::parse(&text).with_context(|| path.display().to_string())?;
+                let prepared = PreparedChoices::new(&model, &questions, &config)?;
+                return print_json(&prepared.evaluate(&model));
+            }
+            let docs = read_all(&a.data)?;
             print_json(&evaluate(&model, &docs, &config)?)
+        }
+        LocalCommand::Cloze(a) => {
+            let mut domains = Vec::new();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&a.corpus)
+                .with_context(|| a.corpus.display().to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .collect();
+            files.sort();
+            for path in files {
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
+                let docs =
+                    data::read_documents(&path).with_context(|| path.display().to_string())?;
+                let texts = docs.into_iter().skip(a.skip).map(|d| d.text).collect();
+                domains.push((name, texts));
+            }
+            let config = crate::cloze::ClozeConfig {
+                questions: a.questions,
+                choices: a.choices,
+                seed: a.seed,
+                ..Default::default()
+            };
+            let questions = crate::cloze::build(&domains, &config);
+            if questions.is_empty() {
+                bail!(
+                    "no domain of {} has documents long enough",
+                    a.corpus.display()
+                );
+            }
+            let mut out = String::new();
+            for q in &questions {
+                out.push_str(&serde_json::to_string(q)?);
+                out.push('\n');
+            }
+            std::fs::write(&a.out, out).with_context(|| a.out.display().to_string())?;
+            print_json(&serde_json::json!({ "questions": questions.len(), "out": a.out }))
         }
         LocalCommand::Merge(a) => {
             let device = a.engine.device(settings)?;

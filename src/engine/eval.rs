@@ -230,7 +230,7 @@ impl Prepared {
         let device = model.vs.device();
         tch::no_grad(|| {
             for batch in self.windows.chunks(batch_size.max(1)) {
-                let nll = position_nll(model, batch, device).to_device(Device::Cpu);
+                let nll = position_nll(model, &ids_of(batch), device).to_device(Device::Cpu);
                 let width = nll.size()[1] as usize;
                 let nll = Vec::<f32>::try_from(&nll.view([-1])).expect("a float tensor");
                 for (row, w) in batch.iter().enumerate() {
@@ -277,21 +277,25 @@ impl Prepared {
 /// Each window's summed NLL as a double tensor on the device (differentiable when grad is
 /// enabled).
 fn window_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
-    position_nll(model, batch, device).sum_dim_intlist(-1, false, Kind::Double)
+    position_nll(model, &ids_of(batch), device).sum_dim_intlist(-1, false, Kind::Double)
 }
 
-/// The fp32 cross-entropy of every target position, `[windows, longest window]`, zero at
-/// padding.
-fn position_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor {
+fn ids_of(batch: &[Window]) -> Vec<&[i64]> {
+    batch.iter().map(|w| w.ids.as_slice()).collect()
+}
+
+/// The fp32 cross-entropy of every target position of each sequence of ids (each predicts
+/// its ids after the first), `[sequences, longest − 1]`, zero at padding.
+pub(super) fn position_nll(model: &LoadedModel, batch: &[&[i64]], device: Device) -> Tensor {
     const PAD: i64 = -100;
-    let width = batch.iter().map(|w| w.ids.len() - 1).max().unwrap();
+    let width = batch.iter().map(|ids| ids.len() - 1).max().unwrap();
     let mut inputs = vec![0i64; batch.len() * width];
     let mut targets = vec![PAD; batch.len() * width];
-    for (row, w) in batch.iter().enumerate() {
-        let n = w.ids.len() - 1;
+    for (row, ids) in batch.iter().enumerate() {
+        let n = ids.len() - 1;
         let at = row * width;
-        inputs[at..at + n].copy_from_slice(&w.ids[..n]);
-        targets[at..at + n].copy_from_slice(&w.ids[1..]);
+        inputs[at..at + n].copy_from_slice(&ids[..n]);
+        targets[at..at + n].copy_from_slice(&ids[1..]);
     }
     let shape = [batch.len() as i64, width as i64];
     let inputs = Tensor::from_slice(&inputs).view(shape).to_device(device);
@@ -306,4 +310,30 @@ fn position_nll(model: &LoadedModel, batch: &[Window], device: Device) -> Tensor
         0.0,
     );
     nll.view(shape)
+}
+
+/// A model's figures on one eval set: perplexity on held-out text, or the multiple-choice
+/// figures on questions (which carry a `perplexity` too: 2^bits_per_byte_gold). Stored as
+/// the one or the other's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Evaluation {
+    Text(EvalResult),
+    Choices(super::choices::ChoiceResult),
+}
+
+impl From<EvalResult> for Evaluation {
+    fn from(r: EvalResult) -> Evaluation {
+        Evaluation::Text(r)
+    }
+}
+
+impl Evaluation {
+    /// The perplexity every ranking uses.
+    pub fn perplexity(&self) -> f64 {
+        match self {
+            Evaluation::Text(r) => r.total.perplexity,
+            Evaluation::Choices(r) => r.perplexity,
+        }
+    }
 }

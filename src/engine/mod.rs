@@ -2,6 +2,7 @@
 //! or SQL, and everything in it runs on the CPU for tests and on CUDA for real work.
 
 pub mod checkpoint;
+pub mod choices;
 pub mod data;
 pub mod device;
 pub mod ensemble;

@@ -12,7 +12,7 @@ use super::JobError;
 use super::context::Context;
 use super::merger::Merger;
 use crate::engine::ensemble::{TokenNll, ensemble, mean_of_units};
-use crate::engine::eval::{EvalConfig, EvalResult};
+use crate::engine::eval::{EvalConfig, Evaluation};
 use crate::proxy::Proxy;
 use crate::registry::bases::Base;
 use crate::registry::datasets::Dataset;
@@ -120,7 +120,7 @@ impl UnitNll {
         models: &[Uuid],
         weights: &[f64],
         eval_set: Uuid,
-    ) -> Result<EvalResult, JobError> {
+    ) -> Result<Evaluation, JobError> {
         let units: Vec<&TokenNll> = models
             .iter()
             .map(|m| self.unit(*m, eval_set))
@@ -135,6 +135,7 @@ impl UnitNll {
                 )));
             }
         }
+        .map(Evaluation::from)
         .map_err(|e| JobError::Fatal(e.to_string()))
     }
 }

@@ -17,9 +17,10 @@ use uuid::Uuid;
 use super::JobError;
 use super::context::{Context, remove_dir};
 use crate::engine::checkpoint::{self, FISHER_FILE, LoadedModel, WEIGHTS_FILE};
+use crate::engine::choices::{self, PreparedChoices};
 use crate::engine::data::{self, Format};
 use crate::engine::ensemble::TokenNll;
-use crate::engine::eval::{EvalConfig, EvalResult, Prepared};
+use crate::engine::eval::{EvalConfig, Evaluation, Prepared};
 use crate::engine::resident::{Fisher, Unit, Workspace};
 use crate::proxy::Proxy;
 use crate::registry::bases::Base;
@@ -42,7 +43,7 @@ pub(super) struct Merger {
 
 /// One merge's evaluations, in the order of the eval sets asked for, and where the time went.
 pub(super) struct Scored {
-    pub results: Vec<EvalResult>,
+    pub results: Vec<Evaluation>,
     pub merge_seconds: f64,
     pub eval_seconds: f64,
     /// Why a Fisher merge was a plain average instead, when it was.
@@ -150,7 +151,7 @@ impl Merger {
                 .store
                 .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
                 .await?;
-            texts.push((set.id, data));
+            texts.push((set.id, set.is_choices(), data));
         }
         let (commands, inbox) = mpsc::channel();
         let (ready, started) = oneshot::channel();
@@ -352,26 +353,60 @@ impl Merger {
     }
 }
 
+/// An eval set made ready for the base's tokenizer and context.
+enum Set {
+    Text(Prepared),
+    Choices(PreparedChoices),
+}
+
+impl Set {
+    fn evaluate(&self, model: &LoadedModel, batch_size: usize) -> Evaluation {
+        match self {
+            Set::Text(p) => p.evaluate(model, batch_size).into(),
+            Set::Choices(p) => Evaluation::Choices(p.evaluate(model)),
+        }
+    }
+
+    /// The held-out text, for what only text has (per-token NLLs, the α-gradient).
+    fn text(&self, id: &Uuid) -> Result<&Prepared, JobError> {
+        match self {
+            Set::Text(p) => Ok(p),
+            Set::Choices(_) => Err(JobError::Fatal(format!(
+                "eval set {id} holds multiple-choice questions: the ensemble, the mean of \
+                 units and gradient searches take held-out text"
+            ))),
+        }
+    }
+}
+
 /// The merging thread: builds the workspace, answers `ready` with a unit model's size, then
 /// serves commands until the async side drops its sender.
 fn owner(
     dir: PathBuf,
     device: tch::Device,
-    texts: Vec<(Uuid, Bytes)>,
+    texts: Vec<(Uuid, bool, Bytes)>,
     eval: EvalConfig,
     inbox: mpsc::Receiver<Command>,
     ready: oneshot::Sender<Result<u64, JobError>>,
 ) {
     let fatal = |e: &dyn std::fmt::Display| JobError::Fatal(e.to_string());
-    let setup = || -> Result<(Workspace, HashMap<Uuid, Prepared>), JobError> {
+    let setup = || -> Result<(Workspace, HashMap<Uuid, Set>), JobError> {
         let model = LoadedModel::skeleton(&dir, device).map_err(|e| fatal(&e))?;
         let mut prepared = HashMap::new();
-        for (id, compressed) in texts {
+        for (id, is_choices, compressed) in texts {
             let text = data::decompress(compressed.to_vec()).map_err(|e| fatal(&e))?;
-            let docs = data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
-            let windows = Prepared::new(&model, &docs, &eval)
-                .map_err(|e| fatal(&format!("eval set {id}: {e}")))?;
-            prepared.insert(id, windows);
+            let in_set = |e: &dyn std::fmt::Display| fatal(&format!("eval set {id}: {e}"));
+            let set = if is_choices {
+                let (questions, _) = choices::parse(&text).map_err(|e| in_set(&e))?;
+                Set::Choices(
+                    PreparedChoices::new(&model, &questions, &eval).map_err(|e| in_set(&e))?,
+                )
+            } else {
+                let docs =
+                    data::parse_documents(&text, Some(Format::Jsonl)).map_err(|e| fatal(&e))?;
+                Set::Text(Prepared::new(&model, &docs, &eval).map_err(|e| in_set(&e))?)
+            };
+            prepared.insert(id, set);
         }
         Ok((Workspace::new(model), prepared))
     };
@@ -486,7 +521,8 @@ fn owner(
                     for (id, w) in &objective {
                         let set = prepared
                             .get(id)
-                            .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?;
+                            .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?
+                            .text(id)?;
                         let (loss, gradient) = workspace
                             .alpha_gradient(&chosen, &weights, set, eval.batch_size)
                             .map_err(|e| fatal(&e))?;
@@ -512,7 +548,8 @@ fn owner(
                         .map(|id| {
                             let set = prepared
                                 .get(id)
-                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?;
+                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?
+                                .text(id)?;
                             Ok(TokenNll {
                                 layout: set.layout().clone(),
                                 nll: set.token_nll(workspace.model(), eval.batch_size),

@@ -18,7 +18,7 @@ use super::ensemble::UnitNll;
 use super::kind::{Kind, Outcome};
 use super::merger::{Combine, Merger};
 use super::{Done, JobError};
-use crate::engine::eval::{EvalConfig, EvalResult};
+use crate::engine::eval::{EvalConfig, Evaluation};
 use crate::mixture::Member;
 use crate::proxy::Proxy;
 use crate::registry::datasets;
@@ -371,7 +371,7 @@ impl Shard<'_> {
     /// attempt; `false` when the lease was lost (nothing is stored then).
     async fn store(
         &self,
-        scored: &[(&Todo, Vec<EvalResult>, Option<String>)],
+        scored: &[(&Todo, Vec<Evaluation>, Option<String>)],
         (fraction, done, total): (f32, usize, usize),
     ) -> Result<bool, JobError> {
         let mut tx = self.cx.pool.begin().await?;

@@ -240,8 +240,15 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
             members.push(unit);
         }
         // Each unit's per-token NLLs: a unit alone and the ensemble are arithmetic on them.
-        let nll =
-            UnitNll::gather(cx, &base, &eval_sets, &eval, &members, Some(&mut merger)).await?;
+        // Held-out text only: sets of questions are scored by merges (a unit alone too), and
+        // have no ensemble.
+        let texts: Vec<_> = eval_sets
+            .iter()
+            .filter(|s| !s.is_choices())
+            .cloned()
+            .collect();
+        let text_ids: HashSet<Uuid> = texts.iter().map(|s| s.id).collect();
+        let nll = UnitNll::gather(cx, &base, &texts, &eval, &members, Some(&mut merger)).await?;
         let mut proxy_scores = Vec::new();
         for (mixture, proxy) in &proxies {
             let scope = ScoreKey {
@@ -278,22 +285,27 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .map(|m| unit_of[&m.partition])
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let (results, note) = if *proxy == Proxy::Ensemble || ids.len() == 1 {
-                let results = missing
-                    .iter()
-                    .map(|set| nll.score(Proxy::Ensemble, &ids, &weights, *set))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (results, None)
-            } else {
+            let by_nll = *proxy == Proxy::Ensemble || ids.len() == 1;
+            let (from_nll, merged): (Vec<Uuid>, Vec<Uuid>) = missing
+                .into_iter()
+                .filter(|set| *proxy != Proxy::Ensemble || text_ids.contains(set))
+                .partition(|set| by_nll && text_ids.contains(set));
+            let mut results = Vec::with_capacity(from_nll.len() + merged.len());
+            for set in &from_nll {
+                results.push(nll.score(Proxy::Ensemble, &ids, &weights, *set)?);
+            }
+            let mut note = None;
+            if !merged.is_empty() {
                 if matches!(proxy, Proxy::TaskVectors(_)) {
                     merger.load_base(cx, &base).await?;
                 }
                 let scored = merger
-                    .score(&ids, &weights, Combine::of(*proxy), &missing)
+                    .score(&ids, &weights, Combine::of(*proxy), &merged)
                     .await?;
-                (scored.results, scored.note)
-            };
-            for (set, result) in missing.into_iter().zip(results) {
+                results.extend(scored.results);
+                note = scored.note;
+            }
+            for (set, result) in from_nll.into_iter().chain(merged).zip(results) {
                 let mut result = serde_json::to_value(result).expect("results serialise");
                 if let Some(note) = &note {
                     result["note"] = json!(note);

@@ -50,8 +50,20 @@ pub struct Dataset {
     pub sha256: String,
     pub object_sha256: String,
     pub bytes: i64,
+    /// Documents, or a choices set's questions.
     pub documents: i64,
+    /// Eval sets of multiple-choice questions only: the record shape the upload was written
+    /// in (`native`, `lm_eval_harness`, `arc`, `hellaswag`, `piqa`); held-out text has none.
+    #[sqlx(default)]
+    pub shape: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Dataset {
+    /// Whether it is an eval set of multiple-choice questions.
+    pub fn is_choices(&self) -> bool {
+        self.shape.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +77,8 @@ pub struct NewDataset {
     pub object_sha256: String,
     pub bytes: i64,
     pub documents: i64,
+    /// Choices sets only: the shape their records were read in.
+    pub shape: Option<String>,
     /// Partitions only: whether its unit models are wanted (the healing pass queues only
     /// those), set with the row so that no pass sees it otherwise.
     pub train: bool,
@@ -83,11 +97,11 @@ pub async fn insert(
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing returning *"
         }
         Kind::EvalSet => {
-            "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents)
-             values ($1, $2, $5, $6, $7, $8) on conflict do nothing returning *, null::text as domain, '{}'::text[] as tags"
+            "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents, shape)
+             values ($1, $2, $5, $6, $7, $8, $10) on conflict do nothing returning *, null::text as domain, '{}'::text[] as tags"
         }
     };
-    let inserted: Option<Dataset> = sqlx::query_as(sql)
+    let query = sqlx::query_as(sql)
         .bind(Uuid::new_v4())
         .bind(&new.name)
         .bind(&new.domain)
@@ -96,9 +110,12 @@ pub async fn insert(
         .bind(&new.object_sha256)
         .bind(new.bytes)
         .bind(new.documents)
-        .bind(new.train)
-        .fetch_optional(&mut *db)
-        .await?;
+        .bind(new.train);
+    let query = match kind {
+        Kind::Partition => query,
+        Kind::EvalSet => query.bind(&new.shape),
+    };
+    let inserted: Option<Dataset> = query.fetch_optional(&mut *db).await?;
     if let Some(row) = inserted {
         return Ok(Created::New(row));
     }

@@ -149,17 +149,29 @@ pub async fn all_for(
 pub enum Rank {
     Perplexity,
     BitsPerByte,
+    /// Sets of questions: bits per byte of the gold answers, and accuracy.
+    BitsPerByteGold,
+    Accuracy,
     Size,
     Created,
 }
 
 impl Rank {
-    pub const NAMES: [&str; 4] = ["perplexity", "bits_per_byte", "size", "created"];
+    pub const NAMES: [&str; 6] = [
+        "perplexity",
+        "bits_per_byte",
+        "bits_per_byte_gold",
+        "accuracy",
+        "size",
+        "created",
+    ];
 
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "perplexity" => Rank::Perplexity,
             "bits_per_byte" => Rank::BitsPerByte,
+            "bits_per_byte_gold" => Rank::BitsPerByteGold,
+            "accuracy" => Rank::Accuracy,
             "size" => Rank::Size,
             "created" => Rank::Created,
             _ => return None,
@@ -173,6 +185,10 @@ impl Rank {
             (Rank::Perplexity, true) => "(result->>'perplexity')::float8 desc, id",
             (Rank::BitsPerByte, false) => "(result->>'bits_per_byte')::float8 asc, id",
             (Rank::BitsPerByte, true) => "(result->>'bits_per_byte')::float8 desc, id",
+            (Rank::BitsPerByteGold, false) => "(result->>'bits_per_byte_gold')::float8 asc, id",
+            (Rank::BitsPerByteGold, true) => "(result->>'bits_per_byte_gold')::float8 desc, id",
+            (Rank::Accuracy, false) => "(result->>'accuracy')::float8 asc, id",
+            (Rank::Accuracy, true) => "(result->>'accuracy')::float8 desc, id",
             (Rank::Size, false) => {
                 "jsonb_array_length(mixture) asc, (result->>'perplexity')::float8, id"
             }

@@ -126,6 +126,7 @@ pub async fn resolve(
 ) -> Result<Resolved> {
     let on = resolve::mixture_on(pool, asked, names).await?;
     let eval_set = resolve::eval_set(pool, eval_set).await?;
+    proxy.check_eval_sets([&eval_set])?;
     Ok(Resolved {
         request: ScoreRequest {
             base: on.base.id,
@@ -198,26 +199,28 @@ pub async fn trained(
     Ok(true)
 }
 
-/// A score as the API shows it: the result, the mixture by partition name, whether it was
-/// `cached`, and the eval set, base and recipe by name.
+/// A score as the API shows it: the result (held-out text: perplexity, bits per byte, tokens,
+/// bytes, per domain; questions: bits per byte of the gold answers, accuracy, per task), the
+/// mixture by partition name, whether it was `cached`, and the eval set, base and recipe by
+/// name.
 fn view(score: &Score, cached: bool, r: &Resolved) -> Value {
-    let result = &score.result;
     let mixture: Vec<Value> = Member::list(&score.mixture)
         .iter()
         .map(|m| json!({ "partition": r.names.get(&m.partition), "weight": m.weight }))
         .collect();
-    json!({
-        "perplexity": result["perplexity"],
-        "bits_per_byte": result["bits_per_byte"],
-        "tokens": result["tokens"],
-        "bytes": result["bytes"],
-        "per_domain": result["per_domain"],
-        "macro_perplexity": result["macro_perplexity"],
-        "proxy": score.merge_method,
-        "cached": cached,
-        "mixture": mixture,
-        "eval_set": r.context["eval_set"],
-        "base": r.context["base"],
-        "recipe": r.context["recipe"],
-    })
+    let mut view = match &score.result {
+        Value::Object(result) => result.clone(),
+        _ => Default::default(),
+    };
+    for (key, value) in [
+        ("proxy", json!(score.merge_method)),
+        ("cached", json!(cached)),
+        ("mixture", json!(mixture)),
+        ("eval_set", r.context["eval_set"].clone()),
+        ("base", r.context["base"].clone()),
+        ("recipe", r.context["recipe"].clone()),
+    ] {
+        view.insert(key.into(), value);
+    }
+    Value::Object(view)
 }

@@ -136,6 +136,19 @@ pub async fn create(
     let proxy = crate::validation::choose_one(pool, choice, &eval_sets)
         .await?
         .proxy;
+    proxy.check_eval_sets(&eval_sets)?;
+    if let Some(set) = eval_sets
+        .iter()
+        .find(|s| s.is_choices() && method == "gradient")
+    {
+        return Err(bad(
+            "invalid_method",
+            format!(
+                "eval set {:?} holds multiple-choice questions: a gradient search tunes on held-out text; use sample",
+                set.name
+            ),
+        ));
+    }
     let set_keys: Vec<(Uuid, &str)> = eval_sets.iter().map(|s| (s.id, s.name.as_str())).collect();
 
     let objective = match &new.objective {

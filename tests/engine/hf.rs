@@ -353,3 +353,45 @@ fn a_truncated_weights_file_is_named_and_leaves_no_output() {
     );
     assert!(!out.exists());
 }
+
+/// The multiple-choice figures transformers computes with mixpool's convention
+/// (`scripts/hf_reference.py choices`, committed in `tests/fixtures/choices/expected.json`)
+/// on the fixture models, with their BPE tokenizers, for the question files in each shape.
+#[test]
+fn imported_models_give_the_multiple_choice_figures_transformers_gives() {
+    use mixpool::engine::choices::{self, PreparedChoices};
+    tch::set_num_threads(1);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/choices");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let models = expected.as_object().unwrap();
+    assert!(models.len() >= 3, "{expected}");
+    let mut worst = 0f64;
+    for (name, files) in models {
+        let (_dir, model) = import(name);
+        let files = files.as_object().unwrap();
+        assert_eq!(files.len(), 4, "{name}: a file per shape");
+        for (file, want) in files {
+            let text = std::fs::read(dir.join(format!("{file}.jsonl"))).unwrap();
+            let (questions, _) = choices::parse(&text).unwrap();
+            let got = PreparedChoices::new(&model, &questions, &EvalConfig::default())
+                .unwrap()
+                .evaluate(&model);
+            let got = serde_json::to_value(&got).unwrap();
+            for key in ["accuracy", "accuracy_raw", "n"] {
+                assert_eq!(got[key], want[key], "{name} on {file}: {key}");
+            }
+            let (g, w) = (
+                got["bits_per_byte_gold"].as_f64().unwrap(),
+                want["bits_per_byte_gold"].as_f64().unwrap(),
+            );
+            let gap = ((g - w) / w).abs();
+            worst = worst.max(gap);
+            assert!(
+                gap <= 1e-6,
+                "{name} on {file}: {g} against transformers' {w}"
+            );
+        }
+    }
+    eprintln!("bits per byte of gold against transformers: worst relative gap {worst:e}");
+}

@@ -38,6 +38,7 @@ fn upload(kind: Kind, name: &str) -> Upload {
         format: None,
         max_bytes: 1 << 20,
         train: true,
+        choices: None,
     }
 }
 

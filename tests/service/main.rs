@@ -9,6 +9,7 @@ mod bases;
 mod batch;
 mod cancel;
 mod checkpoints;
+mod choices;
 mod chrome;
 mod cli;
 mod dashboard;

@@ -13,6 +13,7 @@ fn dataset(name: &str, sha: &str) -> NewDataset {
         object_sha256: format!("obj-{sha}"),
         bytes: 10,
         documents: 2,
+        shape: None,
         train: true,
     }
 }
@@ -222,6 +223,7 @@ mod pool {
             object_sha256: "o".into(),
             bytes: 1,
             documents: 1,
+            shape: None,
             train: true,
         };
         let partition = datasets::insert(&mut db, Kind::Partition, &new)
@@ -301,6 +303,7 @@ mod pool {
                 object_sha256: "o".into(),
                 bytes: 1,
                 documents: 1,
+                shape: None,
                 train: true,
             },
         )

@@ -88,6 +88,7 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         format: Some(Format::Jsonl),
         max_bytes: 1 << 26,
         train: true,
+        choices: None,
     };
     let partition = ingest(
         &pool,

@@ -74,6 +74,7 @@ async fn partition(s: &Setup, name: &str, text: String) -> Uuid {
         format: Some(Format::Jsonl),
         max_bytes: 1 << 24,
         train: true,
+        choices: None,
     };
     let body = futures::stream::iter(vec![Ok(Bytes::from(text))]);
     ingest(&s.worker.pool, &s.worker.store, &upload, body)
@@ -320,6 +321,7 @@ mod scores {
             format: None,
             max_bytes: 1 << 20,
             train: true,
+            choices: None,
         };
         let eval_set = ingest(
             pool,

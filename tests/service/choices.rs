@@ -1,0 +1,258 @@
+//! Eval sets of multiple-choice questions over HTTP: read in each shape they are found in
+//! (and refused by line, with nothing stored, when a record is bad), scored by merges with
+//! the figures the engine gives the exported merged model, ranked by bits per byte of the
+//! gold answers, and refused by name where only held-out text goes.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use mixpool::engine::checkpoint::LoadedModel;
+use mixpool::engine::choices::{self, PreparedChoices};
+use mixpool::engine::eval::EvalConfig;
+use tch::Device;
+
+use crate::app::{App, corpus, spawn_app};
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/choices")
+        .join(format!("{name}.jsonl"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+async fn pool() -> App {
+    let app = spawn_app().await;
+    for domain in ["code_python", "legal_licenses"] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/partitions?name={domain}&domain={domain}"),
+                corpus(domain, 0, 8),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    app
+}
+
+#[tokio::test]
+async fn question_sets_are_read_in_each_shape_and_bad_records_are_refused_by_line() {
+    let app = pool().await;
+    for (file, shape) in [
+        ("arc", "arc"),
+        ("hellaswag", "hellaswag"),
+        ("piqa", "piqa"),
+        ("harness", "lm_eval_harness"),
+    ] {
+        let body = fixture(file);
+        let (status, created) = app
+            .post(&format!("/v1/eval-sets?name={file}"), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(created["shape"], shape, "{created}");
+        assert_eq!(created["documents"], body.lines().count(), "{created}");
+    }
+    // Compressed, and named with kind=choices; text stays text.
+    let native = "{\"context\": \"The capital of France is\", \"choices\": [\" Paris\", \" Rome\"], \"gold\": 0, \"task\": \"geo\"}\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, native.as_bytes()).unwrap();
+    let (status, created) = app
+        .post("/v1/eval-sets?name=geo&kind=choices", gz.finish().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["shape"], "native");
+    let (status, created) = app
+        .post("/v1/eval-sets?name=prose", corpus("legal_licenses", 50, 2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created["shape"].is_null(), "{created}");
+
+    let good = native.trim_end();
+    let arc = r#"{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}"#;
+    for (good, bad, says) in [
+        (
+            good,
+            r#"{"context": "a", "choices": [" b", " c"], "gold": 5}"#,
+            "gold 5 is out of range",
+        ),
+        (
+            good,
+            r#"{"context": "a", "choices": [" b"], "gold": 0}"#,
+            "at least 2",
+        ),
+        (
+            good,
+            r#"{"context": "a", "choices": [" b", ""], "gold": 0}"#,
+            "choice 1 is empty",
+        ),
+        (
+            good,
+            r#"{"goal": "g", "sol1": "a", "label": 0}"#,
+            "not a question",
+        ),
+        (
+            good,
+            r#"{"ctx": "c", "endings": ["a", "b"], "label": 1}"#,
+            "the hellaswag shape in a file of the native shape",
+        ),
+        (
+            arc,
+            &arc.replace("\"answerKey\": \"A\"", "\"answerKey\": \"E\""),
+            "answerKey \"E\"",
+        ),
+        (
+            arc,
+            &arc.replace("\"label\": [\"A\", \"B\"]", "\"label\": [\"A\"]"),
+            "1 labels for 2 texts",
+        ),
+    ] {
+        let body = format!("{good}\n{good}\n{bad}\n");
+        let (status, error) = app
+            .post("/v1/eval-sets?name=broken&kind=choices", body)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("line 3: ") && message.contains(says),
+            "{message}"
+        );
+    }
+    let (status, _) = app.get("/v1/eval-sets/broken").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+    let (status, error) = app
+        .post("/v1/eval-sets?name=geo2&kind=quiz", native.to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (status, error) = app
+        .post("/v1/partitions?name=quiz&kind=choices", native.to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixture_is_scored_on_questions_as_the_engine_scores_its_exported_merge() {
+    let app = pool().await;
+    let (status, created) = app.post("/v1/eval-sets?name=arc", fixture("arc")).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    app.post("/v1/eval-sets?name=prose", corpus("legal_licenses", 50, 2))
+        .await;
+    for domain in ["code_python", "legal_licenses"] {
+        app.trained(domain).await;
+    }
+    let (status, score) = app
+        .get("/v1/score?partitions=code_python,legal_licenses&eval=arc&wait=120")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{score}");
+    assert_eq!(score["n"], 6, "{score}");
+    assert_eq!(score["per_task"]["default"]["n"], 6, "{score}");
+    let bpb = score["bits_per_byte_gold"].as_f64().unwrap();
+    assert!(bpb > 0.0 && bpb.is_finite(), "{score}");
+    let close = |a: &Value, b: &Value| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        (a - b).abs() <= 1e-12 * b.abs().max(1e-300)
+    };
+    assert!(close(&score["perplexity"], &json!(bpb.exp2())), "{score}");
+    for figure in ["accuracy", "accuracy_raw"] {
+        let a = score[figure].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&a) && (a * 6.0).fract() == 0.0,
+            "{figure}: {a}"
+        );
+    }
+
+    // The merged model exported, loaded and scored by the engine: the same figures.
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("merged");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixpool"))
+        .env("MIXPOOL_TOKEN", &app.token)
+        .args([
+            "export",
+            "--url",
+            &app.url,
+            "--partitions",
+            "code_python,legal_licenses",
+            "--out",
+        ])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = LoadedModel::load(&exported, Device::Cpu).unwrap();
+    let (questions, _) = choices::parse(fixture("arc").as_bytes()).unwrap();
+    let local = PreparedChoices::new(&model, &questions, &EvalConfig::default())
+        .unwrap()
+        .evaluate(&model);
+    let local = serde_json::to_value(&local).unwrap();
+    // (Figures through JSON: equal to the last bit or two of the decimal form.)
+    for figure in [
+        "bits_per_byte_gold",
+        "accuracy",
+        "accuracy_raw",
+        "n",
+        "perplexity",
+    ] {
+        assert!(
+            close(&score[figure], &local[figure]),
+            "{figure}: {score} against {local}"
+        );
+    }
+    let task = |r: &Value, key: &str| r["per_task"]["default"][key].clone();
+    for figure in ["bits_per_byte_gold", "accuracy", "accuracy_raw", "n"] {
+        assert!(
+            close(&task(&score, figure), &task(&local, figure)),
+            "{figure}"
+        );
+    }
+
+    // A sweep ranks the mixtures on questions by bits per byte of the gold answers.
+    let request =
+        json!({"partitions": ["code_python", "legal_licenses"], "eval_sets": ["arc", "prose"]});
+    let (status, sweep) = app.post("/v1/sweeps", request.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{sweep}");
+    let id = sweep["id"].as_str().unwrap();
+    let mut done = Value::Null;
+    for _ in 0..1200 {
+        let (_, s) = app.get(&format!("/v1/sweeps/{id}?limit=10")).await;
+        if s["state"] == "succeeded" {
+            done = s;
+            break;
+        }
+        assert!(s["state"] != "failed", "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let on_arc = done["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["eval_set"] == "arc")
+        .unwrap();
+    let ranking: Vec<f64> = on_arc["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["perplexity"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ranking.len(), 3, "{on_arc}");
+    assert!(ranking.windows(2).all(|w| w[0] <= w[1]), "{ranking:?}");
+    assert!(ranking.contains(&score["perplexity"].as_f64().unwrap()));
+
+    // Per-token NLLs are of held-out text: the ensemble is refused by name.
+    for (status, body) in [
+        app.get("/v1/score?partitions=code_python,legal_licenses&eval=arc&proxy=ensemble")
+            .await,
+        app.post(
+            "/v1/sweeps",
+            json!({"partitions": ["code_python", "legal_licenses"], "eval_sets": ["arc"], "proxy": "units"}).to_string(),
+        )
+        .await,
+    ] {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_proxy", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("\"arc\""), "{body}");
+    }
+}
