@@ -241,8 +241,12 @@ pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
 
     line("## Does the merged proxy rank mixtures as training on them does?\n".into());
     line("Pearson r of log perplexity and Spearman ρ between each proxy and the union-trained model, over the validated mixtures, per held-out set.\n".into());
-    line("| eval set | n | merged, uniform r / ρ | merged, token-weighted r / ρ | mean of units r / ρ |".into());
-    line("|---|---|---|---|---|".into());
+    let header: Vec<String> = PROXY_NAMES
+        .iter()
+        .map(|(_, name)| format!("{name} r / ρ"))
+        .collect();
+    line(format!("| eval set | n | {} |", header.join(" | ")));
+    line(format!("|---|---|{}", "---|".repeat(header.len())));
     let mut per_proxy: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut merged_ahead = 0;
     for set in &sets {
