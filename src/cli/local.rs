@@ -220,6 +220,7 @@ pub struct ClozeArgs {
     /// Choices per question.
     #[arg(long, default_value_t = 4)]
     pub choices: usize,
+    /// The draw of documents and of each gold choice's place: the same seed, the same file.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The JSONL file to write.
