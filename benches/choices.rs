@@ -76,12 +76,12 @@ fn main() {
         let windows = Prepared::new(&model, &text, &eval).unwrap();
         let (mut ours, mut theirs) = (0f64, 0f64);
         for round in 0..rounds {
-            let mut time_choices = || {
+            let time_choices = || {
                 let started = Instant::now();
                 std::hint::black_box(choices.evaluate(&model));
                 choices.tokens() as f64 / started.elapsed().as_secs_f64()
             };
-            let mut time_text = || {
+            let time_text = || {
                 let started = Instant::now();
                 std::hint::black_box(windows.evaluate(&model, eval.batch_size));
                 windows.tokens() as f64 / started.elapsed().as_secs_f64()

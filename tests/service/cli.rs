@@ -196,6 +196,67 @@ async fn the_client_verbs_upload_list_score_and_check_with_exit_codes() {
     .await;
     assert_eq!((code, json(&out)["holds"].clone()), (0, Value::Bool(true)));
 
+    // On a set of questions: accuracy at least a bound, or against a baseline.
+    let (status, body) = app
+        .post(
+            "/v1/eval-sets?name=quiz&kind=choices",
+            std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/choices/piqa.jsonl"),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    for (extra, holds) in [
+        (vec!["--metric", "accuracy", "--bound", "0"], true),
+        (vec!["--metric", "accuracy", "--bound", "1.01"], false),
+        (
+            vec!["--metric", "bits_per_byte_gold", "--bound", "1000"],
+            true,
+        ),
+        (
+            vec![
+                "--metric",
+                "accuracy",
+                "--baseline",
+                "c",
+                "--max-regression",
+                "100%",
+            ],
+            true,
+        ),
+    ] {
+        let mut args = vec!["check", "--eval", "quiz", "--mixture", "python", "--json"];
+        args.extend_from_slice(&extra);
+        let (code, out, err) = mixpool(&app, &args).await;
+        assert_eq!(code, if holds { 0 } else { 1 }, "{extra:?}: {out}{err}");
+        let verdict = json(&out);
+        let check = &verdict["checks"][0];
+        assert_eq!(check["metric"], extra[1], "{verdict}");
+        let (_, score) = app
+            .get("/v1/score?partitions=python&eval=quiz&train=false")
+            .await;
+        assert_eq!(check["value"], score[extra[1]], "{verdict} {score}");
+    }
+    let (code, _, err) = mixpool(
+        &app,
+        &[
+            "check",
+            "--eval",
+            "held",
+            "--mixture",
+            "python",
+            "--metric",
+            "accuracy",
+            "--bound",
+            "0.5",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "held-out text has no accuracy: {err}");
+    assert!(err.contains("no accuracy"), "{err}");
+
     // Exit 2: a usage error, an unknown partition, a server that is down.
     let (code, _, err) = mixpool(&app, &["check", "--eval", "held", "--mixture", "python"]).await;
     assert_eq!(code, 2, "neither --baseline nor --max-ppl: {err}");

@@ -45,7 +45,7 @@ pub struct ScoreArgs {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("against").required(true).args(["baseline", "max_ppl"])))]
+#[command(group(ArgGroup::new("against").required(true).args(["baseline", "max_ppl", "bound"])))]
 pub struct CheckArgs {
     /// The mixture checked: comma-separated partitions.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -61,9 +61,18 @@ pub struct CheckArgs {
     #[arg(long, value_delimiter = ',')]
     pub baseline: Option<Vec<String>>,
     /// Or a ceiling: the check holds when the mixture's perplexity is at most this.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "metric")]
     pub max_ppl: Option<f64>,
-    /// How much worse than the baseline is still accepted: `2%` or `0.02` (default 0).
+    /// What is checked: perplexity (default), or on question sets bits_per_byte_gold or
+    /// accuracy.
+    #[arg(long, value_parser = ["perplexity", "bits_per_byte_gold", "accuracy"])]
+    pub metric: Option<String>,
+    /// Or a bound on --metric: the check holds when the mixture's value is at most this (at
+    /// least, for accuracy).
+    #[arg(long)]
+    pub bound: Option<f64>,
+    /// How much worse than the baseline is still accepted, relative: `2%` or `0.02` (default
+    /// 0); for accuracy, the share of the baseline's accuracy that may be lost.
     #[arg(long, value_parser = parse_fraction, requires = "baseline")]
     pub max_regression: Option<f64>,
     /// The proxy both mixtures are scored by: average (default), ensemble, units, fisher,
@@ -226,24 +235,43 @@ pub async fn check(a: CheckArgs) -> Result<bool> {
     let items = scores(&api, request, Duration::from_secs(a.timeout)).await?;
     let sets = a.eval_sets.len();
     let allowed = a.max_regression.unwrap_or(0.0);
+    let metric = a.metric.as_deref().unwrap_or("perplexity");
+    // Accuracy is better higher; the others lower.
+    let higher_is_better = metric == "accuracy";
+    let value_of = |item: &Value, eval: &str| {
+        item["score"][metric].as_f64().with_context(|| {
+            format!("eval set {eval}: the score has no {metric} (accuracy and bits_per_byte_gold are of question sets)")
+        })
+    };
     let mut checks = Vec::new();
     for (i, eval) in a.eval_sets.iter().enumerate() {
-        let ppl = items[i]["score"]["perplexity"]
-            .as_f64()
-            .context("a score without a perplexity")?;
+        let value = value_of(&items[i], eval)?;
         let check = match a.baseline {
             Some(_) => {
-                let base = items[sets + i]["score"]["perplexity"]
-                    .as_f64()
-                    .context("a score without a perplexity")?;
-                let regression = ppl / base - 1.0;
-                json!({"eval_set": eval, "perplexity": ppl, "baseline_perplexity": base,
+                let base = value_of(&items[sets + i], eval)?;
+                let regression = if higher_is_better {
+                    1.0 - value / base
+                } else {
+                    value / base - 1.0
+                };
+                json!({"eval_set": eval, "metric": metric, "value": value, "baseline": base,
+                       "perplexity": items[i]["score"]["perplexity"],
+                       "baseline_perplexity": items[sets + i]["score"]["perplexity"],
                        "regression": regression, "max_regression": allowed,
                        "holds": regression <= allowed})
             }
             None => {
-                let ceiling = a.max_ppl.expect("clap requires --baseline or --max-ppl");
-                json!({"eval_set": eval, "perplexity": ppl, "max_ppl": ceiling, "holds": ppl <= ceiling})
+                let bound = a
+                    .bound
+                    .or(a.max_ppl)
+                    .expect("clap requires --baseline, --bound or --max-ppl");
+                let holds = if higher_is_better {
+                    value >= bound
+                } else {
+                    value <= bound
+                };
+                json!({"eval_set": eval, "metric": metric, "value": value, "bound": bound,
+                       "perplexity": items[i]["score"]["perplexity"], "holds": holds})
             }
         };
         checks.push(check);
@@ -261,20 +289,25 @@ pub async fn check(a: CheckArgs) -> Result<bool> {
         return Ok(holds);
     }
     let name = a.mixture.join("+");
+    let limit = if higher_is_better {
+        "at least"
+    } else {
+        "at most"
+    };
     for c in &checks {
         let verdict = if c["holds"] == true { "ok  " } else { "FAIL" };
         let eval = c["eval_set"].as_str().unwrap_or_default();
-        let ppl = c["perplexity"].as_f64().unwrap_or(f64::NAN);
-        match c["baseline_perplexity"].as_f64() {
+        let value = c["value"].as_f64().unwrap_or(f64::NAN);
+        match c["baseline"].as_f64() {
             Some(base) => println!(
-                "{verdict} {eval}: {name} {ppl:.4} vs baseline {} {base:.4} ({:+.2}%, at most {:+.2}%)",
+                "{verdict} {eval}: {metric} of {name} {value:.4} vs baseline {} {base:.4} ({:+.2}% worse, at most {:+.2}%)",
                 a.baseline.as_deref().unwrap_or_default().join("+"),
                 100.0 * c["regression"].as_f64().unwrap_or(f64::NAN),
                 100.0 * allowed
             ),
             None => println!(
-                "{verdict} {eval}: {name} {ppl:.4} (at most {})",
-                number(&c["max_ppl"])
+                "{verdict} {eval}: {metric} of {name} {value:.4} ({limit} {})",
+                number(&c["bound"])
             ),
         }
     }
