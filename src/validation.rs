@@ -98,6 +98,34 @@ pub struct Point {
     /// Whether none of the mixture's partitions is of the eval set's own domain (the
     /// domains its documents carry); `None` when a partition or the eval set has none.
     pub excludes_own_domain: Option<bool>,
+    /// Sets of questions: the trained model's accuracy (the mean over seeds) and each
+    /// proxy's, as `proxies` names them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub accuracies: BTreeMap<String, f64>,
+}
+
+/// How a proxy's accuracy on a set of questions follows the trained model's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Correlation {
+    pub n: usize,
+    pub pearson: Option<f64>,
+    pub spearman: Option<f64>,
+}
+
+impl Correlation {
+    fn of(points: &[Point], proxy: &str) -> Correlation {
+        let (x, y): (Vec<f64>, Vec<f64>) = points
+            .iter()
+            .filter_map(|p| Some((*p.accuracies.get(proxy)?, p.true_accuracy?)))
+            .unzip();
+        Correlation {
+            n: x.len(),
+            pearson: stats::pearson(&x, &y),
+            spearman: stats::spearman(&x, &y),
+        }
+    }
 }
 
 impl Point {
@@ -188,6 +216,9 @@ impl Agreement {
             if let Some(value) = point.proxy(&at_scale(scale)) {
                 point.proxies.insert("task_vectors".into(), value);
             }
+            if let Some(&value) = point.accuracies.get(&at_scale(scale)) {
+                point.accuracies.insert("task_vectors".into(), value);
+            }
         }
         agreement.scale = Some(scale.value());
         agreement
@@ -240,6 +271,10 @@ pub struct SetReport {
     pub ceiling: Ceiling,
     /// With at least [`TRUSTED_AT`] validated mixtures: the proxy with the highest ρ.
     pub best_proxy: Option<&'static str>,
+    /// Sets of questions: each proxy's accuracy against the trained model's (ρ and r on
+    /// bits per byte of the gold answers are the perplexity's, 2^bits_per_byte_gold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<BTreeMap<&'static str, Correlation>>,
     /// Why a correlation is missing, when one is.
     pub note: Option<String>,
     pub points: Vec<Point>,
@@ -364,8 +399,9 @@ pub async fn choose_one(
     Ok(first)
 }
 
-/// Perplexities by (proxy, mixture key, weighting, eval set).
-type PerplexityTable = HashMap<(String, String, String, Uuid), f64>;
+/// A figure (perplexity, or a question set's accuracy) by (proxy, mixture key, weighting,
+/// eval set).
+type Table = HashMap<(String, String, String, Uuid), f64>;
 
 /// Per eval set (all, or `only`), every ready validation's point and each proxy's
 /// correlation with the truth. Correlations need at least 3 points.
@@ -377,23 +413,28 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
     let all_partitions: Vec<Uuid> = ready.iter().flat_map(|v| v.partition_ids.clone()).collect();
     let sizes = datasets::partition_sizes(pool, &all_partitions).await?;
     // Stored scores by (base, recipe): (mixture key, weighting, eval set) → perplexity.
-    let mut stored: HashMap<(Uuid, Uuid), PerplexityTable> = HashMap::new();
+    let mut stored: HashMap<(Uuid, Uuid), (Table, Table)> = HashMap::new();
     for v in &ready {
         if let std::collections::hash_map::Entry::Vacant(entry) =
             stored.entry((v.base_id, v.recipe_id))
         {
             let rows = scores::all_for(pool, v.base_id, v.recipe_id, &sha).await?;
-            entry.insert(
-                rows.into_iter()
-                    .filter_map(|(proxy, key, weighting, set, result)| {
-                        Some(((proxy, key, weighting, set), result["perplexity"].as_f64()?))
-                    })
-                    .collect(),
-            );
+            let (mut perplexity, mut accuracy) = (Table::new(), Table::new());
+            for (proxy, key, weighting, set, result) in rows {
+                let key = (proxy, key, weighting, set);
+                if let Some(a) = result["accuracy"].as_f64() {
+                    accuracy.insert(key.clone(), a);
+                }
+                if let Some(p) = result["perplexity"].as_f64() {
+                    perplexity.insert(key, p);
+                }
+            }
+            entry.insert((perplexity, accuracy));
         }
     }
     // A mixture validated with several seeds is one point: its truth the mean over seeds.
-    let mut seeds: Vec<(MixtureOnSet, Vec<(&validations::Validation, f64)>)> = Vec::new();
+    type Run<'a> = (&'a validations::Validation, f64, Option<f64>);
+    let mut seeds: Vec<(MixtureOnSet, Vec<Run>)> = Vec::new();
     for truth in &truths {
         if only.is_some_and(|e| e != truth.eval_set_id) {
             continue;
@@ -410,9 +451,10 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             v.recipe_id,
             v.mixture_key.as_str(),
         );
+        let accuracy = truth.result["accuracy"].as_f64();
         match seeds.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, runs)) => runs.push((v, ppl)),
-            None => seeds.push((key, vec![(v, ppl)])),
+            Some((_, runs)) => runs.push((v, ppl, accuracy)),
+            None => seeds.push((key, vec![(v, ppl, accuracy)])),
         }
     }
     // The eval sets' own domains: those their documents carry.
@@ -425,7 +467,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
     }
     let mut sets: BTreeMap<Uuid, Vec<Point>> = BTreeMap::new();
     for ((eval_set, ..), mut runs) in seeds {
-        runs.sort_by_key(|(v, _)| v.seed);
+        runs.sort_by_key(|(v, ..)| v.seed);
         let v = runs[0].0;
         let parts: Vec<(Uuid, i64)> = v
             .partition_ids
@@ -445,21 +487,45 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
         let Ok(proxies) = Proxies::of(&parts) else {
             continue;
         };
-        let table = &stored[&(v.base_id, v.recipe_id)];
-        let score = |m: &Mixture, proxy: Proxy| {
-            let key = (
+        let (table, accuracy_table) = &stored[&(v.base_id, v.recipe_id)];
+        let key = |m: &Mixture, proxy: Proxy| {
+            (
                 proxy.key(),
                 m.key(),
                 m.weighting.as_str().to_string(),
                 eval_set,
-            );
-            table.get(&key).copied()
+            )
         };
+        let score = |m: &Mixture, proxy: Proxy| table.get(&key(m, proxy)).copied();
+        let accuracy = |m: &Mixture, proxy: Proxy| accuracy_table.get(&key(m, proxy)).copied();
         let singles: Option<Vec<f64>> = proxies
             .singles
             .iter()
             .map(|m| score(m, Proxy::Average))
             .collect();
+        let mut accuracies: BTreeMap<String, f64> = [
+            ("merged_uniform", accuracy(&proxies.uniform, Proxy::Average)),
+            ("merged_tokens", accuracy(&proxies.tokens, Proxy::Average)),
+            (
+                "mean_of_units",
+                proxies
+                    .singles
+                    .iter()
+                    .map(|m| accuracy(m, Proxy::Average))
+                    .collect::<Option<Vec<f64>>>()
+                    .map(|s| s.iter().sum::<f64>() / s.len() as f64),
+            ),
+            ("fisher", accuracy(&proxies.uniform, Proxy::Fisher)),
+        ]
+        .into_iter()
+        .filter_map(|(name, a)| Some((name.to_string(), a?)))
+        .collect();
+        for scale in Scale::GRID {
+            if let Some(a) = accuracy(&proxies.uniform, Proxy::TaskVectors(scale)) {
+                accuracies.insert(at_scale(scale), a);
+            }
+        }
+        let true_accuracies: Option<Vec<f64>> = runs.iter().map(|(.., a)| *a).collect();
         let mut known = vec![
             (
                 "merged_uniform".into(),
@@ -480,18 +546,22 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             let value = score(&proxies.uniform, Proxy::TaskVectors(scale));
             known.push((at_scale(scale), value));
         }
-        let truths: Vec<f64> = runs.iter().map(|(_, ppl)| *ppl).collect();
+        let truths: Vec<f64> = runs.iter().map(|(_, ppl, _)| *ppl).collect();
         sets.entry(eval_set).or_default().push(Point {
             validation: v.id,
             partitions: v.partition_ids.clone(),
             truth: truths.iter().sum::<f64>() / truths.len() as f64,
-            seeds: runs.iter().map(|(v, _)| v.seed).collect(),
+            seeds: runs.iter().map(|(v, ..)| v.seed).collect(),
             truths,
             proxies: known
                 .into_iter()
                 .filter_map(|(name, value)| Some((name, value?)))
                 .collect(),
             excludes_own_domain,
+            true_accuracy: true_accuracies
+                .filter(|a| !a.is_empty())
+                .map(|a| a.iter().sum::<f64>() / a.len() as f64),
+            accuracies,
         });
     }
     Ok(sets
@@ -506,6 +576,13 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                 })
                 .collect();
             let best_proxy = best_proxy(points.len(), &proxies);
+            let accuracy = points.iter().any(|p| p.true_accuracy.is_some()).then(|| {
+                PROXIES
+                    .into_iter()
+                    .filter(|name| *name != "ensemble")
+                    .map(|name| (name, Correlation::of(&points, name)))
+                    .collect()
+            });
             let note = (points.len() < 3).then(|| {
                 format!(
                     "{} validated mixture(s): correlations need at least 3",
@@ -518,6 +595,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                 proxies,
                 ceiling: Ceiling::of(&points),
                 best_proxy,
+                accuracy,
                 note,
                 points,
             }
@@ -542,6 +620,8 @@ mod tests {
             ]
             .into(),
             excludes_own_domain,
+            true_accuracy: None,
+            accuracies: BTreeMap::new(),
         }
     }
 

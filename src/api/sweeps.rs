@@ -169,6 +169,8 @@ async fn view(state: &AppState, sweep: &Sweep, ranked: Option<usize>) -> Result<
                 "perplexity": result["perplexity"],
                 "bits_per_byte": result["bits_per_byte"],
                 "macro_perplexity": result["macro_perplexity"],
+                "bits_per_byte_gold": result["bits_per_byte_gold"],
+                "accuracy": result["accuracy"],
             }),
         ));
     }

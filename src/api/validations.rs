@@ -76,6 +76,10 @@ async fn view(state: &AppState, v: &Validation) -> Result<Value, ApiError> {
                 "perplexity": s.result["perplexity"],
                 "bits_per_byte": s.result["bits_per_byte"],
                 "per_domain": s.result["per_domain"],
+                "bits_per_byte_gold": s.result["bits_per_byte_gold"],
+                "accuracy": s.result["accuracy"],
+                "accuracy_raw": s.result["accuracy_raw"],
+                "per_task": s.result["per_task"],
             })
         })
         .collect();
@@ -184,6 +188,16 @@ pub async fn report(
                     for name in PROXIES {
                         point[name] = json!(p.proxy(name));
                     }
+                    if let Some(accuracy) = p.true_accuracy {
+                        point["true_accuracy"] = json!(accuracy);
+                        point["accuracies"] = PROXIES
+                            .iter()
+                            .filter_map(|name| {
+                                Some((name.to_string(), json!(p.accuracies.get(*name)?)))
+                            })
+                            .collect::<serde_json::Map<_, _>>()
+                            .into();
+                    }
                     point
                 })
                 .collect();
@@ -193,6 +207,7 @@ pub async fn report(
                 "proxies": s.proxies,
                 "ceiling": s.ceiling,
                 "best_proxy": s.best_proxy,
+                "accuracy": s.accuracy,
                 "note": s.note,
                 "points": points,
             })

@@ -256,3 +256,85 @@ async fn a_mixture_is_scored_on_questions_as_the_engine_scores_its_exported_merg
         assert!(body["error"]["message"].as_str().unwrap().contains("\"arc\""), "{body}");
     }
 }
+
+/// Validations on a set of questions: the report gives each proxy's accuracy against the
+/// trained model's, from the points it shows (the ensemble, which reads text, has none).
+#[tokio::test]
+async fn validations_on_questions_report_each_proxys_accuracy_against_training() {
+    let app = pool().await;
+    let (status, body) = app
+        .post(
+            "/v1/partitions?name=tech_docs&domain=tech_docs",
+            corpus("tech_docs", 0, 8),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.post("/v1/eval-sets?name=arc", fixture("arc")).await;
+    for domain in ["code_python", "legal_licenses", "tech_docs"] {
+        app.trained(domain).await;
+    }
+    let mixtures = json!([
+        ["code_python", "legal_licenses"],
+        ["code_python", "tech_docs"],
+        ["legal_licenses", "tech_docs"],
+        ["code_python", "legal_licenses", "tech_docs"]
+    ]);
+    let request = json!({"mixtures": mixtures, "eval_sets": ["arc"]});
+    let (status, created) = app.post("/v1/validations", request.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let mut report = Value::Null;
+    for _ in 0..1800 {
+        let (_, r) = app.get("/v1/validations/report?eval=arc").await;
+        if r["sets"][0]["n"] == 4 {
+            report = r;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let set = &report["sets"][0];
+    assert_eq!(set["n"], 4, "{report}");
+    let points = set["points"].as_array().unwrap();
+    let (_, list) = app.get("/v1/validations").await;
+    for p in points {
+        let v = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == p["validation"])
+            .unwrap();
+        assert_eq!(p["true_accuracy"], v["results"][0]["accuracy"], "{p} {v}");
+    }
+    let accuracy = set["accuracy"]
+        .as_object()
+        .expect("a question set's accuracy");
+    assert!(!accuracy.contains_key("ensemble"), "{set}");
+    for proxy in [
+        "merged_uniform",
+        "merged_tokens",
+        "mean_of_units",
+        "fisher",
+        "task_vectors",
+    ] {
+        let c = &accuracy[proxy];
+        assert_eq!(c["n"], 4, "{proxy}: {c}");
+        let (x, y): (Vec<f64>, Vec<f64>) = points
+            .iter()
+            .map(|p| {
+                (
+                    p["accuracies"][proxy].as_f64().unwrap(),
+                    p["true_accuracy"].as_f64().unwrap(),
+                )
+            })
+            .unzip();
+        assert_eq!(
+            c["spearman"].as_f64(),
+            mixpool::stats::spearman(&x, &y),
+            "{proxy}"
+        );
+        assert_eq!(
+            c["pearson"].as_f64(),
+            mixpool::stats::pearson(&x, &y),
+            "{proxy}"
+        );
+    }
+}

@@ -195,18 +195,47 @@ pub async fn score(a: ScoreArgs) -> Result<()> {
             )
         })
         .collect();
+    let when = if score["cached"] == true {
+        "cached"
+    } else {
+        "computed now"
+    };
+    if let Some(tasks) = score["per_task"].as_object() {
+        println!(
+            "{} on {}: accuracy {} ({} by raw log-likelihood), {} bits/byte of the gold answers, {} questions; {when}",
+            members.join(" + "),
+            a.eval,
+            number(&score["accuracy"]),
+            number(&score["accuracy_raw"]),
+            number(&score["bits_per_byte_gold"]),
+            score["n"],
+        );
+        let mut t = table(&[
+            "task",
+            "accuracy",
+            "accuracy (raw)",
+            "bits/byte gold",
+            "questions",
+        ]);
+        for (task, r) in tasks {
+            t.add_row([
+                task.clone(),
+                number(&r["accuracy"]),
+                number(&r["accuracy_raw"]),
+                number(&r["bits_per_byte_gold"]),
+                r["n"].to_string(),
+            ]);
+        }
+        println!("{t}");
+        return Ok(());
+    }
     println!(
-        "{} on {}: perplexity {} ({} bits/byte, {} tokens; {})",
+        "{} on {}: perplexity {} ({} bits/byte, {} tokens; {when})",
         members.join(" + "),
         a.eval,
         number(&score["perplexity"]),
         number(&score["bits_per_byte"]),
         score["tokens"],
-        if score["cached"] == true {
-            "cached"
-        } else {
-            "computed now"
-        }
     );
     if let Some(domains) = score["per_domain"].as_object() {
         let mut t = table(&["domain", "perplexity", "bits/byte", "documents"]);
