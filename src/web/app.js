@@ -418,6 +418,7 @@ async function explorer() {
     go.disabled = false;
   }
   function showScore(s, cached) {
+    if (s.per_task) return showQuestions(s, cached);
     const domains = Object.entries(s.per_domain || {}).sort();
     const el = h('div', { class: 'chart', id: 'domain-chart', style: 'height:260px' });
     result.replaceChildren(...[
@@ -440,6 +441,29 @@ async function explorer() {
       });
     }
   }
+  // A set of multiple-choice questions: accuracy and bits per byte of the gold answers, per task.
+  function showQuestions(s, cached) {
+    const tasks = Object.entries(s.per_task).sort();
+    const el = h('div', { class: 'chart', id: 'task-chart', style: 'height:260px' });
+    result.replaceChildren(...[
+      h('div', { class: 'value', id: 'accuracy', 'data-value': s.accuracy }, `${(s.accuracy * 100).toFixed(1)}%`),
+      h('p', {}, `accuracy on ${s.eval_set} (${fmt.num(s.n)} questions; ${(s.accuracy_raw * 100).toFixed(1)}% by raw log-likelihood) · ${fmt.ppl(s.bits_per_byte_gold)} bits per byte of the gold answers · `,
+        h('strong', { id: 'cached', 'data-cached': String(cached) }, cached ? 'served from the cache' : 'computed now')),
+      h('p', { class: 'muted' }, `${fmt.mixture(s.mixture)} · base ${s.base}, recipe ${s.recipe}`),
+      h('h2', {}, 'Per task'), table([
+        { title: 'Task', cell: ([t]) => t },
+        { title: 'Accuracy', num: true, cell: ([, r]) => `${(r.accuracy * 100).toFixed(1)}%` },
+        { title: 'Accuracy (raw ll)', num: true, cell: ([, r]) => `${(r.accuracy_raw * 100).toFixed(1)}%` },
+        { title: 'Bits per byte, gold', num: true, cell: ([, r]) => fmt.ppl(r.bits_per_byte_gold) },
+        { title: 'Questions', num: true, cell: ([, r]) => fmt.num(r.n) },
+      ], tasks, { id: 'per-task' }), el]);
+    chart(el, {
+      tooltip: {}, grid: { left: 50, right: 20, top: 20, bottom: 70 },
+      xAxis: { type: 'category', data: tasks.map(([t]) => t), axisLabel: { rotate: 30 } },
+      yAxis: { type: 'value', name: 'accuracy', min: 0, max: 1 },
+      series: [{ type: 'bar', data: tasks.map(([, r]) => r.accuracy) }],
+    });
+  }
   render(h('h1', {}, 'Mixture explorer'),
     h('div', { class: 'explorer' },
       h('div', {}, h('div', { class: 'controls' }, h('label', {}, 'Partitions', search)), list),
@@ -458,12 +482,15 @@ async function leaderboard() {
   const body = h('div', {});
   const pager = h('div', { class: 'pager' });
   const sortable = (key, title) => ({ title, num: key !== 'created', attrs: { class: 'sortable', 'data-sort': key, 'data-order': key === sort ? order : null,
-    onclick: () => { order = key === sort && order === 'asc' ? 'desc' : 'asc'; sort = key; offset = 0; load().then(ready, fail); } } });
+    // A new column starts best first: the highest accuracy, the lowest of the rest.
+    onclick: () => { order = key === sort ? (order === 'asc' ? 'desc' : 'asc') : (key === 'accuracy' ? 'desc' : 'asc'); sort = key; offset = 0; load().then(ready, fail); } } });
   async function load() {
     document.body.dataset.state = 'loading';
     const q = { eval: eval_.querySelector('select').value, sort, order, size: size.value, limit: 50, offset, base: params.base, recipe: params.recipe };
     setHere(q);
     const b = await get(`/v1/leaderboard?${query(q)}`);
+    // A set of questions ranks by its own figures too.
+    const questions = b.items.some((r) => r.accuracy != null);
     body.replaceChildren(
       h('p', { class: 'muted' }, `${fmt.num(b.total)} scored mixtures on ${b.eval_set} (base ${b.base}, recipe ${b.recipe}).`),
       table([
@@ -473,7 +500,10 @@ async function leaderboard() {
         { title: 'Weighting', cell: (r) => r.weighting },
         Object.assign(sortable('perplexity', 'Perplexity'), { cell: (r) => h('span', { 'data-value': r.perplexity }, fmt.ppl(r.perplexity)) }),
         Object.assign(sortable('bits_per_byte', 'Bits per byte'), { cell: (r) => fmt.ppl(r.bits_per_byte) }),
-        { title: 'Macro ppl', num: true, cell: (r) => fmt.ppl(r.macro_perplexity) },
+        ...(questions ? [
+          Object.assign(sortable('accuracy', 'Accuracy'), { cell: (r) => `${(r.accuracy * 100).toFixed(1)}%` }),
+          Object.assign(sortable('bits_per_byte_gold', 'Bits/byte, gold'), { cell: (r) => fmt.ppl(r.bits_per_byte_gold) }),
+        ] : [{ title: 'Macro ppl', num: true, cell: (r) => fmt.ppl(r.macro_perplexity) }]),
         Object.assign(sortable('created', 'Scored'), { cell: (r) => fmt.time(r.created_at) }),
       ], b.items.map((r, i) => Object.assign({ rank: b.offset + i + 1 }, r)), { id: 'leaderboard' }));
     pager.replaceChildren(

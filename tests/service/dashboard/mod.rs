@@ -439,6 +439,65 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     browser.screenshot("search-gradient").await;
 
+    // A set of questions: the explorer shows a mixture's accuracy as the API answers it,
+    // with a row per task, and the leaderboard ranks by accuracy, best first.
+    let quiz = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/choices/piqa.jsonl"),
+    )
+    .unwrap();
+    let (status, body) = app.post("/v1/eval-sets?name=quiz&kind=choices", quiz).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    browser
+        .open(&app.url("/explorer?eval=quiz&recipe=quick"))
+        .await;
+    for partition in ["legal_licenses", "code_python"] {
+        browser
+            .css(&format!("input[data-partition={partition}]"))
+            .await
+            .click()
+            .await
+            .unwrap();
+    }
+    browser.css("#score").await.click().await.unwrap();
+    let mut text = json!(null);
+    for _ in 0..600 {
+        text = browser
+            .js("const a = document.querySelector('#accuracy'); return a ? null : document.querySelector('#result').innerText")
+            .await;
+        if text.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.is_null(), "the explorer shows no accuracy: {text}");
+    let shown = browser.attr("#accuracy", "data-value").await.unwrap();
+    let (status, answer) = app
+        .get("/v1/score?partitions=legal_licenses,code_python&eval=quiz&recipe=quick")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        shown.parse::<f64>().unwrap(),
+        answer["accuracy"].as_f64().unwrap()
+    );
+    let rows = browser
+        .js("return document.querySelectorAll('#per-task tbody tr').length")
+        .await;
+    assert_eq!(rows, json!(1));
+    browser
+        .open(&app.url("/leaderboard?eval=quiz&recipe=quick"))
+        .await;
+    browser
+        .css("th[data-sort=accuracy]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &browser,
+        "return document.querySelector('th[data-sort=accuracy]').dataset.order === 'desc'",
+    )
+    .await;
+
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
 
