@@ -214,10 +214,11 @@ async fn seed(
     print_table(&names, &table_of(0, "perplexity"));
     println!(
         "\nCloze accuracy on {} questions ({CLOZE_QUESTIONS} per domain at most: a passage's \
-         opening, its true continuation among {} of the domain's documents; the choice with \
-         the highest log-likelihood per byte).",
+         opening, its true continuation among {} continuations of other documents of the \
+         domain; the choice with the highest log-likelihood per byte; chance {:.3}).",
         questions.len(),
-        cloze.choices
+        cloze.choices - 1,
+        1.0 / cloze.choices as f64
     );
     print_table(&names, &table_of(1, "accuracy"));
     println!(
