@@ -45,14 +45,32 @@ fn cut(text: &str, at: usize) -> usize {
 
 /// A document's opening and its continuation: the context up to a space near
 /// `context_bytes`, then the continuation (with its leading space) up to a space near
-/// `continuation_bytes` further. `None` for a document too short or without spaces there.
+/// `continuation_bytes` further. `None` for a document too short, or without a space within
+/// twice either length (a long run without spaces: a URL, encoded data).
 fn split(text: &str, config: &ClozeConfig) -> Option<(String, String)> {
     let start = cut(text, config.context_bytes);
     let end = cut(text, start + 1 + config.continuation_bytes);
     let (context, continuation) = (&text[..start], &text[start..end]);
     let words = continuation.split_whitespace().count();
-    (start < text.len() && context.trim().len() >= config.context_bytes / 2 && words >= 3)
+    (start < text.len()
+        && start <= 2 * config.context_bytes
+        && end - start <= 2 * config.continuation_bytes + 1
+        && context.trim().len() >= config.context_bytes / 2
+        && words >= 3)
         .then(|| (context.to_string(), continuation.to_string()))
+}
+
+/// `text` cut into passages of about `bytes` bytes each (at spaces, leading whitespace
+/// dropped), so that one long document gives several questions' passages.
+pub fn passages(text: &str, bytes: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let end = cut(text, start + bytes.max(1));
+        out.push(text[start..end].trim_start().to_string());
+        start = end;
+    }
+    out
 }
 
 /// Questions over `domains` (each a name and its documents' texts), the task of each its
@@ -106,6 +124,26 @@ mod tests {
     }
 
     #[test]
+    fn passages_cut_a_text_at_spaces_and_keep_all_of_it() {
+        let text = "one two three four five six seven eight nine ten";
+        let pieces = passages(text, 8);
+        assert_eq!(
+            pieces,
+            [
+                "one two three",
+                "four five",
+                "six seven",
+                "eight nine",
+                "ten"
+            ]
+        );
+        assert_eq!(pieces.join(" "), text);
+        assert_eq!(passages("", 8), Vec::<String>::new());
+        // No space after the cut: the rest is one passage.
+        assert_eq!(passages("abcdefghijkl", 4), ["abcdefghijkl"]);
+    }
+
+    #[test]
     fn questions_take_a_passage_and_its_true_continuation_among_others() {
         let domains = vec![
             ("alpha".to_string(), docs(30, "the river")),
@@ -137,6 +175,9 @@ mod tests {
                 assert!(k == q.gold || !continues(c), "{q:?}");
             }
         }
+        // A passage with no space for long is not asked about.
+        let unbroken = format!("{}a b {} c d e", "word ".repeat(50), "x".repeat(300));
+        assert!(split(&unbroken, &config).is_none());
         // The same seed, the same questions; another seed, others.
         assert_eq!(build(&domains, &config), questions);
         let other = build(&domains, &ClozeConfig { seed: 1, ..config });

@@ -1,0 +1,276 @@
+//! Multiple-choice tasks in cloze form: each question a context and its choices, scored by the
+//! log-likelihood a model gives each choice after the context, as the current mixture
+//! selection work scores small models (OLMES's "RC" format).
+//!
+//! The convention: for each choice, ll = Σ log p(choice token | BOS, context, earlier choice
+//! tokens), with the context and the choice tokenised apart and concatenated (the choice
+//! string exactly as given, so `" Paris"` carries its space), the context cut from the left
+//! when BOS + context + choice exceed the model's window. Per task, over its questions:
+//! `bits_per_byte_gold` is the mean of −ll(gold) / (UTF-8 bytes of the gold choice · ln 2);
+//! `accuracy` the share of questions whose gold choice has the highest ll per byte (ties to
+//! the lowest index), `accuracy_raw` the same by raw ll. A set's figures are the macro means
+//! over its tasks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::checkpoint::LoadedModel;
+use super::eval::{EvalConfig, position_nll};
+
+mod parse;
+
+pub use parse::{ChoicesError, Question, Shape, looks_like_choices, parse, parse_line};
+
+/// A task's figures (or a set's: the macro means over its tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub bits_per_byte_gold: f64,
+    pub accuracy: f64,
+    pub accuracy_raw: f64,
+    /// Questions.
+    pub n: u64,
+}
+
+/// A model's figures on a choices set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceResult {
+    /// The macro means over tasks (`n`: every question).
+    #[serde(flatten)]
+    pub total: TaskScore,
+    /// 2^bits_per_byte_gold: the gold answers' perplexity per byte, so that whatever ranks
+    /// by perplexity ranks a choices set by `bits_per_byte_gold`.
+    pub perplexity: f64,
+    pub per_task: BTreeMap<String, TaskScore>,
+    /// Tokens the model read (inputs of every choice's sequence).
+    pub tokens: u64,
+}
+
+/// One choice's sequence: BOS, the context's tail, the choice.
+struct Sequence {
+    ids: Vec<i64>,
+    /// The choice's tokens: the sequence's last ones.
+    choice_tokens: usize,
+    question: u32,
+    choice: u32,
+}
+
+/// A choices set tokenised for one model: made once, scored with any weights of that
+/// architecture.
+pub struct PreparedChoices {
+    /// Longest first, so each batch pads little.
+    sequences: Vec<Sequence>,
+    /// Per question: its task's index, its gold index and each choice's UTF-8 bytes.
+    questions: Vec<(usize, usize, Vec<usize>)>,
+    tasks: Vec<String>,
+    /// Token positions per batch (the text evaluation's batch of full windows).
+    batch_tokens: usize,
+}
+
+impl PreparedChoices {
+    pub fn new(
+        model: &LoadedModel,
+        questions: &[Question],
+        config: &EvalConfig,
+    ) -> Result<PreparedChoices, ChoicesError> {
+        let window = config
+            .context
+            .unwrap_or(model.config.context_length() as usize)
+            .clamp(1, model.config.context_length() as usize);
+        let encode = |text: &str| -> Result<Vec<i64>, ChoicesError> {
+            Ok(model
+                .tokenizer
+                .encode(text)
+                .map_err(|e| ChoicesError::Tokenize(e.to_string()))?
+                .into_iter()
+                .map(i64::from)
+                .collect())
+        };
+        let bos = model.tokenizer.bos() as i64;
+        let mut tasks: Vec<String> = Vec::new();
+        let mut meta = Vec::with_capacity(questions.len());
+        let mut sequences = Vec::new();
+        for (q, question) in questions.iter().enumerate() {
+            let task = tasks
+                .iter()
+                .position(|t| *t == question.task)
+                .unwrap_or_else(|| {
+                    tasks.push(question.task.clone());
+                    tasks.len() - 1
+                });
+            let context = encode(&question.context)?;
+            for (c, choice) in question.choices.iter().enumerate() {
+                let choice = encode(choice)?;
+                if choice.is_empty() || choice.len() > window {
+                    return Err(ChoicesError::TooLong {
+                        tokens: choice.len(),
+                        window,
+                    });
+                }
+                // BOS + context + choice, at most window + 1 ids (window predictions).
+                let keep = context.len().min(window - choice.len());
+                let mut ids = Vec::with_capacity(1 + keep + choice.len());
+                ids.push(bos);
+                ids.extend_from_slice(&context[context.len() - keep..]);
+                ids.extend_from_slice(&choice);
+                sequences.push(Sequence {
+                    ids,
+                    choice_tokens: choice.len(),
+                    question: q as u32,
+                    choice: c as u32,
+                });
+            }
+            let bytes = question.choices.iter().map(String::len).collect();
+            meta.push((task, question.gold, bytes));
+        }
+        if questions.is_empty() {
+            return Err(ChoicesError::Empty);
+        }
+        sequences.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
+        Ok(PreparedChoices {
+            sequences,
+            questions: meta,
+            tasks,
+            batch_tokens: config.batch_size.max(1) * window,
+        })
+    }
+
+    /// Every choice's log-likelihood, by question and choice.
+    pub fn log_likelihoods(&self, model: &LoadedModel) -> Vec<Vec<f64>> {
+        let mut ll: Vec<Vec<f64>> = self
+            .questions
+            .iter()
+            .map(|(_, _, bytes)| vec![0.0; bytes.len()])
+            .collect();
+        let device = model.vs.device();
+        tch::no_grad(|| {
+            let mut start = 0;
+            while start < self.sequences.len() {
+                // Longest first: the first sequence of a batch sets its width.
+                let width = self.sequences[start].ids.len() - 1;
+                let rows = (self.batch_tokens / width.max(1)).max(1);
+                let batch = &self.sequences[start..(start + rows).min(self.sequences.len())];
+                let windows: Vec<&[i64]> = batch.iter().map(|s| s.ids.as_slice()).collect();
+                let nll = position_nll(model, &windows, device).to_device(Device::Cpu);
+                let width = nll.size()[1] as usize;
+                let nll = Vec::<f32>::try_from(&nll.view([-1])).expect("a float tensor");
+                for (row, s) in batch.iter().enumerate() {
+                    let end = row * width + s.ids.len() - 1;
+                    let sum: f64 = nll[end - s.choice_tokens..end]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .sum();
+                    ll[s.question as usize][s.choice as usize] = -sum;
+                }
+                start += batch.len();
+            }
+        });
+        ll
+    }
+
+    /// Tokens a scoring reads.
+    pub fn tokens(&self) -> u64 {
+        self.sequences.iter().map(|s| s.ids.len() as u64 - 1).sum()
+    }
+
+    /// The model's figures on the set.
+    pub fn evaluate(&self, model: &LoadedModel) -> ChoiceResult {
+        self.score(&self.log_likelihoods(model))
+    }
+
+    /// The figures of given log-likelihoods (by question and choice).
+    pub fn score(&self, ll: &[Vec<f64>]) -> ChoiceResult {
+        // Per task: Σ bits per byte of gold, correct by ll per byte, correct by ll, n.
+        let mut sums = vec![(0.0f64, 0u64, 0u64, 0u64); self.tasks.len()];
+        for ((task, gold, bytes), ll) in self.questions.iter().zip(ll) {
+            let best = |value: &dyn Fn(usize) -> f64| -> usize {
+                (1..ll.len()).fold(0, |b, k| if value(k) > value(b) { k } else { b })
+            };
+            let s = &mut sums[*task];
+            s.0 += -ll[*gold] / (bytes[*gold] as f64 * std::f64::consts::LN_2);
+            s.1 += u64::from(best(&|k| ll[k] / bytes[k] as f64) == *gold);
+            s.2 += u64::from(best(&|k| ll[k]) == *gold);
+            s.3 += 1;
+        }
+        let per_task: BTreeMap<String, TaskScore> = self
+            .tasks
+            .iter()
+            .zip(&sums)
+            .map(|(name, &(bpb, acc, raw, n))| {
+                let n_f = n as f64;
+                (
+                    name.clone(),
+                    TaskScore {
+                        bits_per_byte_gold: bpb / n_f,
+                        accuracy: acc as f64 / n_f,
+                        accuracy_raw: raw as f64 / n_f,
+                        n,
+                    },
+                )
+            })
+            .collect();
+        let tasks = per_task.len() as f64;
+        let mean = |f: fn(&TaskScore) -> f64| per_task.values().map(f).sum::<f64>() / tasks;
+        let bits_per_byte_gold = mean(|t| t.bits_per_byte_gold);
+        ChoiceResult {
+            total: TaskScore {
+                bits_per_byte_gold,
+                accuracy: mean(|t| t.accuracy),
+                accuracy_raw: mean(|t| t.accuracy_raw),
+                n: self.questions.len() as u64,
+            },
+            perplexity: bits_per_byte_gold.exp2(),
+            per_task,
+            tokens: self.tokens(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three questions in two tasks, with log-likelihoods given: each figure by hand.
+    #[test]
+    fn the_figures_by_hand() {
+        let prepared = PreparedChoices {
+            sequences: Vec::new(),
+            questions: vec![
+                (0, 0, vec![2, 4]),
+                (0, 1, vec![1, 1, 1]),
+                (1, 0, vec![3, 3]),
+            ],
+            tasks: vec!["a".into(), "b".into()],
+            batch_tokens: 1,
+        };
+        let ll = vec![
+            // Per byte −1 and −0.75: wrong by ll per byte, right by raw ll.
+            vec![-2.0, -3.0],
+            // A tie between choices 1 and 2 goes to the lowest index: right both ways.
+            vec![-5.0, -1.0, -1.0],
+            // Right both ways.
+            vec![-3.0, -6.0],
+        ];
+        let r = prepared.score(&ll);
+        let ln2 = std::f64::consts::LN_2;
+        let a = &r.per_task["a"];
+        assert_eq!(a.n, 2);
+        assert!((a.bits_per_byte_gold - (2.0 / (2.0 * ln2) + 1.0 / ln2) / 2.0).abs() < 1e-12);
+        assert_eq!((a.accuracy, a.accuracy_raw), (0.5, 1.0));
+        let b = &r.per_task["b"];
+        assert!((b.bits_per_byte_gold - 3.0 / (3.0 * ln2)).abs() < 1e-12);
+        assert_eq!((b.accuracy, b.accuracy_raw, b.n), (1.0, 1.0, 1));
+        // The set: macro means over the two tasks.
+        assert!(
+            (r.total.bits_per_byte_gold - (a.bits_per_byte_gold + b.bits_per_byte_gold) / 2.0)
+                .abs()
+                < 1e-12
+        );
+        assert_eq!(
+            (r.total.accuracy, r.total.accuracy_raw, r.total.n),
+            (0.75, 1.0, 3)
+        );
+        assert!((r.perplexity - r.total.bits_per_byte_gold.exp2()).abs() < 1e-12);
+    }
+}
