@@ -77,10 +77,13 @@ bench:
 ## server packed with its libraries (once).
 gpu-bundle:
 	$(TORCH) && $(CORPUS) && cargo build --release --bins --example gpu_bench && \
-	sweep=$$(cargo bench --bench sweep --no-run --message-format=json | python3 -c \
-		'import json,sys; print(*[j["executable"] for j in map(json.loads, sys.stdin) if j.get("target",{}).get("name") == "sweep" and j.get("executable")])') && \
 	rm -rf gpu-bundle/bin && mkdir -p gpu-bundle/bin && \
-	cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/bin/ && cp $$sweep gpu-bundle/bin/sweep && \
+	for b in sweep choices; do \
+		exe=$$(cargo bench --bench $$b --no-run --message-format=json | python3 -c \
+			'import json,sys; print(*[j["executable"] for j in map(json.loads, sys.stdin) if j.get("target",{}).get("name") == sys.argv[1] and j.get("executable")])' $$b) && \
+		cp $$exe gpu-bundle/bin/$$b || exit 1; \
+	done && \
+	cp $(BIN) $(CARGO_TARGET_DIR)/release/examples/gpu_bench gpu-bundle/bin/ && \
 	strip gpu-bundle/bin/* && tar -C gpu-bundle -cJf gpu-bundle/bin.tar.xz bin && rm -rf gpu-bundle/bin && \
 	tar -C $$MIXPOOL_CORPUS/.. -cJf gpu-bundle/corpus.tar.xz $$(basename $$MIXPOOL_CORPUS)
 	[ -f gpu-bundle/pg.tar.xz ] || scripts/pg-bundle.sh gpu-bundle/pg.tar.xz

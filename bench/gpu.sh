@@ -4,9 +4,12 @@
 # binaries, the corpus and this machine's PostgreSQL server with its libraries (started here
 # on 127.0.0.1:5432 where none answers: GPU machines have none and cannot install one).
 #
-# `bench/gpu.sh [SECTION…]`, by default `cli engine sweep`:
-#   cli         the command line on cuda:0 end to end (pre-train, train, merge, evaluate)
+# `bench/gpu.sh [SECTION…]`, by default `cli engine choices sweep`:
+#   cli         the command line on cuda:0 end to end (pre-train, train, merge, evaluate on
+#               text and on cloze questions)
 #   engine      base-130m training and evaluation throughput, MFU (examples/gpu_bench.rs)
+#   choices     multiple-choice scoring beside text evaluation (benches/choices.rs), tiny,
+#               small and base-130m
 #   sweep       the resident sweep's overhead per mixture beside one score job per mixture
 #               and the file-based steps (benches/sweep.rs), tiny and base-130m unit models
 #   experiment  the paper's protocol through the service with a base-130m base; the report
@@ -56,7 +59,13 @@ cli() {
     for m in base a b ab; do
         run local eval --model "$WORK/$m" --data "$WORK/eval.jsonl" | grep -E '"(perplexity|bits_per_byte)"' | head -2
     done
+    "$BIN/mixpool" local cloze --corpus "$MIXPOOL_CORPUS" --questions 50 --skip 400 --out "$WORK/cloze.jsonl"
+    for m in base ab; do
+        run local eval --model "$WORK/$m" --choices "$WORK/cloze.jsonl" | grep -E '^  "(bits_per_byte_gold|accuracy|n)"'
+    done
 }
+
+choices() { "$BIN/choices" --device cuda:0 --threads 16 --presets tiny,small,base-130m; }
 
 engine() { "$BIN/gpu_bench"; }
 
@@ -74,7 +83,7 @@ experiment() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-for section in "${@:-cli engine sweep}"; do
+for section in "${@:-cli engine choices sweep}"; do
     for s in $section; do
         echo "== $s"
         "$s"

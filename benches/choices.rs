@@ -2,7 +2,7 @@
 //! read per second by each (the choices of a question batched as sequences of BOS, context
 //! and choice; text as full windows), alternating which goes first, best of the rounds.
 //!
-//! `cargo bench --bench choices [-- --threads 2 --presets tiny,small --rounds 3]`
+//! `cargo bench --bench choices [-- --threads 2 --presets tiny,small --rounds 3 --device cpu]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +13,6 @@ use mixpool::engine::choices::PreparedChoices;
 use mixpool::engine::data;
 use mixpool::engine::eval::{EvalConfig, Prepared};
 use mixpool::engine::model::ModelConfig;
-use tch::Device;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -26,6 +25,8 @@ fn main() {
     let threads: i32 = arg("--threads", "2").parse().expect("--threads N");
     let rounds: usize = arg("--rounds", "3").parse().expect("--rounds N");
     let presets = arg("--presets", "tiny,small");
+    let device_name = arg("--device", "cpu");
+    let device = mixpool::engine::device::parse(&device_name).expect("--device cpu|cuda[:N]");
     tch::set_num_threads(threads);
     let corpus = PathBuf::from(
         std::env::var("MIXPOOL_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()),
@@ -62,7 +63,7 @@ fn main() {
         })
         .collect();
     println!(
-        "choice scoring vs text evaluation, same model and batch, CPU, {threads} thread(s), best of {rounds} alternating rounds"
+        "choice scoring vs text evaluation, same model and batch, {device_name}, {threads} thread(s), best of {rounds} alternating rounds"
     );
     println!(
         "{:<6} {:>9} {:>12} {:>12} {:>12} {:>12} {:>7}",
@@ -70,7 +71,7 @@ fn main() {
     );
     for preset in presets.split(',') {
         let config = ModelConfig::preset(preset).expect("a preset name");
-        let model = LoadedModel::init(config, 0, Device::Cpu).unwrap();
+        let model = LoadedModel::init(config, 0, device).unwrap();
         let eval = EvalConfig::default();
         let choices = PreparedChoices::new(&model, &questions, &eval).unwrap();
         let windows = Prepared::new(&model, &text, &eval).unwrap();
