@@ -5,7 +5,6 @@
 use serde::{Serialize, Serializer};
 
 use crate::error::Error;
-use crate::registry::datasets::Dataset;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Proxy {
@@ -118,29 +117,6 @@ impl Proxy {
     /// Whether it is arithmetic on the unit models' stored per-token NLLs (no merge).
     pub fn reads_token_nll(self) -> bool {
         matches!(self, Proxy::Ensemble | Proxy::Units)
-    }
-
-    /// Refuses a proxy of per-token NLLs (the ensemble, the mean of units) on an eval set of
-    /// multiple-choice questions, by name: those are scored by merges.
-    pub fn check_eval_sets<'a>(
-        self,
-        sets: impl IntoIterator<Item = &'a Dataset>,
-    ) -> Result<(), Error> {
-        if !self.reads_token_nll() {
-            return Ok(());
-        }
-        match sets.into_iter().find(|s| s.is_choices()) {
-            Some(set) => Err(Error::invalid(
-                "invalid_proxy",
-                format!(
-                    "eval set {:?} holds multiple-choice questions: the {} proxy scores held-out \
-                     text only; use a merge (average, fisher, task_vectors@λ)",
-                    set.name,
-                    self.key()
-                ),
-            )),
-            None => Ok(()),
-        }
     }
 
     /// The proxy a key names (as [`Proxy::key`] writes it).

@@ -135,7 +135,6 @@ impl UnitNll {
                 )));
             }
         }
-        .map(Evaluation::from)
         .map_err(|e| JobError::Fatal(e.to_string()))
     }
 }

@@ -239,16 +239,10 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
             unit_of.insert(*p, unit.id);
             members.push(unit);
         }
-        // Each unit's per-token NLLs: a unit alone and the ensemble are arithmetic on them.
-        // Held-out text only: sets of questions are scored by merges (a unit alone too), and
-        // have no ensemble.
-        let texts: Vec<_> = eval_sets
-            .iter()
-            .filter(|s| !s.is_choices())
-            .cloned()
-            .collect();
-        let text_ids: HashSet<Uuid> = texts.iter().map(|s| s.id).collect();
-        let nll = UnitNll::gather(cx, &base, &texts, &eval, &members, Some(&mut merger)).await?;
+        // Each unit's per-token NLLs (of text, or of questions' choices): a unit alone and
+        // the ensemble are arithmetic on them.
+        let nll =
+            UnitNll::gather(cx, &base, &eval_sets, &eval, &members, Some(&mut merger)).await?;
         let mut proxy_scores = Vec::new();
         for (mixture, proxy) in &proxies {
             let scope = ScoreKey {
@@ -286,10 +280,11 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
                 .collect();
             let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
             let by_nll = *proxy == Proxy::Ensemble || ids.len() == 1;
-            let (from_nll, merged): (Vec<Uuid>, Vec<Uuid>) = missing
-                .into_iter()
-                .filter(|set| *proxy != Proxy::Ensemble || text_ids.contains(set))
-                .partition(|set| by_nll && text_ids.contains(set));
+            let (from_nll, merged): (Vec<Uuid>, Vec<Uuid>) = if by_nll {
+                (missing, Vec::new())
+            } else {
+                (Vec::new(), missing)
+            };
             let mut results = Vec::with_capacity(from_nll.len() + merged.len());
             for set in &from_nll {
                 results.push(nll.score(Proxy::Ensemble, &ids, &weights, *set)?);

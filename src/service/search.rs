@@ -136,7 +136,6 @@ pub async fn create(
     let proxy = crate::validation::choose_one(pool, choice, &eval_sets)
         .await?
         .proxy;
-    proxy.check_eval_sets(&eval_sets)?;
     if let Some(set) = eval_sets
         .iter()
         .find(|s| s.is_choices() && method == "gradient")

@@ -83,7 +83,6 @@ pub async fn create(
     let proxy = crate::validation::choose_one(pool, choice, &eval_sets)
         .await?
         .proxy;
-    proxy.check_eval_sets(&eval_sets)?;
     let base = resolve::base(pool, new.base.as_deref()).await?;
     let recipe = resolve::recipe(pool, new.recipe.as_deref()).await?;
     let mut partitions = resolve::Partitions::default();

@@ -304,6 +304,7 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
                     .collect::<Option<Vec<f64>>>()
                     .map(|s| s.iter().sum::<f64>() / s.len() as f64),
             ),
+            ("ensemble", accuracy(&proxies.uniform, Proxy::Ensemble)),
             ("fisher", accuracy(&proxies.uniform, Proxy::Fisher)),
         ]
         .into_iter()
@@ -368,7 +369,6 @@ pub async fn report(pool: &PgPool, only: Option<Uuid>) -> Result<Vec<SetReport>,
             let accuracy = points.iter().any(|p| p.true_accuracy.is_some()).then(|| {
                 PROXIES
                     .into_iter()
-                    .filter(|name| *name != "ensemble")
                     .map(|name| (name, Correlation::of(&points, name)))
                     .collect()
             });

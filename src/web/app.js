@@ -679,7 +679,8 @@ async function validations() {
   const proxies = report.proxies;
   // Where mixtures were trained with two seeds, training against itself: the ceiling.
   const ceiling = (s) => (s.ceiling && s.ceiling.n > 0 ? [{ set: s.eval_set, proxy: 'ceiling: two seeds', a: s.ceiling, note: `${s.ceiling.n} mixture(s) trained twice` }] : []);
-  const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, note: s.best_proxy === p ? 'the best ρ on this set' : s.note })), ...ceiling(s)]);
+  // Sets of questions also correlate accuracy; their perplexity is 2^(bits per byte of the gold answers).
+  const rows = report.sets.flatMap((s) => [...proxies.map((p) => ({ set: s.eval_set, proxy: p, a: s.proxies[p] || {}, acc: s.accuracy ? s.accuracy[p] : null, note: s.best_proxy === p ? 'the best ρ on this set' : s.note })), ...ceiling(s)]);
   const charts = report.sets.map((s) => ({ s, el: h('div', { class: 'chart', 'data-eval-set': s.eval_set }) }));
   render(h('h1', {}, 'Validations: can the proxy be trusted?'),
     h('p', { class: 'muted' }, 'Each validation trains a model on the union of a mixture\'s partitions (or on their sequences in given proportions); the proxies are scored without training. Correlations are of log perplexity (Pearson r) and of ranks (Spearman ρ), over the unions trained for their summed budget, with bootstrap 90% intervals; ρ again over the mixtures without the eval set\'s own domain (the case of a target the partitions do not cover) and over the best quarter by trained perplexity; the share of pairs of mixtures the proxy orders as training does; and regret, how much worse the trained model of the proxy\'s best mixture is than the best. Mixtures trained with a second seed give the ceiling: how well training ranks them against itself, the most any proxy can reach; their truth is the mean over seeds.'),
@@ -693,9 +694,10 @@ async function validations() {
       { title: 'ρ best quarter', num: true, cell: (r) => withInterval(r.a.rho_top, r.a.rho_top_90) },
       { title: 'Pairs right', num: true, cell: (r) => (r.a.decision_accuracy == null ? '—' : `${(r.a.decision_accuracy * 100).toFixed(0)}%`) },
       { title: 'Regret', num: true, cell: (r) => (r.a.regret == null ? '—' : `${r.a.regret.toFixed(2)}%`) },
+      { title: 'Accuracy r / ρ', num: true, cell: (r) => (r.acc ? h('span', { class: 'accuracy-rho' }, `${withInterval(r.acc.pearson)} / ${withInterval(r.acc.spearman)}`) : '—') },
       { title: 'Note', cell: (r) => r.note || '' },
     ], rows, { id: 'correlations' }),
-    charts.map(({ s, el }) => [h('h2', {}, `${s.eval_set}: proxy against true perplexity`), el]),
+    charts.map(({ s, el }) => [h('h2', {}, `${s.eval_set}: proxy against ${s.accuracy ? 'trained bits per byte of the gold answers' : 'true perplexity'}`), el]),
     h('h2', {}, 'Validations'),
     table([
       { title: 'Validation', cell: (v) => h('code', {}, v.id.slice(0, 8)) },
@@ -707,16 +709,19 @@ async function validations() {
       { title: 'Created', cell: (v) => fmt.time(v.created_at) },
     ], list.items, { id: 'validations' }));
   for (const { s, el } of charts) {
-    const all = s.points.flatMap((p) => [p.true, ...proxies.map((x) => p[x])]).filter((v) => v !== null);
+    // Questions are drawn in bits per byte of the gold answers, text in perplexity.
+    const v = s.accuracy ? (x) => Math.log2(x) : (x) => x;
+    const what = s.accuracy ? 'bits per byte (gold)' : 'perplexity';
+    const all = s.points.flatMap((p) => [p.true, ...proxies.map((x) => p[x])]).filter((x) => x !== null).map(v);
     const lo = Math.min(...all), hi = Math.max(...all);
     chart(el, {
       tooltip: { formatter: (p) => `${p.data[2]}<br>${p.seriesName} ${fmt.ppl(p.data[0])}, trained ${fmt.ppl(p.data[1])}` },
       legend: { top: 0 },
       grid: { left: 60, right: 20, top: 40, bottom: 45 },
-      xAxis: { type: 'log', name: 'proxy perplexity', nameLocation: 'middle', nameGap: 28, min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (v) => v.toFixed(1) } },
-      yAxis: { type: 'log', name: 'trained perplexity', min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (v) => v.toFixed(1) } },
+      xAxis: { type: s.accuracy ? 'value' : 'log', name: `proxy ${what}`, nameLocation: 'middle', nameGap: 28, min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (x) => x.toFixed(s.accuracy ? 2 : 1) } },
+      yAxis: { type: s.accuracy ? 'value' : 'log', name: `trained ${what}`, min: lo * 0.98, max: hi * 1.02, axisLabel: { formatter: (x) => x.toFixed(s.accuracy ? 2 : 1) } },
       series: [
-        ...proxies.map((x) => ({ type: 'scatter', name: x, data: s.points.filter((p) => p[x] !== null).map((p) => [p[x], p.true, p.mixture.join(' + ')]) })),
+        ...proxies.map((x) => ({ type: 'scatter', name: x, data: s.points.filter((p) => p[x] !== null).map((p) => [v(p[x]), v(p.true), p.mixture.join(' + ')]) })),
         { type: 'line', name: 'y = x', showSymbol: false, lineStyle: { type: 'dashed', color: '#999' }, data: [[lo, lo], [hi, hi]] },
       ],
     });

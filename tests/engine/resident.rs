@@ -1,8 +1,9 @@
 use std::path::Path;
 
 use mixpool::engine::checkpoint::LoadedModel;
-use mixpool::engine::ensemble::{TokenNll, ensemble};
-use mixpool::engine::eval::{EvalConfig, Prepared, evaluate};
+use mixpool::engine::choices::{self, PreparedChoices};
+use mixpool::engine::ensemble::{NllLayout, TokenNll, ensemble, mean_of_units};
+use mixpool::engine::eval::{EvalConfig, Evaluation, Prepared, evaluate};
 use mixpool::engine::merge::merge_model_dirs;
 use mixpool::engine::resident::Workspace;
 use tch::{Device, Kind, Tensor};
@@ -262,34 +263,54 @@ fn a_prepared_eval_set_gives_what_evaluating_the_documents_gives() {
 /// The ensemble proxy's exactness, on real models: the stored per-token NLLs of a model
 /// total to its evaluation, and an ensemble of it alone, or of it with itself under any
 /// weights, is that evaluation bit for bit; an ensemble of two models lies between them.
+/// The same on multiple-choice questions, from the NLLs of their choices' tokens.
 #[test]
 fn an_ensemble_of_one_model_or_of_identical_models_is_its_evaluation_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let paths = units(&small_llama(), dir.path());
     let docs: Vec<_> = corpus_docs("tech_docs").into_iter().take(20).collect();
+    let arc = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/choices/arc.jsonl"),
+    )
+    .unwrap();
+    let (questions, _) = choices::parse(&arc).unwrap();
     let config = EvalConfig::default();
     let nll = |path: &Path| {
         let model = LoadedModel::load(path, Device::Cpu).unwrap();
         let prepared = Prepared::new(&model, &docs, &config).unwrap();
-        let stored = TokenNll {
-            layout: prepared.layout().clone(),
+        let text = TokenNll {
+            layout: NllLayout::Text(prepared.layout().clone()),
             nll: prepared.token_nll(&model, config.batch_size),
         };
-        let stored = TokenNll::decode(&stored.encode()).unwrap();
-        (stored, evaluate(&model, &docs, &config).unwrap())
+        let asked = PreparedChoices::new(&model, &questions, &config).unwrap();
+        let answers = TokenNll {
+            layout: NllLayout::Choices(asked.layout().clone()),
+            nll: asked.token_nll(&model),
+        };
+        let stored = |t: TokenNll| TokenNll::decode(&t.encode()).unwrap();
+        (
+            (
+                stored(text),
+                Evaluation::from(evaluate(&model, &docs, &config).unwrap()),
+            ),
+            (stored(answers), Evaluation::Choices(asked.evaluate(&model))),
+        )
     };
-    let (a, own) = nll(&paths[0]);
-    assert_eq!(a.totals(), own);
-    assert_eq!(ensemble(&[&a], &[1.0]).unwrap(), own);
-    assert_eq!(ensemble(&[&a, &a], &[0.5, 0.5]).unwrap(), own);
-    assert_eq!(ensemble(&[&a, &a, &a], &[0.2, 0.3, 0.5]).unwrap(), own);
-    let (b, other) = nll(&paths[1]);
-    let mixed = ensemble(&[&a, &b], &[0.5, 0.5]).unwrap().total.perplexity;
-    let (pa, pb) = (own.total.perplexity, other.total.perplexity);
-    assert!(
-        mixed <= pa.max(pb) && mixed != pa && mixed != pb,
-        "{mixed} {pa} {pb}"
-    );
+    let (text_a, answers_a) = nll(&paths[0]);
+    let (text_b, answers_b) = nll(&paths[1]);
+    for ((a, own), (b, other)) in [(text_a, text_b), (answers_a, answers_b)] {
+        assert_eq!(a.totals(), own);
+        assert_eq!(ensemble(&[&a], &[1.0]).unwrap(), own);
+        assert_eq!(ensemble(&[&a, &a], &[0.5, 0.5]).unwrap(), own);
+        assert_eq!(ensemble(&[&a, &a, &a], &[0.2, 0.3, 0.5]).unwrap(), own);
+        assert_eq!(mean_of_units(&[&a], &[1.0]).unwrap(), own);
+        let mixed = ensemble(&[&a, &b], &[0.5, 0.5]).unwrap().perplexity();
+        let (pa, pb) = (own.perplexity(), other.perplexity());
+        assert!(
+            mixed <= pa.max(pb) && mixed != pa && mixed != pb,
+            "{mixed} {pa} {pb}"
+        );
+    }
 }
 
 #[test]

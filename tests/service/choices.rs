@@ -241,24 +241,56 @@ async fn a_mixture_is_scored_on_questions_as_the_engine_scores_its_exported_merg
     assert!(ranking.windows(2).all(|w| w[0] <= w[1]), "{ranking:?}");
     assert!(ranking.contains(&score["perplexity"].as_f64().unwrap()));
 
-    // Per-token NLLs are of held-out text: the ensemble is refused by name.
-    for (status, body) in [
-        app.get("/v1/score?partitions=code_python,legal_licenses&eval=arc&proxy=ensemble")
-            .await,
-        app.post(
-            "/v1/sweeps",
-            json!({"partitions": ["code_python", "legal_licenses"], "eval_sets": ["arc"], "proxy": "units"}).to_string(),
-        )
-        .await,
+    // The ensemble and the mean of units score questions from each unit's per-token NLLs
+    // of the choices: a unit alone is its merged score exactly, and the mean of units is
+    // the mean of the units' figures.
+    let app = &app;
+    let get = |proxy: &str, partitions: &str| {
+        let path = format!("/v1/score?partitions={partitions}&eval=arc&proxy={proxy}&wait=600");
+        async move {
+            let (status, body) = app.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let merged_alone = get("average", "code_python").await;
+    let ensemble_alone = get("ensemble", "code_python").await;
+    assert_eq!(ensemble_alone["proxy"], "ensemble");
+    for key in [
+        "bits_per_byte_gold",
+        "accuracy",
+        "accuracy_raw",
+        "n",
+        "perplexity",
+        "per_task",
+        "tokens",
     ] {
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(body["error"]["code"], "invalid_proxy", "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("\"arc\""), "{body}");
+        assert_eq!(ensemble_alone[key], merged_alone[key], "{key}");
     }
+    let other = get("average", "legal_licenses").await;
+    let units = get("units", "code_python,legal_licenses").await;
+    let figure = |r: &Value, key: &str| r[key].as_f64().unwrap_or_else(|| panic!("{key}: {r}"));
+    for key in ["bits_per_byte_gold", "accuracy", "accuracy_raw"] {
+        let want = (figure(&merged_alone, key) + figure(&other, key)) / 2.0;
+        assert!((figure(&units, key) - want).abs() < 1e-12, "{key}: {units}");
+    }
+    let ensemble = get("ensemble", "code_python,legal_licenses").await;
+    assert_eq!(ensemble["n"], merged_alone["n"], "{ensemble}");
+    // Per token −ln(½p_a + ½p_b) ≤ ½(−ln p_a) + ½(−ln p_b) (Jensen): the ensemble's bits
+    // per byte of the gold answers is at most the mean of the two units', and is neither.
+    let (a, b) = (
+        figure(&merged_alone, "bits_per_byte_gold"),
+        figure(&other, "bits_per_byte_gold"),
+    );
+    let e = figure(&ensemble, "bits_per_byte_gold");
+    assert!(
+        e <= (a + b) / 2.0 + 1e-12 && e != a && e != b,
+        "{e} against {a} and {b}"
+    );
 }
 
 /// Validations on a set of questions: the report gives each proxy's accuracy against the
-/// trained model's, from the points it shows (the ensemble, which reads text, has none).
+/// trained model's, from the points it shows.
 #[tokio::test]
 async fn validations_on_questions_report_each_proxys_accuracy_against_training() {
     let app = pool().await;
@@ -307,15 +339,17 @@ async fn validations_on_questions_report_each_proxys_accuracy_against_training()
     let accuracy = set["accuracy"]
         .as_object()
         .expect("a question set's accuracy");
-    assert!(!accuracy.contains_key("ensemble"), "{set}");
     for proxy in [
         "merged_uniform",
         "merged_tokens",
         "mean_of_units",
+        "ensemble",
         "fisher",
         "task_vectors",
     ] {
-        let c = &accuracy[proxy];
+        let c = accuracy
+            .get(proxy)
+            .unwrap_or_else(|| panic!("{proxy}: {set}"));
         assert_eq!(c["n"], 4, "{proxy}: {c}");
         let (x, y): (Vec<f64>, Vec<f64>) = points
             .iter()

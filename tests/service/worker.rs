@@ -482,15 +482,15 @@ mod scores {
         assert_ne!(tokens, both);
         let prepared = Prepared::new(&model, &docs, &EvalConfig::default()).unwrap();
         let unit_nll = |dir: &std::path::Path| TokenNll {
-            layout: prepared.layout().clone(),
+            layout: mixpool::engine::ensemble::NllLayout::Text(prepared.layout().clone()),
             nll: prepared.token_nll(&LoadedModel::load(dir, Device::Cpu).unwrap(), 16),
         };
         let (na, nb) = (unit_nll(&dirs[0]), unit_nll(&dirs[1]));
         let local = engine_ensemble(&[&na, &nb], &[0.5, 0.5]).unwrap();
-        assert_eq!(both["perplexity"].as_f64(), Some(local.total.perplexity));
+        assert_eq!(both["perplexity"].as_f64(), Some(local.perplexity()));
         // Between the two units' own perplexities, and never above the worse.
-        let own = |t: &TokenNll| t.totals().total.perplexity;
-        let ppl = local.total.perplexity;
+        let own = |t: &TokenNll| t.totals().perplexity();
+        let ppl = local.perplexity();
         assert!(ppl <= own(&na).max(own(&nb)), "{ppl}");
 
         // The task-vector merge: base + λ (average − base), here with λ = 2 against the same

@@ -9,6 +9,7 @@
 
 mod ratios;
 mod report;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ pub struct ExperimentArgs {
     /// Held-out bytes per domain (each document cut to 4,000).
     #[arg(long, default_value_t = 20_000)]
     pub eval_bytes: usize,
+    /// Cloze questions per domain, built from documents kept out of training and validated
+    /// like the held-out text (0: none).
+    #[arg(long, default_value_t = 40)]
+    pub questions: usize,
     /// Where the report goes.
     #[arg(long, default_value = "docs/results")]
     pub out: PathBuf,
@@ -81,6 +86,7 @@ pub async fn run(args: ExperimentArgs, config: &Config) -> Result<()> {
         validations: args.validations,
         twice: args.twice.min(args.validations),
         eval_bytes: args.eval_bytes,
+        questions: args.questions,
         out: args.out,
     };
     let outcome = protocol(&api, domains, &settings).await;
@@ -100,6 +106,7 @@ struct Settings {
     validations: usize,
     twice: usize,
     eval_bytes: usize,
+    questions: usize,
     out: PathBuf,
 }
 
@@ -119,8 +126,22 @@ async fn protocol(
     let mut held_out_docs = BTreeMap::new();
     let mut train_bytes = BTreeMap::new();
     let mut partitions = Vec::new();
+    let mut questions = BTreeMap::new();
+    let mut task_sets = Vec::new();
     for (name, docs) in domains {
-        let (held_out, train) = split(&name, docs, s.eval_bytes, EVAL_DOC);
+        let (held_out, mut train) = split(&name, docs, s.eval_bytes, EVAL_DOC);
+        if s.questions > 0 {
+            let asked = tasks::questions(&name, &mut train, s.questions);
+            let set = tasks::set_name(&name);
+            api.send(
+                "POST",
+                &format!("/v1/eval-sets?name={set}&kind=choices"),
+                tasks::jsonl(&asked),
+            )
+            .await?;
+            questions.insert(name.clone(), asked.len());
+            task_sets.push(set);
+        }
         seed_docs.extend(take_bytes(&train, SEED_BYTES));
         let body = jsonl(&train);
         train_bytes.insert(name.clone(), body.len());
@@ -213,10 +234,12 @@ async fn protocol(
         .0
         .push(("sweep, every proxy", phase.elapsed().as_secs_f64()));
 
-    // The ground truth for a seeded draw of pairs and triples.
+    // The ground truth for a seeded draw of pairs and triples, on the held-out text and the
+    // cloze tasks.
     let chosen = draw(&names, s.validations);
+    let validated_sets: Vec<&String> = eval_sets.iter().chain(&task_sets).collect();
     let phase = Instant::now();
-    let request = json!({"mixtures": chosen, "eval_sets": eval_sets});
+    let request = json!({"mixtures": chosen, "eval_sets": validated_sets});
     api.send("POST", "/v1/validations", request.to_string())
         .await?;
     let wanted = chosen.len();
@@ -225,7 +248,7 @@ async fn protocol(
         let complete = r["sets"]
             .as_array()
             .is_some_and(|s| s.iter().all(|s| s["n"].as_u64() == Some(wanted as u64)));
-        Ok(sets == eval_sets.len() && complete)
+        Ok(sets == validated_sets.len() && complete)
     })
     .await?;
     times.0.push(("validate", phase.elapsed().as_secs_f64()));
@@ -235,7 +258,7 @@ async fn protocol(
     let phase = Instant::now();
     let seed = recipe["config"]["seed"].as_u64().unwrap_or(0) + 1;
     let again = &chosen[..s.twice];
-    let request = json!({"mixtures": again, "eval_sets": eval_sets, "seed": seed});
+    let request = json!({"mixtures": again, "eval_sets": validated_sets, "seed": seed});
     api.send("POST", "/v1/validations", request.to_string())
         .await?;
     wait(api, "/v1/validations/report", |r| {
@@ -249,7 +272,19 @@ async fn protocol(
         "validate again with another seed",
         phase.elapsed().as_secs_f64(),
     ));
-    let report = api.get("/v1/validations/report").await?;
+    let mut report = api.get("/v1/validations/report").await?;
+    // The held-out text's sets for the report's tables and plot; the tasks' in a section.
+    let (text_sets, task_reports): (Vec<Value>, Vec<Value>) = report["sets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|set| {
+            !task_sets
+                .iter()
+                .any(|t| set["eval_set"].as_str() == Some(t))
+        });
+    report["sets"] = Value::Array(text_sets);
 
     let phase = Instant::now();
     let ratios = ratios::run(api, &names, s.unit_tokens).await?;
@@ -271,6 +306,8 @@ async fn protocol(
         chosen: &chosen,
         ratios: &ratios,
         times: &times,
+        tasks: &task_reports,
+        questions: &questions,
     };
     std::fs::create_dir_all(&s.out).with_context(|| s.out.display().to_string())?;
     let stem = format!("paper-{}", s.preset);

@@ -23,6 +23,9 @@ pub(super) struct Run<'a> {
     pub(super) chosen: &'a [Vec<String>],
     pub(super) ratios: &'a Value,
     pub(super) times: &'a Times,
+    /// The validation report's sets of the cloze tasks, and each domain's question count.
+    pub(super) tasks: &'a [Value],
+    pub(super) questions: &'a BTreeMap<String, usize>,
 }
 
 const PROXY_NAMES: [(&str, &str); 6] = [
@@ -225,8 +228,18 @@ pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if !c.questions.is_empty() {
+        line(format!(
+            "| cloze tasks | per domain, questions from passages of the next documents, kept out of training too: {} |",
+            c.questions
+                .iter()
+                .map(|(d, n)| format!("{d} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     line(format!(
-        "| sweep | every mixture of 1 to 3 domains ({}) on every eval set, uniform weights, resident merges |",
+        "| sweep | every mixture of 1 to 3 domains ({}) on every held-out text set, uniform weights, resident merges |",
         c.sweep["mixtures"]
     ));
     line(format!(
@@ -305,6 +318,7 @@ pub(super) fn write_report(c: &Run, report: &Value, plot: &Path) -> String {
     ));
     line(String::new());
     ranking_measures(&sets, &mut line);
+    super::tasks::section(c.tasks, &sets, c.questions, &mut line);
     line(format!(
         "![proxy against truth per held-out set](./{})\n",
         plot.file_name().unwrap().to_string_lossy()

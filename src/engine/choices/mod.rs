@@ -61,11 +61,23 @@ struct Sequence {
 pub struct PreparedChoices {
     /// Longest first, so each batch pads little.
     sequences: Vec<Sequence>,
-    /// Per question: its task's index, its gold index and each choice's UTF-8 bytes.
-    questions: Vec<(usize, usize, Vec<usize>)>,
-    tasks: Vec<String>,
+    layout: ChoiceLayout,
+    /// Where each choice's tokens start in [`ChoiceLayout`] order, by question and choice.
+    offsets: Vec<Vec<usize>>,
     /// Token positions per batch (the text evaluation's batch of full windows).
     batch_tokens: usize,
+}
+
+/// What the figures of a choices set need besides its choice tokens' NLLs, which are kept
+/// question by question, choice by choice, token by token (a unit model's stored per-token
+/// NLLs on a choices set are in this order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLayout {
+    pub tasks: Vec<String>,
+    /// Per question: its task's index, its gold index and per choice (UTF-8 bytes, tokens).
+    pub questions: Vec<(u32, u32, Vec<(u64, u32)>)>,
+    /// Tokens a scoring reads (inputs of every choice's sequence).
+    pub read: u64,
 }
 
 impl PreparedChoices {
@@ -100,6 +112,7 @@ impl PreparedChoices {
                     tasks.len() - 1
                 });
             let context = encode(&question.context)?;
+            let mut tokens = Vec::with_capacity(question.choices.len());
             for (c, choice) in question.choices.iter().enumerate() {
                 let choice = encode(choice)?;
                 if choice.is_empty() || choice.len() > window {
@@ -114,6 +127,7 @@ impl PreparedChoices {
                 ids.push(bos);
                 ids.extend_from_slice(&context[context.len() - keep..]);
                 ids.extend_from_slice(&choice);
+                tokens.push((question.choices[c].len() as u64, choice.len() as u32));
                 sequences.push(Sequence {
                     ids,
                     choice_tokens: choice.len(),
@@ -121,28 +135,28 @@ impl PreparedChoices {
                     choice: c as u32,
                 });
             }
-            let bytes = question.choices.iter().map(String::len).collect();
-            meta.push((task, question.gold, bytes));
+            meta.push((task as u32, question.gold as u32, tokens));
         }
         if questions.is_empty() {
             return Err(ChoicesError::Empty);
         }
         sequences.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
+        let layout = ChoiceLayout {
+            tasks,
+            questions: meta,
+            read: sequences.iter().map(|s| s.ids.len() as u64 - 1).sum(),
+        };
         Ok(PreparedChoices {
             sequences,
-            questions: meta,
-            tasks,
+            offsets: layout.offsets(),
+            layout,
             batch_tokens: config.batch_size.max(1) * window,
         })
     }
 
-    /// Every choice's log-likelihood, by question and choice.
-    pub fn log_likelihoods(&self, model: &LoadedModel) -> Vec<Vec<f64>> {
-        let mut ll: Vec<Vec<f64>> = self
-            .questions
-            .iter()
-            .map(|(_, _, bytes)| vec![0.0; bytes.len()])
-            .collect();
+    /// The NLL of every choice token, in [`ChoiceLayout`] order.
+    pub fn token_nll(&self, model: &LoadedModel) -> Vec<f32> {
+        let mut out = vec![0f32; self.layout.tokens()];
         let device = model.vs.device();
         tch::no_grad(|| {
             let mut start = 0;
@@ -157,40 +171,93 @@ impl PreparedChoices {
                 let nll = Vec::<f32>::try_from(&nll.view([-1])).expect("a float tensor");
                 for (row, s) in batch.iter().enumerate() {
                     let end = row * width + s.ids.len() - 1;
-                    let sum: f64 = nll[end - s.choice_tokens..end]
-                        .iter()
-                        .map(|&x| x as f64)
-                        .sum();
-                    ll[s.question as usize][s.choice as usize] = -sum;
+                    let at = self.offsets[s.question as usize][s.choice as usize];
+                    out[at..at + s.choice_tokens].copy_from_slice(&nll[end - s.choice_tokens..end]);
                 }
                 start += batch.len();
             }
         });
-        ll
+        out
+    }
+
+    /// What scoring needs besides the NLLs.
+    pub fn layout(&self) -> &ChoiceLayout {
+        &self.layout
     }
 
     /// Tokens a scoring reads.
     pub fn tokens(&self) -> u64 {
-        self.sequences.iter().map(|s| s.ids.len() as u64 - 1).sum()
+        self.layout.read
     }
 
     /// The model's figures on the set.
     pub fn evaluate(&self, model: &LoadedModel) -> ChoiceResult {
-        self.score(&self.log_likelihoods(model))
+        let nll = self.token_nll(model);
+        self.layout.totals(|i| nll[i] as f64)
+    }
+}
+
+impl ChoiceLayout {
+    /// Choice tokens in all questions.
+    pub fn tokens(&self) -> usize {
+        self.questions
+            .iter()
+            .flat_map(|(_, _, c)| c.iter().map(|&(_, t)| t as usize))
+            .sum()
+    }
+
+    /// Where each choice's tokens start, by question and choice.
+    fn offsets(&self) -> Vec<Vec<usize>> {
+        let mut at = 0;
+        self.questions
+            .iter()
+            .map(|(_, _, choices)| {
+                choices
+                    .iter()
+                    .map(|&(_, tokens)| {
+                        at += tokens as usize;
+                        at - tokens as usize
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The figures of per-token NLLs, `nll(i)` for the i-th choice token in layout order:
+    /// each choice's log-likelihood is minus the sum of its tokens' NLLs, in f64 in order.
+    pub fn totals(&self, nll: impl Fn(usize) -> f64) -> ChoiceResult {
+        let mut at = 0usize;
+        let ll: Vec<Vec<f64>> = self
+            .questions
+            .iter()
+            .map(|(_, _, choices)| {
+                choices
+                    .iter()
+                    .map(|&(_, tokens)| {
+                        let sum: f64 = (at..at + tokens as usize).map(&nll).sum();
+                        at += tokens as usize;
+                        -sum
+                    })
+                    .collect()
+            })
+            .collect();
+        self.score(&ll)
     }
 
     /// The figures of given log-likelihoods (by question and choice).
     pub fn score(&self, ll: &[Vec<f64>]) -> ChoiceResult {
         // Per task: Σ bits per byte of gold, correct by ll per byte, correct by ll, n.
         let mut sums = vec![(0.0f64, 0u64, 0u64, 0u64); self.tasks.len()];
-        for ((task, gold, bytes), ll) in self.questions.iter().zip(ll) {
+        for ((task, gold, choices), ll) in self.questions.iter().zip(ll) {
+            let (task, gold) = (*task as usize, *gold as usize);
+            let bytes = |k: usize| choices[k].0 as f64;
             let best = |value: &dyn Fn(usize) -> f64| -> usize {
                 (1..ll.len()).fold(0, |b, k| if value(k) > value(b) { k } else { b })
             };
-            let s = &mut sums[*task];
-            s.0 += -ll[*gold] / (bytes[*gold] as f64 * std::f64::consts::LN_2);
-            s.1 += u64::from(best(&|k| ll[k] / bytes[k] as f64) == *gold);
-            s.2 += u64::from(best(&|k| ll[k]) == *gold);
+            let s = &mut sums[task];
+            s.0 += -ll[gold] / (bytes(gold) * std::f64::consts::LN_2);
+            s.1 += u64::from(best(&|k| ll[k] / bytes(k)) == gold);
+            s.2 += u64::from(best(&|k| ll[k]) == gold);
             s.3 += 1;
         }
         let per_task: BTreeMap<String, TaskScore> = self
@@ -222,7 +289,7 @@ impl PreparedChoices {
             },
             perplexity: bits_per_byte_gold.exp2(),
             per_task,
-            tokens: self.tokens(),
+            tokens: self.read,
         }
     }
 }
@@ -234,15 +301,15 @@ mod tests {
     /// Three questions in two tasks, with log-likelihoods given: each figure by hand.
     #[test]
     fn the_figures_by_hand() {
-        let prepared = PreparedChoices {
-            sequences: Vec::new(),
-            questions: vec![
-                (0, 0, vec![2, 4]),
-                (0, 1, vec![1, 1, 1]),
-                (1, 0, vec![3, 3]),
-            ],
+        // Per choice (UTF-8 bytes, tokens).
+        let layout = ChoiceLayout {
             tasks: vec!["a".into(), "b".into()],
-            batch_tokens: 1,
+            questions: vec![
+                (0, 0, vec![(2, 1), (4, 2)]),
+                (0, 1, vec![(1, 1), (1, 1), (1, 1)]),
+                (1, 0, vec![(3, 2), (3, 1)]),
+            ],
+            read: 30,
         };
         let ll = vec![
             // Per byte −1 and −0.75: wrong by ll per byte, right by raw ll.
@@ -252,7 +319,12 @@ mod tests {
             // Right both ways.
             vec![-3.0, -6.0],
         ];
-        let r = prepared.score(&ll);
+        let r = layout.score(&ll);
+        // The same log-likelihoods as per-token NLLs in layout order give the same figures.
+        let nll = [2.0, 1.0, 2.0, 5.0, 1.0, 1.0, 1.5, 1.5, 6.0];
+        assert_eq!(layout.tokens(), nll.len());
+        assert_eq!(layout.totals(|i| nll[i]), r);
+        assert_eq!(r.tokens, 30);
         let ln2 = std::f64::consts::LN_2;
         let a = &r.per_task["a"];
         assert_eq!(a.n, 2);

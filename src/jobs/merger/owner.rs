@@ -14,7 +14,7 @@ use super::{Combine, Command, Descended, Scored};
 use crate::engine::checkpoint::LoadedModel;
 use crate::engine::choices::{self, PreparedChoices};
 use crate::engine::data::{self, Format};
-use crate::engine::ensemble::TokenNll;
+use crate::engine::ensemble::{NllLayout, TokenNll};
 use crate::engine::eval::{EvalConfig, Evaluation, Prepared};
 use crate::engine::resident::{Fisher, Unit, Workspace};
 use crate::jobs::JobError;
@@ -33,13 +33,27 @@ impl Set {
         }
     }
 
-    /// The held-out text, for what only text has (per-token NLLs, the α-gradient).
+    /// A model's NLL of every token the set's figures read, and where each belongs.
+    fn token_nll(&self, model: &LoadedModel, batch_size: usize) -> TokenNll {
+        match self {
+            Set::Text(p) => TokenNll {
+                layout: NllLayout::Text(p.layout().clone()),
+                nll: p.token_nll(model, batch_size),
+            },
+            Set::Choices(p) => TokenNll {
+                layout: NllLayout::Choices(p.layout().clone()),
+                nll: p.token_nll(model),
+            },
+        }
+    }
+
+    /// The held-out text, for what only text has (the α-gradient).
     fn text(&self, id: &Uuid) -> Result<&Prepared, JobError> {
         match self {
             Set::Text(p) => Ok(p),
             Set::Choices(_) => Err(JobError::Fatal(format!(
-                "eval set {id} holds multiple-choice questions: the ensemble, the mean of \
-                 units and gradient searches take held-out text"
+                "eval set {id} holds multiple-choice questions: gradient searches take held-out \
+                 text"
             ))),
         }
     }
@@ -214,12 +228,8 @@ pub(super) fn owner(
                         .map(|id| {
                             let set = prepared
                                 .get(id)
-                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?
-                                .text(id)?;
-                            Ok(TokenNll {
-                                layout: set.layout().clone(),
-                                nll: set.token_nll(workspace.model(), eval.batch_size),
-                            })
+                                .ok_or_else(|| fatal(&format!("eval set {id} was not prepared")))?;
+                            Ok(set.token_nll(workspace.model(), eval.batch_size))
                         })
                         .collect()
                 };
