@@ -51,7 +51,7 @@ pub async fn create_search(
 }
 
 #[utoipa::path(get, path = "/v1/searches/{id}", tag = "searches", params(("id" = String, Path, description = "the search's id")),
-    responses((status = 200, body = Object, description = "state, progress, the best point so far, every point, and once done the proposal and the predictor's fit"), Errors))]
+    responses((status = 200, body = Object, description = "state, progress, the best point so far, every point, and once done the proposal, the answer (the best point evaluated, and the proxy that scored it) and the predictor's fit"), Errors))]
 pub async fn get_search(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -84,7 +84,7 @@ pub async fn list_searches(
 
 /// A search as the API shows it: weights and settings by partition and eval set name, each
 /// point with its perplexities and objective (`with_points`), the best so far, and from the
-/// finished job the proposal and the predictor's fit.
+/// finished job the proposal, the answer and the predictor's fit.
 async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Value, ApiError> {
     let pool = &state.pool;
     let names = datasets::names(pool, Kind::Partition, &search.partition_ids).await?;
@@ -180,6 +180,15 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
             }
             body
         });
+    // Once done, the answer: the best point it evaluated (by the tune objective where it has
+    // tune halves), its proposal among them, and the proxy that scored it.
+    let answer = (job.as_ref().map(|j| j.state.as_str()) == Some("succeeded"))
+        .then(|| best.clone())
+        .flatten()
+        .map(|mut body| {
+            body["proxy"] = json!(search.proxy);
+            body
+        });
     let base = bases::find(pool, &search.base_id.to_string()).await?;
     let recipe = recipes::find(pool, &search.recipe_id.to_string()).await?;
     let total = search.budget as usize + 1;
@@ -201,6 +210,7 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         "progress": { "evaluated": points.len(), "total": total, "fraction": points.len() as f64 / total as f64 },
         "best": best,
         "proposal": proposal,
+        "answer": answer,
         "fit": result.as_ref().map_or(Value::Null, |r| r["fit"].clone()),
         "gradient_passes": result.as_ref().map_or(Value::Null, |r| r["gradient_passes"].clone()),
         "job": job.as_ref().map(|j| j.id),

@@ -29,7 +29,7 @@ use crate::registry::datasets;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point};
-use crate::search::{Bounds, Descent, Observed, Plan, Predictor};
+use crate::search::{Bounds, Descent, Observed, Plan, Predictor, answer};
 
 /// `search`: the ratio search to run (its settings are in its row).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -222,16 +222,24 @@ impl Run<'_> {
             }
         }
         let predictor = Predictor::fit(&observed);
+        let radius = plan.radius(&observed);
         let weights = plan.propose(&predictor, &observed);
         let position = observed.len();
         let point = self.point(position, plan.rounds(), "proposal", &weights, None);
         let Some((objective, fresh)) = self.evaluate(point).await? else {
             return Ok(Searched::Stopped(Done::LeaseLost));
         };
+        observed.push((weights.clone(), objective));
+        // The best point evaluated, the proposal among them: never worse than what was seen.
+        let at = answer(&observed);
         Ok(Searched::Done(json!({
             "computed": computed + fresh as usize,
             "proposal": { "position": position, "weights": weights, "objective": objective, "predicted": predictor.predict(&weights) },
-            "fit": { "cv_spearman": predictor.cv_spearman, "lambda": predictor.lambda, "n": predictor.n },
+            "answer": { "position": at, "weights": observed[at].0, "objective": observed[at].1 },
+            "fit": {
+                "cv_spearman": predictor.cv_spearman, "lambda": predictor.lambda, "n": predictor.n,
+                "trusted": predictor.trusted(), "trust_radius": radius,
+            },
         })))
     }
 
@@ -306,10 +314,12 @@ impl Run<'_> {
             .map_err(|e| JobError::Fatal(format!("search step {position}: {e}")))?;
         let perplexity = self.stored_perplexities(&mixture.key()).await?;
         let objective = objective_of(&search.objective, &search.eval_set_ids, &perplexity);
+        let proposal = json!({ "position": position, "weights": weights, "objective": objective, "tune_objective": tuned });
         Ok(Searched::Done(json!({
             "computed": computed,
             "gradient_passes": passes,
-            "proposal": { "position": position, "weights": weights, "objective": objective, "tune_objective": tuned },
+            "answer": proposal,
+            "proposal": proposal,
             "fit": null,
         })))
     }

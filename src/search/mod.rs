@@ -233,8 +233,12 @@ fn ridge(points: &[(Vec<f64>, f64)], lambda: f64) -> Vec<f64> {
 /// prior, each later one where the predictor fitted to the points so far expects the lowest
 /// objective (near the best point yet, more tightly each round, with some candidates drawn
 /// around the prior again so the search does not only narrow), and at the end the
-/// predictor's optimum as the proposal. The candidates depend only on the settings and the
-/// objectives of earlier points, so a search that stops and resumes proposes the same ones.
+/// predictor's optimum as the proposal. Every candidate after the first round lies in a
+/// trust region around the best point (see [`Plan::radius`]), and a predictor whose
+/// cross-validated ρ is below [`TRUSTED_FIT`] ranks nothing: its round's candidates are the
+/// sampler's, and the proposal is the best point seen. The candidates depend only on the
+/// settings and the objectives of earlier points, so a search that stops and resumes
+/// proposes the same ones.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub budget: usize,
@@ -246,9 +250,53 @@ pub struct Plan {
 /// An evaluated point: weights and the objective there.
 pub type Observed = (Vec<f64>, f64);
 
+/// The cross-validated ρ below which a predictor is not trusted to rank candidates.
+pub const TRUSTED_FIT: f64 = 0.5;
+
+/// The trust region's radius (L1 distance from the best point; the simplex's diameter is 2)
+/// at the start, and the least it shrinks to.
+const RADIUS: f64 = 1.0;
+const MIN_RADIUS: f64 = 0.02;
+
+impl Predictor {
+    /// Whether its cross-validated ρ is at least [`TRUSTED_FIT`].
+    pub fn trusted(&self) -> bool {
+        self.cv_spearman.is_some_and(|rho| rho >= TRUSTED_FIT)
+    }
+}
+
+/// `w` moved straight toward `centre` until it lies within L1 distance `radius` of it (a
+/// convex combination of two mixtures within bounds stays within them).
+fn within(centre: &[f64], w: Vec<f64>, radius: f64) -> Vec<f64> {
+    let distance: f64 = w.iter().zip(centre).map(|(a, b)| (a - b).abs()).sum();
+    if distance <= radius {
+        return w;
+    }
+    let t = radius / distance;
+    w.iter().zip(centre).map(|(a, c)| c + t * (a - c)).collect()
+}
+
 impl Plan {
     fn k(&self) -> usize {
         self.prior.len()
+    }
+
+    /// The trust region's radius after the rounds in `observed`: 1 at first, halved (down
+    /// to 0.02) after every round from the second on whose best point did not improve on
+    /// the best seen before it, kept after one that did.
+    pub fn radius(&self, observed: &[Observed]) -> f64 {
+        let per = self.per_round();
+        let min = |points: &[Observed]| points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let mut radius = RADIUS;
+        let mut round = 1;
+        while (round + 1) * per <= observed.len() {
+            let before = min(&observed[..round * per]);
+            if min(&observed[round * per..(round + 1) * per]) >= before {
+                radius = (radius / 2.0).max(MIN_RADIUS);
+            }
+            round += 1;
+        }
+        radius
     }
 
     /// Points per round: a quarter of the budget (at least 2), so about four rounds.
@@ -281,6 +329,7 @@ impl Plan {
         }
         let predictor = Predictor::fit(observed);
         let best = best(observed);
+        let radius = self.radius(observed);
         let concentration = k * 4f64.powi(round as i32);
         let mut candidates: Vec<Vec<f64>> = (0..64 * n)
             .map(|_| sampler.around(best, concentration, &self.bounds))
@@ -288,9 +337,13 @@ impl Plan {
         candidates.extend((0..32 * n).map(|_| sampler.around(&self.prior, k, &self.bounds)));
         let mut pool: Vec<(f64, Vec<f64>)> = candidates
             .into_iter()
+            .map(|w| within(best, w, radius))
             .map(|w| (predictor.predict(&w), w))
             .collect();
-        pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // An untrusted predictor ranks nothing: the sampler's order stands.
+        if predictor.trusted() {
+            pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
         let mut chosen: Vec<Vec<f64>> = Vec::with_capacity(n);
         let far =
             |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() >= 0.02;
@@ -313,12 +366,17 @@ impl Plan {
         chosen
     }
 
-    /// The predictor's optimum among many candidates near the best point, around the prior,
-    /// and the points evaluated: the search's proposal.
+    /// The search's proposal: a trusted predictor's optimum among many candidates in the
+    /// trust region around the best point (drawn near it and around the prior) and the
+    /// points evaluated there; the best point seen where the predictor is not trusted.
     pub fn propose(&self, predictor: &Predictor, observed: &[Observed]) -> Vec<f64> {
+        let best = best(observed);
+        if !predictor.trusted() {
+            return best.to_vec();
+        }
         let k = self.k() as f64;
         let mut sampler = self.sampler(self.rounds());
-        let best = best(observed);
+        let radius = self.radius(observed);
         let concentration = k * 4f64.powi(self.rounds() as i32);
         let mut candidates: Vec<Vec<f64>> = (0..2000)
             .map(|_| sampler.around(best, concentration, &self.bounds))
@@ -327,6 +385,7 @@ impl Plan {
         candidates.extend(observed.iter().map(|o| o.0.clone()));
         candidates
             .into_iter()
+            .map(|w| within(best, w, radius))
             .map(|w| (predictor.predict(&w), w))
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, w)| w)
@@ -336,9 +395,16 @@ impl Plan {
 
 /// The weights of the point with the lowest objective.
 pub fn best(observed: &[Observed]) -> &[f64] {
-    &observed
+    &observed[answer(observed)].0
+}
+
+/// A search's answer: the position of the point with the lowest objective among those it
+/// evaluated (its proposal included), the first of equals. Never worse than what was seen.
+pub fn answer(observed: &[Observed]) -> usize {
+    observed
         .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .enumerate()
+        .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
         .expect("at least one point")
         .0
 }

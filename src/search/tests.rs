@@ -233,3 +233,98 @@ fn a_descent_step_moves_each_log_weight_by_at_most_the_step_and_ignores_constant
     // A flat gradient does not move.
     assert_eq!(descent.step(3, &w, &[2.0; 3]), w.to_vec());
 }
+
+/// A plan's rounds on `objective`, and its proposal with the predictor of all its points.
+fn search(plan: &Plan, objective: &dyn Fn(&[f64]) -> f64) -> (Vec<Observed>, Vec<f64>) {
+    let mut observed: Vec<Observed> = Vec::new();
+    for round in 0..plan.rounds() {
+        for w in plan.round(round, &observed) {
+            let y = objective(&w);
+            observed.push((w, y));
+        }
+    }
+    let proposal = plan.propose(&Predictor::fit(&observed), &observed);
+    (observed, proposal)
+}
+
+#[test]
+fn the_trust_region_halves_after_a_round_that_does_not_improve_and_holds_its_candidates() {
+    let plan = Plan {
+        budget: 12,
+        prior: vec![1.0 / 3.0; 3],
+        bounds: Bounds::open(3),
+        seed: 1,
+    };
+    assert_eq!(plan.per_round(), 3);
+    let point = |y: f64| (vec![1.0 / 3.0; 3], y);
+    // Round 0 alone: the whole region.
+    let mut observed: Vec<Observed> = vec![point(5.0), point(4.0), point(6.0)];
+    assert_eq!(plan.radius(&observed), 1.0);
+    // Round 1 improves (3 < 4): kept. Round 2 does not (3.5 ≥ 3): halved. A tie is no
+    // improvement either.
+    observed.extend([point(3.0), point(7.0), point(9.0)]);
+    assert_eq!(plan.radius(&observed), 1.0);
+    observed.extend([point(3.5), point(8.0), point(3.0)]);
+    assert_eq!(plan.radius(&observed), 0.5);
+
+    // On a real objective, every candidate of a round lies within the radius of the best
+    // point before it.
+    let objective = |w: &[f64]| (w[0] - 0.7).powi(2) + (w[1] - 0.2).powi(2) + w[0] * w[2];
+    let plan = Plan {
+        budget: 24,
+        prior: vec![0.2, 0.3, 0.5],
+        bounds: Bounds::open(3),
+        seed: 9,
+    };
+    let mut observed: Vec<Observed> = Vec::new();
+    for round in 0..plan.rounds() {
+        let radius = plan.radius(&observed);
+        let before = observed.clone();
+        for w in plan.round(round, &observed) {
+            if round > 0 {
+                let best = super::best(&before);
+                let distance: f64 = w.iter().zip(best).map(|(a, b)| (a - b).abs()).sum();
+                assert!(
+                    distance <= radius + 1e-9,
+                    "round {round}: {distance} > {radius}"
+                );
+            }
+            assert!(plan.bounds.contains(&w, 1e-9), "{w:?}");
+            let y = objective(&w);
+            observed.push((w, y));
+        }
+    }
+}
+
+#[test]
+fn an_answer_is_never_worse_than_the_best_point_and_an_untrusted_predictor_proposes_it() {
+    // Noise the predictor cannot fit: its cross-validated ρ is low, so it ranks nothing and
+    // proposes the best point seen.
+    let noise = |w: &[f64]| ((w[0] * 9973.0).sin() * 1e4).fract();
+    let plan = Plan {
+        budget: 16,
+        prior: vec![0.25; 4],
+        bounds: Bounds::open(4),
+        seed: 3,
+    };
+    let (observed, proposal) = search(&plan, &noise);
+    let predictor = Predictor::fit(&observed);
+    assert!(!predictor.trusted(), "{:?}", predictor.cv_spearman);
+    assert_eq!(proposal, super::best(&observed));
+    // Whatever the proposal scores, the answer is the best point evaluated.
+    for proposed in [-1.0, 0.5, 10.0] {
+        let mut all = observed.clone();
+        all.push((vec![0.1, 0.2, 0.3, 0.4], proposed));
+        let at = answer(&all);
+        let lowest = all.iter().map(|o| o.1).fold(f64::INFINITY, f64::min);
+        assert_eq!(all[at].1, lowest);
+        assert_eq!(
+            at == all.len() - 1,
+            proposed < observed.iter().map(|o| o.1).fold(f64::INFINITY, f64::min)
+        );
+    }
+    // A smooth objective is fitted and trusted.
+    let smooth = |w: &[f64]| (w[0] - 0.6).powi(2) + (w[1] - 0.1).powi(2) + 0.3 * w[2];
+    let (observed, _) = search(&plan, &smooth);
+    assert!(Predictor::fit(&observed).trusted());
+}

@@ -628,9 +628,10 @@ async function search(id) {
         ['Bounds', s.partitions.map((p) => `${p} [${s.bounds[p].map(fmt.weight).join(', ')}]`).join(' · ')],
         ['Prior', weights(s.prior)],
         gradient ? ['Backward passes', s.gradient_passes ?? '—']
-          : ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})` : '—'],
+          : ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})${s.fit.trusted === false ? ', not trusted: the proposal is the best point seen' : ''}${s.fit.trust_radius == null ? '' : `; trust region ${fmt.weight(s.fit.trust_radius)}`}` : '—'],
         ['Proposal', s.proposal ? `${weights(s.proposal.weights)} — objective ${fmt.ppl(s.proposal.objective)} (${gradient ? `tune objective ${fmt.ppl(s.proposal.tune_objective)}` : `predicted ${fmt.ppl(s.proposal.predicted)}`})` : '—'],
-        ['Best evaluated', s.best ? `${weights(s.best.weights)} — objective ${fmt.ppl(s.best.objective)}` : '—']]),
+        s.answer ? ['Answer', `${weights(s.answer.weights)} — objective ${fmt.ppl(s.answer.objective)}${gradient ? ` (tune objective ${fmt.ppl(s.answer.tune_objective)})` : ''}, by ${s.answer.proxy}`]
+          : ['Best evaluated', s.best ? `${weights(s.best.weights)} — objective ${fmt.ppl(s.best.objective)}` : '—']]),
       h('h2', {}, 'Points, best first'),
       table([
         { title: '#', num: true, cell: (p) => p.position },

@@ -1,6 +1,7 @@
 //! `mixpool search`: a ratio search asked of a running server, followed with a progress bar
-//! (plain lines when stderr is not a terminal), then the proposal, the best point and the
-//! predictor's fit (a `sample` search's) as tables, or the whole search as JSON with `--json`.
+//! (plain lines when stderr is not a terminal), then the proposal, the answer (the best point
+//! evaluated) and the predictor's fit (a `sample` search's) as tables, or the whole search as
+//! JSON with `--json`.
 
 use std::time::Duration;
 
@@ -164,7 +165,11 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     };
     let mut summary = table(&header);
     summary.add_row(row("proposal".into(), &search["proposal"]));
-    summary.add_row(row("best evaluated".into(), &search["best"]));
+    // Once done, the answer is the best point evaluated (the proposal among them).
+    match search["answer"]["proxy"].as_str() {
+        Some(proxy) => summary.add_row(row(format!("answer (by {proxy})"), &search["answer"])),
+        None => summary.add_row(row("best evaluated".into(), &search["best"])),
+    };
     if let Some(prior) = search["points"].get(0) {
         summary.add_row(row("start".into(), prior));
     }

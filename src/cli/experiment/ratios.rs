@@ -113,9 +113,9 @@ pub async fn run(api: &Client, names: &[String], unit_tokens: u64) -> Result<Val
         let job = api
             .get(&format!("/v1/jobs/{}", done["job"].as_str().unwrap_or("")))
             .await?;
-        let weights = done["proposal"]["weights"]
+        let weights = done["answer"]["weights"]
             .as_object()
-            .context("a proposal")?
+            .context("an answer")?
             .clone();
         chosen[*i].push(Chosen {
             method,
@@ -303,7 +303,7 @@ pub fn section(ratios: &Value) -> String {
     };
     line("## Searching the ratios: does a searched mixture train a better model?\n".into());
     line(format!(
-        "Each held-out set is split by document into a tune half and a report half. For each objective (the mean log perplexity over its held-out sets), four mixtures of the {} domains are chosen on the tune halves: by a `sample` search ({SAMPLE_BUDGET} points and the predictor's proposal), by a `gradient` search ({GRADIENT_STEPS} exponentiated-gradient steps on the merged model's α-gradient; the proposal is the step with the lowest tune objective), as the best subset of a sweep of every mixture of 1 to 3 domains ({} mixtures, uniform weights), and the uniform mixture of every domain. Each is then validated: a model trained from the base with the unit recipe on sequences drawn from each domain in the mixture's proportions, for {} tokens ({BUDGET_UNITS} unit budgets) whatever the mixture. Both columns of perplexities are the geometric mean over the objective's **report** halves, which no choice looked at.\n",
+        "Each held-out set is split by document into a tune half and a report half. For each objective (the mean log perplexity over its held-out sets), four mixtures of the {} domains are chosen on the tune halves: by a `sample` search ({SAMPLE_BUDGET} points and the predictor's proposal; its answer is the best of them on the tune halves), by a `gradient` search ({GRADIENT_STEPS} exponentiated-gradient steps on the merged model's α-gradient; its answer is the step with the lowest tune objective), as the best subset of a sweep of every mixture of 1 to 3 domains ({} mixtures, uniform weights), and the uniform mixture of every domain. Each is then validated: a model trained from the base with the unit recipe on sequences drawn from each domain in the mixture's proportions, for {} tokens ({BUDGET_UNITS} unit budgets) whatever the mixture. Both columns of perplexities are the geometric mean over the objective's **report** halves, which no choice looked at.\n",
         ratios["objectives"][0]["domains"]
             .as_array()
             .map_or(0, Vec::len),

@@ -68,14 +68,17 @@ pub struct PreparedChoices {
     batch_tokens: usize,
 }
 
+/// One question's place in a [`ChoiceLayout`]: its task's index, its gold index and per
+/// choice (UTF-8 bytes, tokens).
+pub type QuestionLayout = (u32, u32, Vec<(u64, u32)>);
+
 /// What the figures of a choices set need besides its choice tokens' NLLs, which are kept
 /// question by question, choice by choice, token by token (a unit model's stored per-token
 /// NLLs on a choices set are in this order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChoiceLayout {
     pub tasks: Vec<String>,
-    /// Per question: its task's index, its gold index and per choice (UTF-8 bytes, tokens).
-    pub questions: Vec<(u32, u32, Vec<(u64, u32)>)>,
+    pub questions: Vec<QuestionLayout>,
     /// Tokens a scoring reads (inputs of every choice's sequence).
     pub read: u64,
 }

@@ -112,6 +112,21 @@ async fn a_search_scores_points_within_its_bounds_that_the_score_endpoint_answer
         best = best.min(reported);
     }
     assert_eq!(search["best"]["objective"].as_f64(), Some(best));
+    // Done, its answer is the best point it evaluated (the proposal among them), by its proxy.
+    assert_eq!(
+        search["answer"]["objective"].as_f64(),
+        Some(best),
+        "{search}"
+    );
+    assert_eq!(search["answer"]["proxy"], "average");
+    let fit = &search["fit"];
+    assert!(fit["trusted"].is_boolean(), "{fit}");
+    assert!(
+        fit["trust_radius"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0 && r <= 1.0),
+        "{fit}"
+    );
     let prior = &points[0];
     assert_eq!(prior["role"], "sample");
     assert!(
@@ -445,7 +460,9 @@ async fn the_search_verb_follows_the_search_and_prints_the_proposal() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("proposal") && text.contains("best evaluated") && text.contains("tech_docs"),
+        text.contains("proposal")
+            && text.contains("answer (by average)")
+            && text.contains("tech_docs"),
         "{text}"
     );
 
