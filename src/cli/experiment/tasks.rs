@@ -112,7 +112,7 @@ pub(super) fn section(
             let v: Vec<f64> = points.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
-        let bpb = mean(&|p| p["truth"].as_f64().map(f64::log2));
+        let bpb = mean(&|p| p["true"].as_f64().map(f64::log2));
         let accuracy = mean(&|p| p["true_accuracy"].as_f64());
         let asked = questions.get(domain).map_or("–".into(), |n| n.to_string());
         for (i, (key, label)) in PROXIES.iter().enumerate() {
@@ -200,7 +200,7 @@ mod tests {
         }
         assert_eq!(jsonl(&asked).lines().count(), 8);
 
-        let point = |truth: f64, acc: f64| json!({"truth": truth, "true_accuracy": acc});
+        let point = |truth: f64, acc: f64| json!({"true": truth, "true_accuracy": acc});
         let agreement = json!({"pearson_log_ppl": 0.9, "spearman": 0.8, "rho_excluding": 0.5});
         let tasks = [json!({
             "eval_set": "cloze-prose",
