@@ -51,7 +51,7 @@ pub async fn create_search(
 }
 
 #[utoipa::path(get, path = "/v1/searches/{id}", tag = "searches", params(("id" = String, Path, description = "the search's id")),
-    responses((status = 200, body = Object, description = "state, progress, the best point so far, every point, and once done the proposal, the answer (the best point evaluated, and the proxy that scored it) and the predictor's fit"), Errors))]
+    responses((status = 200, body = Object, description = "state, progress, the best point so far, every point, the reference points (natural and uniform mixtures), and once done the proposal, the answer (the best point evaluated within the bounds, or the best of the final candidates by the check proxy; with the proxy that chose it), the check's scores and the predictor's fit"), Errors))]
 pub async fn get_search(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -130,6 +130,10 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         };
         perplexities.push(scores::perplexities(pool, &scope, &keys).await?);
     }
+    let bounds = crate::search::Bounds {
+        min: search.bounds_min.clone(),
+        max: search.bounds_max.clone(),
+    };
     let shown: Vec<(Value, Option<f64>)> = points
         .iter()
         .map(|p| {
@@ -148,6 +152,11 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
             });
             if p.tune_objective.is_some() {
                 body["tune_objective"] = json!(p.tune_objective);
+            }
+            // A reference mixture outside the bounds is shown, and ranks nothing.
+            if !bounds.contains(&p.weights, 1e-9) {
+                body["within_bounds"] = json!(false);
+                return (body, None);
             }
             // What ranks the points: a gradient search's tune objective (its report halves
             // choose nothing), else the objective.
@@ -180,18 +189,41 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
             }
             body
         });
-    // Once done, the answer: the best point it evaluated (by the tune objective where it has
-    // tune halves), its proposal among them, and the proxy that scored it.
+    // Once done, the answer the job chose: the best point it evaluated within its bounds (by
+    // the tune objective where it has tune halves), or the best of its final candidates by
+    // its check proxy; with the proxy that chose it.
     let answer = (job.as_ref().map(|j| j.state.as_str()) == Some("succeeded"))
-        .then(|| best.clone())
-        .flatten()
-        .map(|mut body| {
-            body["proxy"] = json!(search.proxy);
-            body
-        });
+        .then(|| {
+            let chosen = result.as_ref().map(|r| &r["answer"]);
+            let at = chosen.and_then(|a| a["position"].as_u64());
+            let body = match at {
+                Some(at) => shown
+                    .iter()
+                    .find(|(body, _)| body["position"] == at)
+                    .map(|(body, _)| body.clone()),
+                None => best.clone(),
+            };
+            body.map(|mut body| {
+                let proxy = chosen
+                    .and_then(|a| a["proxy"].as_str())
+                    .unwrap_or(&search.proxy);
+                if proxy != search.proxy {
+                    body["checked_objective"] =
+                        chosen.map_or(Value::Null, |a| a["objective"].clone());
+                }
+                body["proxy"] = json!(proxy);
+                body
+            })
+        })
+        .flatten();
+    let references: Vec<Value> = shown
+        .iter()
+        .filter(|(body, _)| body["role"] == "natural" || body["role"] == "uniform")
+        .map(|(body, _)| body.clone())
+        .collect();
     let base = bases::find(pool, &search.base_id.to_string()).await?;
     let recipe = recipes::find(pool, &search.recipe_id.to_string()).await?;
-    let total = search.budget as usize + 1;
+    let total = search.budget as usize + 2 + usize::from(!search.natural.is_empty());
     let mut out = json!({
         "id": search.id,
         "state": job.as_ref().map(|j| j.state.clone()),
@@ -207,10 +239,14 @@ async fn view(state: &AppState, search: &Search, with_points: bool) -> Result<Va
         "objective": Value::Object(search.objective.iter().enumerate().map(|(i, w)| (set(i), json!(w))).collect()),
         "bounds": Value::Object((0..search.partition_ids.len()).map(|i| (partition(i), json!([search.bounds_min[i], search.bounds_max[i]]))).collect()),
         "prior": by_partition(&search.prior),
+        "natural": (!search.natural.is_empty()).then(|| by_partition(&search.natural)),
+        "check": search.check_proxy,
         "progress": { "evaluated": points.len(), "total": total, "fraction": points.len() as f64 / total as f64 },
         "best": best,
         "proposal": proposal,
         "answer": answer,
+        "references": references,
+        "checked": result.as_ref().map_or(Value::Null, |r| r["checked"].clone()),
         "fit": result.as_ref().map_or(Value::Null, |r| r["fit"].clone()),
         "gradient_passes": result.as_ref().map_or(Value::Null, |r| r["gradient_passes"].clone()),
         "job": job.as_ref().map(|j| j.id),

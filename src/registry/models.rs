@@ -1,5 +1,7 @@
 //! Unit models: one per base × recipe × partition, trained once by a `train` job.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -140,6 +142,31 @@ pub async fn for_partitions<'e>(
     .bind(partitions)
     .fetch_all(db)
     .await
+}
+
+/// Each partition's size in the base's tokens, as its unit model's training counted them
+/// (the job's `data_tokens`), for the partitions whose ready unit model has the count.
+pub async fn data_tokens(
+    pool: &PgPool,
+    base: Uuid,
+    recipe: Uuid,
+    partitions: &[Uuid],
+) -> Result<HashMap<Uuid, u64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select m.partition_id, (j.result->>'data_tokens')::bigint from models m
+         join jobs j on j.id = m.job_id
+         where m.base_id = $1 and m.recipe_id = $2 and m.partition_id = any($3)
+           and m.state = 'ready' and j.result ? 'data_tokens'",
+    )
+    .bind(base)
+    .bind(recipe)
+    .bind(partitions)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, t)| (p, t.max(0) as u64))
+        .collect())
 }
 
 /// The partitions among `partitions` without a ready unit model for the base and recipe, in

@@ -63,8 +63,11 @@ fn by_key(
         .bind(&key.eval_config_sha256)
 }
 
-pub async fn get(pool: &PgPool, key: &ScoreKey) -> Result<Option<Score>, sqlx::Error> {
-    by_key(key).fetch_optional(pool).await
+pub async fn get<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    key: &ScoreKey,
+) -> Result<Option<Score>, sqlx::Error> {
+    by_key(key).fetch_optional(db).await
 }
 
 /// Stores a computed score; when the same key is already stored (a concurrent job got there

@@ -29,6 +29,12 @@ pub struct Search {
     pub bounds_min: Vec<f64>,
     pub bounds_max: Vec<f64>,
     pub prior: Vec<f64>,
+    /// The natural mixture's weights (proportional to the partitions' tokens), evaluated as a
+    /// point of role `natural`; empty for searches made before it was.
+    #[sqlx(rename = "natural_weights")]
+    pub natural: Vec<f64>,
+    /// The proxy the final candidates are scored again with (`None`: no check).
+    pub check_proxy: Option<String>,
     pub seed: i64,
     pub eval_config: Value,
     pub eval_config_sha256: String,
@@ -42,7 +48,8 @@ pub struct Search {
 pub struct Point {
     pub position: i32,
     pub round: i32,
-    /// `sample` or `proposal` (a `sample` search's), or `step` (a `gradient` search's).
+    /// `sample` or `proposal` (a `sample` search's), `step` (a `gradient` search's), or
+    /// `natural` and `uniform` (every search's reference mixtures, evaluated last).
     pub role: String,
     pub mixture_key: String,
     /// In the search's partition order.
@@ -61,9 +68,10 @@ pub async fn create(
     sqlx::query(
         "insert into searches (id, base_id, recipe_id, partition_ids, eval_set_ids, objective,
                                method, budget, bounds_min, bounds_max, prior, seed, eval_config,
-                               eval_config_sha256, request, job_id, tune_set_ids, proxy)
+                               eval_config_sha256, request, job_id, tune_set_ids, proxy, natural_weights,
+                               check_proxy)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18)",
+                 $18, $19, $20)",
     )
     .bind(search.id)
     .bind(search.base_id)
@@ -83,6 +91,8 @@ pub async fn create(
     .bind(job.id)
     .bind(&search.tune_set_ids)
     .bind(&search.proxy)
+    .bind(&search.natural)
+    .bind(&search.check_proxy)
     .execute(&mut *db)
     .await?;
     Ok(job)

@@ -17,6 +17,18 @@ pub enum SearchError {
         "the bounds allow no mixture: the minimums sum to {min_sum}, the maximums to {max_sum}; a mixture's weights sum to 1"
     )]
     Infeasible { min_sum: f64, max_sum: f64 },
+    #[error(
+        "partition {partition} may hold at most {cap:.4} of the mixture (max_epochs), below its minimum {min}"
+    )]
+    BelowMinimum {
+        partition: usize,
+        min: f64,
+        cap: f64,
+    },
+    #[error(
+        "the partitions hold too little data: with each repeated at most max_epochs times, their largest shares sum to {max_sum:.4}, short of 1; raise max_epochs or lower the budget"
+    )]
+    TooLittleData { max_sum: f64 },
 }
 
 /// Per-partition bounds on the weights of a mixture (which sum to 1).
@@ -47,6 +59,23 @@ impl Bounds {
             return Err(SearchError::Infeasible { min_sum, max_sum });
         }
         Ok(Bounds { min, max })
+    }
+
+    /// These bounds with each maximum lowered to its `cap` (see [`epoch_caps`]).
+    pub fn capped(&self, caps: &[f64]) -> Result<Bounds, SearchError> {
+        let max: Vec<f64> = self.max.iter().zip(caps).map(|(m, c)| m.min(*c)).collect();
+        if let Some(partition) = (0..max.len()).find(|&i| self.min[i] > max[i]) {
+            return Err(SearchError::BelowMinimum {
+                partition,
+                min: self.min[partition],
+                cap: caps[partition],
+            });
+        }
+        let max_sum = max.iter().sum::<f64>();
+        if max_sum < 1.0 - 1e-12 {
+            return Err(SearchError::TooLittleData { max_sum });
+        }
+        Bounds::new(self.min.clone(), max)
     }
 
     /// Whether `weights` sum to 1 and lie within the bounds (to `tolerance`).
@@ -94,6 +123,26 @@ impl Bounds {
         }
         w
     }
+}
+
+/// The largest share of each partition such that a training run of `budget` tokens drawn in
+/// the mixture's proportions repeats no partition more than `max_epochs` times: its tokens ×
+/// `max_epochs` / `budget`, at most 1.
+pub fn epoch_caps(tokens: &[u64], budget: u64, max_epochs: f64) -> Vec<f64> {
+    tokens
+        .iter()
+        .map(|t| (max_epochs * *t as f64 / budget as f64).min(1.0))
+        .collect()
+}
+
+/// The natural mixture: each partition in proportion to its tokens (the uniform one where
+/// they hold none).
+pub fn natural(tokens: &[u64]) -> Vec<f64> {
+    let total: u64 = tokens.iter().sum();
+    if total == 0 {
+        return vec![1.0 / tokens.len() as f64; tokens.len()];
+    }
+    tokens.iter().map(|t| *t as f64 / total as f64).collect()
 }
 
 /// A seeded source of candidate weights: the same seed gives the same candidates, so a
@@ -407,6 +456,24 @@ pub fn answer(observed: &[Observed]) -> usize {
         .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
         .expect("at least one point")
         .0
+}
+
+/// How many of a search's best points, by the proxy that scored them, a check scores again.
+pub const CHECKED: usize = 5;
+
+/// The positions a check scores again: the [`CHECKED`] best points by their objective (the
+/// first of equals first) and every position in `always` (the reference mixtures), each once,
+/// best first.
+pub fn to_check(observed: &[Observed], always: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..observed.len()).collect();
+    order.sort_by(|a, b| observed[*a].1.total_cmp(&observed[*b].1).then(a.cmp(b)));
+    let mut out: Vec<usize> = order.iter().copied().take(CHECKED).collect();
+    for at in order {
+        if always.contains(&at) && !out.contains(&at) {
+            out.push(at);
+        }
+    }
+    out
 }
 
 /// How a `gradient` search moves: exponentiated-gradient steps on the simplex, each projected

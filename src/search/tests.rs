@@ -328,3 +328,60 @@ fn an_answer_is_never_worse_than_the_best_point_and_an_untrusted_predictor_propo
     let (observed, _) = search(&plan, &smooth);
     assert!(Predictor::fit(&observed).trusted());
 }
+
+#[test]
+fn epoch_caps_bound_each_share_by_the_data_it_holds() {
+    // 100 and 300 tokens, a budget of 400 tokens: one epoch of each is a quarter and three
+    // quarters of the run; two epochs cap the first at a half and leave the second open.
+    assert_eq!(epoch_caps(&[100, 300], 400, 1.0), vec![0.25, 0.75]);
+    assert_eq!(epoch_caps(&[100, 300], 400, 2.0), vec![0.5, 1.0]);
+    let bounds = Bounds::open(2)
+        .capped(&epoch_caps(&[100, 300], 400, 1.0))
+        .unwrap();
+    assert_eq!(bounds.max, vec![0.25, 0.75]);
+    // Every point a plan proposes within the capped bounds repeats no partition more.
+    let plan = Plan {
+        budget: 12,
+        prior: vec![0.9, 0.1],
+        bounds: bounds.clone(),
+        seed: 3,
+    };
+    let (observed, proposal) = search(&plan, &|w| (w[0] - 0.9).powi(2));
+    for (w, _) in observed.iter().chain([(proposal, 0.0)].iter()) {
+        assert!(bounds.contains(w, 1e-9), "{w:?}");
+        assert!(
+            w[0] * 400.0 <= 100.0 + 1e-6,
+            "{w:?} repeats the first partition"
+        );
+    }
+    // Too little data for the budget, and a minimum above a cap, are refused by name.
+    assert_eq!(
+        Bounds::open(2).capped(&epoch_caps(&[100, 100], 400, 1.0)),
+        Err(SearchError::TooLittleData { max_sum: 0.5 })
+    );
+    let with_min = Bounds::new(vec![0.5, 0.0], vec![1.0, 1.0]).unwrap();
+    assert!(matches!(
+        with_min.capped(&[0.25, 1.0]),
+        Err(SearchError::BelowMinimum { partition: 0, .. })
+    ));
+}
+
+#[test]
+fn the_natural_mixture_follows_the_tokens() {
+    assert_eq!(natural(&[100, 300]), vec![0.25, 0.75]);
+    assert_eq!(natural(&[0, 0]), vec![0.5, 0.5]);
+}
+
+#[test]
+fn a_check_scores_the_best_points_again_and_the_references_always() {
+    let observed: Vec<Observed> = [5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 0.5, 8.0, 7.0]
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (vec![i as f64], *o))
+        .collect();
+    // The five best (6, 1, 3, 4, 2), then the references 7 and 8 by their objective; a
+    // reference among the best is not named twice.
+    assert_eq!(to_check(&observed, &[7, 8]), vec![6, 1, 3, 4, 2, 8, 7]);
+    assert_eq!(to_check(&observed, &[1, 8]), vec![6, 1, 3, 4, 2, 8]);
+    assert_eq!(to_check(&observed[..2], &[]), vec![1, 0]);
+}

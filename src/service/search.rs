@@ -19,7 +19,7 @@ use crate::registry::datasets;
 use crate::registry::models;
 use crate::registry::scores::eval_config_sha256;
 use crate::registry::searches::Search;
-use crate::search::Bounds;
+use crate::search::{Bounds, SearchError};
 use crate::service::resolve;
 use crate::service::units::{self, Created};
 use crate::store::Store;
@@ -56,10 +56,24 @@ pub struct NewSearch {
     /// `{"partition": [min, max]}`: bounds on its weight (default [0, 1]).
     #[schema(value_type = Option<Object>)]
     pub bounds: Option<BTreeMap<String, (f64, f64)>>,
-    /// `{"partition": weight}`: where the search starts (normalised; default: proportional to
-    /// the partitions' sizes, the token-weighted mixture); partitions it leaves out start at 0.
+    /// `{"partition": weight}`: where the search starts (normalised; default: the natural
+    /// mixture, each partition in proportion to its tokens); partitions it leaves out start
+    /// at 0.
     #[schema(value_type = Option<Object>)]
     pub prior: Option<BTreeMap<String, f64>>,
+    /// No partition repeated more than this many times when a model trains on `tokens` in
+    /// the mixture's proportions: each weight at most `max_epochs` × its partition's tokens
+    /// / `tokens` (its bound lowered to that). Default: no such bound.
+    pub max_epochs: Option<f64>,
+    /// The training budget `max_epochs` is judged against, in tokens (default: the recipe's
+    /// budget times the number of partitions, as a validation of all of them trains).
+    pub tokens: Option<u64>,
+    /// The proxy the final candidates (the 5 best points, and the natural and uniform
+    /// mixtures) are scored again with; the answer is then the best of them by it. A proxy,
+    /// `best` (the one the eval sets' validations trust most), or `none`. Default: for a
+    /// search scored on stored NLLs (`ensemble`, `units`), `best` where the validations
+    /// agree on one, else `average`; no check for the others.
+    pub check: Option<String>,
     /// The seed of the samples (default 0): the same request searches the same points.
     pub seed: Option<u64>,
     pub base: Option<String>,
@@ -170,16 +184,30 @@ pub async fn create(
     let bounds =
         Bounds::new(min, max).map_err(|e| Error::unprocessable("invalid_bounds", e.to_string()))?;
     let prior = match &new.prior {
-        None => partitions.iter().map(|p| p.bytes as f64).collect(),
+        None => None,
         Some(map) => {
             let mut w = vec![0.0; k];
             for (key, weight) in map {
                 w[position(&partition_keys, key, "prior")?] = *weight;
             }
-            w
+            Some(normalised(w, "prior")?)
         }
     };
-    let prior = normalised(prior, "prior")?;
+    if let Some(epochs) = new.max_epochs
+        && !(epochs.is_finite() && epochs > 0.0)
+    {
+        return Err(bad(
+            "invalid_setting",
+            "max_epochs is a positive number of passes over each partition's data",
+        ));
+    }
+    if new.tokens == Some(0) {
+        return Err(bad(
+            "invalid_setting",
+            "tokens is a positive training budget",
+        ));
+    }
+    let check = check_choice(new.check.as_deref(), method)?;
     let seed = new.seed.unwrap_or(0);
     if seed > i64::MAX as u64 {
         return Err(bad("invalid_seed", format!("seed is at most {}", i64::MAX)));
@@ -196,6 +224,83 @@ pub async fn create(
         units::train_missing(pool, (base.id, recipe.id), &missing, &name, train).await?
     {
         return Ok(Created::Training(training));
+    }
+
+    // The partitions' sizes in the base's tokens, as their unit models' training counted
+    // them: the natural mixture, and the data `max_epochs` bounds shares by.
+    let counted = models::data_tokens(pool, base.id, recipe.id, &ids).await?;
+    let uncounted = partitions.iter().find(|p| !counted.contains_key(&p.id));
+    let tokens: Vec<u64> = match uncounted {
+        None => partitions.iter().map(|p| counted[&p.id]).collect(),
+        // A unit model that was imported, not trained here, counted nothing: sizes in bytes.
+        Some(_) => partitions.iter().map(|p| p.bytes.max(0) as u64).collect(),
+    };
+    let natural = crate::search::natural(&tokens);
+    let bounds = match new.max_epochs {
+        None => bounds,
+        Some(epochs) => {
+            if let Some(p) = uncounted {
+                return Err(Error::unprocessable(
+                    "invalid_setting",
+                    format!(
+                        "max_epochs needs each partition's size in tokens, which training its unit model counts; the unit model of {:?} was not trained here",
+                        p.name
+                    ),
+                ));
+            }
+            let budget = new
+                .tokens
+                .unwrap_or(recipe.config.0.tokens * partitions.len() as u64);
+            let caps = crate::search::epoch_caps(&tokens, budget, epochs);
+            bounds.capped(&caps).map_err(|e| {
+                let e = match e {
+                    SearchError::BelowMinimum { partition, min, cap } => format!(
+                        "partition {:?} may hold at most {cap:.4} of the mixture at max_epochs {epochs} and {budget} tokens, below its minimum {min}",
+                        partitions[partition].name
+                    ),
+                    e => format!("{e} (max_epochs {epochs}, {budget} tokens)"),
+                };
+                Error::unprocessable("invalid_bounds", e)
+            })?
+        }
+    };
+    let prior = prior.unwrap_or_else(|| natural.clone());
+    let check = match check {
+        Check::Default if proxy.reads_token_nll() => {
+            let mut agreed = None;
+            for set in &eval_sets {
+                let chosen = match crate::validation::choose(pool, Choice::Best, set).await {
+                    Ok(chosen) => Some(chosen.proxy),
+                    Err(Error::Refused { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                agreed = match (agreed, chosen) {
+                    (None, Some(p)) => Some(Some(p)),
+                    (Some(Some(a)), Some(p)) if a == p => Some(Some(a)),
+                    _ => Some(None),
+                };
+            }
+            Some(agreed.flatten().unwrap_or(Proxy::Average))
+        }
+        Check::Default | Check::None => None,
+        Check::Choose(choice) => Some(
+            crate::validation::choose_one(pool, choice, &eval_sets)
+                .await?
+                .proxy,
+        ),
+    };
+    let check = check.filter(|c| *c != proxy);
+    if let Some(c) = check
+        && c.reads_token_nll()
+        && !proxy.reads_token_nll()
+    {
+        return Err(bad(
+            "invalid_proxy",
+            format!(
+                "check {}: a search scored by merging checks with a merge (average, fisher, task_vectors@λ)",
+                c.key()
+            ),
+        ));
     }
 
     // A gradient search scores its points on the report halves and never looks at them
@@ -228,6 +333,8 @@ pub async fn create(
         bounds_min: bounds.min,
         bounds_max: bounds.max,
         prior,
+        natural,
+        check_proxy: check.map(|c| c.key()),
         seed: seed as i64,
         eval_config: serde_json::to_value(&eval).expect("settings serialise"),
         eval_config_sha256: eval_config_sha256(&eval),
@@ -237,6 +344,25 @@ pub async fn create(
     };
     crate::jobs::search::queue(pool, &search).await?;
     Ok(Created::Done(search))
+}
+
+/// What a request's `check` asks for.
+enum Check {
+    Default,
+    None,
+    Choose(Choice),
+}
+
+fn check_choice(name: Option<&str>, method: &str) -> Result<Check> {
+    match name {
+        None => Ok(Check::Default),
+        Some("none") => Ok(Check::None),
+        Some(_) if method == "gradient" => Err(bad(
+            "invalid_proxy",
+            "a gradient search chooses by its merged model's tune objective: no check",
+        )),
+        Some(name) => Choice::parse(Some(name)).map(Check::Choose),
+    }
 }
 
 /// Weights that are finite, non-negative and not all zero, scaled to sum 1.

@@ -627,10 +627,11 @@ async function search(id) {
         ['Objective', Object.entries(s.objective).map(([e, w]) => `${fmt.weight(w)} × ln ppl(${e})`).join(' + ')],
         ['Bounds', s.partitions.map((p) => `${p} [${s.bounds[p].map(fmt.weight).join(', ')}]`).join(' · ')],
         ['Prior', weights(s.prior)],
+        ...(s.references || []).map((r) => [r.role === 'natural' ? 'Natural mixture' : 'Uniform mixture', `${weights(r.weights)} — objective ${fmt.ppl(r.objective)}${gradient ? ` (tune objective ${fmt.ppl(r.tune_objective)})` : ''}`]),
         gradient ? ['Backward passes', s.gradient_passes ?? '—']
           : ['Predictor', s.fit ? `cross-validated Spearman ρ ${s.fit.cv_spearman === null ? '—' : s.fit.cv_spearman.toFixed(3)} over ${s.fit.n} points (ridge λ ${s.fit.lambda})${s.fit.trusted === false ? ', not trusted: the proposal is the best point seen' : ''}${s.fit.trust_radius == null ? '' : `; trust region ${fmt.weight(s.fit.trust_radius)}`}` : '—'],
         ['Proposal', s.proposal ? `${weights(s.proposal.weights)} — objective ${fmt.ppl(s.proposal.objective)} (${gradient ? `tune objective ${fmt.ppl(s.proposal.tune_objective)}` : `predicted ${fmt.ppl(s.proposal.predicted)}`})` : '—'],
-        s.answer ? ['Answer', `${weights(s.answer.weights)} — objective ${fmt.ppl(s.answer.objective)}${gradient ? ` (tune objective ${fmt.ppl(s.answer.tune_objective)})` : ''}, by ${s.answer.proxy}`]
+        s.answer ? ['Answer', `${weights(s.answer.weights)} — objective ${fmt.ppl(s.answer.objective)}${gradient ? ` (tune objective ${fmt.ppl(s.answer.tune_objective)})` : ''}${s.answer.checked_objective == null ? '' : ` by ${s.proxy}, ${fmt.ppl(s.answer.checked_objective)} by the check`}; the ${s.answer.role} point${s.answer.checked_objective == null ? '' : ` best of ${s.checked.points.length} final candidates`}, chosen by ${s.answer.proxy}`]
           : ['Best evaluated', s.best ? `${weights(s.best.weights)} — objective ${fmt.ppl(s.best.objective)}` : '—']]),
       h('h2', {}, 'Points, best first'),
       table([
@@ -643,6 +644,9 @@ async function search(id) {
         ...s.partitions.map((n) => ({ title: n, num: true, cell: (p) => fmt.weight(p.weights[n]) })),
       ], rows, { id: 'points' })].flat(Infinity));
     const points = (s.points || []).filter((p) => p.objective !== null);
+    const own = points.filter((p) => p.role !== 'natural' && p.role !== 'uniform');
+    const references = ['natural', 'uniform'].map((role) => ({ type: 'scatter', name: role, symbol: 'diamond', symbolSize: 12,
+      data: points.filter((p) => p.role === role).map((p) => [p.position, p.objective]) }));
     let best = Infinity;
     c.setOption({
       animation: false,
@@ -653,13 +657,14 @@ async function search(id) {
       yAxis: { type: 'value', name: 'objective', scale: true },
       series: [
         ...(gradient ? [
-          { type: 'line', name: 'tune objective', data: points.map((p) => [p.position, p.tune_objective]) },
-          { type: 'line', name: 'objective (report halves)', data: points.map((p) => [p.position, p.objective]) },
+          { type: 'line', name: 'tune objective', data: own.map((p) => [p.position, p.tune_objective]) },
+          { type: 'line', name: 'objective (report halves)', data: own.map((p) => [p.position, p.objective]) },
         ] : [
           { type: 'scatter', name: 'sample', data: points.filter((p) => p.role === 'sample').map((p) => [p.position, p.objective]) },
           { type: 'scatter', name: 'proposal', symbolSize: 14, data: points.filter((p) => p.role === 'proposal').map((p) => [p.position, p.objective]) },
-          { type: 'line', name: 'best so far', step: 'end', showSymbol: false, data: points.map((p) => { best = Math.min(best, p.objective); return [p.position, best]; }) },
+          { type: 'line', name: 'best so far', step: 'end', showSymbol: false, data: own.map((p) => { best = Math.min(best, p.objective); return [p.position, best]; }) },
         ]),
+        ...references,
       ],
     });
     return s;

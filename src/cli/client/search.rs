@@ -1,6 +1,7 @@
 //! `mixpool search`: a ratio search asked of a running server, followed with a progress bar
 //! (plain lines when stderr is not a terminal), then the proposal, the answer (the best point
-//! evaluated) and the predictor's fit (a `sample` search's) as tables, or the whole search as
+//! evaluated, or the best by its check proxy), the natural and uniform mixtures and the
+//! predictor's fit (a `sample` search's) as tables, or the whole search as
 //! JSON with `--json`.
 
 use std::time::Duration;
@@ -38,9 +39,23 @@ pub struct SearchArgs {
     /// Bounds on a partition's weight, `PARTITION=MIN,MAX` (repeat).
     #[arg(long = "bound")]
     pub bounds: Vec<String>,
-    /// Where the search starts, `PARTITION=W` (repeat; default: proportional to size).
+    /// Where the search starts, `PARTITION=W` (repeat; default: the natural mixture, each
+    /// partition in proportion to its tokens).
     #[arg(long = "prior")]
     pub prior: Vec<String>,
+    /// No partition repeated more than this many times in a training run of `--tokens`:
+    /// each weight at most max_epochs × its tokens / the budget.
+    #[arg(long)]
+    pub max_epochs: Option<f64>,
+    /// The training budget `--max-epochs` is judged against (default: the recipe's budget
+    /// times the number of partitions).
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    /// The proxy the final candidates are scored again with, which then chooses the answer:
+    /// a proxy, best or none (default: for ensemble and units searches, the one the
+    /// validations trust most, else average).
+    #[arg(long)]
+    pub check: Option<String>,
     /// The samples' seed: the same search, the same points.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -103,6 +118,15 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     }
     if let Some(proxy) = &a.proxy {
         request["proxy"] = json!(proxy);
+    }
+    if let Some(epochs) = a.max_epochs {
+        request["max_epochs"] = json!(epochs);
+    }
+    if let Some(tokens) = a.tokens {
+        request["tokens"] = json!(tokens);
+    }
+    if let Some(check) = &a.check {
+        request["check"] = json!(check);
     }
     a.models.apply(&mut request);
     let api = Api::new(&a.server)?;
@@ -173,6 +197,10 @@ pub async fn search(a: SearchArgs) -> Result<()> {
     if let Some(prior) = search["points"].get(0) {
         summary.add_row(row("start".into(), prior));
     }
+    for reference in search["references"].as_array().into_iter().flatten() {
+        let role = reference["role"].as_str().unwrap_or("reference");
+        summary.add_row(row(format!("{role} mixture"), reference));
+    }
     let evaluated = &search["progress"]["evaluated"];
     if gradient {
         println!(
@@ -193,6 +221,25 @@ pub async fn search(a: SearchArgs) -> Result<()> {
             "search {id}: {evaluated} points evaluated; the predictor's cross-validated Spearman ρ {} over {} points\n{summary}",
             number(&fit["cv_spearman"]),
             fit["n"]
+        );
+    }
+    if let Some(check) = search["checked"]["proxy"].as_str() {
+        let by = format!(
+            "objective by {}",
+            search["proxy"].as_str().unwrap_or("the proxy")
+        );
+        let checked_by = format!("objective by {check}");
+        let mut checked = table(&["point", "role", by.as_str(), checked_by.as_str()]);
+        for p in search["checked"]["points"].as_array().into_iter().flatten() {
+            checked.add_row(vec![
+                format!("#{}", p["position"]),
+                p["role"].as_str().unwrap_or("").to_string(),
+                number(&p["objective"]),
+                number(&p["checked"]),
+            ]);
+        }
+        println!(
+            "\nthe final candidates scored again by {check}, which chose the answer\n{checked}"
         );
     }
     let rank = if gradient {

@@ -487,3 +487,41 @@ pub(super) fn scatter(report: &Value, path: &Path) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// The report of a `--ratios-only` run: its setup, the ratio section and the wall times.
+pub(super) fn ratios_report(
+    s: &Settings,
+    names: &[String],
+    train_bytes: &BTreeMap<String, usize>,
+    ratios: &Value,
+    times: &Times,
+) -> String {
+    let mut md = String::new();
+    let mut line = |text: String| {
+        md.push_str(&text);
+        md.push('\n');
+    };
+    line(format!(
+        "# Searching the ratios on the {}-domain corpus (`{}`)\n",
+        names.len(),
+        s.preset
+    ));
+    line(format!(
+        "Written by `mixpool experiment paper --preset {} --ratios-only` (the service's own API, one worker): the paper protocol's base ({} tokens on the first 300 kB of each domain's training documents) and unit models ({} tokens each, one per domain: {}), then the ratio part alone. Every number below comes from that run.\n",
+        s.preset,
+        s.base_tokens,
+        s.unit_tokens,
+        train_bytes
+            .iter()
+            .map(|(d, b)| format!("{d} {b} bytes"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    line(ratios::section(ratios));
+    line("## Wall times of this run\n".into());
+    line("| phase | seconds |\n|---|---|".into());
+    for (phase, seconds) in &times.0 {
+        line(format!("| {phase} | {seconds:.0} |"));
+    }
+    md
+}

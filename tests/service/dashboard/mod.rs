@@ -188,8 +188,19 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .js("const o = echarts.getInstanceByDom(document.getElementById('search-chart')).getOption(); return o.series[0].data.length + o.series[1].data.length")
         .await;
     let (_, search) = app.get(&format!("/v1/searches/{search_id}")).await;
-    assert_eq!(plotted, json!(search["points"].as_array().unwrap().len()));
+    let own = search["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] == "sample" || p["role"] == "proposal")
+        .count();
+    assert_eq!(plotted, json!(own));
     assert_eq!(plotted, json!(7));
+    // The natural and uniform mixtures are drawn apart, one point each.
+    let references = browser
+        .js("return echarts.getInstanceByDom(document.getElementById('search-chart')).getOption().series.slice(3).map(s => [s.name, s.data.length])")
+        .await;
+    assert_eq!(references, json!([["natural", 1], ["uniform", 1]]));
 
     // The explorer: two partitions picked by their checkboxes show what GET /v1/score says,
     // from the cache for a pair the sweep scored; weights 3:1 make a mixture nothing scored
@@ -425,7 +436,12 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
         .await;
     assert_eq!(
         series,
-        json!([["tune objective", 4], ["objective (report halves)", 4]])
+        json!([
+            ["tune objective", 4],
+            ["objective (report halves)", 4],
+            ["natural", 1],
+            ["uniform", 1]
+        ])
     );
     let tuned: Vec<f64> = serde_json::from_value(
         browser
@@ -433,10 +449,10 @@ async fn the_dashboard_shows_in_a_real_browser_what_the_api_answers() {
             .await,
     )
     .unwrap();
-    assert_eq!(tuned.len(), 4);
+    assert_eq!(tuned.len(), 6, "four steps, natural and uniform");
     assert!(tuned.is_sorted(), "{tuned:?}");
-    let proposed = gradient["proposal"]["tune_objective"].as_f64().unwrap();
-    assert!((tuned[0] - proposed).abs() < 5e-4, "{tuned:?} {proposed}");
+    let answered = gradient["answer"]["tune_objective"].as_f64().unwrap();
+    assert!((tuned[0] - answered).abs() < 5e-4, "{tuned:?} {answered}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     browser.screenshot("search-gradient").await;
 

@@ -8,6 +8,14 @@
 //! evaluated twice. A `gradient` search takes [`crate::search::Descent`] steps along the
 //! merged model's α-gradient on its tune halves, scoring each iterate on the report halves;
 //! a worker that takes it over continues from the last stored step.
+//!
+//! Every search then evaluates the natural and the uniform mixture as points of their own
+//! (roles `natural` and `uniform`), and answers with the best point it evaluated within its
+//! bounds — where it has a check proxy, the best of its final candidates scored again by
+//! that proxy (see [`sample`]).
+
+mod descend;
+mod sample;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -29,7 +37,7 @@ use crate::registry::datasets;
 use crate::registry::models::UnitModel;
 use crate::registry::scores::{self, ScoreKey};
 use crate::registry::searches::{self, Point};
-use crate::search::{Bounds, Descent, Observed, Plan, Predictor, answer};
+use crate::search::{Bounds, Descent, Plan};
 
 /// `search`: the ratio search to run (its settings are in its row).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,18 +108,31 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
 
     let proxy = Proxy::from_key(&search.proxy)
         .ok_or_else(|| fatal(format!("unknown proxy {:?}", search.proxy)))?;
-    let combine = Combine::of(proxy);
-    let with_base = matches!(combine, Combine::TaskVectors(_));
+    let check = match &search.check_proxy {
+        Some(key) => {
+            Some(Proxy::from_key(key).ok_or_else(|| fatal(format!("unknown proxy {key:?}")))?)
+        }
+        None => None,
+    };
+    // What the merges need: the base for task vectors, the Fisher estimates for `fisher`.
+    let combines: Vec<Combine> = std::iter::once(proxy)
+        .chain(check)
+        .map(Combine::of)
+        .collect();
+    let with_base = combines
+        .iter()
+        .any(|c| matches!(c, Combine::TaskVectors(_)));
+    let with_fisher = combines.contains(&Combine::Fisher);
 
     let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
     let outcome = async {
         cx.check_fits(
             units.len() + usize::from(with_base),
-            merger.unit_bytes * combine.units_per_unit(),
+            merger.unit_bytes * if with_fisher { 2 } else { 1 },
         )?;
         for unit in units.values() {
             merger.load(cx, unit).await?;
-            if combine == Combine::Fisher {
+            if with_fisher {
                 merger.load_fisher(cx, unit).await?;
             }
         }
@@ -139,6 +160,8 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
             units: &units,
             merger: &merger,
             proxy,
+            check,
+            bounds: bounds.clone(),
             nll,
             scope: ScoreKey {
                 base_id: search.base_id,
@@ -149,7 +172,7 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
                 eval_set_id: Uuid::nil(),
                 eval_config_sha256: search.eval_config_sha256.clone(),
             },
-            total: search.budget as usize + 1,
+            total: search.budget as usize + 1 + references(&search).len(),
         };
         match search.method.as_str() {
             "gradient" => run.descend(&Descent { bounds }).await,
@@ -173,7 +196,7 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
     };
     result["search"] = json!(search.id);
     result["worker"] = json!(cx.worker);
-    result["evaluations"] = json!(search.budget + 1);
+    result["evaluations"] = json!(search.budget as usize + 1 + references(&search).len());
     result["seconds"] = json!(started.elapsed().as_secs_f64());
     cx.succeed(pool.begin().await?, &result).await
 }
@@ -194,136 +217,18 @@ struct Run<'a> {
     units: &'a HashMap<Uuid, UnitModel>,
     merger: &'a Merger,
     proxy: Proxy,
+    /// The proxy the final candidates are scored again with, if any.
+    check: Option<Proxy>,
+    bounds: Bounds,
     /// The unit models' per-token NLLs, where the proxy reads them instead of merging.
     nll: Option<UnitNll>,
     /// The explicit-weight scores of the search's base, recipe and evaluation settings.
     scope: ScoreKey,
-    /// Evaluations in all: the budget and the proposal.
+    /// Evaluations in all: the budget, the proposal and the reference mixtures.
     total: usize,
 }
 
 impl Run<'_> {
-    async fn sample(&self, plan: &Plan) -> Result<Searched, JobError> {
-        let mut observed: Vec<Observed> = Vec::with_capacity(plan.budget);
-        let mut computed = 0;
-        for round in 0..plan.rounds() {
-            for weights in plan.round(round, &observed) {
-                if self.cx.is_cancelled() {
-                    return Ok(Searched::Stopped(Done::Cancelled));
-                }
-                let point = self.point(observed.len(), round, "sample", &weights, None);
-                match self.evaluate(point).await? {
-                    Some((objective, fresh)) => {
-                        observed.push((weights, objective));
-                        computed += fresh as usize;
-                    }
-                    None => return Ok(Searched::Stopped(Done::LeaseLost)),
-                }
-            }
-        }
-        let predictor = Predictor::fit(&observed);
-        let radius = plan.radius(&observed);
-        let weights = plan.propose(&predictor, &observed);
-        let position = observed.len();
-        let point = self.point(position, plan.rounds(), "proposal", &weights, None);
-        let Some((objective, fresh)) = self.evaluate(point).await? else {
-            return Ok(Searched::Stopped(Done::LeaseLost));
-        };
-        observed.push((weights.clone(), objective));
-        // The best point evaluated, the proposal among them: never worse than what was seen.
-        let at = answer(&observed);
-        Ok(Searched::Done(json!({
-            "computed": computed + fresh as usize,
-            "proposal": { "position": position, "weights": weights, "objective": objective, "predicted": predictor.predict(&weights) },
-            "answer": { "position": at, "weights": observed[at].0, "objective": observed[at].1 },
-            "fit": {
-                "cv_spearman": predictor.cv_spearman, "lambda": predictor.lambda, "n": predictor.n,
-                "trusted": predictor.trusted(), "trust_radius": radius,
-            },
-        })))
-    }
-
-    /// Steps 0 to budget: at each iterate the objective and its α-gradient on the tune
-    /// halves, the iterate scored on the report halves, then the step to the next. The
-    /// proposal is the iterate with the lowest tune objective, so the report halves never
-    /// choose anything.
-    async fn descend(&self, descent: &Descent) -> Result<Searched, JobError> {
-        let search = self.search;
-        let budget = search.budget as usize;
-        let units: Vec<Uuid> = search
-            .partition_ids
-            .iter()
-            .map(|p| self.units[p].id)
-            .collect();
-        let objective: Vec<(Uuid, f64)> = search
-            .tune_set_ids
-            .iter()
-            .copied()
-            .zip(search.objective.iter().copied())
-            .filter(|(_, w)| *w > 0.0)
-            .collect();
-        // Each iterate and its tune objective, by position: those stored by an earlier
-        // attempt, then this one's.
-        let mut path: Vec<(Vec<f64>, f64)> = searches::points(&self.cx.pool, search.id)
-            .await?
-            .into_iter()
-            .map(|p| {
-                let tuned = p.tune_objective.ok_or_else(|| {
-                    JobError::Fatal(format!("step {} has no tune objective", p.position))
-                })?;
-                Ok((p.weights, tuned))
-            })
-            .collect::<Result<_, JobError>>()?;
-        // An earlier attempt's last step is taken again (its gradient was not kept).
-        let mut t = path.len().saturating_sub(1);
-        let mut weights = match path.last() {
-            Some((w, _)) => w.clone(),
-            None => descent.start(&search.prior),
-        };
-        let (mut computed, mut passes) = (0, 0);
-        loop {
-            if self.cx.is_cancelled() {
-                return Ok(Searched::Stopped(Done::Cancelled));
-            }
-            let stored = t < path.len();
-            if stored && t == budget {
-                break;
-            }
-            let descended = self.merger.gradient(&units, &weights, &objective).await?;
-            passes += 1;
-            if !stored {
-                let point = self.point(t, t, "step", &weights, Some(descended.objective));
-                match self.evaluate(point).await? {
-                    Some((_, fresh)) => computed += fresh as usize,
-                    None => return Ok(Searched::Stopped(Done::LeaseLost)),
-                }
-                path.push((weights.clone(), descended.objective));
-            }
-            if t == budget {
-                break;
-            }
-            weights = descent.step(t, &weights, &descended.gradient);
-            t += 1;
-        }
-        let (position, (weights, tuned)) = path
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
-            .expect("at least the first step");
-        let mixture = Mixture::new(&search.partition_ids, Some(weights), Weighting::Explicit)
-            .map_err(|e| JobError::Fatal(format!("search step {position}: {e}")))?;
-        let perplexity = self.stored_perplexities(&mixture.key()).await?;
-        let objective = objective_of(&search.objective, &search.eval_set_ids, &perplexity);
-        let proposal = json!({ "position": position, "weights": weights, "objective": objective, "tune_objective": tuned });
-        Ok(Searched::Done(json!({
-            "computed": computed,
-            "gradient_passes": passes,
-            "answer": proposal,
-            "proposal": proposal,
-            "fit": null,
-        })))
-    }
-
     fn point(
         &self,
         position: usize,
@@ -342,31 +247,29 @@ impl Run<'_> {
         }
     }
 
-    /// The perplexities stored for an explicit-weight mixture, by eval set.
-    async fn stored_perplexities(&self, mixture_key: &str) -> Result<HashMap<Uuid, f64>, JobError> {
+    /// The perplexities of `mixture` by `proxy` on the search's eval sets — those stored read,
+    /// the missing computed and inserted in `tx` — and whether any was computed.
+    async fn perplexities(
+        &self,
+        mixture: &Mixture,
+        proxy: Proxy,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(HashMap<Uuid, f64>, bool), JobError> {
+        let scope = ScoreKey {
+            mixture_key: mixture.key(),
+            merge_method: proxy.key(),
+            ..self.scope.clone()
+        };
         let mut perplexity = HashMap::new();
         for set in &self.search.eval_set_ids {
             let key = ScoreKey {
-                mixture_key: mixture_key.to_string(),
                 eval_set_id: *set,
-                ..self.scope.clone()
+                ..scope.clone()
             };
-            if let Some(score) = scores::get(&self.cx.pool, &key).await? {
+            if let Some(score) = scores::get(&mut *tx, &key).await? {
                 perplexity.insert(*set, ppl(&score.result)?);
             }
         }
-        Ok(perplexity)
-    }
-
-    /// The objective at a point, and whether this attempt computed it (`false`: its scores
-    /// were stored). Missing scores are merged, evaluated and stored with the point and the
-    /// job's progress; `None` when the lease was lost (nothing is stored then).
-    async fn evaluate(&self, mut point: Point) -> Result<Option<(f64, bool)>, JobError> {
-        let ids = &self.search.partition_ids;
-        let mixture = Mixture::new(ids, Some(&point.weights), Weighting::Explicit)
-            .map_err(|e| JobError::Fatal(format!("search point {}: {e}", point.position)))?;
-        point.mixture_key = mixture.key();
-        let mut perplexity = self.stored_perplexities(&point.mixture_key).await?;
         let missing: Vec<Uuid> = self
             .search
             .eval_set_ids
@@ -374,47 +277,66 @@ impl Run<'_> {
             .filter(|s| !perplexity.contains_key(s))
             .copied()
             .collect();
-        let members = serde_json::to_value(&mixture.members).expect("mixtures serialise");
-        let mut tx = self.cx.pool.begin().await?;
-        if !missing.is_empty() {
-            // Merged in the canonical order, as a score job merges the same mixture.
-            let units: Vec<Uuid> = mixture
-                .members
-                .iter()
-                .map(|m| self.units[&m.partition].id)
-                .collect();
-            let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
-            let (results, note) = match &self.nll {
-                Some(nll) => {
-                    let results = missing
-                        .iter()
-                        .map(|set| nll.score(self.proxy, &units, &weights, *set))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (results, None)
-                }
-                None => {
-                    let combine = Combine::of(self.proxy);
-                    let scored = self.merger.score(&units, &weights, combine, &missing);
-                    let scored = scored.await?;
-                    (scored.results, scored.note)
-                }
-            };
-            for (set, result) in missing.iter().zip(&results) {
-                let key = ScoreKey {
-                    mixture_key: point.mixture_key.clone(),
-                    eval_set_id: *set,
-                    ..self.scope.clone()
-                };
-                let mut result = serde_json::to_value(result).expect("results serialise");
-                if let Some(note) = &note {
-                    result["note"] = json!(note);
-                }
-                let stored =
-                    scores::insert(&mut tx, &key, &members, &self.search.eval_config, &result)
-                        .await?;
-                perplexity.insert(*set, ppl(&stored.result)?);
-            }
+        if missing.is_empty() {
+            return Ok((perplexity, false));
         }
+        // Merged in the canonical order, as a score job merges the same mixture.
+        let units: Vec<Uuid> = mixture
+            .members
+            .iter()
+            .map(|m| self.units[&m.partition].id)
+            .collect();
+        let weights: Vec<f64> = mixture.members.iter().map(|m| m.weight).collect();
+        let (results, note) = if proxy.reads_token_nll() {
+            let nll = self.nll.as_ref().ok_or_else(|| {
+                JobError::Fatal(format!("proxy {} without stored NLLs", proxy.key()))
+            })?;
+            let results = missing
+                .iter()
+                .map(|set| nll.score(proxy, &units, &weights, *set))
+                .collect::<Result<Vec<_>, _>>()?;
+            (results, None)
+        } else {
+            let scored = self
+                .merger
+                .score(&units, &weights, Combine::of(proxy), &missing);
+            let scored = scored.await?;
+            (scored.results, scored.note)
+        };
+        let members = serde_json::to_value(&mixture.members).expect("mixtures serialise");
+        for (set, result) in missing.iter().zip(&results) {
+            let key = ScoreKey {
+                eval_set_id: *set,
+                ..scope.clone()
+            };
+            let mut result = serde_json::to_value(result).expect("results serialise");
+            if let Some(note) = &note {
+                result["note"] = json!(note);
+            }
+            let stored =
+                scores::insert(&mut *tx, &key, &members, &self.search.eval_config, &result).await?;
+            perplexity.insert(*set, ppl(&stored.result)?);
+        }
+        Ok((perplexity, true))
+    }
+
+    fn mixture(&self, position: usize, weights: &[f64]) -> Result<Mixture, JobError> {
+        Mixture::new(
+            &self.search.partition_ids,
+            Some(weights),
+            Weighting::Explicit,
+        )
+        .map_err(|e| JobError::Fatal(format!("search point {position}: {e}")))
+    }
+
+    /// The objective at a point, and whether this attempt computed it (`false`: its scores
+    /// were stored). Missing scores are merged, evaluated and stored with the point and the
+    /// job's progress; `None` when the lease was lost (nothing is stored then).
+    async fn evaluate(&self, mut point: Point) -> Result<Option<(f64, bool)>, JobError> {
+        let mixture = self.mixture(point.position as usize, &point.weights)?;
+        point.mixture_key = mixture.key();
+        let mut tx = self.cx.pool.begin().await?;
+        let (perplexity, fresh) = self.perplexities(&mixture, self.proxy, &mut tx).await?;
         searches::add_point(&mut tx, self.search.id, &point).await?;
         let done = point.position as usize + 1;
         let fraction = done as f32 / self.total as f32;
@@ -427,8 +349,76 @@ impl Run<'_> {
             &self.search.eval_set_ids,
             &perplexity,
         );
-        Ok(Some((objective, !missing.is_empty())))
+        Ok(Some((objective, fresh)))
     }
+
+    /// Evaluates the reference mixtures (see [`references`]) from `position` on, each with
+    /// its objective on the tune halves where `tune` names them (a gradient search's: its
+    /// units in partition order, and the tune halves' weights); their objectives, or `None`
+    /// when the lease was lost.
+    async fn references(
+        &self,
+        position: usize,
+        round: usize,
+        tune: Option<Tune<'_>>,
+    ) -> Result<Option<Vec<Reference>>, JobError> {
+        let mut out = Vec::new();
+        for (i, (role, weights)) in references(self.search).into_iter().enumerate() {
+            let tune_objective = match tune {
+                Some(Tune { units, objective }) => Some(
+                    self.merger
+                        .gradient(units, &weights, objective)
+                        .await?
+                        .objective,
+                ),
+                None => None,
+            };
+            let point = self.point(position + i, round, role, &weights, tune_objective);
+            let Some((objective, fresh)) = self.evaluate(point).await? else {
+                return Ok(None);
+            };
+            out.push(Reference {
+                role,
+                within: self.bounds.contains(&weights, 1e-9),
+                weights,
+                objective,
+                tune_objective,
+                fresh,
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A gradient search's tune halves: its unit models in partition order, and each tune
+/// half's weight in the objective.
+struct Tune<'a> {
+    units: &'a [Uuid],
+    objective: &'a [(Uuid, f64)],
+}
+
+/// A reference mixture as evaluated.
+struct Reference {
+    role: &'static str,
+    weights: Vec<f64>,
+    objective: f64,
+    tune_objective: Option<f64>,
+    /// Whether it lies within the search's bounds (only then can it be the answer).
+    within: bool,
+    fresh: bool,
+}
+
+/// The reference mixtures every search evaluates after its own points: the natural one
+/// (searches made before it was kept have none) and the uniform one, as they are — outside
+/// the bounds too, where the bounds exclude them.
+fn references(search: &searches::Search) -> Vec<(&'static str, Vec<f64>)> {
+    let k = search.partition_ids.len();
+    let mut out = Vec::with_capacity(2);
+    if search.natural.len() == k {
+        out.push(("natural", search.natural.clone()));
+    }
+    out.push(("uniform", vec![1.0 / k as f64; k]));
+    out
 }
 
 fn ppl(result: &Value) -> Result<f64, JobError> {
