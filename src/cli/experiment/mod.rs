@@ -222,6 +222,9 @@ async fn protocol(
         ));
         times.0.push(("total", started.elapsed().as_secs_f64()));
         std::fs::create_dir_all(&s.out).with_context(|| s.out.display().to_string())?;
+        let data = s.out.join(format!("paper-{}-ratios.json", s.preset));
+        std::fs::write(&data, serde_json::to_string_pretty(&ratios)?)
+            .with_context(|| data.display().to_string())?;
         let markdown = s.out.join(format!("paper-{}-ratios.md", s.preset));
         let text = report::ratios_report(s, &names, &train_bytes, &ratios, &times);
         std::fs::write(&markdown, text).with_context(|| markdown.display().to_string())?;

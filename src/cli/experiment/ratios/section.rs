@@ -6,8 +6,10 @@ use serde_json::Value;
 
 use super::{BUDGET_UNITS, ENSEMBLE_BUDGET, GRADIENT_STEPS, SAMPLE_BUDGET};
 
-/// The searched methods, as the rows name them.
-const SEARCHED: [&str; 4] = ["gradient", "sample", "sample, ensemble", "best subset"];
+/// The chosen mixtures compared with the references, as the rows name them: the searches'
+/// (which the goal counts) and the sweep's best subset.
+const CHOSEN: [&str; 4] = ["gradient", "sample", "sample, ensemble", "best subset"];
+const SEARCHED: [&str; 3] = ["gradient", "sample", "sample, ensemble"];
 /// How much better than both references a searched mixture's trained model must be.
 const GOAL: f64 = 0.01;
 
@@ -99,7 +101,7 @@ pub fn section(ratios: &Value) -> String {
         let (uniform, natural) = (trained("uniform"), trained("natural"));
         let reference = uniform.min(natural);
         line(String::new());
-        for method in SEARCHED {
+        for method in CHOSEN {
             let t = trained(method);
             line(format!(
                 "- {method}: {t:.3}, {:+.1}% against uniform ({uniform:.3}), {:+.1}% against natural ({natural:.3}).",
@@ -116,7 +118,7 @@ pub fn section(ratios: &Value) -> String {
             let goal = t <= reference * (1.0 - GOAL);
             met += usize::from(goal);
             line(format!(
-                "- **Goal ({}% below both references): {}** — the best searched mixture ({method}) is {:+.2}% against the better reference.",
+                "- **Goal (a searched mixture {}% below both references): {}** — the best searched mixture ({method}) is {:+.2}% against the better reference.",
                 100.0 * GOAL,
                 if goal { "met" } else { "not met" },
                 percent(t, reference)
