@@ -267,20 +267,20 @@ pub async fn create(
     let prior = prior.unwrap_or_else(|| natural.clone());
     let check = match check {
         Check::Default if proxy.reads_token_nll() => {
-            let mut agreed = None;
+            // The proxy the validations trust most where every eval set's agree, else the
+            // paper's merge.
+            let mut trusted = Vec::with_capacity(eval_sets.len());
             for set in &eval_sets {
-                let chosen = match crate::validation::choose(pool, Choice::Best, set).await {
-                    Ok(chosen) => Some(chosen.proxy),
-                    Err(Error::Refused { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                agreed = match (agreed, chosen) {
-                    (None, Some(p)) => Some(Some(p)),
-                    (Some(Some(a)), Some(p)) if a == p => Some(Some(a)),
-                    _ => Some(None),
-                };
+                trusted.push(
+                    match crate::validation::choose(pool, Choice::Best, set).await {
+                        Ok(chosen) => Some(chosen.proxy),
+                        Err(Error::Refused { .. }) => None,
+                        Err(e) => return Err(e),
+                    },
+                );
             }
-            Some(agreed.flatten().unwrap_or(Proxy::Average))
+            let agreed = trusted[0].filter(|p| trusted.iter().all(|t| *t == Some(*p)));
+            Some(agreed.unwrap_or(Proxy::Average))
         }
         Check::Default | Check::None => None,
         Check::Choose(choice) => Some(

@@ -226,7 +226,7 @@ async fn protocol(
         std::fs::write(&data, serde_json::to_string_pretty(&ratios)?)
             .with_context(|| data.display().to_string())?;
         let markdown = s.out.join(format!("paper-{}-ratios.md", s.preset));
-        let text = report::ratios_report(s, &names, &train_bytes, &ratios, &times);
+        let text = ratios::report(s, &names, &train_bytes, &ratios, &times);
         std::fs::write(&markdown, text).with_context(|| markdown.display().to_string())?;
         println!("report: {}", markdown.display());
         return Ok(());

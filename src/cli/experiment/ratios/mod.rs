@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-pub use self::section::section;
+pub use self::section::{report, section};
 use super::wait;
 use crate::cli::demo::Client;
 

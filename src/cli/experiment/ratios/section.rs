@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::super::{Settings, Times};
 use super::{BUDGET_UNITS, ENSEMBLE_BUDGET, GRADIENT_STEPS, SAMPLE_BUDGET};
 
 /// The chosen mixtures compared with the references, as the rows name them: the searches'
@@ -142,4 +143,102 @@ pub fn section(ratios: &Value) -> String {
         objectives.len()
     ));
     md
+}
+
+/// The report of a `--ratios-only` run: its setup, the ratio section and the wall times.
+pub fn report(
+    s: &Settings,
+    names: &[String],
+    train_bytes: &std::collections::BTreeMap<String, usize>,
+    ratios: &Value,
+    times: &Times,
+) -> String {
+    let mut md = String::new();
+    let mut line = |text: String| {
+        md.push_str(&text);
+        md.push('\n');
+    };
+    line(format!(
+        "# Searching the ratios on the {}-domain corpus (`{}`)\n",
+        names.len(),
+        s.preset
+    ));
+    line(format!(
+        "Written by `mixpool experiment paper --preset {} --ratios-only` (the service's own API, one worker): the paper protocol's base ({} tokens on the first 300 kB of each domain's training documents) and unit models ({} tokens each, one per domain: {}), then the ratio part alone. Every number below comes from that run.\n",
+        s.preset,
+        s.base_tokens,
+        s.unit_tokens,
+        train_bytes
+            .iter()
+            .map(|(d, b)| format!("{d} {b} bytes"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    line(section(ratios));
+    line("## Wall times of this run\n".into());
+    line("| phase | seconds |\n|---|---|".into());
+    for (phase, seconds) in &times.0 {
+        line(format!("| {phase} | {seconds:.0} |"));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::objectives;
+    use super::section;
+
+    #[test]
+    fn the_transfer_objective_holds_its_target_out_of_the_pool() {
+        let names: Vec<String> = ["code_c", "fiction", "religion", "tech_docs"]
+            .map(String::from)
+            .to_vec();
+        let o = objectives(&names);
+        assert_eq!(o.len(), 3);
+        assert_eq!(o[2].domains, ["tech_docs"]);
+        assert_eq!(o[2].partitions, ["code_c", "fiction", "religion"]);
+        // Without tech_docs, the last domain.
+        let o = objectives(&names[..3]);
+        assert_eq!(
+            (o[2].domains.clone(), o[2].partitions.len()),
+            (vec!["religion".to_string()], 2)
+        );
+    }
+
+    #[test]
+    fn the_goal_counts_searches_at_least_one_percent_below_both_references() {
+        let row = |method: &str, trained: f64| {
+            json!({"method": method, "weights": {"a": 1.0}, "evaluations": 0,
+                "merged_evaluations": 0, "gradient_passes": 0, "seconds": 0.0,
+                "merged": trained, "trained": trained, "trained_bpb": null})
+        };
+        let objective = |name: &str, gradient: f64, subset: f64| {
+            json!({"objective": name, "domains": ["a"], "partitions": ["a", "b"], "rows": [
+                row("gradient", gradient), row("sample", 10.0), row("sample, ensemble", 10.0),
+                row("best subset", subset), row("uniform", 10.0), row("natural", 10.1),
+            ]})
+        };
+        let ratios = json!({"tokens": 1, "cloze": false, "objectives": [
+            // 1.5% below uniform, the better reference: met.
+            objective("first", 9.85, 10.0),
+            // 0.5% below: not met; a best subset 5% below is not a search.
+            objective("second", 9.95, 9.5),
+        ]});
+        let md = section(&ratios);
+        assert!(
+            md.contains("met** — the best searched mixture (gradient) is -1.50%"),
+            "{md}"
+        );
+        assert!(
+            md.contains("not met** — the best searched mixture (gradient) is -0.50%"),
+            "{md}"
+        );
+        assert!(md.contains("the goal is met on 1 of 2 objectives"), "{md}");
+        assert!(
+            md.contains("- best subset: 9.500, -5.0% against uniform"),
+            "{md}"
+        );
+    }
 }
