@@ -48,12 +48,14 @@ experiment: build
 ## real S3 server (SeaweedFS on loopback, started for the run), the API checkers from PyPI
 ## (openapi-spec-validator, schemathesis; a venv made once in the cache) and headless
 ## Chromium for the dashboard (Debian's chromium and chromium-driver, installed once); then
-## the chaos run's short form (4 worker kills, one restart of each server).
+## the deployment manifests checked offline (scripts/deploy-check.sh) and the chaos run's
+## short form (4 worker kills, one restart of each server).
 test:
 	scripts/postgres.sh
 	scripts/chromium.sh
 	$(TORCH) && $(CORPUS) && S3=$$(scripts/s3.sh) && export MIXPOOL_TEST_S3_ENDPOINT=$$S3 && \
 	export MIXPOOL_TEST_API_TOOLS=$$(scripts/api-tools.sh) && cargo test --release && \
+	scripts/deploy-check.sh $(BIN) && \
 	cargo build --release --example chaos && \
 	MIXPOOL_BIN=$(BIN) MIXPOOL_WEED=$(CACHE)/s3-venv/bin/weed \
 	$(CARGO_TARGET_DIR)/release/examples/chaos 4 2024 15; \

@@ -1,5 +1,6 @@
 //! Every list of job kind names is the one the kinds are registered in: the database's check,
-//! the API's filter and its document, the dashboard's filter and the worker's `--kinds`.
+//! the API's filter and its document, the dashboard's filter, the worker's `--kinds` and the
+//! queue query the Kubernetes workers scale on.
 
 use std::collections::BTreeSet;
 
@@ -85,4 +86,17 @@ async fn every_list_of_job_kinds_is_the_registration_list() {
         .unwrap_or_else(|| panic!("no possible values: {said}"));
     let offered: BTreeSet<String> = offered.split(", ").map(String::from).collect();
     assert_eq!(offered, names, "the worker's --kinds");
+
+    // The queue depth KEDA scales the Kubernetes workers on counts every kind.
+    let scaling = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/scaling.yaml"
+    ))
+    .unwrap();
+    let counted = scaling
+        .split("kind in (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no kind list in the KEDA query: {scaling}"));
+    assert_eq!(quoted(counted), names, "the KEDA query");
 }

@@ -57,16 +57,30 @@ async fn finished(app: &App, id: &str) -> Value {
     }
 }
 
+/// The sweep's shard jobs (state, attempts, result), once none is queued or running: a sweep
+/// is done when its last score is stored, a moment before its shard job records its result.
 async fn sweep_jobs(app: &App) -> Vec<(String, i32, Value)> {
-    sqlx::query_as("select state, attempts, result from jobs where kind = 'sweep'")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(state, attempts, result): (String, i32, Option<Value>)| {
-            (state, attempts, result.unwrap_or_default())
-        })
-        .collect()
+    let started = Instant::now();
+    loop {
+        let jobs: Vec<(String, i32, Value)> =
+            sqlx::query_as("select state, attempts, result from jobs where kind = 'sweep'")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(state, attempts, result): (String, i32, Option<Value>)| {
+                    (state, attempts, result.unwrap_or_default())
+                })
+                .collect();
+        if jobs
+            .iter()
+            .all(|(state, _, _)| state != "queued" && state != "running")
+        {
+            return jobs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn mixture_names(entry: &Value) -> Vec<String> {
@@ -264,9 +278,9 @@ async fn a_worker_killed_mid_shard_leaves_the_rest_to_another_and_nothing_is_sco
 
     let other = App::start(app.worker("survivor"));
     let sweep = finished(&app, created["id"].as_str().unwrap()).await;
-    other.abort();
     assert_eq!(sweep["progress"]["scored"], 30);
     let shards = sweep_jobs(&app).await;
+    other.abort();
     assert_eq!(shards.len(), 1);
     let (state, attempts, result) = &shards[0];
     assert_eq!((state.as_str(), *attempts), ("succeeded", 2));
