@@ -128,7 +128,12 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
     let outcome = async {
         cx.check_fits(
             units.len() + usize::from(with_base),
-            merger.unit_bytes * if with_fisher { 2 } else { 1 },
+            merger.unit_bytes
+                * combines
+                    .iter()
+                    .map(|c| c.units_per_unit())
+                    .max()
+                    .unwrap_or(1),
         )?;
         for unit in units.values() {
             merger.load(cx, unit).await?;
