@@ -105,6 +105,7 @@ async fn main() {
         documents: 1,
         shape: None,
         train: true,
+        sources: None,
     };
     let a = datasets::insert(&mut db, Kind::Partition, &dataset("a"))
         .await

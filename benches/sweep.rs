@@ -7,14 +7,19 @@
 //!    models to disk, write the merged checkpoint, load it, evaluate;
 //!
 //! and the same mixtures as sweeps by the ensemble proxy, twice: first with no per-token
-//! NLLs stored, then with them stored (mixtures per second against the resident sweep's).
+//! NLLs stored, then with them stored (mixtures per second against the resident sweep's);
+//! and the sweep again in small shards (`--shard`, default 4) by a worker that keeps
+//! nothing between jobs (every shard fetches, verifies and loads its unit models: before
+//! the worker cache) and by one with its cache (after), side by side: what fetching and
+//! loading cost per mixture beside the forward passes. The process's resident memory is
+//! printed after each part.
 //!
 //! For each: wall time, the summed pure forward time of the evaluations, and the overhead per
 //! mixture, (wall − forward) / mixtures. Needs PostgreSQL (`scripts/postgres.sh`).
 //!
 //! `make bench-sweep [ARGS="--preset tiny --mixtures 255 --sample 255 --device cpu"]`
 //! (`--mixtures N` takes the first N mixtures, smallest first; `--sample N` times paths 2
-//! and 3 on the first N of those only).
+//! and 3 on the first N of those only; `--eval-kb` sizes the eval set, default 40).
 
 use std::str::FromStr;
 use std::time::Instant;
@@ -83,14 +88,28 @@ async fn job_seconds(pool: &sqlx::PgPool, kind: &str, pointer: &str) -> f64 {
         .sum()
 }
 
-fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from /proc (`VmHWM` the peak, `VmRSS` now), in MB.
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Prints the process's resident memory now and at its peak so far, after `stage`.
+fn memory(stage: &str) {
+    println!(
+        "memory after {stage}: resident {:.0} MB, peak so far {:.0} MB",
+        status_mb("VmRSS:"),
+        peak_rss_mb()
+    );
 }
 
 #[tokio::main]
@@ -98,6 +117,8 @@ async fn main() {
     let preset = arg("--preset", "tiny");
     let limit: usize = arg("--mixtures", "255").parse().unwrap();
     let sample: usize = arg("--sample", "255").parse().unwrap();
+    let small_shard: usize = arg("--shard", "4").parse().unwrap();
+    let eval_bytes: usize = arg("--eval-kb", "40").parse::<usize>().unwrap() * 1000;
     let device = mixpool::engine::device::parse(&arg("--device", "cpu")).unwrap();
     let admin = std::env::var("MIXPOOL_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -159,6 +180,8 @@ async fn main() {
             max_bytes: 1 << 26,
             train: true,
             choices: None,
+            text_field: None,
+            parquet: false,
         };
         async move {
             let body = Bytes::from(lines.join("\n") + "\n");
@@ -188,24 +211,29 @@ async fn main() {
             let text: String = doc["text"].as_str().unwrap().chars().take(2000).collect();
             bytes += text.len();
             eval_lines.push(serde_json::json!({"text": text, "domain": domain}).to_string());
-            if bytes >= 40_000 {
+            if bytes >= eval_bytes {
                 break 'fill;
             }
         }
         row += 1;
     }
     let eval_set = upload(Kind::EvalSet, "held-out", eval_lines).await;
-    let worker = Worker {
-        pool: pool.clone(),
-        store: store.clone(),
+    let worker = Worker::new(
+        pool.clone(),
+        store.clone(),
         device,
-        owner: "bench".into(),
-        kinds: mixpool::jobs::names(),
+        "bench".into(),
+        dirs.1.path(),
+        mixpool::worker::default_resident_bytes(device),
+        0,
+    )
+    .unwrap();
+    let worker = Worker {
         lease: std::time::Duration::from_secs(600),
-        work_dir: dirs.1.path().join("work"),
-        resident_bytes: mixpool::worker::default_resident_bytes(device),
+        ..worker
     };
     while worker.try_run_one().await.unwrap() {}
+    memory("training the unit models");
 
     let mut all = mixture::subsets(DOMAINS.len(), 1, DOMAINS.len());
     all.truncate(limit);
@@ -273,6 +301,60 @@ async fn main() {
         .execute(&pool)
         .await
         .unwrap();
+    memory("the sweep");
+
+    // 1a. Small shards, before and after the worker cache: each shard of the worker that
+    // keeps nothing fetches, verifies and loads its unit models; the other's first shard does.
+    let mut small = Vec::new();
+    for (label, cache_bytes) in [("keeps nothing", 0), ("worker cache", 64 << 30)] {
+        let cached = Worker::new(
+            pool.clone(),
+            store.clone(),
+            device,
+            format!("bench-{cache_bytes}"),
+            &dirs.1.path().join(format!("cache-{cache_bytes}")),
+            mixpool::worker::default_resident_bytes(device),
+            cache_bytes,
+        )
+        .unwrap();
+        let sweep = Sweep {
+            id: Uuid::new_v4(),
+            ..sweep.clone()
+        };
+        let started = Instant::now();
+        let jobs = mixpool::jobs::sweep::queue(&pool, &sweep, &list, small_shard)
+            .await
+            .unwrap();
+        while cached.try_run_one().await.unwrap() {}
+        let wall = started.elapsed().as_secs_f64();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let sum = |pointer: &'static str| {
+            let pool = pool.clone();
+            let ids = ids.clone();
+            async move {
+                let results: Vec<Value> =
+                    sqlx::query_scalar("select result from jobs where id = any($1)")
+                        .bind(&ids)
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                results
+                    .iter()
+                    .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+                    .sum::<f64>()
+            }
+        };
+        let forward = sum("/shard/eval_seconds").await;
+        let load = sum("/shard/load_seconds").await;
+        let fetched = sum("/fetched/bytes_fetched").await;
+        cached.kept.clear().await;
+        small.push((label, jobs.len(), wall, forward, load, fetched));
+        sqlx::query("delete from scores")
+            .execute(&pool)
+            .await
+            .unwrap();
+        memory(&format!("the sweep in shards of {small_shard}, {label}"));
+    }
 
     // 1b. The same mixtures by the ensemble proxy: first with no per-token NLLs stored (a
     // forward pass per unit model), then again once they are (none).
@@ -304,6 +386,8 @@ async fn main() {
             .unwrap();
     }
 
+    memory("the ensemble sweeps");
+
     // 2. One score job per mixture.
     let started = Instant::now();
     for m in &mixtures[..sample] {
@@ -320,6 +404,7 @@ async fn main() {
     }
     let jobs_wall = started.elapsed().as_secs_f64();
     let jobs_forward = job_seconds(&pool, "score", "/seconds/eval").await;
+    memory("one score job per mixture");
 
     // 3. The file-based steps of the earlier score job, in-process.
     let units = models::for_partitions(&pool, base.id, recipe.id, &partitions)
@@ -373,6 +458,7 @@ async fn main() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     let files_wall = started.elapsed().as_secs_f64();
+    memory("the file-based score steps");
 
     println!(
         "{:<34} {:>9} {:>9} {:>10} {:>19}",
@@ -407,6 +493,26 @@ async fn main() {
         sample,
         files_wall,
         files_forward,
+    );
+    println!(
+        "sweep in shards of {small_shard}: {:<14} {:>7} {:>9} {:>10} {:>8} {:>11} {:>19}",
+        "worker", "shards", "wall s", "forward s", "load s", "fetched MB", "overhead ms/mixture"
+    );
+    let per_mixture = |wall: f64, forward: f64| (wall - forward) / mixtures.len() as f64 * 1e3;
+    for (label, shards, wall, forward, load, fetched) in &small {
+        println!(
+            "sweep in shards of {small_shard}: {label:<14} {shards:>7} {wall:>9.2} {forward:>10.2} {load:>8.2} {:>11.0} {:>19.1}",
+            fetched / 1e6,
+            per_mixture(*wall, *forward),
+        );
+    }
+    let (before, after) = (&small[0], &small[1]);
+    println!(
+        "worker cache: overhead per mixture {:.2}x of the worker that keeps nothing ({:.1} → {:.1} ms), load time {:.2}x",
+        per_mixture(after.2, after.3) / per_mixture(before.2, before.3),
+        per_mixture(before.2, before.3),
+        per_mixture(after.2, after.3),
+        after.4 / before.4.max(1e-9),
     );
     println!(
         "sweep: merges {:.1} ms/mixture; {shards} shard(s) fetched their unit models in {sweep_load:.2} s ({:.1} ms/mixture); resident unit models at most {:.1} MB per shard; process peak RSS {:.0} MB",

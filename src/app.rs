@@ -237,19 +237,25 @@ pub fn worker(
         mb => mb << 20,
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    Ok(Worker {
+    let owner = format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        crate::engine::device::name(device)
+    );
+    let cache_bytes = engine.cache_mb << 20;
+    let worker = Worker::new(
         pool,
         store,
         device,
-        owner: format!(
-            "{host}:{}:{}",
-            std::process::id(),
-            crate::engine::device::name(device)
-        ),
-        kinds: crate::jobs::names(),
-        lease: Duration::from_secs(config.service.lease_seconds.max(3)),
-        work_dir: data.join("work"),
+        owner,
+        data,
         resident_bytes,
+        cache_bytes,
+    )
+    .with_context(|| format!("opening the model cache in {}", data.display()))?;
+    Ok(Worker {
+        lease: Duration::from_secs(config.service.lease_seconds.max(3)),
+        ..worker
     })
 }
 

@@ -54,6 +54,10 @@ pub struct EngineConfig {
     /// device's memory.
     #[serde(default)]
     pub resident_mb: u64,
+    /// Disk a worker may fill with the model weights it fetched (under DATA/cache), in MiB;
+    /// 0 keeps none, and no unit models resident between jobs.
+    #[serde(default = "defaults::cache_mb")]
+    pub cache_mb: u64,
 }
 
 /// Settings added after the first release, so that older settings files still read.
@@ -73,6 +77,9 @@ mod defaults {
     pub fn worker() -> bool {
         true
     }
+    pub fn cache_mb() -> u64 {
+        10_240
+    }
 }
 
 impl Default for Config {
@@ -82,6 +89,7 @@ impl Default for Config {
                 device: "auto".into(),
                 threads: 0,
                 resident_mb: 0,
+                cache_mb: defaults::cache_mb(),
             },
             service: ServiceConfig {
                 database_url: "postgres://postgres@127.0.0.1:5432/mixpool".into(),

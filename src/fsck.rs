@@ -1,7 +1,9 @@
 //! The registry and the object store checked against each other (`mixpool fsck`,
 //! `GET /v1/admin/fsck`).
-//! Every row's objects exist with their recorded sha256; every object belongs to a row or to
-//! work in progress; ready unit models have weights; no running job has an expired lease.
+//! Every row's objects exist with their recorded sha256 (a dataset read in place: each of its
+//! objects, so a changed one is reported); every object under the pool's own prefixes belongs
+//! to a row or to work in progress (other objects are its users' corpora, never orphans);
+//! ready unit models have weights; no running job has an expired lease.
 //! `--repair` removes orphaned objects and returns expired jobs to the queue; a missing or
 //! corrupt object is reported, never "repaired" away.
 
@@ -91,8 +93,20 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         ),
         (Datasets::EvalSets, "eval_sets", keys::eval_set),
     ] {
-        for (name, sha, object_sha) in registry::datasets(pool, table).await? {
-            expect(key_of(&sha), Some(object_sha), format!("{noun} {name:?}"));
+        for (name, sha, object_sha, sources) in registry::datasets(pool, table).await? {
+            match sources {
+                None => expect(key_of(&sha), Some(object_sha), format!("{noun} {name:?}")),
+                // Read in place: each object must still be what it was when registered.
+                Some(sources) => {
+                    for object in &sources.objects {
+                        expect(
+                            object.key.clone(),
+                            Some(object.sha256.clone()),
+                            format!("{noun} {name:?} (read in place)"),
+                        );
+                    }
+                }
+            }
         }
     }
     for (id, name, weights, files) in &registry::bases(pool).await? {
@@ -175,6 +189,11 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
                 ),
                 None => report.found(Kind::Missing, key, want.owner),
             }
+            continue;
+        }
+        // Objects outside the pool's own prefixes are its users' (corpora to read in place):
+        // never orphans.
+        if !crate::service::sources::is_own(&key) {
             continue;
         }
         let uploading = ["staging/", "partitions/", "evalsets/"]

@@ -20,6 +20,7 @@ use crate::engine::choices::{self, ChoicesError, Shape, looks_like_choices};
 use crate::engine::data::{self, DataError, Document, Format};
 use crate::registry::datasets::{self, Dataset, Kind, NewDataset};
 use crate::registry::{Created, RegistryError};
+use crate::sources;
 use crate::store::{Store, StoreError, keys};
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct Upload {
     /// Eval sets only: whether it holds multiple-choice questions (`Some(true)`) or text
     /// (`Some(false)`); taken from the first record's fields when not given.
     pub choices: Option<bool>,
+    /// Parquet: the column holding the text (`text` when not given). A body is read as
+    /// Parquet when it starts with Parquet's magic bytes or `parquet` is set.
+    pub text_field: Option<String>,
+    pub parquet: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,10 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("reading the upload: {0}")]
     Body(std::io::Error),
+    #[error("{0}")]
+    Parquet(String),
+    #[error(transparent)]
+    Source(crate::sources::SourceError),
     #[error("eval set {name:?} has {documents} document(s): splitting it needs at least 2")]
     TooFewToSplit { name: String, documents: usize },
 }
@@ -74,6 +83,13 @@ pub fn check_name(name: &str) -> Result<(), IngestError> {
     } else {
         Err(IngestError::BadName(name.to_string()))
     }
+}
+
+/// How a Parquet body is read.
+struct Parquet {
+    /// Read as Parquet whatever its first bytes (`format=parquet`).
+    forced: bool,
+    text_field: String,
 }
 
 struct Parsed {
@@ -112,8 +128,12 @@ where
         Kind::EvalSet => upload.choices,
         Kind::Partition => Some(false),
     };
+    let parquet = Parquet {
+        forced: upload.parquet,
+        text_field: upload.text_field.clone().unwrap_or_else(|| "text".into()),
+    };
     let parser = tokio::task::spawn_blocking(move || {
-        let result = parse(in_rx, &out_tx, format, choices, limit);
+        let result = parse(in_rx, &out_tx, format, choices, &parquet, limit);
         match &result {
             Ok(parsed) => {
                 let _ = sha.set(parsed.sha256.clone());
@@ -153,6 +173,7 @@ where
         documents: parsed.documents,
         shape: parsed.shape.map(|s| s.as_str().to_string()),
         train: upload.train,
+        sources: None,
     };
     let mut db = pool.acquire().await.map_err(RegistryError::from)?;
     match datasets::insert(&mut db, kind, &new).await {
@@ -182,9 +203,12 @@ pub async fn split_eval_set(
     store: &Store,
     set: &Dataset,
 ) -> Result<(Dataset, Dataset), IngestError> {
-    let object = store
-        .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
-        .await?;
+    let object = crate::sources::text(store, set, &keys::eval_set(&set.sha256))
+        .await
+        .map_err(|e| match e {
+            crate::sources::SourceError::Store(e) => IngestError::Store(e),
+            e => IngestError::Source(e),
+        })?;
     let text = data::decompress(object.to_vec())?;
     let docs = data::parse_documents(&text, Some(Format::Jsonl))?;
     if docs.len() < 2 {
@@ -207,6 +231,8 @@ pub async fn split_eval_set(
             max_bytes: u64::MAX,
             train: false,
             choices: None,
+            text_field: None,
+            parquet: false,
         };
         let body = Bytes::from(data::jsonl(&docs));
         let created = ingest(
@@ -231,6 +257,7 @@ fn parse(
     output: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     format: Option<Format>,
     choices: Option<bool>,
+    parquet: &Parquet,
     limit: u64,
 ) -> Result<Parsed, IngestError> {
     let raw = Limited {
@@ -243,7 +270,28 @@ fn parse(
     };
     let mut raw = BufReader::with_capacity(1 << 16, raw);
     let head = raw.fill_buf().map_err(body_error)?.to_vec();
-    let decoded: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+    // Parquet's index is at its end: the file is read whole (within the limit).
+    let mut parquet_docs = None;
+    if parquet.forced || head.starts_with(sources::PARQUET_MAGIC) {
+        if choices == Some(true) {
+            return Err(IngestError::Parquet(
+                "multiple-choice questions are read from JSONL, not Parquet".into(),
+            ));
+        }
+        let mut all = Vec::new();
+        raw.read_to_end(&mut all).map_err(body_error)?;
+        let docs = sources::parquet_documents(Bytes::from(all), &parquet.text_field)
+            .map_err(IngestError::Parquet)?;
+        parquet_docs = Some(docs);
+    }
+    let choices = if parquet_docs.is_some() {
+        Some(false)
+    } else {
+        choices
+    };
+    let decoded: Box<dyn Read> = if parquet_docs.is_some() {
+        Box::new(std::io::empty())
+    } else if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(raw))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(body_error)?)
@@ -275,14 +323,7 @@ fn parse(
         if doc.text.trim().is_empty() {
             return Ok(());
         }
-        let mut line = match &doc.domain {
-            Some(domain) => {
-                serde_json::to_vec(&serde_json::json!({"text": doc.text, "domain": domain}))
-            }
-            None => serde_json::to_vec(&serde_json::json!({"text": doc.text})),
-        }
-        .expect("documents serialise");
-        line.push(b'\n');
+        let line = normalised(&doc);
         hasher.update(&line);
         encoder.write_all(&line).map_err(body_error)?;
         documents += 1;
@@ -291,6 +332,11 @@ fn parse(
     };
     let mut shape = None;
     match format {
+        _ if parquet_docs.is_some() => {
+            for doc in parquet_docs.take().into_iter().flatten() {
+                emit(doc, &mut encoder)?;
+            }
+        }
         _ if choices => {
             let mut line = Vec::new();
             let mut line_no = 0;
@@ -351,6 +397,20 @@ fn parse(
         bytes,
         shape,
     })
+}
+
+/// A document as the pool stores it: one JSON line, `text` and `domain` where there is one.
+/// A dataset's identity is the sha256 of its documents' lines.
+pub fn normalised(doc: &Document) -> Vec<u8> {
+    let mut line = match &doc.domain {
+        Some(domain) => {
+            serde_json::to_vec(&serde_json::json!({"text": doc.text, "domain": domain}))
+        }
+        None => serde_json::to_vec(&serde_json::json!({"text": doc.text})),
+    }
+    .expect("documents serialise");
+    line.push(b'\n');
+    line
 }
 
 fn body_error(e: std::io::Error) -> IngestError {

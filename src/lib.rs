@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod registry;
 pub mod search;
 pub mod service;
+pub mod sources;
 pub mod stats;
 pub mod store;
 pub mod validation;

@@ -313,6 +313,38 @@ impl Store {
         Ok(())
     }
 
+    /// An object's bytes and their sha256 (for objects no row records yet); `None` when
+    /// there is no such object.
+    pub async fn get_hashed(&self, key: &str) -> Result<Option<(Bytes, String)>, StoreError> {
+        match self.inner.get(&Key::from(key)).await {
+            Ok(found) => {
+                let data = found.bytes().await?;
+                let sha256 = hex::encode(Sha256::digest(&data));
+                Ok(Some((data, sha256)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An object's size; `None` when there is no such object.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(&Key::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Bytes `range` of an object.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        Ok(self.inner.get_range(&Key::from(key), range).await?)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&Key::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

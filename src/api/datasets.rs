@@ -15,19 +15,24 @@ use crate::ingest::{IngestError, Upload, ingest};
 use crate::registry::datasets::{self, Dataset, Kind};
 use crate::registry::{Created, RegistryError, bases, models, recipes};
 use crate::service::partitions;
+use crate::service::sources::{self, RegisterRequest};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UploadParams {
-    /// The dataset's name (letters, digits, `-`, `_`, `.`).
-    name: String,
+    /// The dataset's name (letters, digits, `-`, `_`, `.`). Without it, the body is a JSON
+    /// object naming objects of the store to read in place (`RegisterRequest`).
+    name: Option<String>,
     /// The partition's domain.
     domain: Option<String>,
     /// Comma-separated.
     tags: Option<String>,
-    /// `jsonl` or `text`; taken from the content when absent.
+    /// `jsonl`, `text` or `parquet`; taken from the content when absent (Parquet by its
+    /// magic bytes).
     format: Option<String>,
+    /// Parquet: the column holding the text (default `text`).
+    text_field: Option<String>,
     /// Partitions only: queue the unit model for the default base and recipe (default true).
     train: Option<bool>,
     /// Eval sets only: `text` (held-out documents) or `choices` (multiple-choice questions:
@@ -37,16 +42,20 @@ pub struct UploadParams {
 }
 
 #[utoipa::path(post, path = "/v1/partitions", tag = "datasets", params(UploadParams),
-    request_body(content = String, description = "JSONL (a `text` per line) or text, optionally gzip or zstd", content_type = "application/octet-stream"),
+    request_body(content = String, description = "JSONL (a `text` per line), text or Parquet, optionally gzip or zstd; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream"),
     security(("bearer" = [])),
     responses((status = 201, body = Object, description = "stored: the partition and its queued unit model"),
-              (status = 200, body = Object, description = "the same bytes were already stored"), Errors))]
+              (status = 200, body = Object, description = "the same bytes were already stored"),
+              (status = 202, body = Object, description = "a registration from the store: its `register` job, whose result holds the partition and its unit model once read"), Errors))]
 pub async fn upload_partition(
     State(state): State<AppState>,
     Q(params): Q<UploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if params.name.is_none() {
+        return register(&state, Kind::Partition, params, body).await;
+    }
     let train = params.train.unwrap_or(true);
     let created = upload(&state, Kind::Partition, params, &headers, body).await?;
     let status = if created.is_new() {
@@ -64,15 +73,19 @@ pub async fn upload_partition(
 }
 
 #[utoipa::path(post, path = "/v1/eval-sets", tag = "datasets", params(UploadParams),
-    request_body(content = String, description = "JSONL with a `text` and an optional `domain` per line", content_type = "application/octet-stream"),
+    request_body(content = String, description = "JSONL with a `text` and an optional `domain` per line, or Parquet; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream"),
     security(("bearer" = [])),
-    responses((status = 201, body = Object, description = "stored"), (status = 200, body = Object, description = "already stored"), Errors))]
+    responses((status = 201, body = Object, description = "stored"), (status = 200, body = Object, description = "already stored"),
+              (status = 202, body = Object, description = "a registration from the store: its `register` job, whose result holds the eval set once read"), Errors))]
 pub async fn upload_eval_set(
     State(state): State<AppState>,
     Q(params): Q<UploadParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Dataset>), ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if params.name.is_none() {
+        return register(&state, Kind::EvalSet, params, body).await;
+    }
     if params.train.is_some() {
         return Err(ApiError::bad_request(
             "invalid_parameter",
@@ -85,7 +98,49 @@ pub async fn upload_eval_set(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(created.into_inner())))
+    Ok((status, Json(json!(created.into_inner()))))
+}
+
+/// Largest registration body.
+const MAX_REGISTRATION: usize = 1 << 20;
+
+/// A registration from objects of the store: 202 with its `register` job, whose result
+/// holds the dataset (and a partition's queued unit model) once read.
+async fn register(
+    state: &AppState,
+    kind: Kind,
+    params: UploadParams,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let UploadParams {
+        name: None,
+        domain: None,
+        tags: None,
+        format: None,
+        text_field: None,
+        train: None,
+        kind: None,
+    } = params
+    else {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "a registration takes its settings in its JSON body; upload parameters need a name",
+        ));
+    };
+    let bytes = axum::body::to_bytes(body, MAX_REGISTRATION)
+        .await
+        .map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
+    let request: RegisterRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "without a name parameter the body names objects of the store to read: \
+                 {{\"name\", \"objects\": [...] | \"prefix\"}} ({e})"
+            ),
+        )
+    })?;
+    let job = sources::register(&state.pool, &state.store, kind, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))))
 }
 
 const CONTENT_TYPES: &[&str] = &[
@@ -137,14 +192,15 @@ async fn upload(
             ));
         }
     }
-    let format = match params.format.as_deref() {
-        None => None,
-        Some("jsonl") => Some(Format::Jsonl),
-        Some("text") => Some(Format::Text),
+    let (format, parquet) = match params.format.as_deref() {
+        None => (None, false),
+        Some("jsonl") => (Some(Format::Jsonl), false),
+        Some("text") => (Some(Format::Text), false),
+        Some("parquet") => (None, true),
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_format",
-                format!("format {other:?}: use jsonl or text"),
+                format!("format {other:?}: use jsonl, text or parquet"),
             ));
         }
     };
@@ -168,7 +224,9 @@ async fn upload(
     let upload = Upload {
         choices,
         kind,
-        name: params.name,
+        name: params.name.unwrap_or_default(),
+        text_field: params.text_field,
+        parquet,
         domain: params.domain,
         tags: params
             .tags
@@ -207,6 +265,8 @@ impl From<IngestError> for ApiError {
             e @ IngestError::TooFewToSplit { .. } => {
                 ApiError::unprocessable("eval_set_too_small", e.to_string())
             }
+            IngestError::Parquet(message) => ApiError::unprocessable("invalid_parquet", message),
+            IngestError::Source(e) => ApiError::unprocessable("source_changed", e.to_string()),
         }
     }
 }

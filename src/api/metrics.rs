@@ -2,7 +2,8 @@
 //! This server's own work — requests by route and status (latency histograms), score
 //! answers by outcome, database and store errors — and the pool as the registry holds it at
 //! each scrape: jobs by kind and state, unit models by state, pool sizes, the duration and
-//! queue wait of jobs finished since this server started, the heartbeat age of running jobs.
+//! queue wait of jobs finished since this server started, the heartbeat age of running jobs,
+//! and what each worker's cache of model weights did, as the workers last reported it.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -73,6 +74,9 @@ pub struct Metrics {
     job_seconds: HistogramVec,
     queue_wait: HistogramVec,
     heartbeat_age: IntGaugeVec,
+    /// Workers' cache counters (hits, misses, bytes fetched, evictions) and cache sizes.
+    cache: [IntCounterVec; 4],
+    cache_bytes: IntGaugeVec,
     /// Jobs finished (and started) after these instants are still to be observed.
     seen: Mutex<(DateTime<Utc>, DateTime<Utc>)>,
     /// Scores this server answered 202 for, by key: the answer that later finds them stored
@@ -171,6 +175,30 @@ impl Default for Metrics {
                 "Seconds since each running job's worker last renewed its lease.",
                 &["worker", "kind"],
             ),
+            cache: [
+                (
+                    "mixpool_worker_cache_hits_total",
+                    "Model weights a worker read from its cache, since it started.",
+                ),
+                (
+                    "mixpool_worker_cache_misses_total",
+                    "Model weights a worker fetched from the store, since it started.",
+                ),
+                (
+                    "mixpool_worker_cache_fetched_bytes_total",
+                    "Bytes of model weights a worker fetched from the store, since it started.",
+                ),
+                (
+                    "mixpool_worker_cache_evictions_total",
+                    "Files a worker removed from its cache to keep within its bound.",
+                ),
+            ]
+            .map(|(name, help)| counter(name, help, &["worker"])),
+            cache_bytes: gauge(
+                "mixpool_worker_cache_bytes",
+                "Bytes each worker's cache of model weights holds.",
+                &["worker"],
+            ),
             registry,
             seen: Mutex::new((now, now)),
             awaited: Mutex::default(),
@@ -217,6 +245,25 @@ impl Metrics {
             self.heartbeat_age
                 .with_label_values(&[&worker, &kind])
                 .set(age as i64);
+        }
+        // As each worker seen in the last minute last reported them.
+        for counter in &self.cache {
+            counter.reset();
+        }
+        self.cache_bytes.reset();
+        for (worker, fetched, bytes) in crate::registry::workers::caches(pool, 60.0).await? {
+            let values = [
+                fetched.hits,
+                fetched.misses,
+                fetched.bytes_fetched,
+                fetched.evictions,
+            ];
+            for (counter, value) in self.cache.iter().zip(values) {
+                counter.with_label_values(&[&worker]).inc_by(value);
+            }
+            self.cache_bytes
+                .with_label_values(&[&worker])
+                .set(bytes as i64);
         }
         // Each job observed once: the watermarks move to the newest instant read.
         let (finished_after, started_after) = *self.seen.lock().unwrap();

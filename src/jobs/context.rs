@@ -9,11 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::PgPool;
 use tch::Device;
 
+use bytes::Bytes;
+
+use super::merger::KeptMerger;
 use super::mirror::StateMirror;
 use super::{Done, JobError};
 use crate::registry::bases::Base;
 use crate::registry::jobs::{self, Lease, QueueError};
 use crate::store::{Store, keys};
+use crate::worker::cache::{Fetched, ModelCache};
 
 pub struct Context {
     pub pool: PgPool,
@@ -30,6 +34,11 @@ pub struct Context {
     /// Raised when the job is cancelled, its lease is lost or the worker stops: the work
     /// stops at its next step.
     pub cancel: Arc<AtomicBool>,
+    /// The worker's cache of model weights, and what this job fetched through it.
+    pub cache: Arc<ModelCache>,
+    pub fetched: Fetched,
+    /// The merger the worker keeps between jobs.
+    pub kept: Arc<KeptMerger>,
 }
 
 impl Context {
@@ -37,12 +46,22 @@ impl Context {
         self.cancel.load(Ordering::SeqCst)
     }
 
+    /// Model weights (a unit model's, a base's, a Fisher estimate) through the worker's
+    /// cache: verified against `sha256` when fetched from the store.
+    pub async fn fetch(&self, key: &str, sha256: &str) -> Result<Bytes, JobError> {
+        Ok(self
+            .cache
+            .get(&self.store, key, sha256, &self.fetched)
+            .await?)
+    }
+
     /// The base's side files (tokenizer, imported config), verified, into a model folder.
     pub async fn fetch_base_files(&self, base: &Base, dir: &Path) -> Result<(), JobError> {
         for (file, sha256) in base.files.iter() {
-            self.store
-                .download_verified(&keys::base(&base.id, file), sha256, &dir.join(file))
-                .await?;
+            let data = self.fetch(&keys::base(&base.id, file), sha256).await?;
+            tokio::fs::write(dir.join(file), &data)
+                .await
+                .map_err(|e| JobError::Retryable(format!("writing {file}: {e}")))?;
         }
         Ok(())
     }
@@ -72,13 +91,19 @@ impl Context {
         }
     }
 
-    /// Commits the job's success with the rows the caller wrote in `tx`.
+    /// Commits the job's success with the rows the caller wrote in `tx`; the result gains
+    /// what the job fetched (`fetched`).
     pub async fn succeed(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         result: &serde_json::Value,
     ) -> Result<Done, JobError> {
-        match jobs::succeed(&mut tx, &self.lease, result).await {
+        let mut result = result.clone();
+        if let Some(fields) = result.as_object_mut() {
+            let fetched = serde_json::to_value(self.fetched.counts()).expect("counts serialise");
+            fields.insert("fetched".into(), fetched);
+        }
+        match jobs::succeed(&mut tx, &self.lease, &result).await {
             Ok(()) => {
                 tx.commit().await?;
                 Ok(Done::Succeeded)

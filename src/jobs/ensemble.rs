@@ -98,7 +98,7 @@ impl UnitNll {
         }
         .await;
         if let Some(own) = own {
-            own.close().await;
+            own.finish(cx).await;
         }
         outcome.map(|()| found)
     }

@@ -31,6 +31,7 @@ impl Kind for Export {
     const NAME: &'static str = "export";
     const ABOUT: &'static str =
         "merges a mixture's unit models into a Hugging Face directory in the store";
+    const MERGES: bool = true;
     type Payload = ExportJob;
 
     fn dedup_key(job: &ExportJob) -> String {
@@ -73,7 +74,7 @@ async fn run(cx: &Context, job: ExportJob) -> Outcome {
         merger.save(merged.clone()).await
     }
     .await;
-    merger.close().await;
+    merger.finish(cx).await;
     saved?;
     let (export, tar_path) = (dir.join("export"), dir.join("model.tar"));
     let (from, to, tar_file) = (merged.clone(), export.clone(), tar_path.clone());

@@ -24,11 +24,21 @@ pub trait Kind: Send + Sync + 'static {
     /// Attempts before the job fails for good (an expired lease during which the job saved
     /// nothing counts as one).
     const MAX_ATTEMPTS: i32 = 3;
+    /// Whether its work merges resident unit models: the worker keeps its merger (and the
+    /// unit models resident in it) between such jobs, and frees it before any other.
+    const MERGES: bool = false;
 
     type Payload: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Names the work: jobs with the same key share one active job.
     fn dedup_key(payload: &Self::Payload) -> String;
+
+    /// Jobs that share their inputs (unit models a worker may hold) name the same affinity;
+    /// a worker prefers the affinity of the last job it ran. None by default.
+    fn affinity(payload: &Self::Payload) -> Option<String> {
+        let _ = payload;
+        None
+    }
 
     /// Does the work on a worker.
     fn run(cx: &Context, payload: Self::Payload) -> impl Future<Output = Outcome> + Send;
@@ -57,6 +67,7 @@ pub trait Kind: Send + Sync + 'static {
         NewJob {
             dedup_key: Some(Self::dedup_key(payload)),
             max_attempts: Self::MAX_ATTEMPTS,
+            affinity: Self::affinity(payload),
             ..NewJob::new(
                 Self::NAME,
                 serde_json::to_value(payload).expect("payloads serialise"),
@@ -74,6 +85,7 @@ type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Registration {
     pub name: &'static str,
     pub about: &'static str,
+    pub merges: bool,
     run: for<'a> fn(&'a Context, Value) -> Boxed<'a, Outcome>,
     failed: for<'a> fn(&'a mut PgConnection, &'a Value) -> Boxed<'a, Result<(), sqlx::Error>>,
     cancelled: for<'a> fn(&'a mut PgConnection, &'a Value) -> Boxed<'a, Result<(), sqlx::Error>>,
@@ -109,6 +121,7 @@ pub const fn register<K: Kind>() -> Registration {
     Registration {
         name: K::NAME,
         about: K::ABOUT,
+        merges: K::MERGES,
         run: run::<K>,
         failed: failed::<K>,
         cancelled: cancelled::<K>,

@@ -10,6 +10,7 @@ pub mod kind;
 mod merger;
 pub mod mirror;
 pub mod pretrain;
+pub mod register;
 pub mod score;
 pub mod search;
 pub mod sweep;
@@ -19,7 +20,9 @@ pub mod validate;
 
 pub use export::{Export, ExportJob};
 pub use kind::{Kind, Registration};
+pub use merger::KeptMerger;
 pub use pretrain::{Pretrain, PretrainJob};
+pub use register::{Register, RegisterJob};
 pub use score::{Score, ScoreJob};
 pub use search::{Search, SearchJob};
 pub use sweep::{Sweep, SweepJob};
@@ -35,6 +38,7 @@ pub static KINDS: &[Registration] = &[
     kind::register::<Validate>(),
     kind::register::<Export>(),
     kind::register::<Search>(),
+    kind::register::<Register>(),
 ];
 
 /// The kind registered as `name`.
@@ -68,6 +72,15 @@ pub enum JobError {
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
         JobError::Retryable(format!("database: {e}"))
+    }
+}
+
+impl From<crate::sources::SourceError> for JobError {
+    fn from(e: crate::sources::SourceError) -> Self {
+        match e {
+            crate::sources::SourceError::Store(e) => e.into(),
+            e => JobError::Fatal(e.to_string()),
+        }
     }
 }
 

@@ -34,6 +34,7 @@ impl Kind for Score {
     const NAME: &'static str = "score";
     const ABOUT: &'static str =
         "merges one mixture's unit models and evaluates the merge on one eval set";
+    const MERGES: bool = true;
     type Payload = ScoreJob;
 
     /// A score key has one scoring.
@@ -110,7 +111,7 @@ async fn run(cx: &Context, job: ScoreJob) -> Outcome {
             merger.score(&ids, &weights, combine, &[eval_set.id]).await
         }
         .await;
-        merger.close().await;
+        merger.finish(cx).await;
         scored?
     };
     let mut result = serde_json::to_value(&scored.results[0]).expect("results serialise");

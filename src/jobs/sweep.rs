@@ -39,12 +39,18 @@ pub struct SweepJob {
 impl Kind for Sweep {
     const NAME: &'static str = "sweep";
     const ABOUT: &'static str = "scores one shard of a sweep, its unit models kept resident";
+    const MERGES: bool = true;
     type Payload = SweepJob;
 
     /// A sweep shard has one run.
     fn dedup_key(job: &SweepJob) -> String {
         let first = job.items.first().copied().unwrap_or(-1);
         format!("sweep:{}:{first}", job.sweep)
+    }
+
+    /// A sweep's shards share its unit models.
+    fn affinity(job: &SweepJob) -> Option<String> {
+        Some(format!("sweep:{}", job.sweep))
     }
 
     async fn run(cx: &Context, job: SweepJob) -> Outcome {
@@ -211,7 +217,7 @@ async fn run(cx: &Context, job: SweepJob) -> Outcome {
         } else {
             let mut merger = Merger::open(cx, &base, &eval_sets, &eval).await?;
             let outcome = shard.run(&mut merger, &todo, &mut tally).await;
-            merger.close().await;
+            merger.finish(cx).await;
             outcome
         };
         cx.clear_scratch().await;
@@ -267,12 +273,11 @@ impl Shard<'_> {
                 merger.forget(*id);
             }
             let loading = Instant::now();
+            // Nothing is fetched or loaded for a model resident already.
             for unit in self.units.values().filter(|u| needed.contains(&u.id)) {
-                if !merger.is_resident(unit.id) {
-                    merger.load(self.cx, unit).await?;
-                    if self.combine == Combine::Fisher {
-                        merger.load_fisher(self.cx, unit).await?;
-                    }
+                merger.load(self.cx, unit).await?;
+                if self.combine == Combine::Fisher {
+                    merger.load_fisher(self.cx, unit).await?;
                 }
             }
             tally.load_seconds += loading.elapsed().as_secs_f64();

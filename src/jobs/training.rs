@@ -25,24 +25,19 @@ pub(super) async fn run(cx: &Context, run: &TrainingRun) -> Result<Option<Traine
         .map_err(|e| JobError::Retryable(e.to_string()))?;
     checkpoint::write_config(&start_dir, &run.model).map_err(|e| JobError::Fatal(e.to_string()))?;
     if let Start::Stored { base, sha256 } = &run.start {
-        cx.store
-            .download_verified(
-                &keys::base(&base.id, WEIGHTS_FILE),
-                sha256,
-                &start_dir.join(WEIGHTS_FILE),
-            )
+        let weights = cx
+            .fetch(&keys::base(&base.id, WEIGHTS_FILE), sha256)
             .await?;
+        tokio::fs::write(start_dir.join(WEIGHTS_FILE), &weights)
+            .await
+            .map_err(|e| JobError::Retryable(format!("writing the base's weights: {e}")))?;
+        drop(weights);
         cx.fetch_base_files(base, &start_dir).await?;
     }
     let mut compressed = Vec::with_capacity(run.partitions.len());
     for partition in &run.partitions {
-        let data = cx
-            .store
-            .get_verified(
-                &keys::partition(&partition.sha256),
-                &partition.object_sha256,
-            )
-            .await?;
+        let stored = keys::partition(&partition.sha256);
+        let data = crate::sources::text(&cx.store, partition, &stored).await?;
         compressed.push(data);
     }
 

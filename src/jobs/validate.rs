@@ -318,7 +318,7 @@ async fn run(cx: &Context, job: ValidateJob) -> Outcome {
         Ok::<_, JobError>((union, proxy_scores))
     }
     .await;
-    merger.close().await;
+    merger.finish(cx).await;
     let (union, proxy_scores) = outcome?;
 
     let mut tx = pool.begin().await?;

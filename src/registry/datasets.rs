@@ -56,6 +56,9 @@ pub struct Dataset {
     /// in (`native`, `lm_eval_harness`, `arc`, `hellaswag`, `piqa`); held-out text has none.
     #[sqlx(default)]
     pub shape: Option<String>,
+    /// Read in place from objects of the store (none for uploads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<sqlx::types::Json<crate::sources::Sources>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -79,6 +82,8 @@ pub struct NewDataset {
     pub documents: i64,
     /// Choices sets only: the shape their records were read in.
     pub shape: Option<String>,
+    /// Read in place from these objects (then there is no object of its own).
+    pub sources: Option<crate::sources::Sources>,
     /// Partitions only: whether its unit models are wanted (the healing pass queues only
     /// those), set with the row so that no pass sees it otherwise.
     pub train: bool,
@@ -93,12 +98,12 @@ pub async fn insert(
 ) -> Result<Created<Dataset>, RegistryError> {
     let sql = match kind {
         Kind::Partition => {
-            "insert into partitions (id, name, domain, tags, sha256, object_sha256, bytes, documents, train)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing returning *"
+            "insert into partitions (id, name, domain, tags, sha256, object_sha256, bytes, documents, train, sources)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) on conflict do nothing returning *"
         }
         Kind::EvalSet => {
-            "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents, shape)
-             values ($1, $2, $5, $6, $7, $8, $10) on conflict do nothing returning *, null::text as domain, '{}'::text[] as tags"
+            "insert into eval_sets (id, name, sha256, object_sha256, bytes, documents, sources, shape)
+             values ($1, $2, $5, $6, $7, $8, $10, $11) on conflict do nothing returning *, null::text as domain, '{}'::text[] as tags"
         }
     };
     let query = sqlx::query_as(sql)
@@ -110,7 +115,8 @@ pub async fn insert(
         .bind(&new.object_sha256)
         .bind(new.bytes)
         .bind(new.documents)
-        .bind(new.train);
+        .bind(new.train)
+        .bind(new.sources.clone().map(sqlx::types::Json));
     let query = match kind {
         Kind::Partition => query,
         Kind::EvalSet => query.bind(&new.shape),

@@ -16,18 +16,26 @@ pub type BaseRow = (
 
 /// Every partition's (`partitions`) or eval set's (`eval_sets`) name, content sha256 and
 /// stored object's sha256.
-pub async fn datasets(
-    pool: &PgPool,
-    table: Datasets,
-) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+/// Each dataset's name, content sha256, object sha256 and the objects it is read from (in
+/// place; then it has no object of its own).
+pub async fn datasets(pool: &PgPool, table: Datasets) -> Result<Vec<DatasetRow>, sqlx::Error> {
     let table = match table {
         Datasets::Partitions => "partitions",
         Datasets::EvalSets => "eval_sets",
     };
-    sqlx::query_as(&format!("select name, sha256, object_sha256 from {table}"))
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(&format!(
+        "select name, sha256, object_sha256, sources from {table}"
+    ))
+    .fetch_all(pool)
+    .await
 }
+
+pub type DatasetRow = (
+    String,
+    String,
+    String,
+    Option<sqlx::types::Json<crate::sources::Sources>>,
+);
 
 #[derive(Debug, Clone, Copy)]
 pub enum Datasets {

@@ -47,6 +47,10 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Jobs sharing their inputs share it (a sweep's shards); workers prefer the affinity
+    /// of the last job they ran.
+    #[serde(skip)]
+    pub affinity: Option<String>,
     /// The partition a `train` job trains the unit model of (in lists).
     #[sqlx(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,7 @@ pub struct NewJob {
     pub dedup_key: Option<String>,
     pub priority: i32,
     pub max_attempts: i32,
+    pub affinity: Option<String>,
 }
 
 impl NewJob {
@@ -99,6 +104,7 @@ impl NewJob {
             dedup_key: None,
             priority: 0,
             max_attempts: 3,
+            affinity: None,
         }
     }
 }
@@ -108,8 +114,8 @@ impl NewJob {
 /// transaction (`&mut *tx`).
 pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool), sqlx::Error> {
     let inserted: Option<Job> = sqlx::query_as(
-        "insert into jobs (id, kind, payload, dedup_key, state, priority, max_attempts)
-         values ($1, $2, $3, $4, 'queued', $5, $6)
+        "insert into jobs (id, kind, payload, dedup_key, state, priority, max_attempts, affinity)
+         values ($1, $2, $3, $4, 'queued', $5, $6, $7)
          on conflict (dedup_key) where state in ('queued', 'running') do nothing
          returning *",
     )
@@ -119,6 +125,7 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
     .bind(&new.dedup_key)
     .bind(new.priority)
     .bind(new.max_attempts)
+    .bind(&new.affinity)
     .fetch_optional(&mut *db)
     .await?;
     if let Some(job) = inserted {
@@ -135,12 +142,14 @@ pub async fn enqueue(db: &mut PgConnection, new: &NewJob) -> Result<(Job, bool),
 }
 
 /// Claims the most urgent queued job of one of `kinds`, first returning jobs with expired
-/// leases to the queue (or failing them when their attempts are used up).
+/// leases to the queue (or failing them when their attempts are used up). Among jobs of
+/// the same priority, those of affinity `prefer` come first.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     kinds: &[&str],
     lease: Duration,
+    prefer: Option<&str>,
 ) -> Result<Option<Lease>, sqlx::Error> {
     requeue_expired(pool).await?;
     let job: Option<Job> = sqlx::query_as(
@@ -149,13 +158,14 @@ pub async fn claim(
                 claimed_saved = saved, updated_at = now(), error = null
          where state = 'queued' and id = (
              select id from jobs where state = 'queued' and kind = any($3)
-             order by priority desc, created_at limit 1
+             order by priority desc, coalesce(affinity = $4, false) desc, created_at limit 1
              for update skip locked)
          returning *",
     )
     .bind(owner)
     .bind(interval(lease))
     .bind(kinds)
+    .bind(prefer)
     .fetch_optional(pool)
     .await?;
     Ok(job.map(|job| Lease {

@@ -6,6 +6,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::worker::cache::FetchCounts;
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorkerRow {
     pub name: String,
@@ -19,27 +21,53 @@ pub struct WorkerRow {
     pub job_progress: Option<f32>,
 }
 
-/// Records that worker `name` is alive now.
-pub async fn seen(
-    pool: &PgPool,
-    name: &str,
-    device: &str,
-    kinds: &[&str],
-    started_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+/// What a worker says of itself.
+pub struct Presence<'a> {
+    pub name: &'a str,
+    pub device: &'a str,
+    pub kinds: &'a [&'static str],
+    pub started_at: DateTime<Utc>,
+    /// Its cache's counters since it started, and the bytes the cache holds.
+    pub fetched: FetchCounts,
+    pub cache_bytes: u64,
+}
+
+/// Records that a worker is alive now, with its cache's counters.
+pub async fn seen(pool: &PgPool, worker: &Presence<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into workers (name, device, kinds, started_at, seen_at) values ($1, $2, $3, $4, now())
+        "insert into workers (name, device, kinds, started_at, seen_at, fetched, cache_bytes)
+         values ($1, $2, $3, $4, now(), $5, $6)
          on conflict (name) do update
          set device = excluded.device, kinds = excluded.kinds, started_at = excluded.started_at,
-             seen_at = now()",
+             seen_at = now(), fetched = excluded.fetched, cache_bytes = excluded.cache_bytes",
     )
-    .bind(name)
-    .bind(device)
-    .bind(kinds)
-    .bind(started_at)
+    .bind(worker.name)
+    .bind(worker.device)
+    .bind(worker.kinds)
+    .bind(worker.started_at)
+    .bind(sqlx::types::Json(worker.fetched))
+    .bind(worker.cache_bytes as i64)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Each worker seen within `seconds`: its name, its cache's counters and the bytes it holds.
+pub async fn caches(
+    pool: &PgPool,
+    seconds: f64,
+) -> Result<Vec<(String, FetchCounts, u64)>, sqlx::Error> {
+    let rows: Vec<(String, sqlx::types::Json<FetchCounts>, i64)> = sqlx::query_as(
+        "select name, fetched, cache_bytes from workers
+         where seen_at > now() - make_interval(secs => $1) order by name",
+    )
+    .bind(seconds)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, fetched, bytes)| (name, fetched.0, bytes.max(0) as u64))
+        .collect())
 }
 
 /// Forgets workers not seen for a day (each process is a worker of its own name).

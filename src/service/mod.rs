@@ -12,6 +12,7 @@ pub mod recipes;
 pub mod resolve;
 pub mod scoring;
 pub mod search;
+pub mod sources;
 pub mod sweep;
 pub mod units;
 pub mod validation;

@@ -81,15 +81,19 @@ impl App {
 
     /// A CPU worker of every kind on this app's database and store.
     pub fn worker(&self, owner: &str) -> Worker {
+        let worker = Worker::new(
+            self.pool.clone(),
+            self.store.clone(),
+            Device::Cpu,
+            owner.into(),
+            &self._dirs.1.path().join(owner),
+            1 << 30,
+            1 << 30,
+        )
+        .unwrap();
         Worker {
-            pool: self.pool.clone(),
-            store: self.store.clone(),
-            device: Device::Cpu,
-            owner: owner.into(),
-            kinds: mixpool::jobs::names(),
             lease: Duration::from_secs(30),
-            work_dir: self._dirs.1.path().join(owner),
-            resident_bytes: 1 << 30,
+            ..worker
         }
     }
 
@@ -119,17 +123,39 @@ pub async fn spawn_app() -> App {
 
 /// A server without workers (tests start their own), with the given sweep settings.
 pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
+    spawn_app_on(sweeps, None).await
+}
+
+/// A server without workers whose store is a fresh prefix of the test bucket on the S3
+/// server that `make test` starts.
+pub async fn spawn_app_s3() -> App {
+    let endpoint = std::env::var("MIXPOOL_TEST_S3_ENDPOINT").expect(
+        "MIXPOOL_TEST_S3_ENDPOINT names the S3 server for tests (`scripts/s3.sh` starts one)",
+    );
+    let s3 = S3Config {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("mixpool".into()),
+        secret_access_key: Some("mixpool-secret".into()),
+    };
+    let url = format!("s3://mixpool-test/{}", uuid::Uuid::new_v4());
+    spawn_app_on(SweepLimits::default(), Some((url, s3))).await
+}
+
+async fn spawn_app_on(sweeps: SweepLimits, s3: Option<(String, S3Config)>) -> App {
     let pool = fresh_db().await;
     let dirs = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let store = Store::open(
-        &format!("file://{}", dirs.0.path().display()),
-        &S3Config::default(),
-    )
-    .unwrap();
+    let (url, s3_config) = s3.clone().unwrap_or_else(|| {
+        (
+            format!("file://{}", dirs.0.path().display()),
+            S3Config::default(),
+        )
+    });
+    let store = Store::open(&url, &s3_config).unwrap();
     tch::set_num_threads(1);
     store_base(&pool, &store, &small_llama(), 1, dirs.2.path()).await;
     let mut db = pool.acquire().await.unwrap();
@@ -145,7 +171,11 @@ pub async fn spawn_app_with(sweeps: SweepLimits) -> App {
     recipes::insert(&mut db, "unit", &recipe).await.unwrap();
     drop(db);
 
-    let config = settings(&pool, &dirs.0, &dirs.1, sweeps, 120).await;
+    let mut config = settings(&pool, &dirs.0, &dirs.1, sweeps, 120).await;
+    if let Some((url, s3)) = s3 {
+        config.service.store = url;
+        config.s3 = s3;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let service = mixpool::app::App::build(&config, Some(listener))
         .await

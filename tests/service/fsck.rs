@@ -107,10 +107,16 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
     )
     .await
     .unwrap();
-    let lease = jobs::claim(&app.pool, "died", &["export"], Duration::from_millis(1))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = jobs::claim(
+        &app.pool,
+        "died",
+        &["export"],
+        Duration::from_millis(1),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let (code, out) = fsck(&database, &store_url, &["--json"]);

@@ -39,6 +39,8 @@ fn upload(kind: Kind, name: &str) -> Upload {
         max_bytes: 1 << 20,
         train: true,
         choices: None,
+        text_field: None,
+        parquet: false,
     }
 }
 

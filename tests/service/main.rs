@@ -27,6 +27,7 @@ mod registry;
 mod resume;
 mod search;
 mod shutdown;
+mod sources;
 mod store;
 mod sweep;
 mod validation;

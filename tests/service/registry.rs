@@ -15,6 +15,7 @@ fn dataset(name: &str, sha: &str) -> NewDataset {
         documents: 2,
         shape: None,
         train: true,
+        sources: None,
     }
 }
 
@@ -225,6 +226,7 @@ mod pool {
             documents: 1,
             shape: None,
             train: true,
+            sources: None,
         };
         let partition = datasets::insert(&mut db, Kind::Partition, &new)
             .await
@@ -305,6 +307,7 @@ mod pool {
                 documents: 1,
                 shape: None,
                 train: true,
+                sources: None,
             },
         )
         .await

@@ -89,6 +89,8 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         max_bytes: 1 << 26,
         train: true,
         choices: None,
+        text_field: None,
+        parquet: false,
     };
     let partition = ingest(
         &pool,
@@ -167,15 +169,20 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
         }
     };
 
+    let survivor = Worker::new(
+        pool.clone(),
+        store.clone(),
+        Device::Cpu,
+        "survivor".into(),
+        dirs.3.path(),
+        1 << 30,
+        1 << 30,
+    )
+    .unwrap();
     let worker = Worker {
-        pool: pool.clone(),
-        store: store.clone(),
-        device: Device::Cpu,
-        owner: "survivor".into(),
         kinds: vec!["train"],
         lease: Duration::from_secs(3),
-        work_dir: dirs.3.path().to_path_buf(),
-        resident_bytes: 1 << 30,
+        ..survivor
     };
     while !worker.try_run_one().await.unwrap() {
         assert!(

@@ -48,15 +48,20 @@ async fn setup() -> Setup {
     .unwrap();
     tch::set_num_threads(1);
     store_base(&pool, &store, &small_llama(), 3, base_dir.path()).await;
-    let worker = Worker {
+    let worker = Worker::new(
         pool,
         store,
-        device: Device::Cpu,
-        owner: "test-worker".into(),
+        Device::Cpu,
+        "test-worker".into(),
+        work_dir.path(),
+        1 << 30,
+        1 << 30,
+    )
+    .unwrap();
+    let worker = Worker {
         kinds: vec!["train", "score"],
         lease: Duration::from_secs(30),
-        work_dir: work_dir.path().to_path_buf(),
-        resident_bytes: 1 << 30,
+        ..worker
     };
     Setup {
         worker,
@@ -75,6 +80,8 @@ async fn partition(s: &Setup, name: &str, text: String) -> Uuid {
         max_bytes: 1 << 24,
         train: true,
         choices: None,
+        text_field: None,
+        parquet: false,
     };
     let body = futures::stream::iter(vec![Ok(Bytes::from(text))]);
     ingest(&s.worker.pool, &s.worker.store, &upload, body)
@@ -322,6 +329,8 @@ mod scores {
             max_bytes: 1 << 20,
             train: true,
             choices: None,
+            text_field: None,
+            parquet: false,
         };
         let eval_set = ingest(
             pool,

@@ -5,9 +5,9 @@
 //! whichever asked; a `gradient` search also takes the objective's gradient with respect to
 //! the merge weights here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -30,13 +30,68 @@ mod owner;
 pub(super) struct Merger {
     commands: mpsc::Sender<Command>,
     thread: tokio::task::JoinHandle<()>,
+    /// What it was opened for: a later job asking for the same base, evaluation settings
+    /// and (some of) the same eval sets takes it over, resident models and all.
+    opened: Opened,
     /// Resident unit models (by model id) and the bytes each takes.
     resident: HashMap<Uuid, u64>,
+    /// Resident models whose Fisher estimate is resident too.
+    fishers: HashSet<Uuid>,
+    /// Resident models an earlier job loaded and this one has not asked for: the first to
+    /// go when a load needs room.
+    carried: HashSet<Uuid>,
     /// What one unit model of the base's architecture takes.
     pub unit_bytes: u64,
     /// The base's weights, when resident (task-vector merges start from them).
     base: Option<Uuid>,
     dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Opened {
+    base: Uuid,
+    eval_sets: Vec<Uuid>,
+    eval: serde_json::Value,
+}
+
+impl Opened {
+    /// Whether a merger opened for `self` serves `asked`.
+    fn serves(&self, asked: &Opened) -> bool {
+        self.base == asked.base
+            && self.eval == asked.eval
+            && asked.eval_sets.iter().all(|s| self.eval_sets.contains(s))
+    }
+}
+
+/// The merger a worker keeps between jobs (its resident unit models with it), so that
+/// consecutive sweep shards, scores and searches on the same units fetch and load nothing.
+#[derive(Default)]
+pub struct KeptMerger(Mutex<Option<Merger>>);
+
+impl KeptMerger {
+    fn take(&self) -> Option<Merger> {
+        self.0.lock().expect("kept merger").take()
+    }
+
+    fn keep(&self, merger: Merger) {
+        *self.0.lock().expect("kept merger") = Some(merger);
+    }
+
+    /// The unit models it holds resident.
+    pub fn resident(&self) -> Vec<Uuid> {
+        let kept = self.0.lock().expect("kept merger");
+        kept.iter()
+            .flat_map(|m| m.resident.keys().copied())
+            .collect()
+    }
+
+    /// Stops the kept merger's thread, freeing the memory it holds (before work that needs
+    /// it, such as training, and when the worker stops).
+    pub async fn clear(&self) {
+        if let Some(merger) = self.take() {
+            merger.close().await;
+        }
+    }
 }
 
 /// One merge's evaluations, in the order of the eval sets asked for, and where the time went.
@@ -128,15 +183,33 @@ fn stopped() -> JobError {
 }
 
 impl Merger {
-    /// Fetches the base's config and side files and the eval sets (verified), and starts the
-    /// thread, which builds the model and tokenises the eval sets.
+    /// The merger the worker kept from an earlier job when it serves this one; else one
+    /// that fetches the base's config and side files and the eval sets (verified), and
+    /// starts the thread, which builds the model and tokenises the eval sets.
     pub async fn open(
         cx: &Context,
         base: &Base,
         eval_sets: &[Dataset],
         eval: &EvalConfig,
     ) -> Result<Merger, JobError> {
-        let dir = cx.scratch.join("base");
+        let opened = Opened {
+            base: base.id,
+            eval_sets: eval_sets.iter().map(|s| s.id).collect(),
+            eval: serde_json::to_value(eval).expect("settings serialise"),
+        };
+        match cx.kept.take() {
+            Some(mut kept) if kept.opened.serves(&opened) => {
+                kept.carried = kept.resident.keys().copied().collect();
+                return Ok(kept);
+            }
+            Some(other) => other.close().await,
+            None => {}
+        }
+        // Beside the job's scratch folder, which goes when the job ends: a kept merger
+        // outlives its job.
+        let dir = cx
+            .scratch
+            .with_file_name(format!("merger-{}", Uuid::new_v4()));
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| JobError::Retryable(e.to_string()))?;
@@ -145,10 +218,8 @@ impl Merger {
         cx.fetch_base_files(base, &dir).await?;
         let mut texts = Vec::with_capacity(eval_sets.len());
         for set in eval_sets {
-            let data = cx
-                .store
-                .get_verified(&keys::eval_set(&set.sha256), &set.object_sha256)
-                .await?;
+            let stored = keys::eval_set(&set.sha256);
+            let data = crate::sources::text(&cx.store, set, &stored).await?;
             texts.push((set.id, set.is_choices(), data));
         }
         let (commands, inbox) = mpsc::channel();
@@ -162,25 +233,51 @@ impl Merger {
         Ok(Merger {
             commands,
             thread,
+            opened,
             resident: HashMap::new(),
+            fishers: HashSet::new(),
+            carried: HashSet::new(),
             unit_bytes,
             base: None,
             dir,
         })
     }
 
+    /// Whether the model is resident for this job (one an earlier job left counts once this
+    /// job loads it).
     pub fn is_resident(&self, model: Uuid) -> bool {
-        self.resident.contains_key(&model)
+        self.resident.contains_key(&model) && !self.carried.contains(&model)
     }
 
-    /// How many unit models are resident.
+    /// How many unit models are resident for this job.
     pub fn resident_count(&self) -> usize {
-        self.resident.len()
+        self.resident.len() - self.carried.len()
     }
 
-    /// Memory the resident unit models take.
+    /// Memory the models resident for this job take.
     pub fn resident_bytes(&self) -> u64 {
-        self.resident.values().sum()
+        self.resident
+            .iter()
+            .filter(|(id, _)| !self.carried.contains(id))
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
+    /// Whether the model is resident already (then it is this job's now); else frees what
+    /// earlier jobs left and this one has not asked for until a model of `bytes` fits the
+    /// budget.
+    fn reuse_or_make_room(&mut self, cx: &Context, id: Uuid, bytes: u64) -> bool {
+        if self.resident.contains_key(&id) {
+            self.carried.remove(&id);
+            return true;
+        }
+        while self.resident.values().sum::<u64>() + bytes > cx.resident_bytes {
+            let Some(&old) = self.carried.iter().next() else {
+                break;
+            };
+            self.forget(old);
+        }
+        false
     }
 
     /// Fetches a ready unit model's weights (verified) onto the device.
@@ -193,17 +290,17 @@ impl Merger {
     }
 
     /// Fetches the weights stored under `models/<id>/` (a unit or a validation model),
-    /// verified against `sha256`, onto the device.
+    /// verified against `sha256`, onto the device, unless they are resident already.
     pub async fn load_model(
         &mut self,
         cx: &Context,
         id: Uuid,
         sha256: &str,
     ) -> Result<(), JobError> {
-        let bytes = cx
-            .store
-            .get_verified(&keys::model(&id, WEIGHTS_FILE), sha256)
-            .await?;
+        if self.reuse_or_make_room(cx, id, self.unit_bytes) {
+            return Ok(());
+        }
+        let bytes = cx.fetch(&keys::model(&id, WEIGHTS_FILE), sha256).await?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Load { id, bytes, reply })
@@ -216,16 +313,15 @@ impl Merger {
     /// Fetches the base's weights (verified) onto the device, for task-vector merges.
     pub async fn load_base(&mut self, cx: &Context, base: &Base) -> Result<(), JobError> {
         if self.base == Some(base.id) {
+            self.carried.remove(&base.id);
             return Ok(());
         }
         let sha = base
             .weights_sha256
             .as_deref()
             .ok_or_else(|| JobError::Fatal(format!("base {} has no weights yet", base.name)))?;
-        let bytes = cx
-            .store
-            .get_verified(&keys::base(&base.id, WEIGHTS_FILE), sha)
-            .await?;
+        self.reuse_or_make_room(cx, base.id, self.unit_bytes);
+        let bytes = cx.fetch(&keys::base(&base.id, WEIGHTS_FILE), sha).await?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Load {
@@ -241,15 +337,20 @@ impl Merger {
     }
 
     /// Fetches a resident unit model's Fisher estimate (verified) onto the device, where
-    /// training kept one; `false` where it did not.
+    /// training kept one (unless it is resident already); `false` where it did not.
     pub async fn load_fisher(&mut self, cx: &Context, unit: &UnitModel) -> Result<bool, JobError> {
         let Some(sha) = unit.fisher_sha256.as_deref() else {
+            if self.fishers.contains(&unit.id) {
+                // An estimate an earlier job loaded, which the registry no longer names.
+                self.forget(unit.id);
+                self.load(cx, unit).await?;
+            }
             return Ok(false);
         };
-        let bytes = cx
-            .store
-            .get_verified(&keys::model(&unit.id, FISHER_FILE), sha)
-            .await?;
+        if self.fishers.contains(&unit.id) {
+            return Ok(true);
+        }
+        let bytes = cx.fetch(&keys::model(&unit.id, FISHER_FILE), sha).await?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::LoadFisher {
@@ -260,12 +361,15 @@ impl Merger {
             .map_err(|_| stopped())?;
         let size = answer.await.map_err(|_| stopped())??;
         *self.resident.entry(unit.id).or_default() += size;
+        self.fishers.insert(unit.id);
         Ok(true)
     }
 
     /// Frees a resident unit model.
     pub fn forget(&mut self, model: Uuid) {
         if self.resident.remove(&model).is_some() {
+            self.fishers.remove(&model);
+            self.carried.remove(&model);
             if self.base == Some(model) {
                 self.base = None;
             }
@@ -343,7 +447,17 @@ impl Merger {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Stops the thread (freeing the device's memory) and removes the scratch folder.
+    /// Hands the merger to the worker for the next job when it keeps one (its cache is on),
+    /// else closes it.
+    pub async fn finish(self, cx: &Context) {
+        if cx.cache.keeps() {
+            cx.kept.keep(self);
+        } else {
+            self.close().await;
+        }
+    }
+
+    /// Stops the thread (freeing the device's memory) and removes its folder.
     pub async fn close(self) {
         drop(self.commands);
         let _ = self.thread.await;

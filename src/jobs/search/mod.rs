@@ -51,6 +51,7 @@ impl Kind for Search {
     const NAME: &'static str = "search";
     const ABOUT: &'static str =
         "runs a ratio search: mixture weights scored round by round, unit models kept resident";
+    const MERGES: bool = true;
     type Payload = SearchJob;
 
     fn dedup_key(job: &SearchJob) -> String {
@@ -193,7 +194,7 @@ async fn run(cx: &Context, job: SearchJob) -> Outcome {
         }
     }
     .await;
-    merger.close().await;
+    merger.finish(cx).await;
     cx.clear_scratch().await;
     let mut result = match outcome? {
         Searched::Done(result) => result,

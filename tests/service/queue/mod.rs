@@ -41,7 +41,7 @@ async fn enqueue(pool: &PgPool, new: NewJob) -> Job {
 }
 
 async fn claim(pool: &PgPool, owner: &str, lease: Duration) -> Option<Lease> {
-    jobs::claim(pool, owner, &mixpool::jobs::names(), lease)
+    jobs::claim(pool, owner, &mixpool::jobs::names(), lease, None)
         .await
         .unwrap()
 }
@@ -93,17 +93,40 @@ async fn claims_take_the_most_urgent_then_the_oldest_job() {
 }
 
 #[tokio::test]
+async fn a_worker_prefers_jobs_of_its_last_affinity_within_a_priority() {
+    let pool = fresh_db().await;
+    let with = |n: i32, affinity: Option<&str>, priority: i32| NewJob {
+        affinity: affinity.map(str::to_string),
+        priority,
+        ..NewJob::new("sweep", json!({"n": n}))
+    };
+    let other = enqueue(&pool, with(1, Some("sweep:a"), 0)).await;
+    let none = enqueue(&pool, with(2, None, 0)).await;
+    let mine = enqueue(&pool, with(3, Some("sweep:b"), 0)).await;
+    let urgent = enqueue(&pool, with(4, Some("sweep:a"), 1)).await;
+    let mut order = Vec::new();
+    while let Some(lease) = jobs::claim(&pool, "w", &["sweep"], LONG, Some("sweep:b"))
+        .await
+        .unwrap()
+    {
+        order.push(lease.id());
+    }
+    // Priority first, then the preferred affinity, then age.
+    assert_eq!(order, vec![urgent.id, mine.id, other.id, none.id]);
+}
+
+#[tokio::test]
 async fn claims_only_take_the_kinds_a_worker_runs() {
     let pool = fresh_db().await;
     enqueue(&pool, NewJob::new("train", json!({}))).await;
     assert!(
-        jobs::claim(&pool, "scorer", &["score"], LONG)
+        jobs::claim(&pool, "scorer", &["score"], LONG, None)
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        jobs::claim(&pool, "trainer", &["train"], LONG)
+        jobs::claim(&pool, "trainer", &["train"], LONG, None)
             .await
             .unwrap()
             .is_some()
@@ -398,7 +421,7 @@ async fn the_queue_takes_a_job_of_every_kind() {
         let job = enqueue(&pool, NewJob::new(kind, json!({}))).await;
         assert_eq!(job.kind, kind);
     }
-    let claimed = jobs::claim(&pool, "w", &mixpool::jobs::names(), LONG)
+    let claimed = jobs::claim(&pool, "w", &mixpool::jobs::names(), LONG, None)
         .await
         .unwrap();
     assert!(claimed.is_some());

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::app::{App, corpus, spawn_app, spawn_app_with};
 
+mod cache;
 mod ensemble;
 mod refused;
 

@@ -8,6 +8,12 @@
 //! heartbeats the lease and raises the engine's cancel flag when the job is cancelled or the
 //! lease is lost. A job succeeds in one transaction with the rows it produces, fenced by its
 //! attempt number.
+//!
+//! A worker keeps what it fetched ([`cache`]) and, between jobs that merge, its merger with
+//! the unit models resident in it; it prefers queued jobs with the affinity of the last one
+//! it ran (a sweep's shards), whose units it holds.
+
+pub mod cache;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +25,10 @@ use tch::Device;
 use tracing::Instrument;
 
 use crate::jobs::context::Context;
-use crate::jobs::{self, Done, JobError};
+use crate::jobs::{self, Done, JobError, KeptMerger};
 use crate::registry::jobs::{self as queue, Lease, QueueError};
 use crate::store::Store;
+use cache::ModelCache;
 
 /// How often a running worker reports itself; the dashboard counts one seen within three
 /// periods as alive.
@@ -42,9 +49,42 @@ pub struct Worker {
     /// Bytes of device memory that resident unit models may take (merges for scores and
     /// sweeps).
     pub resident_bytes: u64,
+    /// The model weights it fetched (a bound of 0 keeps none, and no merger between jobs).
+    pub cache: Arc<ModelCache>,
+    /// Its merger between jobs that merge, and the affinity of the last job it ran.
+    pub kept: Arc<KeptMerger>,
+    pub affinity: Arc<std::sync::Mutex<Option<String>>>,
+    pub started: chrono::DateTime<chrono::Utc>,
 }
 
 impl Worker {
+    /// A worker of every kind named `owner`, with 60-second leases, its scratch space under
+    /// `data/work` and a cache of at most `cache_bytes` under `data/cache`.
+    pub fn new(
+        pool: PgPool,
+        store: Store,
+        device: Device,
+        owner: String,
+        data: &std::path::Path,
+        resident_bytes: u64,
+        cache_bytes: u64,
+    ) -> std::io::Result<Worker> {
+        Ok(Worker {
+            pool,
+            store,
+            device,
+            owner,
+            kinds: jobs::names(),
+            lease: Duration::from_secs(60),
+            work_dir: data.join("work"),
+            resident_bytes,
+            cache: Arc::new(ModelCache::open(&data.join("cache"), cache_bytes)?),
+            kept: Default::default(),
+            affinity: Default::default(),
+            started: chrono::Utc::now(),
+        })
+    }
+
     /// Runs jobs until `stop` turns true. A training job or a sweep shard then stops at its
     /// next step or mixture, its state goes to the store and the job back to the queue
     /// (without counting the attempt), for another worker to resume; a score job is
@@ -72,6 +112,7 @@ impl Worker {
             }
         }
         presence.abort();
+        self.kept.clear().await;
         Ok(())
     }
 
@@ -79,23 +120,29 @@ impl Worker {
     /// kinds (`workers`; the dashboard lists the workers seen recently). Best effort: a
     /// database that does not answer only delays the next report.
     async fn report_presence(self) {
-        let started = chrono::Utc::now();
-        let device = crate::engine::device::name(self.device);
         if let Err(e) = crate::registry::workers::forget_gone(&self.pool).await {
             tracing::debug!("forgetting workers gone for a day: {e}");
         }
         loop {
-            let seen = crate::registry::workers::seen(
-                &self.pool,
-                &self.owner,
-                &device,
-                &self.kinds,
-                started,
-            );
-            if let Err(e) = seen.await {
-                tracing::debug!("reporting this worker's presence: {e}");
-            }
+            self.report().await;
             tokio::time::sleep(PRESENCE_EVERY).await;
+        }
+    }
+
+    /// Says that this worker is alive, with its cache's counters (every few seconds while
+    /// it runs, and after each job).
+    pub async fn report(&self) {
+        let device = crate::engine::device::name(self.device);
+        let presence = crate::registry::workers::Presence {
+            name: &self.owner,
+            device: &device,
+            kinds: &self.kinds,
+            started_at: self.started,
+            fetched: self.cache.fetched.counts(),
+            cache_bytes: self.cache.bytes(),
+        };
+        if let Err(e) = crate::registry::workers::seen(&self.pool, &presence).await {
+            tracing::debug!("reporting this worker's presence: {e}");
         }
     }
 
@@ -110,12 +157,21 @@ impl Worker {
         &self,
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<bool, sqlx::Error> {
-        let Some(lease) = queue::claim(&self.pool, &self.owner, &self.kinds, self.lease).await?
-        else {
+        let prefer = self.affinity.lock().expect("affinity").clone();
+        let claimed = queue::claim(
+            &self.pool,
+            &self.owner,
+            &self.kinds,
+            self.lease,
+            prefer.as_deref(),
+        );
+        let Some(lease) = claimed.await? else {
             return Ok(false);
         };
+        *self.affinity.lock().expect("affinity") = lease.job.affinity.clone();
         let span = tracing::info_span!("job", id = %lease.id(), kind = %lease.job.kind, attempt = lease.attempt());
         self.run_claimed(lease, stop).instrument(span).await?;
+        self.report().await;
         Ok(true)
     }
 
@@ -142,6 +198,10 @@ impl Worker {
             })
         });
         let kind = jobs::find(&lease.job.kind);
+        if !kind.is_some_and(|k| k.merges) {
+            // Training and the like need the memory a kept merger holds.
+            self.kept.clear().await;
+        }
         let payload = lease.job.payload.clone();
         let cx = Context {
             pool: self.pool.clone(),
@@ -152,6 +212,9 @@ impl Worker {
             lease,
             resident_bytes: self.resident_bytes,
             cancel,
+            cache: self.cache.clone(),
+            fetched: Default::default(),
+            kept: self.kept.clone(),
         };
         let outcome = match kind {
             Some(kind) => kind.run(&cx, payload.clone()).await,
