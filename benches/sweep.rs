@@ -305,6 +305,18 @@ async fn main() {
 
     // 1a. Small shards, before and after the worker cache: each shard of the worker that
     // keeps nothing fetches, verifies and loads its unit models; the other's first shard does.
+    // The largest mixtures, so that every shard merges most of the eight units (as most
+    // shards of a full sweep do).
+    let mut largest = mixture::subsets(DOMAINS.len(), 1, DOMAINS.len());
+    largest.reverse();
+    largest.truncate(limit);
+    let spread: Vec<SweepMixture> = largest
+        .iter()
+        .map(|s| {
+            let ids: Vec<Uuid> = s.iter().map(|&i| partitions[i]).collect();
+            SweepMixture::from(&Mixture::new(&ids, None, Weighting::Uniform).unwrap())
+        })
+        .collect();
     let mut small = Vec::new();
     for (label, cache_bytes) in [("keeps nothing", 0), ("worker cache", 64 << 30)] {
         let cached = Worker::new(
@@ -322,7 +334,7 @@ async fn main() {
             ..sweep.clone()
         };
         let started = Instant::now();
-        let jobs = mixpool::jobs::sweep::queue(&pool, &sweep, &list, small_shard)
+        let jobs = mixpool::jobs::sweep::queue(&pool, &sweep, &spread, small_shard)
             .await
             .unwrap();
         while cached.try_run_one().await.unwrap() {}
@@ -493,6 +505,10 @@ async fn main() {
         sample,
         files_wall,
         files_forward,
+    );
+    println!(
+        "the {} largest mixtures, swept in shards of {small_shard} by a worker that keeps nothing and by one with its cache:",
+        spread.len()
     );
     println!(
         "sweep in shards of {small_shard}: {:<14} {:>7} {:>9} {:>10} {:>8} {:>11} {:>19}",

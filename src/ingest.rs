@@ -177,6 +177,11 @@ where
     };
     let mut db = pool.acquire().await.map_err(RegistryError::from)?;
     match datasets::insert(&mut db, kind, &new).await {
+        // The same documents, read in place from the store: the row keeps reading them there.
+        Ok(Created::Existing(row)) if row.sources.is_some() => {
+            store.delete(&stored.key).await?;
+            Ok(Created::Existing(row))
+        }
         Ok(Created::Existing(row)) if row.object_sha256 != stored.sha256 => {
             // The same content, compressed differently (another zstd version): the object at
             // the key is now the new one, so the row must name its hash.

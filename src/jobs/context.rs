@@ -36,7 +36,7 @@ pub struct Context {
     pub cancel: Arc<AtomicBool>,
     /// The worker's cache of model weights, and what this job fetched through it.
     pub cache: Arc<ModelCache>,
-    pub fetched: Fetched,
+    pub fetched: Arc<Fetched>,
     /// The merger the worker keeps between jobs.
     pub kept: Arc<KeptMerger>,
 }

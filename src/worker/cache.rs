@@ -1,14 +1,14 @@
 //! A worker's cache of the model weights it fetched from the store (unit models, bases,
 //! Fisher estimates): files under its data folder named by their sha256, bounded in bytes,
-//! the least recently used removed first. An object is verified once, as it is fetched; a
-//! file appears in the cache (by rename) only once complete and correct, so a hit is read
-//! as it is. What a fetch did is counted twice: for the worker (the metrics) and for the
+//! the least recently used removed first. An object is verified once, as it is fetched, and
+//! written into the cache in the background while the job goes on with it; a file appears in
+//! the cache (by rename) only once complete and correct, so a hit is read as it is. What a fetch did is counted twice: for the worker (the metrics) and for the
 //! job that asked ([`Fetched`], in its result).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -80,6 +80,8 @@ pub struct ModelCache {
     /// The most bytes the cache keeps; 0 keeps nothing (every fetch goes to the store).
     limit: u64,
     index: Mutex<Index>,
+    /// Files being written.
+    writes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Since the worker started.
     pub fetched: Fetched,
 }
@@ -112,6 +114,7 @@ impl ModelCache {
             dir: dir.to_path_buf(),
             limit,
             index: Mutex::new(index),
+            writes: Mutex::default(),
             fetched: Fetched::default(),
         };
         cache.evict(None, &Fetched::default());
@@ -141,17 +144,17 @@ impl ModelCache {
     /// when it holds it, else from the store (verified), then kept. Counted in `job` and
     /// in the worker's counters.
     pub async fn get(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
         key: &str,
         sha256: &str,
-        job: &Fetched,
+        job: &Arc<Fetched>,
     ) -> Result<Bytes, StoreError> {
         let path = self.dir.join(sha256);
         if self.touch(sha256) {
             match tokio::fs::read(&path).await {
                 Ok(data) => {
-                    for counters in [job, &self.fetched] {
+                    for counters in [job.as_ref(), &self.fetched] {
                         counters.hit();
                     }
                     return Ok(Bytes::from(data));
@@ -165,19 +168,43 @@ impl ModelCache {
         }
         let data = store.get_verified(key, sha256).await?;
         let size = data.len() as u64;
-        for counters in [job, &self.fetched] {
+        for counters in [job.as_ref(), &self.fetched] {
             counters.miss(size);
         }
         if size <= self.limit {
-            let partial = self
-                .dir
-                .join(format!("{sha256}.{}.partial", uuid::Uuid::new_v4()));
-            tokio::fs::write(&partial, &data).await?;
-            tokio::fs::rename(&partial, &path).await?;
-            self.insert(sha256, size);
-            self.evict(Some(sha256), job);
+            // Written behind the caller's back: the job goes on with the bytes in memory.
+            let (cache, sha256, job) = (self.clone(), sha256.to_string(), job.clone());
+            let kept = data.clone();
+            let write = tokio::spawn(async move {
+                let partial = cache
+                    .dir
+                    .join(format!("{sha256}.{}.partial", uuid::Uuid::new_v4()));
+                let written = match tokio::fs::write(&partial, &kept).await {
+                    Ok(()) => tokio::fs::rename(&partial, &path).await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(()) => {
+                        cache.insert(&sha256, size);
+                        cache.evict(Some(&sha256), &job);
+                    }
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&partial).await;
+                        tracing::warn!("keeping {sha256} in the model cache: {e}");
+                    }
+                }
+            });
+            self.writes.lock().expect("cache writes").push(write);
         }
         Ok(data)
+    }
+
+    /// Waits for the files being written into the cache.
+    pub async fn settle(&self) {
+        let writes: Vec<_> = std::mem::take(&mut *self.writes.lock().expect("cache writes"));
+        for write in writes {
+            let _ = write.await;
+        }
     }
 
     /// Marks a cached object as used now; whether it is cached.
@@ -273,11 +300,12 @@ mod tests {
         let a = put(&store, "a", 400, 1).await;
         let b = put(&store, "b", 400, 2).await;
         let c = put(&store, "c", 400, 3).await;
-        let cache = ModelCache::open(dirs.1.path(), 1000).unwrap();
-        let job = Fetched::default();
+        let cache = Arc::new(ModelCache::open(dirs.1.path(), 1000).unwrap());
+        let job = Arc::new(Fetched::default());
 
         assert_eq!(cache.get(&store, "a", &a, &job).await.unwrap()[0], 1);
         assert_eq!(cache.get(&store, "b", &b, &job).await.unwrap()[0], 2);
+        cache.settle().await;
         // A hit, read from the cache: the store's object may even be gone.
         store.delete("a").await.unwrap();
         assert_eq!(cache.get(&store, "a", &a, &job).await.unwrap()[0], 1);
@@ -288,6 +316,7 @@ mod tests {
         );
         // c makes three: b, used least recently, goes.
         cache.get(&store, "c", &c, &job).await.unwrap();
+        cache.settle().await;
         assert!(cache.contains(&a) && cache.contains(&c) && !cache.contains(&b));
         assert_eq!(cache.bytes(), 800);
         assert_eq!(job.counts().evictions, 1);
@@ -296,9 +325,9 @@ mod tests {
 
         // A new cache on the same folder keeps what is there, older first in line.
         drop(cache);
-        let cache = ModelCache::open(dirs.1.path(), 1000).unwrap();
+        let cache = Arc::new(ModelCache::open(dirs.1.path(), 1000).unwrap());
         assert!(cache.contains(&a) && cache.contains(&c));
-        let job = Fetched::default();
+        let job = Arc::new(Fetched::default());
         cache.get(&store, "c", &c, &job).await.unwrap();
         assert_eq!(job.counts().hits, 1);
     }
@@ -308,15 +337,15 @@ mod tests {
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = store(dirs.0.path());
         let a = put(&store, "a", 100, 1).await;
-        let cache = ModelCache::open(dirs.1.path(), 1000).unwrap();
-        let job = Fetched::default();
+        let cache = Arc::new(ModelCache::open(dirs.1.path(), 1000).unwrap());
+        let job = Arc::new(Fetched::default());
         let wrong = hex::encode(Sha256::digest(b"something else"));
         let err = cache.get(&store, "a", &wrong, &job).await.unwrap_err();
         assert!(matches!(err, StoreError::Checksum { .. }), "{err}");
         assert_eq!(cache.bytes(), 0);
         assert_eq!(std::fs::read_dir(dirs.1.path()).unwrap().count(), 0);
 
-        let off = ModelCache::open(&dirs.1.path().join("off"), 0).unwrap();
+        let off = Arc::new(ModelCache::open(&dirs.1.path().join("off"), 0).unwrap());
         off.get(&store, "a", &a, &job).await.unwrap();
         off.get(&store, "a", &a, &job).await.unwrap();
         assert_eq!((job.counts().hits, job.counts().misses), (0, 2));

@@ -171,6 +171,7 @@ impl Worker {
         *self.affinity.lock().expect("affinity") = lease.job.affinity.clone();
         let span = tracing::info_span!("job", id = %lease.id(), kind = %lease.job.kind, attempt = lease.attempt());
         self.run_claimed(lease, stop).instrument(span).await?;
+        release_freed_memory();
         self.report().await;
         Ok(true)
     }
@@ -273,6 +274,18 @@ impl Worker {
             Ok(()) | Err(QueueError::LeaseLost(_)) => Ok(()),
             Err(QueueError::Database(e)) => Err(e),
         }
+    }
+}
+
+/// Returns the memory the job freed to the system. Jobs run on blocking threads, each with
+/// its own malloc arena, and libtorch frees most of a training's or a merge's buffers into
+/// them: without this, a worker's resident memory stays at the sum of every arena's peak
+/// (on the CPU, several times what the next job needs; `benches/sweep.rs` prints both).
+fn release_freed_memory() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::app::{App, corpus, spawn_app};
 
 /// Runs `mixpool ARGS` against `app` with its admin token; (exit code, stdout, stderr).
-async fn mixpool(app: &App, args: &[&str]) -> (i32, String, String) {
+pub async fn mixpool(app: &App, args: &[&str]) -> (i32, String, String) {
     run(args, &app.url, Some(&app.token)).await
 }
 

@@ -146,6 +146,9 @@ async fn shards_and_parquet_read_in_place_from_s3_train_what_uploads_of_their_te
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["partition"]["name"], "table");
+    // It keeps reading its source: the upload's copy is not kept.
+    assert_eq!(body["partition"]["object_sha256"], "");
+    assert!(app.store.list("partitions/").await.unwrap().is_empty());
 
     // A pool that was uploaded the same text trains the same unit models, bit for bit.
     let uploaded = spawn_app_with(Default::default()).await;
@@ -355,4 +358,48 @@ async fn bad_registrations_and_bad_parquet_are_refused_by_name_and_queue_nothing
     assert_eq!(app.jobs().await, jobs, "nothing queued");
     let (_, list) = app.get("/v1/partitions").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_register_verb_reads_a_prefix_and_says_what_it_registered() {
+    let app = crate::app::spawn_app().await;
+    for (i, skip) in [0, 3].into_iter().enumerate() {
+        let shard = corpus("tech_docs", 200 + skip, 3);
+        let key = format!("corpora/held/{i}.jsonl");
+        app.store.put_bytes(&key, Bytes::from(shard)).await.unwrap();
+    }
+    let (code, out, err) = crate::cli::mixpool(
+        &app,
+        &["eval-sets", "register", "held", "--prefix", "corpora/held/"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim_end().lines().last().unwrap().split(':').next(),
+        Some("held")
+    );
+    assert!(
+        out.contains("6 documents") && out.contains("from 2 object(s)"),
+        "{out}"
+    );
+    let (status, set) = app.get("/v1/eval-sets/held").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(set["documents"], 6);
+
+    let (code, _, err) = crate::cli::mixpool(
+        &app,
+        &[
+            "partitions",
+            "register",
+            "none",
+            "--object",
+            "corpora/none.jsonl",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("corpora/none.jsonl is not in the store"),
+        "{err}"
+    );
 }

@@ -4,6 +4,7 @@
 mod api;
 mod jobs;
 mod pool;
+mod register;
 mod score;
 mod search;
 mod sweep;

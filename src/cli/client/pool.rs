@@ -17,9 +17,13 @@ use super::api::{Api, refusal, table};
 
 #[derive(Subcommand)]
 pub enum PartitionsCommand {
-    /// Upload JSONL or text files (gzip or zstd too), one partition each; each queues its
-    /// unit model for the default base and recipe unless --no-train.
+    /// Upload JSONL or text files (gzip or zstd too) or Parquet files, one partition each;
+    /// each queues its unit model for the default base and recipe unless --no-train.
     Add(AddArgs),
+    /// Register a partition from objects already in the pool's store (JSONL or text
+    /// shards, Parquet files), read in place by a worker; queues its unit model unless
+    /// --no-train.
+    Register(super::register::RegisterArgs),
     /// The partitions, newest first, with the state of their unit models.
     Ls(ListArgs),
     /// Delete partitions (and their unit models) no score or sweep uses.
@@ -36,6 +40,8 @@ pub enum PartitionsCommand {
 pub enum EvalSetsCommand {
     /// Upload evaluation sets (JSONL with a `text` and an optional `domain` per line).
     Add(AddArgs),
+    /// Register an evaluation set from objects already in the pool's store.
+    Register(super::register::RegisterArgs),
     /// The evaluation sets, newest first.
     Ls(ListArgs),
 }
@@ -54,6 +60,9 @@ pub struct AddArgs {
     /// Comma-separated tags (partitions only).
     #[arg(long)]
     pub tags: Option<String>,
+    /// Parquet files: the column holding the text (default text).
+    #[arg(long)]
+    pub text_field: Option<String>,
     /// Store the partitions without queueing their unit models.
     #[arg(long)]
     pub no_train: bool,
@@ -86,6 +95,7 @@ pub struct ListArgs {
 pub async fn partitions(command: PartitionsCommand) -> Result<()> {
     match command {
         PartitionsCommand::Add(a) => add(a, "/v1/partitions").await,
+        PartitionsCommand::Register(a) => super::register::register(a, "/v1/partitions").await,
         PartitionsCommand::Ls(a) => list_partitions(a).await,
         PartitionsCommand::Rm { partitions, server } => {
             let api = Api::new(&server)?;
@@ -104,6 +114,12 @@ pub async fn partitions(command: PartitionsCommand) -> Result<()> {
 pub async fn eval_sets(command: EvalSetsCommand) -> Result<()> {
     match command {
         EvalSetsCommand::Add(a) => add(a, "/v1/eval-sets").await,
+        EvalSetsCommand::Register(a) => {
+            if a.domain.is_some() || a.no_train {
+                anyhow::bail!("--domain and --no-train apply to partitions, not eval sets");
+            }
+            super::register::register(a, "/v1/eval-sets").await
+        }
         EvalSetsCommand::Ls(a) => {
             let header = ["name", "documents", "bytes", "created"];
             print_list(&a, "/v1/eval-sets", &header, |r| {
@@ -141,6 +157,7 @@ async fn add(a: AddArgs, endpoint: &str) -> Result<()> {
             None => stem(file)?,
         };
         let mut query = vec![("name", name.clone())];
+        query.extend(a.text_field.clone().map(|f| ("text_field", f)));
         if partitions {
             query.extend(a.domain.clone().map(|d| ("domain", d)));
             query.extend(a.tags.clone().map(|t| ("tags", t)));

@@ -64,6 +64,7 @@ async fn consecutive_shards_on_one_worker_fetch_nothing_again() {
         );
     }
     assert_eq!(worker.kept.resident().len(), 3);
+    worker.cache.settle().await;
 
     // Scored on a new eval set, the kept merger does not serve (it lacks the set): a new one
     // reads the two unit models from the disk cache, fetching nothing from the store.
