@@ -262,8 +262,11 @@ impl Shard<'_> {
         }
         let groups = groups(todo, capacity - base_slot);
         tally.groups = groups.len();
+        let count = groups.len();
         let mut finished = 0usize;
-        for group in groups {
+        for (index, group) in groups.into_iter().enumerate() {
+            // The progress says when the shard's units do not fit the budget together.
+            let in_group = (count > 1).then_some((index + 1, count));
             let needed: HashSet<Uuid> = group
                 .iter()
                 .flat_map(|t| t.members.iter().map(|m| self.units[&m.partition].id))
@@ -298,7 +301,12 @@ impl Shard<'_> {
                 tally.merge_seconds += scored.merge_seconds;
                 tally.eval_seconds += scored.eval_seconds;
                 finished += 1;
-                let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
+                let progress = Progress {
+                    fraction: finished as f32 / todo.len() as f32,
+                    done: finished,
+                    total: todo.len(),
+                    group: in_group,
+                };
                 if !self
                     .store(&[(item, scored.results, scored.note)], progress)
                     .await?
@@ -362,7 +370,12 @@ impl Shard<'_> {
                 .collect();
             tally.merge_seconds += started.elapsed().as_secs_f64();
             finished += batch.len();
-            let progress = (finished as f32 / todo.len() as f32, finished, todo.len());
+            let progress = Progress {
+                fraction: finished as f32 / todo.len() as f32,
+                done: finished,
+                total: todo.len(),
+                group: None,
+            };
             if !self.store(&scored, progress).await? {
                 return Ok(Done::LeaseLost);
             }
@@ -377,7 +390,7 @@ impl Shard<'_> {
     async fn store(
         &self,
         scored: &[(&Todo, Vec<Evaluation>, Option<String>)],
-        (fraction, done, total): (f32, usize, usize),
+        progress: Progress,
     ) -> Result<bool, JobError> {
         let mut tx = self.cx.pool.begin().await?;
         for (item, results, note) in scored {
@@ -395,9 +408,30 @@ impl Shard<'_> {
                 scores::insert(&mut tx, &key, &members, &self.sweep.eval_config, &result).await?;
             }
         }
-        let message = format!("mixture {done}/{total}");
+        let Progress {
+            fraction,
+            done,
+            total,
+            group,
+        } = progress;
+        let message = match group {
+            None => format!("mixture {done}/{total}"),
+            Some((group, groups)) => format!(
+                "mixture {done}/{total}, in group {group} of {groups}: the shard's unit models \
+                 do not fit the memory budget together"
+            ),
+        };
         self.cx.commit_progress(tx, fraction, &message).await
     }
+}
+
+/// How far a shard is: its mixtures done, and the group of unit models it is in when they
+/// do not all fit the memory budget.
+struct Progress {
+    fraction: f32,
+    done: usize,
+    total: usize,
+    group: Option<(usize, usize)>,
 }
 
 /// Consecutive mixtures grouped so that each group's unit models number at most `capacity`

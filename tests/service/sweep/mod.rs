@@ -366,6 +366,15 @@ async fn unit_models_beyond_the_memory_budget_are_taken_in_groups_that_fit() {
     let shard = &result["shard"];
     assert_eq!(shard["computed"], 10);
     assert!(shard["groups"].as_u64().unwrap() > 1, "{shard}");
+    // Its progress said so as it went.
+    let message: String = sqlx::query_scalar("select message from jobs where kind = 'sweep'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        message.starts_with("mixture 10/10, in group ") && message.contains("memory budget"),
+        "{message}"
+    );
     assert!(
         shard["peak_resident_bytes"].as_u64().unwrap() <= unit * 2,
         "{shard}"
