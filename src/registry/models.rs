@@ -213,10 +213,15 @@ pub async fn train(
     Ok(models)
 }
 
+/// The advisory lock the healing pass holds while it runs, so that the API servers sharing a
+/// registry heal one at a time.
+pub const HEAL_LOCK: i64 = 0x6d69_7870_6f6f_6c01;
+
 /// The healing pass: queues the unit model of every partition that has none for the default
 /// base (the newest ready one) and recipe (the newest), so that no gap left by a crash
 /// between storing a partition and queueing its model survives. Cancelled and failed models
-/// are left as they are. How many were queued.
+/// are left as they are. One server at a time: while another holds [`HEAL_LOCK`], this pass
+/// does nothing. How many were queued.
 pub async fn heal(pool: &PgPool, job: fn(Uuid) -> NewJob) -> Result<usize, sqlx::Error> {
     let (Some(base), Some(recipe)) = (
         super::bases::latest_ready(pool).await?,
@@ -224,6 +229,14 @@ pub async fn heal(pool: &PgPool, job: fn(Uuid) -> NewJob) -> Result<usize, sqlx:
     ) else {
         return Ok(0);
     };
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
+        .bind(HEAL_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
     let lacking: Vec<Uuid> = sqlx::query_scalar(
         "select p.id from partitions p where p.train and not exists (
              select 1 from models m
@@ -232,9 +245,8 @@ pub async fn heal(pool: &PgPool, job: fn(Uuid) -> NewJob) -> Result<usize, sqlx:
     )
     .bind(base.id)
     .bind(recipe.id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    let mut tx = pool.begin().await?;
     for partition in &lacking {
         ensure(&mut tx, base.id, recipe.id, *partition, job).await?;
     }

@@ -26,6 +26,7 @@ mod queue;
 mod registry;
 mod resume;
 mod search;
+mod servers;
 mod shutdown;
 mod sources;
 mod store;

@@ -233,3 +233,35 @@ async fn a_partition_whose_unit_model_was_not_queued_gets_it_from_the_healing_pa
         "cancelled"
     );
 }
+
+#[tokio::test]
+async fn the_healing_pass_runs_on_one_server_at_a_time() {
+    let app = spawn_app_with(mixpool::api::SweepLimits::default()).await;
+    for (name, domain) in [("one", "code_c"), ("two", "tech_docs")] {
+        let (status, body) = app
+            .post(&format!("/v1/partitions?name={name}"), corpus(domain, 0, 4))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    sqlx::query("delete from models")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // Another server's pass holds the lock: this one does nothing.
+    let mut other = app.pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(mixpool::registry::models::HEAL_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(mixpool::jobs::train::heal(&app.pool).await.unwrap(), 0);
+    assert!(models(&app, "").await.is_empty());
+    // Once it is done, the next pass heals.
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(mixpool::registry::models::HEAL_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(mixpool::jobs::train::heal(&app.pool).await.unwrap(), 2);
+    assert_eq!(models(&app, "").await.len(), 2);
+}
