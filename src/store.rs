@@ -99,6 +99,23 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the store's disk is full (ENOSPC somewhere in the error's causes).
+    pub fn is_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.kind() == std::io::ErrorKind::StorageFull
+                    || io.raw_os_error() == Some(libc::ENOSPC))
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// An error with the causes that its own message leaves out ("HTTP error: builder error"
 /// says little without "URL scheme is not allowed").
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
@@ -227,18 +244,25 @@ impl Store {
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut data = std::pin::pin!(data);
-        while let Some(chunk) = data.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    upload.abort().await?;
-                    return Err(StoreError::Io(e.into()));
-                }
+        // Whatever fails (the body, or the store: a full disk), the staged parts go.
+        let failed = loop {
+            let chunk = match data.next().await {
+                None => break None,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => break Some(StoreError::Io(e.into())),
             };
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
-            upload.wait_for_capacity(4).await?;
+            if let Err(e) = upload.wait_for_capacity(4).await {
+                break Some(e.into());
+            }
             upload.put(chunk);
+        };
+        if let Some(e) = failed {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!("removing the staged upload {staging}: {abort}");
+            }
+            return Err(e);
         }
         upload.finish().await?;
         let sha256 = hex::encode(hasher.finalize());

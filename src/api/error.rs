@@ -209,6 +209,14 @@ impl From<crate::error::Error> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e.is_full() {
+            tracing::warn!("the store is full: {e}");
+            return ApiError::status(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_full",
+                format!("the object store has no space left, so nothing was stored ({e})"),
+            );
+        }
         ApiError::Unavailable {
             backend: Backend::Store,
             cause: e.to_string(),
@@ -268,4 +276,7 @@ pub enum Errors {
     /// The database or the store does not answer, or the server is stopping: retry.
     #[response(status = 503)]
     Unavailable(#[to_schema] ErrorBody),
+    /// The store has no space left: nothing was stored; retry once there is room.
+    #[response(status = 507)]
+    InsufficientStorage(#[to_schema] ErrorBody),
 }

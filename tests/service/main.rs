@@ -13,6 +13,7 @@ mod choices;
 mod chrome;
 mod cli;
 mod dashboard;
+mod disks;
 mod fsck;
 mod helpers;
 mod ingest;
