@@ -158,6 +158,7 @@ pub async fn claim(
                 claimed_saved = saved, updated_at = now(), error = null
          where state = 'queued' and id = (
              select id from jobs where state = 'queued' and kind = any($3)
+               and (not_before is null or not_before <= now())
              order by priority desc, coalesce(affinity = $4, false) desc, created_at limit 1
              for update skip locked)
          returning *",
@@ -293,7 +294,8 @@ pub async fn succeed(
     finish(db, lease, "succeeded", Some(result), None).await
 }
 
-/// Marks the job failed: back to the queue when `retryable` and attempts remain.
+/// Marks the job failed: back to the queue when `retryable` and attempts remain, not to be
+/// claimed for 2 seconds after its first strike, 4 after its second, and so on up to 30.
 pub async fn fail(
     pool: &PgPool,
     lease: &Lease,
@@ -304,7 +306,8 @@ pub async fn fail(
     if retry {
         let done = sqlx::query(
             "update jobs set state = 'queued', error = $3, lease_owner = null, lease_expires_at = null,
-                    strikes = strikes + 1, updated_at = now()
+                    strikes = strikes + 1, updated_at = now(),
+                    not_before = now() + make_interval(secs => least(30, 2 * power(2, strikes)))
              where id = $1 and attempts = $2 and state = 'running'",
         )
         .bind(lease.id())

@@ -44,6 +44,21 @@ async fn retryable_failures_requeue_until_attempts_run_out_and_fatal_ones_fail_a
         (again.state.as_str(), again.error.as_deref()),
         ("queued", Some("store unavailable"))
     );
+    // It waits before it is claimed again (a restarting store does not burn its attempts).
+    assert!(claim(&pool, "w", LONG).await.is_none());
+    let wait: f64 = sqlx::query_scalar(
+        "select extract(epoch from not_before - now())::float8 from jobs where id = $1",
+    )
+    .bind(retried.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!((1.0..=2.0).contains(&wait), "{wait}");
+    sqlx::query("update jobs set not_before = now() where id = $1")
+        .bind(retried.id)
+        .execute(&pool)
+        .await
+        .unwrap();
     let lease = claim(&pool, "w", LONG).await.unwrap();
     assert_eq!((lease.id(), lease.attempt()), (retried.id, 2));
     jobs::fail(&pool, &lease, "store unavailable", true)
