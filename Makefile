@@ -12,7 +12,7 @@ BIN := $(CARGO_TARGET_DIR)/release/mixpool
 TORCH = export LIBTORCH=$$(scripts/libtorch.sh)
 CORPUS = export MIXPOOL_CORPUS=$$(scripts/corpus.sh)
 
-.PHONY: demo test experiment bench bench-service bench-sweep build install lint gpu-bundle chaos screenshots
+.PHONY: demo test experiment bench bench-service bench-sweep build install lint gpu-bundle chaos soak screenshots
 
 build:
 	$(TORCH) && cargo build --release
@@ -49,7 +49,7 @@ experiment: build
 ## (openapi-spec-validator, schemathesis; a venv made once in the cache) and headless
 ## Chromium for the dashboard (Debian's chromium and chromium-driver, installed once); then
 ## the deployment manifests checked offline (scripts/deploy-check.sh) and the chaos run's
-## short form (4 worker kills, one restart of each server).
+## short form (4 kills, one of them of an API server; one restart of each backing server).
 test:
 	scripts/postgres.sh
 	scripts/chromium.sh
@@ -104,12 +104,23 @@ bench-sweep:
 lint:
 	$(TORCH) && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings
 
-## The chaos run (`make test` runs a short form): a pool built undisturbed, then again by two
-## workers SIGKILLed 20 times while PostgreSQL restarts twice and the S3 server once (both
-## the run's own, on ports of their own) under client requests; checks and prints the
-## figures. ARGS="KILLS SEED".
+## The chaos run (`make test` runs a short form): a pool built undisturbed, then again behind
+## two API servers by two workers, with 100 SIGKILLs (one in four of an API server) while
+## PostgreSQL restarts twice and the S3 server once (both the run's own, on ports of their
+## own) under client requests; checks and prints the figures. ARGS="KILLS SEED DEADLINE_MIN".
 chaos: build
 	$(TORCH) && $(CORPUS) && cargo build --release --example chaos && \
 	scripts/s3.sh >/dev/null && scripts/s3.sh stop && \
 	MIXPOOL_BIN=$(BIN) MIXPOOL_WEED=$(CACHE)/s3-venv/bin/weed \
 	$(CARGO_TARGET_DIR)/release/examples/chaos $(ARGS)
+
+## The soak (not in `make test`): one API server and two workers on the machine's
+## PostgreSQL (database chaos_soak, made anew) and a file store, under a steady mix of
+## requests for MINUTES (default 30); prints requests per second, memory, open files and
+## database connections every minute and the latency per route, and fails on a 5xx or on
+## growth. ARGS="MINUTES CLIENTS" overrides both.
+MINUTES ?= 30
+soak: build
+	scripts/postgres.sh
+	$(TORCH) && $(CORPUS) && cargo build --release --example soak && \
+	MIXPOOL_BIN=$(BIN) $(CARGO_TARGET_DIR)/release/examples/soak $(or $(ARGS),$(MINUTES))

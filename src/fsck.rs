@@ -20,8 +20,8 @@ use crate::registry::jobs;
 use crate::store::{Store, keys};
 
 /// A staged upload, or a stored partition or eval set without its row, younger than this may
-/// belong to an upload still in flight (its row is written after its object).
-const IN_FLIGHT: Duration = Duration::from_secs(3600);
+/// belong to an upload still in flight (its row is written after its object): left alone.
+pub const IN_FLIGHT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +51,8 @@ pub struct Problem {
 pub struct Report {
     pub objects: usize,
     pub bytes: u64,
+    /// Objects without a row left alone as young enough to belong to an upload in flight.
+    pub in_flight: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -77,8 +79,15 @@ struct Expected {
     owner: String,
 }
 
-/// Checks the pool; with `repair`, removes orphans and requeues expired jobs.
-pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report> {
+/// Checks the pool; with `repair`, removes orphans and requeues expired jobs. An upload's
+/// object without its row younger than `in_flight` ([`IN_FLIGHT`] unless the caller knows
+/// that no upload is in flight) is counted, not reported.
+pub async fn check(
+    pool: &PgPool,
+    store: &Store,
+    repair: bool,
+    in_flight: Duration,
+) -> Result<Report> {
     let mut report = Report::default();
     let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
     let mut expect = |key: String, sha256: Option<String>, owner: String| {
@@ -196,11 +205,15 @@ pub async fn check(pool: &PgPool, store: &Store, repair: bool) -> Result<Report>
         if !crate::service::sources::is_own(&key) {
             continue;
         }
+        if in_progress.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
         let uploading = ["staging/", "partitions/", "evalsets/"]
             .iter()
             .any(|p| key.starts_with(p))
-            && meta.age.is_none_or(|age| age < IN_FLIGHT);
-        if uploading || in_progress.iter().any(|p| key.starts_with(p)) {
+            && meta.age.is_none_or(|age| age < in_flight);
+        if uploading {
+            report.in_flight += 1;
             continue;
         }
         let detail = if key.starts_with("staging/") {

@@ -1,17 +1,21 @@
 //! The chaos run (`make chaos`): a small pool built twice from the same base, recipe and
-//! partitions — once undisturbed, once by two worker processes that are SIGKILLed at random
-//! moments while PostgreSQL is restarted twice (once as a crash) and the S3 server once,
-//! under a loop of client requests — then checked: every job succeeded exactly once, every
-//! unit model's weights equal the undisturbed run's, no 5xx but 503 reached a client,
-//! nothing uploaded with a 2xx is missing, and `mixpool fsck` is clean.
+//! partitions — once undisturbed, once behind two API servers on one database and store by
+//! two worker processes, under a loop of client requests spread over both servers (uploads,
+//! scores that wait for their job, sweeps, listings), while one kill in four SIGKILLs an API
+//! server and the others a worker (each started again at once), PostgreSQL is restarted twice
+//! (once as a crash) and the S3 server once — then checked: every job succeeded, no unit
+//! model was trained twice, every unit model's weights equal the undisturbed run's, no 5xx but
+//! 503 reached a client, nothing uploaded with a 2xx is missing, every sweep created is whole
+//! and scored, and `mixpool fsck` is clean (and clean again once `--repair --grace 0` removed
+//! what uploads cut off by kills left behind).
 //!
 //! Needs `MIXPOOL_BIN` (the mixpool binary), `MIXPOOL_CORPUS` and `MIXPOOL_WEED` (the
 //! SeaweedFS binary that `scripts/s3.sh` installs). It starts its own PostgreSQL
 //! (`scripts/chaos-postgres.sh`) and its own S3 server, on ports of their own, so that it
 //! can restart them, and makes its own admin token. Any answer it does not expect (a 401, a
 //! 4xx to a valid request) fails the run at once with the response, and the whole run has a
-//! deadline. Usage: `chaos [KILLS] [SEED] [DEADLINE_MINUTES]`; with fewer than 6 kills
-//! (the short form `make test` runs) PostgreSQL restarts once, as a crash.
+//! deadline. Usage: `chaos [KILLS] [SEED] [DEADLINE_MINUTES]` (100 kills by default); with
+//! fewer than 6 kills (the short form `make test` runs) PostgreSQL restarts once, as a crash.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,8 +37,11 @@ struct Seen {
     requests: AtomicU64,
     unavailable: AtomicU64,
     other_5xx: AtomicU64,
-    refused: AtomicU64,
+    /// Requests that went unanswered (a server killed under them, or down), by route.
+    unanswered: std::sync::Mutex<BTreeMap<String, u64>>,
     uploaded: std::sync::Mutex<Vec<String>>,
+    /// The ids of the sweeps answered 201.
+    sweeps: std::sync::Mutex<Vec<String>>,
     bad: std::sync::Mutex<Vec<String>>,
 }
 
@@ -47,14 +54,17 @@ async fn call(
     expected: &[u16],
 ) -> Result<Option<(u16, Value)>> {
     seen.requests.fetch_add(1, Ordering::Relaxed);
-    let described = request
-        .try_clone()
-        .and_then(|r| r.build().ok())
-        .map_or("a request".to_string(), |r| {
-            format!("{} {}", r.method(), r.url())
-        });
+    let built = request.try_clone().and_then(|r| r.build().ok());
+    let described = built.as_ref().map_or("a request".to_string(), |r| {
+        format!("{} {}", r.method(), r.url())
+    });
     let Ok(response) = request.timeout(Duration::from_secs(30)).send().await else {
-        seen.refused.fetch_add(1, Ordering::Relaxed);
+        // The route: the method and the path's first two segments.
+        let route = built.as_ref().map_or("?".to_string(), |r| {
+            let path: Vec<&str> = r.url().path().split('/').take(3).collect();
+            format!("{} {}", r.method(), path.join("/"))
+        });
+        *seen.unanswered.lock().unwrap().entry(route).or_default() += 1;
         return Ok(None);
     };
     let status = response.status().as_u16();
@@ -103,19 +113,26 @@ fn corpus() -> Result<Vec<(String, String)>> {
 }
 
 /// The base, the recipe and the partitions, each asked again while it goes unanswered or
-/// answers 503, until it is answered 2xx.
+/// answers 503, until it is answered 2xx; the tries go to the servers in turn.
 async fn build(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     parts: &[(String, String)],
     seen: &Seen,
 ) -> Result<()> {
+    let mut tries = 0usize;
+    let mut url = || {
+        tries += 1;
+        urls[tries % urls.len()].clone()
+    };
     let base = json!({"name": "tiny", "preset": "tiny", "seed": 7});
     let recipe = json!({"name": "unit", "tokens": 48 * 1024, "batch_tokens": 2048,
         "micro_batch": 8, "seq_len": 128, "checkpoint_every": 4});
     for (path, body) in [("/v1/bases", base), ("/v1/recipes", recipe)] {
         loop {
-            let request = client.post(format!("{url}{path}")).body(body.to_string());
+            let request = client
+                .post(format!("{}{path}", url()))
+                .body(body.to_string());
             // A 409: an earlier try was stored though its answer was lost.
             match call(seen, request, &[200, 201, 409]).await? {
                 Some((200 | 201, _)) => break,
@@ -128,7 +145,7 @@ async fn build(
     for (name, text) in parts {
         loop {
             let request = client
-                .post(format!("{url}/v1/partitions?name={name}"))
+                .post(format!("{}/v1/partitions?name={name}", url()))
                 .body(text.clone());
             if let Some((200 | 201, _)) = call(seen, request, &[200, 201]).await? {
                 seen.uploaded.lock().unwrap().push(name.clone());
@@ -136,6 +153,75 @@ async fn build(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+    Ok(())
+}
+
+/// The clients: the pool built, then until `done` a loop of uploads (eval sets, so that they
+/// add no training), scores that wait for their job, sweeps of three partitions, and
+/// listings, each request to the servers in turn.
+async fn clients(
+    seen: Arc<Seen>,
+    done: Arc<AtomicBool>,
+    urls: Vec<String>,
+    parts: Vec<(String, String)>,
+    client: reqwest::Client,
+) -> Result<()> {
+    build(&client, &urls, &parts, &seen).await?;
+    let mut turn = 0usize;
+    let mut url = || {
+        turn += 1;
+        urls[turn % urls.len()].clone()
+    };
+    let mut extra = 0;
+    while !done.load(Ordering::SeqCst) {
+        // Large enough (about 60 kB) that a kill can land while one is being sent.
+        let name = format!("extra-{extra}");
+        let text: String = (0..400)
+            .map(|i| format!("{{\"text\": \"an extra document, number {extra}, line {i}\"}}\n"))
+            .collect();
+        // Asked again while unanswered or 503, as a client does.
+        for _ in 0..50 {
+            let request = client
+                .post(format!("{}/v1/eval-sets?name={name}", url()))
+                .body(text.clone());
+            match call(&seen, request, &[200, 201]).await? {
+                Some((200 | 201, _)) => {
+                    seen.uploaded.lock().unwrap().push(name.clone());
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let (a, b, c) = (
+            &parts[extra % PARTITIONS].0,
+            &parts[(extra + 1) % PARTITIONS].0,
+            &parts[(extra + 2) % PARTITIONS].0,
+        );
+        // Waits up to 3 s for its job: not trained yet (409), still queued (202), scored (200).
+        let score = format!(
+            "{}/v1/score?partitions={a},{b}&eval={name}&wait=3&train=false",
+            url()
+        );
+        call(&seen, client.get(score), &[200, 202, 409]).await?;
+        if extra % 4 == 0 {
+            let sweep = json!({"partitions": [a, b, c], "sizes": [2, 3],
+                "eval_sets": ["extra-0"], "train": false});
+            let request = client
+                .post(format!("{}/v1/sweeps", url()))
+                .body(sweep.to_string());
+            // Created (201), or its unit models are not all trained yet (409).
+            if let Some((201, body)) = call(&seen, request, &[201, 409]).await? {
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                seen.sweeps.lock().unwrap().push(id);
+            }
+        }
+        let jobs = format!("{}/v1/jobs?limit=20", url());
+        call(&seen, client.get(jobs), &[200]).await?;
+        let partitions = format!("{}/v1/partitions", url());
+        call(&seen, client.get(partitions), &[200]).await?;
+        extra += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }
@@ -205,6 +291,27 @@ async fn diagnose(pool: &Pool, s3: &mut S3Server) -> String {
     out
 }
 
+/// `mixpool fsck --json ARGS` on the pool: its report.
+fn fsck(pool: &Pool, args: &[&str]) -> Result<Value> {
+    let out = Command::new(bin())
+        .args(["fsck", "--json"])
+        .args(args)
+        .env("DATABASE_URL", &pool.database)
+        .env("MIXPOOL_STORE", &pool.store)
+        .env("AWS_ENDPOINT_URL", s3_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "mixpool")
+        .env("AWS_SECRET_ACCESS_KEY", "mixpool-secret")
+        .env("AWS_REGION", "us-east-1")
+        .output()?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "fsck {args:?}: exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 fn script(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0]).args(&args[1..]).output()?;
     ensure!(
@@ -234,7 +341,7 @@ impl Rng {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let kills: usize = args.get(1).map_or(Ok(20), |a| a.parse())?;
+    let kills: usize = args.get(1).map_or(Ok(100), |a| a.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(2024), |a| a.parse())?;
     let deadline: u64 = args.get(3).map_or(Ok(40), |a| a.parse())?;
     let started = Instant::now();
@@ -267,64 +374,27 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
 
     // The undisturbed run.
     let quiet = Seen::default();
-    let reference = Pool::start("reference", admin, 2).await?;
-    build(&reference.client, &reference.url, &parts, &quiet).await?;
+    let reference = Pool::start("reference", admin, 1, 2, false).await?;
+    build(&reference.client, &reference.urls, &parts, &quiet).await?;
     let want = weights(&reference, Duration::from_secs(900)).await?;
     drop(reference);
     eprintln!("undisturbed: {} unit models trained", want.len());
 
-    // The disturbed run.
+    // The disturbed run: two API servers behind one database and store, the clients' requests
+    // spread over both.
     let seen = Arc::new(Seen::default());
-    let mut pool = Pool::start("chaos", admin, 2).await?;
+    let mut pool = Pool::start("chaos", admin, 2, 2, false).await?;
     let done = Arc::new(AtomicBool::new(false));
-    // Clients: the pool built, then a loop of reads, scores and extra uploads.
-    let clients = {
-        let (seen, done, url, parts, client) = (
-            seen.clone(),
-            done.clone(),
-            pool.url.clone(),
-            parts.clone(),
-            pool.client.clone(),
-        );
-        tokio::spawn(async move {
-            build(&client, &url, &parts, &seen).await?;
-            let mut extra = 0;
-            while !done.load(Ordering::SeqCst) {
-                // Extra uploads are eval sets, so that they add no training.
-                let name = format!("extra-{extra}");
-                let text = format!("{{\"text\": \"an extra document, number {extra}\"}}\n");
-                // Retried on a 503, as a client does.
-                for _ in 0..50 {
-                    let request = client
-                        .post(format!("{url}/v1/eval-sets?name={name}"))
-                        .body(text.clone());
-                    match call(&seen, request, &[200, 201]).await? {
-                        Some((200 | 201, _)) => {
-                            seen.uploaded.lock().unwrap().push(name);
-                            break;
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-                let (a, b) = (
-                    &parts[extra % PARTITIONS].0,
-                    &parts[(extra + 1) % PARTITIONS].0,
-                );
-                let score =
-                    format!("{url}/v1/score?partitions={a},{b}&eval=extra-0&wait=0&train=false");
-                // Not trained yet (409), queued (202) or scored (200).
-                call(&seen, client.get(score), &[200, 202, 409]).await?;
-                call(&seen, client.get(format!("{url}/v1/jobs?limit=20")), &[200]).await?;
-                call(&seen, client.get(format!("{url}/v1/partitions")), &[200]).await?;
-                extra += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let clients = tokio::spawn(clients(
+        seen.clone(),
+        done.clone(),
+        pool.urls.clone(),
+        parts.clone(),
+        pool.client.clone(),
+    ));
 
     let mut rng = Rng(seed | 1);
-    let (mut pg_restarts, mut s3_restarts) = (0, 0);
+    let (mut pg_restarts, mut s3_restarts, mut api_kills) = (0, 0, 0);
     // Two PostgreSQL restarts (the second a crash), or in the short form one crash.
     let pg_at = if kills < 6 {
         vec![kills / 3]
@@ -337,8 +407,14 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
             // The clients stop early only on an answer they did not expect.
             break;
         }
-        let i = rng.below(pool.workers.len() as u64) as usize;
-        pool.kill_worker(i)?;
+        // One kill in four is of an API server's, the two in turn; the others of workers.
+        if k % 4 == 1 {
+            pool.kill_api(api_kills % pool.apis.len())?;
+            api_kills += 1;
+        } else {
+            let i = rng.below(pool.workers.len() as u64) as usize;
+            pool.kill_worker(i)?;
+        }
         if pg_at.contains(&k) {
             let how = if pg_restarts + 1 < pg_at.len() {
                 "fast"
@@ -360,10 +436,11 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
     let got = weights(&pool, Duration::from_secs(300)).await;
     done.store(true, Ordering::SeqCst);
     clients.await??;
-    if got.is_err() {
-        eprintln!("{}", diagnose(&pool, s3).await);
-    }
-    let got = got?;
+    let got = match got {
+        Ok(got) => got,
+        // The state of things in the error itself, which is what a log's tail keeps.
+        Err(e) => bail!("{e}\n{}", diagnose(&pool, s3).await),
+    };
     // The score jobs the clients queued last run to their end too.
     let db = sqlx::PgPool::connect(&pool.database).await?;
     let drained = Instant::now();
@@ -429,35 +506,63 @@ async fn run(admin: &str, s3: &mut S3Server, kills: usize, seed: u64) -> Result<
     for bad in seen.bad.lock().unwrap().iter().take(5) {
         failures.push(format!("a 5xx other than 503: {bad}"));
     }
-    let fsck = Command::new(bin())
-        .args(["fsck", "--json"])
-        .env("DATABASE_URL", &pool.database)
-        .env("MIXPOOL_STORE", &pool.store)
-        .env("AWS_ENDPOINT_URL", s3_endpoint())
-        .env("AWS_ACCESS_KEY_ID", "mixpool")
-        .env("AWS_SECRET_ACCESS_KEY", "mixpool-secret")
-        .env("AWS_REGION", "us-east-1")
-        .output()?;
-    let report: Value = serde_json::from_slice(&fsck.stdout).unwrap_or(Value::Null);
-    let problems = report["problems"].as_array().map_or(0, Vec::len);
-    if fsck.status.code() != Some(0) {
-        failures.push(format!("fsck: exit {:?}, {report}", fsck.status.code()));
+    // Every sweep answered 201 is there and scored all its mixtures; a sweep whose answer
+    // was lost to a kill is whole too (it and its jobs are written in one transaction).
+    let acknowledged = seen.sweeps.lock().unwrap().clone();
+    let sweeps: Vec<(String, String)> = sqlx::query_as(
+        "select s.id::text, coalesce(string_agg(distinct j.state, ','), 'no jobs')
+         from sweeps s left join sweep_jobs sj on sj.sweep_id = s.id
+         left join jobs j on j.id = sj.job_id group by s.id",
+    )
+    .fetch_all(&db)
+    .await?;
+    for id in &acknowledged {
+        if !sweeps.iter().any(|(s, _)| s == id) {
+            failures.push(format!("sweep {id} was created (201) but is missing"));
+        }
     }
+    for (id, states) in &sweeps {
+        if states != "succeeded" && states != "no jobs" {
+            failures.push(format!("sweep {id}: jobs {states}"));
+        }
+    }
+
+    // fsck as it runs in production (uploads younger than an hour may be in flight: left
+    // alone, counted), then, since nothing is in flight now, with no grace: the debris of
+    // uploads cut off by kills is repaired, and the check after it is clean.
+    let first = fsck(&pool, &[])?;
+    let repair = fsck(&pool, &["--repair", "--grace", "0"])?;
+    let last = fsck(&pool, &["--grace", "0"])?;
+    for (what, report) in [("fsck", &first), ("fsck --grace 0 after --repair", &last)] {
+        if report["problems"].as_array().is_none_or(|p| !p.is_empty()) {
+            failures.push(format!("{what}: {report}"));
+        }
+    }
+    let repaired = repair["problems"].as_array().map_or(0, Vec::len);
+    let unanswered = seen.unanswered.lock().unwrap().clone();
     let summary = format!(
-        "kills {kills}, PostgreSQL restarts {pg_restarts} (the last one a crash), S3 restarts {s3_restarts}; \
-         requests {}, 503s {}, other 5xx {}, unanswered {}; uploads kept {}/{}; \
-         unit models {} equal to the undisturbed run's: {}; job attempts {attempts} for {} jobs; \
-         fsck: {} objects, {problems} problems",
+        "kills {kills} ({api_kills} of an API server, two of them behind one database), \
+         PostgreSQL restarts {pg_restarts} (the last one a crash), S3 restarts {s3_restarts}\n\
+         requests {}, 503s {}, other 5xx {}, unanswered {} ({unanswered:?})\n\
+         uploads kept {}/{}, sweeps created {} (all scored: {})\n\
+         unit models {} equal to the undisturbed run's: {}; job attempts {attempts} for {} jobs\n\
+         fsck: {} objects, {} problems, {} left alone as in flight; \
+         --repair --grace 0 removed {repaired}; then {} problems",
         seen.requests.load(Ordering::Relaxed),
         seen.unavailable.load(Ordering::Relaxed),
         seen.other_5xx.load(Ordering::Relaxed),
-        seen.refused.load(Ordering::Relaxed),
+        unanswered.values().sum::<u64>(),
         uploaded.len() - failures.iter().filter(|f| f.contains("is missing")).count(),
         uploaded.len(),
+        sweeps.len(),
+        !failures.iter().any(|f| f.starts_with("sweep")),
         want.len(),
         !failures.iter().any(|f| f.contains("undisturbed")),
         jobs.iter().map(|(_, _, n)| n).sum::<i64>(),
-        report["objects"],
+        first["objects"],
+        first["problems"].as_array().map_or(0, Vec::len),
+        first["in_flight"],
+        last["problems"].as_array().map_or(0, Vec::len),
     );
     if !failures.is_empty() {
         bail!("{summary}\nFAILED:\n  {}", failures.join("\n  "));

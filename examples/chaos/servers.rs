@@ -1,11 +1,13 @@
 //! The run's own servers: a pool's `serve` and worker processes (with its own database,
-//! store and admin token) and the S3 server that the run restarts.
+//! store and admin token) and the S3 server that the run restarts. The soak run
+//! (`examples/soak`) starts its pool with this too, on a file store.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use sqlx::migrate::MigrateDatabase;
 
 pub const PARTITIONS: usize = 6;
 const LEASE_SECONDS: &str = "3";
@@ -15,16 +17,27 @@ pub struct Pool {
     pub database: String,
     pub store: String,
     pub data: tempfile::TempDir,
-    pub api: Child,
+    /// The `serve --no-worker` processes, each on its own port, behind one database and store.
+    pub apis: Vec<Api>,
+    /// The first server's address (`urls` has them all).
     pub url: String,
+    pub urls: Vec<String>,
     /// Sends the pool's admin token with every request.
     pub client: reqwest::Client,
     pub workers: Vec<Child>,
+    /// Worker processes started so far (each gets a scratch folder of its own).
+    started: usize,
+}
+
+pub struct Api {
+    pub process: Child,
+    pub port: u16,
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for child in self.workers.iter_mut().chain([&mut self.api]) {
+        let apis = self.apis.iter_mut().map(|a| &mut a.process);
+        for child in self.workers.iter_mut().chain(apis) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -141,13 +154,26 @@ impl Drop for S3Server {
 }
 
 impl Pool {
-    pub async fn start(name: &'static str, admin: &str, workers: usize) -> Result<Pool> {
+    /// A pool of `servers` API servers and `workers` worker processes on a new database
+    /// (`chaos_NAME` on the PostgreSQL server at `admin`, made anew) and on the run's S3
+    /// server, or with `file_store` on a file store in its data folder.
+    pub async fn start(
+        name: &'static str,
+        admin: &str,
+        servers: usize,
+        workers: usize,
+        file_store: bool,
+    ) -> Result<Pool> {
         let database = format!("{admin}/chaos_{name}");
+        if sqlx::Postgres::database_exists(&database).await? {
+            sqlx::Postgres::drop_database(&database).await?;
+        }
         let data = tempfile::tempdir()?;
-        let store = format!("s3://mixpool-test/chaos-{name}-{}", uuid::Uuid::new_v4());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let store = if file_store {
+            format!("file://{}", data.path().join("store").display())
+        } else {
+            format!("s3://mixpool-test/chaos-{name}-{}", uuid::Uuid::new_v4())
+        };
         let log = data.path().join("api.log");
         // The registry, and a token for the run's requests (writes need one).
         let out = command(&database, &store, data.path(), &log)
@@ -168,37 +194,42 @@ impl Pool {
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .build()?;
-        let api = command(&database, &store, data.path(), &log)
-            .args([
-                "serve",
-                "--no-worker",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .spawn()?;
         let mut pool = Pool {
             name,
             database,
             store,
             data,
-            api,
-            url: format!("http://127.0.0.1:{port}"),
+            apis: Vec::new(),
+            url: String::new(),
+            urls: Vec::new(),
             client,
             workers: Vec::new(),
+            started: 0,
         };
-        let started = Instant::now();
-        while pool
-            .client
-            .get(format!("{}/readyz", pool.url))
-            .send()
-            .await
-            .is_err()
-        {
-            if started.elapsed() > Duration::from_secs(60) {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow::bail!("{name}: serve did not start in 60 s:\n{log}");
+        for _ in 0..servers {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let process = pool.serve(port)?;
+            pool.apis.push(Api { process, port });
+            pool.urls.push(format!("http://127.0.0.1:{port}"));
+        }
+        pool.url = pool.urls[0].clone();
+        for url in &pool.urls {
+            let started = Instant::now();
+            while pool
+                .client
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_err()
+            {
+                if started.elapsed() > Duration::from_secs(60) {
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    anyhow::bail!("{name}: serve did not start in 60 s:\n{log}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for _ in 0..workers {
             pool.add_worker()?;
@@ -206,12 +237,22 @@ impl Pool {
         Ok(pool)
     }
 
+    fn serve(&self, port: u16) -> Result<Child> {
+        let log = self.data.path().join("api.log");
+        Ok(command(&self.database, &self.store, self.data.path(), &log)
+            .args([
+                "serve",
+                "--no-worker",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .spawn()?)
+    }
+
     pub fn add_worker(&mut self) -> Result<()> {
         let log = self.data.path().join("workers.log");
-        let scratch = self
-            .data
-            .path()
-            .join(format!("worker-{}", self.workers.len()));
+        let scratch = self.data.path().join(format!("worker-{}", self.started));
+        self.started += 1;
         let child = command(&self.database, &self.store, &scratch, &log)
             .args(["worker", "--device", "cpu", "--threads", "1"])
             .spawn()?;
@@ -225,5 +266,14 @@ impl Pool {
         let _ = old.kill();
         old.wait()?;
         self.add_worker()
+    }
+
+    /// SIGKILLs API server `i` and starts it again on its port, without waiting for it: its
+    /// clients retry, or go to the other server meanwhile.
+    pub fn kill_api(&mut self, i: usize) -> Result<()> {
+        let _ = self.apis[i].process.kill();
+        self.apis[i].process.wait()?;
+        self.apis[i].process = self.serve(self.apis[i].port)?;
+        Ok(())
     }
 }

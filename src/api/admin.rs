@@ -12,7 +12,7 @@ use crate::fsck::{self, Report};
 #[utoipa::path(get, path = "/v1/admin/fsck", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Object, description = "`{objects, bytes, problems}`"), Errors))]
 pub async fn fsck(State(state): State<AppState>) -> Result<Json<Report>, ApiError> {
-    fsck::check(&state.pool, &state.store, false)
+    fsck::check(&state.pool, &state.store, false, fsck::IN_FLIGHT)
         .await
         .map(Json)
         .map_err(|e| match e.downcast::<sqlx::Error>() {

@@ -107,11 +107,22 @@ fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
+/// One event of `GET /v1/jobs/{id}/events` (a schema only: the stream is written by axum's
+/// `Sse`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct JobEvent {
+    /// `job`, or `shutdown` when the server stops before the job ends.
+    event: String,
+    /// For `job`: the job as `GET /v1/jobs/{id}` answers it, as JSON text.
+    data: String,
+}
+
 /// `GET /v1/jobs/{id}/events`: server-sent events, one `job` event with the whole job each
 /// time it changes (state, progress, loss), ending after its final state, or with a
 /// `shutdown` event when the server stops first.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "the job's id")),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "`job` events until the job ends, or a last `shutdown` event"), Errors))]
+    responses((status = 200, content_type = "text/event-stream", body = JobEvent, description = "`job` events until the job ends, or a last `shutdown` event"), Errors))]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,

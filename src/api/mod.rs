@@ -159,8 +159,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(metrics::metrics))
         .split_for_parts();
     openapi::name_job_kinds(&mut spec);
+    let doc = openapi::served(&spec);
     routes
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/v1/openapi.json", spec))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/v1/openapi.json", doc),
+        )
         .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -51,6 +51,146 @@ pub fn name_job_kinds(spec: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// A link: `(operation, status, link name, target operation, [(parameter, expression)])`.
+type Link = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// How answers lead to other operations (OpenAPI links), for clients and for stateful
+/// fuzzing.
+const LINKS: &[Link] = {
+    const PARTITION: &str = "$response.body#/partition/name";
+    const JOB: &str = "$response.body#/job/id";
+    const LISTED_JOB: &str = "$response.body#/items/0/id";
+    &[
+        (
+            "upload_partition",
+            "201",
+            "GetPartition",
+            "get_partition",
+            &[("key", PARTITION)],
+        ),
+        (
+            "upload_partition",
+            "201",
+            "ScorePartition",
+            "get_score",
+            &[("partitions", PARTITION)],
+        ),
+        (
+            "upload_partition",
+            "201",
+            "DeletePartition",
+            "delete_partition",
+            &[("key", PARTITION)],
+        ),
+        (
+            "upload_partition",
+            "200",
+            "GetPartition",
+            "get_partition",
+            &[("key", PARTITION)],
+        ),
+        (
+            "upload_eval_set",
+            "201",
+            "GetEvalSet",
+            "get_eval_set",
+            &[("key", "$response.body#/name")],
+        ),
+        (
+            "upload_eval_set",
+            "201",
+            "ScoreOn",
+            "get_score",
+            &[("eval", "$response.body#/name")],
+        ),
+        ("get_score", "202", "GetJob", "get_job", &[("id", JOB)]),
+        (
+            "get_score",
+            "202",
+            "CancelJob",
+            "cancel_job",
+            &[("id", JOB)],
+        ),
+        ("export_mixture", "202", "GetJob", "get_job", &[("id", JOB)]),
+        (
+            "list_jobs",
+            "200",
+            "GetJob",
+            "get_job",
+            &[("id", LISTED_JOB)],
+        ),
+        (
+            "list_jobs",
+            "200",
+            "CancelJob",
+            "cancel_job",
+            &[("id", LISTED_JOB)],
+        ),
+        (
+            "create_sweep",
+            "201",
+            "GetSweep",
+            "get_sweep",
+            &[("id", "$response.body#/id")],
+        ),
+        (
+            "create_search",
+            "201",
+            "GetSearch",
+            "get_search",
+            &[("id", "$response.body#/id")],
+        ),
+        (
+            "create_base",
+            "201",
+            "GetBase",
+            "get_base",
+            &[("key", "$response.body#/name")],
+        ),
+        (
+            "create_recipe",
+            "201",
+            "GetRecipe",
+            "get_recipe",
+            &[("key", "$response.body#/name")],
+        ),
+    ]
+};
+
+/// The document as served: with [`LINKS`] added to the operations' responses (as JSON:
+/// utoipa's `Link` writes its fields in snake case, which no client reads).
+pub fn served(spec: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(spec).expect("the document serialises");
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for operation in paths.values_mut().filter_map(|item| item.as_object_mut()) {
+        for operation in operation.values_mut() {
+            let Some(id) = operation["operationId"].as_str().map(str::to_string) else {
+                continue;
+            };
+            for (_, status, name, target, parameters) in LINKS.iter().filter(|l| l.0 == id) {
+                let Some(response) = operation["responses"].get_mut(*status) else {
+                    continue;
+                };
+                let parameters: serde_json::Map<String, serde_json::Value> = parameters
+                    .iter()
+                    .map(|(p, e)| (p.to_string(), (*e).into()))
+                    .collect();
+                response["links"][*name] =
+                    serde_json::json!({ "operationId": target, "parameters": parameters });
+            }
+        }
+    }
+    doc
+}
+
 /// The `bearer` security scheme that write operations name.
 struct Bearer;
 

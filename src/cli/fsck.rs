@@ -1,4 +1,4 @@
-//! `mixpool fsck [--repair] [--json]`: [`crate::fsck`] on the settings' database and store,
+//! `mixpool fsck [--repair] [--json] [--grace SECONDS]`: [`crate::fsck`] on the settings' database and store,
 //! as a report on stdout and an exit code.
 
 use anyhow::Result;
@@ -15,6 +15,10 @@ pub struct FsckArgs {
     /// The report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Leave alone an upload's object without its row younger than this many seconds (it
+    /// may belong to an upload in flight); 0 once no upload can be.
+    #[arg(long, default_value_t = crate::fsck::IN_FLIGHT.as_secs(), value_name = "SECONDS")]
+    pub grace: u64,
     #[command(flatten)]
     pub service: super::serve::ServiceArgs,
 }
@@ -25,7 +29,8 @@ pub async fn run(args: FsckArgs, config: &Config) -> Result<i32> {
     let config = args.service.apply(config);
     let pool = crate::app::database(&config).await?;
     let (store, _) = crate::app::store(&config)?;
-    let report = check(&pool, &store, args.repair).await?;
+    let grace = std::time::Duration::from_secs(args.grace);
+    let report = check(&pool, &store, args.repair, grace).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -36,11 +41,14 @@ pub async fn run(args: FsckArgs, config: &Config) -> Result<i32> {
             println!("{kind}: {} — {}{state}", p.subject, p.detail);
         }
         println!(
-            "{} objects ({:.1} MB) checked; {} problems, {} unresolved",
+            "{} objects ({:.1} MB) checked; {} problems, {} unresolved; {} left alone as \
+             uploads that may be in flight (younger than {} s)",
             report.objects,
             report.bytes as f64 / 1e6,
             report.problems.len(),
-            report.unresolved()
+            report.unresolved(),
+            report.in_flight,
+            args.grace
         );
     }
     Ok(if report.unresolved() == 0 { 0 } else { 1 })

@@ -228,6 +228,18 @@ impl Worker {
         if let Some(task) = on_stop {
             task.abort();
         }
+        let outcome = match outcome {
+            Err(e) if self.scratch_full(&e.to_string()) => {
+                // Whatever the failing step made of it, another worker (or this one, once
+                // there is room) can run the job; what it wrote goes, to make room.
+                cx.clear_scratch().await;
+                Err(JobError::Retryable(format!(
+                    "no space left on the worker's scratch disk ({}): {e}",
+                    self.work_dir.display()
+                )))
+            }
+            outcome => outcome,
+        };
         let lease = &cx.lease;
         let recorded = match outcome {
             Ok(Done::Succeeded) | Ok(Done::LeaseLost) => Ok(()),
@@ -275,6 +287,35 @@ impl Worker {
             Err(QueueError::Database(e)) => Err(e),
         }
     }
+}
+
+impl Worker {
+    /// Whether a job's failure `message` is its scratch disk's being full: the system's
+    /// "No space left on device" (ENOSPC) about a file under the scratch folder, or with
+    /// less than a MiB left there (a message that names no file).
+    fn scratch_full(&self, message: &str) -> bool {
+        let enospc = message.contains("No space left on device") || message.contains("os error 28");
+        enospc
+            && (message.contains(&*self.work_dir.to_string_lossy())
+                || [
+                    &self.work_dir,
+                    self.work_dir.parent().unwrap_or(&self.work_dir),
+                ]
+                .iter()
+                .find_map(|dir| free_bytes(dir))
+                .is_some_and(|free| free < 1 << 20))
+    }
+}
+
+/// Bytes free to unprivileged users on the file system that holds `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a statvfs to fill.
+    let done = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (done == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Returns the memory the job freed to the system. Jobs run on blocking threads, each with

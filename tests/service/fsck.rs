@@ -80,7 +80,13 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
     assert!(report["objects"].as_u64().unwrap() >= 5, "{report}");
 
     // Planted: the train state of a deleted partition's model, python's weights gone,
-    // c's stored partition overwritten, a job whose worker died.
+    // c's stored partition overwritten, a job whose worker died, and the staged object of an
+    // upload that may still be in flight.
+    let staged = format!("staging/{}", uuid::Uuid::new_v4());
+    app.store
+        .put_bytes(&staged, bytes::Bytes::from_static(b"half an upload"))
+        .await
+        .unwrap();
     let orphan = format!(
         "models/{}/train_state/state-4.safetensors",
         uuid::Uuid::new_v4()
@@ -137,6 +143,8 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
     for planted in [orphan.as_str(), weights.as_str(), partition.as_str()] {
         assert!(subjects.contains(&planted), "{planted} in {out}");
     }
+    assert!(!subjects.contains(&staged.as_str()), "young: {out}");
+    assert_eq!(report["in_flight"], 1, "{out}");
     // The same check over HTTP, read-only, for admin tokens alone.
     let (status, served) = app.get("/v1/admin/fsck").await;
     assert_eq!((status, kinds(&served)), (StatusCode::OK, kinds(&report)));
@@ -167,6 +175,17 @@ async fn fsck_finds_planted_faults_and_repairs_only_the_orphan_and_the_lease() {
             ("missing".to_string(), false)
         ]
     );
+    // Once no upload can be in flight, a grace of 0 removes the staged object too.
+    assert!(app.store.get_optional(&staged).await.unwrap().is_some());
+    let (_, out) = fsck(
+        &database,
+        &store_url,
+        &["--repair", "--grace", "0", "--json"],
+    );
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(report["in_flight"], 0, "{out}");
+    assert!(out.contains(&staged), "{out}");
+    assert_eq!(app.store.get_optional(&staged).await.unwrap(), None);
 
     // An unreachable database is an error, not a verdict.
     let (code, out) = fsck("postgres://postgres@127.0.0.1:1/nowhere", &store_url, &[]);
@@ -201,7 +220,7 @@ async fn deleting_a_partition_removes_the_exports_that_merged_it_and_fsck_stays_
     // The merge of a and b is gone with b; a's own export stays.
     let left = app.store.list("exports").await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
-    let report = mixpool::fsck::check(&app.pool, &app.store, false)
+    let report = mixpool::fsck::check(&app.pool, &app.store, false, mixpool::fsck::IN_FLIGHT)
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -58,6 +58,52 @@ async fn the_document_is_valid_openapi_3_1_and_the_docs_page_needs_no_network() 
         }
     }
 
+    // Links lead from answers to operations that exist, by parameters those take.
+    let mut operations = std::collections::BTreeMap::new();
+    let methods = ["get", "post", "put", "patch", "delete"];
+    let operations_of = |item: &Value| -> Vec<Value> {
+        let item = item.as_object().unwrap();
+        methods
+            .iter()
+            .filter_map(|m| item.get(*m).cloned())
+            .collect()
+    };
+    for item in paths.values() {
+        for operation in operations_of(item) {
+            let parameters: Vec<String> = operation["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(|p| p["name"].as_str())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let id = operation["operationId"].as_str().unwrap().to_string();
+            operations.insert(id, parameters);
+        }
+    }
+    let mut links = 0;
+    for item in paths.values() {
+        for operation in operations_of(item) {
+            for response in operation["responses"].as_object().unwrap().values() {
+                for link in response["links"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|l| l.values())
+                {
+                    let target = link["operationId"].as_str().unwrap();
+                    let takes = operations.get(target).unwrap_or_else(|| panic!("{link}"));
+                    for parameter in link["parameters"].as_object().unwrap().keys() {
+                        assert!(takes.contains(parameter), "{target}: {link}");
+                    }
+                    links += 1;
+                }
+            }
+        }
+    }
+    assert!(links >= 12, "{links} links");
+
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), spec.to_string()).unwrap();
     let out = Command::new(format!("{}/openapi-spec-validator", tools()))
@@ -183,8 +229,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             ])
-            .args(["--phases", "examples,coverage,fuzzing"])
-            .args(["--max-examples", "25", "--max-time", "90", "--request-timeout", "20"])
+            // The stateful phase follows the document's links: an upload's name into its
+            // score, a job's id into its cancellation.
+            .args(["--phases", "examples,coverage,fuzzing,stateful"])
+            .args(["--max-examples", "25", "--max-time", "120", "--request-timeout", "20"])
             // One worker: schemathesis on Python 3.11 can fail inside ast.parse when its
             // threads generate at once ("AST constructor recursion depth mismatch").
             .args(["--seed", "2024", "--workers", "1"])
@@ -204,6 +252,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .map_or("no count", |l| l.trim())
         .to_string();
     println!("schemathesis: {generated}");
+    // The stateful phase's own count: scenarios (chains of linked calls) and links used.
+    let stateful: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("Scenarios:") || l.contains("API Links:"))
+        .map(|l| l.trim())
+        .collect();
+    println!("schemathesis, stateful phase: {}", stateful.join("; "));
+    assert!(!stateful.is_empty(), "the stateful phase ran: {said}");
     assert!(out.status.success(), "{said}");
     // A run that generated little tested little: every operation gets its examples.
     let count: u64 = generated
@@ -214,4 +270,104 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     assert!(count >= MIN_TEST_CASES, "only {count} test cases: {said}");
     assert!(!said.contains("Server error"), "{said}");
     drop(app);
+}
+
+/// Rows of every table that a write makes, and the store's objects.
+async fn snapshot(app: &App) -> Vec<(String, i64)> {
+    let mut counts = Vec::new();
+    for table in [
+        "bases",
+        "recipes",
+        "partitions",
+        "eval_sets",
+        "jobs",
+        "models",
+        "scores",
+        "sweeps",
+        "validations",
+        "searches",
+        "tokens",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        counts.push((table.to_string(), n));
+    }
+    let objects = app.store.list("").await.unwrap().len() as i64;
+    counts.push(("objects".to_string(), objects));
+    counts
+}
+
+#[tokio::test]
+async fn schemathesis_with_a_read_token_or_none_finds_every_write_refused_and_nothing_changed() {
+    let (app, second, _admin) = seeded().await;
+    let read = token(&app.pool, Scope::Read).await;
+    let before = snapshot(&app).await;
+    // With a read token, 403; also 401 where the fuzzer drops or garbles the header.
+    let cases: [(&str, Option<String>, &[u64]); 2] = [
+        (
+            "a read token",
+            Some(format!("Authorization: Bearer {read}")),
+            &[403, 401],
+        ),
+        ("no token", None, &[401]),
+    ];
+    for (who, header, refused) in cases {
+        let url = second.url();
+        let report = tempfile::tempdir().unwrap();
+        let har = report.path().join("run.har");
+        let cli = format!("{}/schemathesis", tools());
+        let (out, har) = tokio::task::spawn_blocking(move || {
+            let mut run = Command::new(cli);
+            run.args(["run", &format!("{url}/v1/openapi.json")])
+                // Every write: each method but GET (and the probes' HEAD).
+                .args(["--include-method-regex", "^(POST|PUT|PATCH|DELETE)$"])
+                .args(["--checks", "not_a_server_error"])
+                .args(["--phases", "examples,coverage,fuzzing"])
+                .args(["--max-examples", "10", "--max-time", "30"])
+                .args(["--seed", "2024", "--workers", "1"])
+                .args(["--report", "har", "--report-har-path"])
+                .arg(&har)
+                .current_dir(report.path());
+            if let Some(header) = header {
+                run.args(["--header", &header]);
+            }
+            (run.output().unwrap(), std::fs::read_to_string(&har))
+        })
+        .await
+        .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{who}: {said}");
+        let har: Value =
+            serde_json::from_str(&har.unwrap_or_else(|e| panic!("{e}: {said}"))).unwrap();
+        let entries = har["log"]["entries"].as_array().unwrap();
+        let (mut writes, mut first) = (0, 0);
+        for entry in entries {
+            let method = entry["request"]["method"].as_str().unwrap();
+            let status = entry["response"]["status"].as_u64().unwrap_or(0);
+            // Not the document itself, nor a method the path does not take (405: the
+            // coverage phase tries those too).
+            let text = entry["response"]["content"]["text"].as_str().unwrap_or("");
+            if method == "GET" || method == "HEAD" || text.contains("\"method_not_allowed\"") {
+                continue;
+            }
+            writes += 1;
+            assert!(
+                refused.contains(&status),
+                "{who}: {method} {} answered {status}: {}",
+                entry["request"]["url"],
+                entry["response"]["content"]["text"]
+            );
+            first += u64::from(status == refused[0]);
+        }
+        println!(
+            "schemathesis with {who}: {writes} writes refused, {first} with {}",
+            refused[0]
+        );
+        assert!(writes >= 200, "{who}: only {writes} writes: {said}");
+        assert!(first * 2 >= writes, "{who}: mostly {refused:?}");
+    }
+    assert_eq!(snapshot(&app).await, before, "nothing changed");
 }

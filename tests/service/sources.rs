@@ -222,7 +222,7 @@ async fn a_changed_object_is_refused_by_training_and_reported_by_fsck() {
         "{error}"
     );
 
-    let report = mixpool::fsck::check(&app.pool, &app.store, true)
+    let report = mixpool::fsck::check(&app.pool, &app.store, true, mixpool::fsck::IN_FLIGHT)
         .await
         .unwrap();
     let problems: Vec<_> = report

@@ -139,7 +139,7 @@ async fn an_ensemble_sweep_runs_one_forward_pass_per_unit_and_set_then_none() {
     }
 
     // The stored NLLs are objects their rows own: fsck finds nothing wrong.
-    let report = mixpool::fsck::check(&app.pool, &app.store, false)
+    let report = mixpool::fsck::check(&app.pool, &app.store, false, mixpool::fsck::IN_FLIGHT)
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
