@@ -42,7 +42,8 @@ pub struct UploadParams {
 }
 
 #[utoipa::path(post, path = "/v1/partitions", tag = "datasets", params(UploadParams),
-    request_body(content = String, description = "JSONL (a `text` per line), text or Parquet, optionally gzip or zstd; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream"),
+    request_body(content = String, description = "JSONL (a `text` per line), text or Parquet, optionally gzip or zstd; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream",
+        example = json!("{\"text\": \"def add(a, b):\\n    return a + b\"}\n{\"text\": \"print(add(1, 2))\"}\n")),
     security(("bearer" = [])),
     responses((status = 201, body = Object, description = "stored: the partition and its queued unit model"),
               (status = 200, body = Object, description = "the same bytes were already stored"),
@@ -73,7 +74,8 @@ pub async fn upload_partition(
 }
 
 #[utoipa::path(post, path = "/v1/eval-sets", tag = "datasets", params(UploadParams),
-    request_body(content = String, description = "JSONL with a `text` and an optional `domain` per line, or Parquet; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream"),
+    request_body(content = String, description = "JSONL with a `text` and an optional `domain` per line, or Parquet; without `name`, a JSON `RegisterRequest` naming objects of the store to read in place", content_type = "application/octet-stream",
+        example = json!("{\"text\": \"Held out: a sentence the unit models never saw.\", \"domain\": \"prose\"}\n")),
     security(("bearer" = [])),
     responses((status = 201, body = Object, description = "stored"), (status = 200, body = Object, description = "already stored"),
               (status = 202, body = Object, description = "a registration from the store: its `register` job, whose result holds the eval set once read"), Errors))]
