@@ -1,5 +1,5 @@
-//! `mixpool fsck [--repair] [--json] [--grace SECONDS]`: [`crate::fsck`] on the settings' database and store,
-//! as a report on stdout and an exit code.
+//! `mixpool fsck [--repair] [--json] [--grace SECONDS]`: [`crate::fsck`] on the settings'
+//! database and store, as a report on stdout and an exit code.
 
 use anyhow::Result;
 use clap::Args;

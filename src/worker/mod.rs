@@ -287,9 +287,7 @@ impl Worker {
             Err(QueueError::Database(e)) => Err(e),
         }
     }
-}
 
-impl Worker {
     /// Whether a job's failure `message` is its scratch disk's being full: the system's
     /// "No space left on device" (ENOSPC) about a file under the scratch folder, or with
     /// less than a MiB left there (a message that names no file).
