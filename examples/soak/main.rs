@@ -29,7 +29,7 @@ use load::{Corpus, Seen, client, seed};
 use servers::Pool;
 
 /// The machine's PostgreSQL (`scripts/postgres.sh` starts one where none answers).
-pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A process's resident memory in MB and its open file descriptors.
 fn process(pid: u32) -> (f64, usize) {

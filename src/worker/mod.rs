@@ -58,8 +58,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker of every kind named `owner`, with 60-second leases, its scratch space under
-    /// `data/work` and a cache of at most `cache_bytes` under `data/cache`.
+    /// A worker of every kind named `owner`, with 60-second leases, its scratch space in a
+    /// folder of its own under `data/work` (those of processes that are gone are removed
+    /// first: a killed worker leaves its jobs' files) and a cache of at most `cache_bytes`
+    /// under `data/cache`.
     pub fn new(
         pool: PgPool,
         store: Store,
@@ -69,6 +71,10 @@ impl Worker {
         resident_bytes: u64,
         cache_bytes: u64,
     ) -> std::io::Result<Worker> {
+        let work = data.join("work");
+        remove_stale(&work);
+        let own = incarnation(std::process::id()).unwrap_or_else(|| std::process::id().to_string());
+        let unique = uuid::Uuid::new_v4().simple().to_string();
         Ok(Worker {
             pool,
             store,
@@ -76,7 +82,7 @@ impl Worker {
             owner,
             kinds: jobs::names(),
             lease: Duration::from_secs(60),
-            work_dir: data.join("work"),
+            work_dir: work.join(format!("{own}-{}", &unique[..8])),
             resident_bytes,
             cache: Arc::new(ModelCache::open(&data.join("cache"), cache_bytes)?),
             kept: Default::default(),
@@ -305,6 +311,44 @@ impl Worker {
     }
 }
 
+/// A process's id and start time (`/proc/PID/stat`'s 22nd field, clock ticks since boot),
+/// which together tell it from every other process the host has run (pids are reused).
+fn incarnation(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's name, which is in parentheses: the 3rd field on.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let started = after.split_whitespace().nth(19)?;
+    Some(format!("{pid}-{started}"))
+}
+
+/// Removes the scratch folders under `work` of worker processes that are gone (named
+/// `PID-START-…` by [`incarnation`]); other entries, and everything where processes cannot
+/// be told apart (no `/proc`), are left alone.
+fn remove_stale(work: &std::path::Path) {
+    if incarnation(std::process::id()).is_none() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '-');
+        let (Some(pid), Some(started)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if incarnation(pid).as_deref() != Some(&format!("{pid}-{started}")) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!("removed {}: its worker is gone", entry.path().display()),
+                Err(e) => tracing::warn!("removing {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
 /// Bytes free to unprivileged users on the file system that holds `dir`.
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -353,5 +397,40 @@ async fn heartbeat(pool: PgPool, lease: Lease, every: Duration, cancel: Arc<Atom
                 tracing::warn!("heartbeat failed: {e}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_folders_of_processes_that_are_gone_are_removed_and_no_others() {
+        let work = tempfile::tempdir().unwrap();
+        let own = incarnation(std::process::id()).unwrap();
+        let (pid, started) = own.split_once('-').unwrap();
+        let kept = [
+            format!("{own}-aaaaaaaa"),
+            "job-1".to_string(),
+            "notes".to_string(),
+        ];
+        // The same pid with another start time (a process that had it before), and a pid
+        // beyond the kernel's limit.
+        let gone = [
+            format!("{pid}-{}-bbbbbbbb", started.parse::<u64>().unwrap() + 1),
+            "4194305-77-cccccccc".to_string(),
+        ];
+        for name in kept.iter().chain(&gone) {
+            std::fs::create_dir_all(work.path().join(name).join("train_state")).unwrap();
+        }
+        remove_stale(work.path());
+        let mut left: Vec<String> = std::fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = kept.to_vec();
+        want.sort();
+        assert_eq!(left, want);
     }
 }

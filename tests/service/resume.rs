@@ -134,6 +134,21 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
                 (killed_at.state.as_str(), killed_at.attempts),
                 ("running", 1)
             );
+            // The killed process's files stay until a worker starts in its data folder.
+            let left = job_scratch(dirs.2.path(), job_id).expect("the killed job's folder");
+            let next = Worker::new(
+                pool.clone(),
+                store.clone(),
+                Device::Cpu,
+                "next".into(),
+                dirs.2.path(),
+                1 << 30,
+                1 << 30,
+            )
+            .unwrap();
+            assert!(!left.exists(), "{} outlived its worker", left.display());
+            assert_eq!(job_scratch(dirs.2.path(), job_id), None);
+            assert!(next.work_dir.starts_with(dirs.2.path().join("work")));
             2
         }
         Stop::Term => {
@@ -160,9 +175,9 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
                 1,
                 "only the latest train state is kept: {mirrored:?}"
             );
-            let scratch = dirs.2.path().join("work").join(format!("job-{job_id}"));
-            assert!(
-                !scratch.exists(),
+            assert_eq!(
+                job_scratch(dirs.2.path(), job_id),
+                None,
                 "the released job's scratch folder is removed"
             );
             1
@@ -239,4 +254,13 @@ async fn interrupted_training_ends_with_the_undisturbed_weights(stop: Stop) {
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(x.equal(y), "{name} differs from the undisturbed run");
     }
+}
+
+/// The scratch folder of job `id` under any worker's folder in `data/work`.
+fn job_scratch(data: &std::path::Path, id: uuid::Uuid) -> Option<std::path::PathBuf> {
+    let workers = std::fs::read_dir(data.join("work")).ok()?;
+    workers
+        .flatten()
+        .map(|w| w.path().join(format!("job-{id}")))
+        .find(|p| p.exists())
 }
